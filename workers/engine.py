@@ -1,0 +1,389 @@
+"""The conversion engine: a resolved, fetched source in; validated package trees and a report out.
+
+``convert_pipeline`` runs load → convert (per attention layout) → validate → palettize → validate for
+every component, writes ``OUT/coreml-<name>/<variant>/packages/*.mlpackage``, the same under
+``OUT/coreml-<name>-palettized/``, and ``OUT/report.json``.  It is a plain library function: the CLI,
+Celery tasks, benchmarks and tests all call it.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterator
+
+from service.errors import OptionsError, ValidationError
+from workers.convert import (
+    DEFAULT_DEPLOYMENT_TARGET,
+    PackageMetadata,
+    apply_metadata,
+    convert_module,
+    deployment_target,
+    save_package,
+)
+from workers.layout import DEFAULT_ATTENTIONS, REPORT_FILE, Attention, package_file_name, packages_dir, repo_names
+from workers.palettize import DEFAULT_BITS, WEIGHT_THRESHOLD, check_bits, palettize_package
+from workers.resolve import Source
+from workers.specs import COMPONENT_ORDER, SPECS, ComponentSpec, Geometry, read_geometry, resolve_outputs
+from workers.validate import (
+    Check,
+    ValidationBars,
+    coreml_check,
+    psnr_check,
+    match_parameters,
+    read_back_parameters,
+    read_package,
+    run_module,
+    structure_check,
+)
+from workers.versions import converter_id, toolchain
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """What to produce.  ``bits=None`` makes float16 packages only."""
+
+    attentions: tuple[Attention, ...] = DEFAULT_ATTENTIONS
+    bits: int | None = DEFAULT_BITS
+    components: tuple[str, ...] | None = None  # None: every component the source has
+    latent_size: tuple[int, int] | None = None
+    batch_size: int = 2
+    deployment_target: str = DEFAULT_DEPLOYMENT_TARGET
+    bars: ValidationBars = field(default_factory=ValidationBars)
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise OptionsError for inconsistent options."""
+        if not self.attentions:
+            raise OptionsError("no attention layout selected", hint="Pass --attention original,split_einsum_v2.")
+        if len(set(self.attentions)) != len(self.attentions):
+            raise OptionsError("an attention layout is listed twice", hint="List each layout once.")
+        deployment_target(self.deployment_target)
+        if self.bits is not None:
+            check_bits(self.bits, self.deployment_target)
+        unknown = sorted(set(self.components or ()) - set(SPECS))
+        if unknown:
+            raise OptionsError(f"unknown components: {', '.join(unknown)}",
+                               hint=f"Choose from {', '.join(COMPONENT_ORDER)}.")
+
+
+@dataclass(frozen=True)
+class Event:
+    """Progress of one stage of one package, for progress displays and job logs."""
+
+    stage: str  # load, reference, convert, validate, palettize
+    component: str
+    status: str  # start, done, failed, skipped
+    variant: str | None = None
+    precision: str | None = None
+    seconds: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class PackageResult:
+    """One package in the output tree and everything checked about it."""
+
+    repo: str
+    variant: str
+    component: str
+    precision: str
+    path: str  # relative to the output folder
+    size_bytes: int = 0
+    seconds: float = 0.0
+    shared_from: str | None = None  # the package this one is a copy of (layout-independent components)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return "failed" if any(c.failed for c in self.checks) else "passed"
+
+    def failures(self) -> list[str]:
+        where = f"{self.component} ({self.variant}, {self.precision})"
+        out = []
+        for c in self.checks:
+            if c.failed:
+                figure = f"{c.value} dB < {c.threshold} dB" if c.threshold is not None and c.value is not None \
+                    else c.detail
+                out.append(f"{where} {c.name}: {figure}")
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["status"] = self.status
+        return d
+
+
+@dataclass
+class Report:
+    """The machine-readable record of one conversion (written as report.json)."""
+
+    source: dict
+    options: dict
+    geometry: dict
+    toolchain: dict
+    repos: dict[str, str]
+    packages: list[PackageResult] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def passed(self) -> bool:
+        return all(p.status == "passed" for p in self.packages)
+
+    def failures(self) -> list[str]:
+        return [f for p in self.packages if p.shared_from is None for f in p.failures()]
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source, "options": self.options, "geometry": self.geometry,
+            "toolchain": self.toolchain, "repos": self.repos, "started_at": self.started_at,
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+            "passed": self.passed, "packages": [p.to_dict() for p in self.packages],
+        }
+
+    def write(self, out: Path) -> Path:
+        path = out / REPORT_FILE
+        tmp = path.with_suffix(".json.partial")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        tmp.replace(path)
+        return path
+
+
+def package_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def link_package(src: Path, dst: Path) -> None:
+    """Place a copy of a package at ``dst``, hard-linking files where the filesystem allows."""
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=link)
+
+
+def select_components(source: Source, wanted: tuple[str, ...] | None) -> list[str]:
+    """The components to convert, in conversion order; refuses ones the source lacks."""
+    available = [c for c in COMPONENT_ORDER
+                 if all(need in source.components for need in SPECS[c].needs)]
+    if wanted is None:
+        return available
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise OptionsError(f"the source has no {', '.join(missing)}",
+                           hint=f"Choose from {', '.join(available)}.")
+    return [c for c in COMPONENT_ORDER if c in wanted]
+
+
+class _Run:
+    """State of one conversion run: where things go, how to report them."""
+
+    def __init__(self, source: Source, out: Path, options: ConvertOptions, geometry: Geometry,
+                 on_event: Callable[[Event], None] | None) -> None:
+        self.source, self.out, self.options, self.geometry = source, out, options, geometry
+        self.on_event = on_event or (lambda event: None)
+        self.fp16_repo, self.palettized_repo = repo_names(source.name)
+        self.converter = converter_id()
+        self.mappings: dict[str, dict[str, str]] = {}  # package file name -> parameter -> const name
+        self.report = Report(
+            source={"id": source.id, "repo_id": source.repo_id, "revision": source.revision,
+                    "sha": source.sha, "path": str(source.path), "pipeline_class": source.pipeline_class,
+                    "license": source.license},
+            options={"attentions": [a.value for a in options.attentions], "bits": options.bits,
+                     "components": list(options.components) if options.components else None,
+                     "latent_size": list(options.latent_size) if options.latent_size else None,
+                     "batch_size": options.batch_size, "deployment_target": options.deployment_target,
+                     "bars": asdict(options.bars), "seed": options.seed},
+            geometry=geometry.to_dict(), toolchain=toolchain(),
+            repos={"float16": self.fp16_repo, "palettized": self.palettized_repo},
+        )
+
+    @contextmanager
+    def stage(self, stage: str, component: str, variant: str | None = None,
+              precision: str | None = None) -> Iterator[None]:
+        self.on_event(Event(stage, component, "start", variant, precision))
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as e:
+            self.on_event(Event(stage, component, "failed", variant, precision,
+                                time.perf_counter() - started, str(e)))
+            raise
+        seconds = time.perf_counter() - started
+        key = f"{stage}/{component}" + (f"/{variant}" if variant else "") + (f"/{precision}" if precision else "")
+        self.report.timings[key] = seconds
+        self.on_event(Event(stage, component, "done", variant, precision, seconds))
+
+    def metadata(self, spec: ComponentSpec, attention: Attention | None, precision: str) -> PackageMetadata:
+        return PackageMetadata(
+            source_id=self.source.id, source_sha=self.source.sha, component=spec.name,
+            attention=attention.value if attention else None, precision=precision,
+            converter=self.converter, license=self.source.license, description=spec.description,
+            deployment_target=self.options.deployment_target)
+
+    def package_path(self, repo: str, attention: Attention, component: str) -> Path:
+        return packages_dir(self.out, repo, attention) / package_file_name(self.source.id, component)
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.out).as_posix()
+
+
+def _precision(bits: int | None) -> str:
+    return "float16" if bits is None else f"palettized-{bits}bit"
+
+
+def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None = None,
+                     on_event: Callable[[Event], None] | None = None) -> Report:
+    """Convert a fetched source into validated float16 and palettized package trees under ``out``.
+
+    Every package is validated; one that fails is deleted and the run goes on with the others, then
+    raises ValidationError naming each failure (the report is written either way).
+    Raises OptionsError, SourceError, UnsupportedModelError, ConversionError, ValidationError.
+    """
+    options = options or ConvertOptions()
+    options.check()
+    if source.path is None:
+        raise OptionsError(f"{source.id} has not been fetched", hint="Call fetch_source first.")
+    geometry = read_geometry(source.path, latent_size=options.latent_size, batch_size=options.batch_size)
+    components = select_components(source, options.components)
+    out.mkdir(parents=True, exist_ok=True)
+    run = _Run(source, out, options, geometry, on_event)
+    started = time.perf_counter()
+    try:
+        for name in components:
+            _convert_component(run, SPECS[name])
+            gc.collect()
+    finally:
+        run.report.timings["total"] = time.perf_counter() - started
+        run.report.write(out)
+    failures = run.report.failures()
+    if failures:
+        raise ValidationError(failures)
+    return run.report
+
+
+def _convert_component(run: _Run, spec: ComponentSpec) -> None:
+    g, options, source = run.geometry, run.options, run.source
+    with run.stage("load", spec.name):
+        modules = spec.load(source.path, source.weight_variant, source.use_safetensors)
+    inputs = spec.inputs(g)
+    outputs = resolve_outputs(spec, g, modules)
+    names = [t.name for t in outputs]
+    trace_inputs = spec.sample_inputs(g, options.seed)
+    check_inputs = spec.sample_inputs(g, options.seed + 1)
+    with run.stage("reference", spec.name):
+        reference = run_module(spec.reference(modules), check_inputs, names)
+
+    layouts = options.attentions if spec.depends_on_attention else options.attentions[:1]
+    exports, layout_checks, converted = {}, {}, {}
+    for attention in layouts:
+        variant = attention.value if spec.depends_on_attention else None
+        export = spec.export_module(modules, attention)
+        if spec.depends_on_attention:
+            ours = run_module(export, check_inputs, names)
+            layout_checks[attention] = psnr_check("psnr_layout", "torch", reference, ours,
+                                                  spec.compared(g), options.bars.layout)
+        with run.stage("convert", spec.name, variant, "float16"):
+            model = convert_module(export, trace_inputs, inputs, outputs, component=spec.name,
+                                   target=options.deployment_target, variant=variant)
+            apply_metadata(model, run.metadata(spec, attention if variant else None, "float16"), inputs, outputs)
+            path = run.package_path(run.fp16_repo, attention, spec.name)
+            save_package(model, path)
+            del model
+        converted[attention] = (path, run.report.timings[f"convert/{spec.name}" + (f"/{variant}" if variant else "")
+                                                          + "/float16"])
+        exports[attention] = export
+
+    for attention in layouts:
+        path, seconds = converted[attention]
+        variant = attention.value
+        result = PackageResult(run.fp16_repo, variant, spec.name, "float16", run.rel(path), seconds=seconds)
+        if attention in layout_checks:
+            result.checks.append(layout_checks[attention])
+        with run.stage("validate", spec.name, variant, "float16"):
+            result.checks += _validate(run, spec, path, exports[attention], inputs, outputs, check_inputs,
+                                       reference, bits=None)
+        _record(run, result, path, spec, attention, layouts)
+        if result.status == "failed" or not spec.in_palettized_repo or options.bits is None:
+            continue
+        pal_path = run.package_path(run.palettized_repo, attention, spec.name)
+        if not spec.palettize:  # Apple keeps these float16 in palettized repos
+            link_package(path, pal_path)
+            shared = PackageResult(run.palettized_repo, variant, spec.name, "float16", run.rel(pal_path),
+                                   result.size_bytes, 0.0, result.path, list(result.checks))
+            _record(run, shared, pal_path, spec, attention, layouts)
+            continue
+        precision = _precision(options.bits)
+        with run.stage("palettize", spec.name, variant, precision):
+            started = time.perf_counter()
+            model = palettize_package(path, bits=options.bits, component=spec.name)
+            apply_metadata(model, run.metadata(spec, attention if spec.depends_on_attention else None, precision),
+                           inputs, outputs)
+            save_package(model, pal_path)
+            del model
+        pal = PackageResult(run.palettized_repo, variant, spec.name, precision, run.rel(pal_path),
+                            seconds=time.perf_counter() - started)
+        if attention in layout_checks:
+            pal.checks.append(layout_checks[attention])
+        with run.stage("validate", spec.name, variant, precision):
+            pal.checks += _validate(run, spec, pal_path, exports[attention], inputs, outputs, check_inputs,
+                                    reference, bits=options.bits)
+        _record(run, pal, pal_path, spec, attention, layouts)
+    del exports, modules
+    gc.collect()
+
+
+def _record(run: _Run, result: PackageResult, path: Path, spec: ComponentSpec, attention: Attention,
+            layouts: tuple[Attention, ...]) -> None:
+    """Add a result to the report; delete a failed package; copy a shared one to the other layouts."""
+    if result.status == "failed":
+        shutil.rmtree(path, ignore_errors=True)
+        run.report.packages.append(result)
+        return
+    result.size_bytes = result.size_bytes or package_size(path)
+    run.report.packages.append(result)
+    if spec.depends_on_attention:
+        return
+    for other in run.options.attentions:
+        if other in layouts:
+            continue
+        repo = run.fp16_repo if result.repo == run.fp16_repo else run.palettized_repo
+        target = run.package_path(repo, other, spec.name)
+        link_package(path, target)
+        run.report.packages.append(PackageResult(
+            repo, other.value, spec.name, result.precision, run.rel(target), result.size_bytes, 0.0,
+            result.path, list(result.checks)))
+
+
+def _validate(run: _Run, spec: ComponentSpec, path: Path, export, inputs, outputs, check_inputs,
+              reference, *, bits: int | None) -> list[Check]:
+    bars = run.options.bars
+    contents = read_package(path, threshold=WEIGHT_THRESHOLD)
+    checks = [structure_check(contents, inputs, outputs, bits)]
+    if bits is None:  # names are matched on the float16 package and reused for its palettized copy
+        run.mappings[path.name], weights_check = match_parameters(export, contents.weights, WEIGHT_THRESHOLD)
+        checks.append(weights_check)
+    params = read_back_parameters(export, contents.weights, run.mappings.get(path.name, {}))
+    del contents
+    names = [t.name for t in outputs]
+    candidate = run_module(export, check_inputs, names, params)
+    del params
+    checks.append(psnr_check("psnr_torch", "torch", reference, candidate, spec.compared(run.geometry),
+                             bars.for_bits(bits)))
+    if bits is None:
+        checks.append(coreml_check(path, check_inputs, inputs, reference, spec.compared(run.geometry),
+                                   bars.coreml_float16))
+    return checks

@@ -1,0 +1,420 @@
+"""Declarative per-component export specs: inputs, outputs, shapes, dtypes, how to build the module.
+
+One small class per package component, registered in ``SPECS``.  Names, shapes and layouts follow the
+Core ML interface contract the Swift ``StableDiffusion`` package relies on:
+
+| component      | inputs                                                    | outputs                         |
+|----------------|-----------------------------------------------------------|---------------------------------|
+| text_encoder   | input_ids (1, S) fp32                                     | last_hidden_state, pooled_outputs |
+| unet           | sample (B,4,h,w), timestep (B,), encoder_hidden_states (B,C,1,S), fp16 | noise_pred (B,4,h,w) fp32 |
+| vae_decoder    | z (1,4,h,w) fp16                                          | image (1,3,fh,fw) fp32          |
+| vae_encoder    | x (1,3,fh,fw) fp16                                        | latent (1,8,h,w) fp32           |
+| safety_checker | clip_input (1,3,224,224), images (1,H,W,3), adjustment (1,) | filtered_images, has_nsfw_concepts, concept_scores |
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from service.errors import OptionsError, SourceError, UnsupportedModelError
+from workers.attention import export_unet
+from workers.layout import Attention
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output feature of a package."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # "float16" or "float32"
+    description: str
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Every size the specs need, read from the source's configs (and the user's overrides)."""
+
+    batch_size: int
+    latent_height: int
+    latent_width: int
+    latent_channels: int
+    vae_scale_factor: int
+    context_dim: int
+    sequence_length: int
+    safety_image_size: int
+    vocab_size: int
+
+    @property
+    def image_height(self) -> int:
+        return self.latent_height * self.vae_scale_factor
+
+    @property
+    def image_width(self) -> int:
+        return self.latent_width * self.vae_scale_factor
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _read_config(path: Path, component: str, name: str = "config.json") -> dict:
+    file = path / component / name
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError as e:
+        raise SourceError(f"{component}/{name} is missing", source=str(path),
+                          hint="The source is incomplete; re-download it.") from e
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{component}/{name} is not valid JSON ({e})", source=str(path),
+                          hint="Fix the file in the source.") from e
+
+
+def read_geometry(path: Path, *, latent_size: tuple[int, int] | None = None,
+                  batch_size: int = 2) -> Geometry:
+    """Derive the geometry from a source folder's configs.
+
+    Latent size defaults to ``unet.config.sample_size``; the VAE scale factor is
+    ``2 ** (len(vae.config.block_out_channels) - 1)``.  Raises OptionsError / UnsupportedModelError.
+    """
+    unet = _read_config(path, "unet")
+    vae = _read_config(path, "vae")
+    text = _read_config(path, "text_encoder")
+    if unet.get("_class_name") != "UNet2DConditionModel":
+        raise UnsupportedModelError(f"unet class {unet.get('_class_name')} is not supported",
+                                    source=str(path), hint="Only UNet2DConditionModel is supported.")
+    if unet.get("in_channels", 4) != 4 or unet.get("out_channels", 4) != 4:
+        raise UnsupportedModelError(
+            f"a UNet with {unet.get('in_channels')} input channels (inpainting or depth) is not supported yet",
+            source=str(path), hint="Pick a text-to-image Stable Diffusion model.")
+    if unet.get("addition_embed_type") or unet.get("class_embed_type"):
+        raise UnsupportedModelError("UNets with added conditioning (SDXL-style) are not supported yet",
+                                    source=str(path), hint="Pick a Stable Diffusion 1.x/2.x model.")
+    context = unet.get("cross_attention_dim")
+    if not isinstance(context, int):
+        raise UnsupportedModelError("per-block cross_attention_dim is not supported", source=str(path))
+    if text.get("hidden_size") != context:
+        raise UnsupportedModelError(
+            f"text encoder width {text.get('hidden_size')} does not match the UNet's context {context}",
+            source=str(path), hint="The source's text encoder and UNet do not belong together.")
+    if batch_size not in (1, 2):
+        raise OptionsError(f"--batch-size must be 1 or 2, not {batch_size}",
+                           hint="Use 2 for classifier-free guidance (the default) or 1.")
+    sample = unet.get("sample_size", 64)
+    h, w = latent_size or ((sample, sample) if isinstance(sample, int) else tuple(sample))
+    factor = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
+    down = 2 ** (len(unet.get("block_out_channels", [0])) - 1)
+    for value in (h, w):
+        if value < 1 or value % down:
+            raise OptionsError(f"latent size {h}x{w} must be positive multiples of {down} for this UNet",
+                               hint=f"Pick a latent size divisible by {down}.")
+    tokenizer_dir = path / "tokenizer"
+    seq = text.get("max_position_embeddings", 77)
+    if (tokenizer_dir / "tokenizer_config.json").is_file():
+        seq = int(_read_config(path, "tokenizer", "tokenizer_config.json").get("model_max_length", seq))
+        seq = min(seq, text.get("max_position_embeddings", seq))
+    safety = 224
+    if (path / "feature_extractor" / "preprocessor_config.json").is_file():
+        crop = _read_config(path, "feature_extractor", "preprocessor_config.json").get("crop_size", 224)
+        safety = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
+    return Geometry(batch_size=batch_size, latent_height=int(h), latent_width=int(w),
+                    latent_channels=unet.get("in_channels", 4), vae_scale_factor=factor,
+                    context_dim=context, sequence_length=int(seq), safety_image_size=int(safety),
+                    vocab_size=int(text.get("vocab_size", 49408)))
+
+
+def _load(cls: Any, path: Path, subfolder: str, *, use_safetensors: bool, variant: str | None,
+          **kwargs: Any) -> nn.Module:
+    model = cls.from_pretrained(str(path), subfolder=subfolder, use_safetensors=use_safetensors,
+                                variant=variant, **kwargs)
+    return model.float().eval().requires_grad_(False)
+
+
+class ComponentSpec:
+    """What one package component looks like and how to build its export module."""
+
+    name: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]]  # diffusers sub-folders holding its weights
+    depends_on_attention: ClassVar[bool] = False
+    palettize: ClassVar[bool] = True  # Apple keeps the VAE in float16 in palettized repos
+    in_palettized_repo: ClassVar[bool] = True
+    input_dtype: ClassVar[str] = "float16"
+    compared_outputs: ClassVar[tuple[str, ...] | None] = None  # None: every output
+    description: ClassVar[str]
+
+    def inputs(self, g: Geometry) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    def outputs(self, g: Geometry) -> list[TensorSpec]:
+        raise NotImplementedError
+
+    def load(self, path: Path, variants: dict[str, str | None], use_safetensors: bool) -> dict[str, nn.Module]:
+        """Load the float32 torch modules this component needs from a source folder."""
+        raise NotImplementedError
+
+    def reference(self, modules: dict[str, nn.Module]) -> nn.Module:
+        """The unmodified library module computing this component's outputs, in float32."""
+        return self.export_module(modules, Attention.ORIGINAL)
+
+    def export_module(self, modules: dict[str, nn.Module], attention: Attention) -> nn.Module:
+        """The module that is traced and converted (taking and returning the spec's features)."""
+        raise NotImplementedError
+
+    def sample_inputs(self, g: Geometry, seed: int) -> dict[str, torch.Tensor]:
+        """Deterministic random inputs in the spec's shapes (float32 values)."""
+        gen = torch.Generator().manual_seed(seed)
+        return {t.name: torch.randn(t.shape, generator=gen) for t in self.inputs(g)}
+
+    def trace_inputs(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return tuple(inputs.values())
+
+    def compared(self, g: Geometry) -> list[str]:
+        return list(self.compared_outputs or [t.name for t in self.outputs(g)])
+
+
+class _Wrapper(nn.Module):
+    def __init__(self, fn: Any, **modules: nn.Module) -> None:
+        super().__init__()
+        for key, module in modules.items():
+            self.add_module(key, module)
+        self._fn = fn
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self._fn(self, *args)
+
+
+class TextEncoderSpec(ComponentSpec):
+    name = "text_encoder"
+    needs = ("text_encoder",)
+    input_dtype = "float32"
+    description = "CLIP text encoder: token ids to the embeddings that condition the UNet."
+
+    def inputs(self, g: Geometry) -> list[TensorSpec]:
+        return [TensorSpec("input_ids", (1, g.sequence_length), "float32",
+                           "The token ids that represent the input text")]
+
+    def outputs(self, g: Geometry) -> list[TensorSpec]:
+        return [
+            TensorSpec("last_hidden_state", (1, g.sequence_length, g.context_dim), "float32",
+                       "The token embeddings as encoded by the Transformer model"),
+            TensorSpec("pooled_outputs", (1, g.context_dim), "float32",
+                       "The version of the `last_hidden_state` output after pooling"),
+        ]
+
+    def load(self, path, variants, use_safetensors):
+        from transformers import CLIPTextModel
+
+        # eager attention traces to plain matmul/softmax that coremltools converts everywhere
+        return {"text_encoder": _load(CLIPTextModel, path, "text_encoder", use_safetensors=use_safetensors,
+                                      variant=variants.get("text_encoder"), attn_implementation="eager")}
+
+    def export_module(self, modules, attention):
+        def forward(self, input_ids):
+            out = self.text_encoder(input_ids.to(torch.int64), return_dict=False)
+            return out[0], out[1]
+
+        return _Wrapper(forward, text_encoder=modules["text_encoder"]).eval()
+
+    def sample_inputs(self, g, seed):
+        gen = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, g.vocab_size, (1, g.sequence_length), generator=gen)
+        return {"input_ids": ids.float()}  # token ids as floats, as the Swift pipeline feeds them
+
+
+class UNetSpec(ComponentSpec):
+    name = "unet"
+    needs = ("unet",)
+    depends_on_attention = True
+    description = "Denoising UNet: predicts the noise in a latent, conditioned on text embeddings."
+
+    def inputs(self, g):
+        b = g.batch_size
+        return [
+            TensorSpec("sample", (b, g.latent_channels, g.latent_height, g.latent_width), "float16",
+                       "The low resolution latent feature maps being denoised through reverse diffusion"),
+            TensorSpec("timestep", (b,), "float16",
+                       "A value emitted by the associated scheduler object to condition the model on a "
+                       "given noise schedule"),
+            TensorSpec("encoder_hidden_states", (b, g.context_dim, 1, g.sequence_length), "float16",
+                       "Output embeddings from the associated text_encoder model to condition to generated "
+                       f"image on text. A maximum of {g.sequence_length} tokens are allowed; longer text is "
+                       "truncated. Shorter text does not reduce computation."),
+        ]
+
+    def outputs(self, g):
+        return [TensorSpec("noise_pred", (g.batch_size, g.latent_channels, g.latent_height, g.latent_width),
+                           "float32", "Same shape as the `sample` input. The predicted noise to facilitate "
+                           "the reverse diffusion (denoising) process")]
+
+    def load(self, path, variants, use_safetensors):
+        from diffusers import UNet2DConditionModel
+
+        return {"unet": _load(UNet2DConditionModel, path, "unet", use_safetensors=use_safetensors,
+                              variant=variants.get("unet"))}
+
+    def reference(self, modules):
+        def forward(self, sample, timestep, context):
+            return (self.unet(sample, timestep, context.squeeze(2).transpose(1, 2), return_dict=False)[0],)
+
+        return _Wrapper(forward, unet=modules["unet"]).eval()
+
+    def export_module(self, modules, attention):
+        def forward(self, sample, timestep, context):
+            return (self.unet(sample, timestep, context, return_dict=False)[0],)
+
+        return _Wrapper(forward, unet=export_unet(modules["unet"], attention)).eval()
+
+    def sample_inputs(self, g, seed):
+        gen = torch.Generator().manual_seed(seed)
+        inputs = {t.name: torch.randn(t.shape, generator=gen) for t in self.inputs(g)}
+        # a timestep the scheduler really emits, exactly representable in float16
+        inputs["timestep"] = torch.full((g.batch_size,), 981.0)
+        return inputs
+
+
+class VAEDecoderSpec(ComponentSpec):
+    name = "vae_decoder"
+    needs = ("vae",)
+    palettize = False
+    description = "VAE decoder: post_quant_conv and decoder, latent (already scaled) to image."
+
+    def inputs(self, g):
+        return [TensorSpec("z", (1, g.latent_channels, g.latent_height, g.latent_width), "float16",
+                           "The denoised latent embeddings from the unet model after the last step of "
+                           "reverse diffusion, divided by the VAE scaling factor")]
+
+    def outputs(self, g):
+        return [TensorSpec("image", (1, 3, g.image_height, g.image_width), "float32",
+                           "Generated image normalized to range [-1, 1]")]
+
+    def load(self, path, variants, use_safetensors):
+        from diffusers import AutoencoderKL
+
+        return {"vae": _load(AutoencoderKL, path, "vae", use_safetensors=use_safetensors,
+                             variant=variants.get("vae"))}
+
+    def export_module(self, modules, attention):
+        vae = modules["vae"]
+
+        def forward(self, z):
+            return (self.decoder(self.post_quant_conv(z)),)
+
+        return _Wrapper(forward, post_quant_conv=vae.post_quant_conv, decoder=vae.decoder).eval()
+
+
+class VAEEncoderSpec(ComponentSpec):
+    name = "vae_encoder"
+    needs = ("vae",)
+    palettize = False
+    description = "VAE encoder: image to the latent distribution's mean and log-variance."
+
+    def inputs(self, g):
+        return [TensorSpec("x", (1, 3, g.image_height, g.image_width), "float16",
+                           "An image normalized to range [-1, 1], for image-to-image and in-painting")]
+
+    def outputs(self, g):
+        return [TensorSpec("latent", (1, 2 * g.latent_channels, g.latent_height, g.latent_width), "float32",
+                           "The latent distribution's mean (channels 0-3) and log-variance (4-7)")]
+
+    def load(self, path, variants, use_safetensors):
+        return VAEDecoderSpec.load(self, path, variants, use_safetensors)
+
+    def export_module(self, modules, attention):
+        vae = modules["vae"]
+
+        def forward(self, x):
+            return (self.quant_conv(self.encoder(x)),)
+
+        return _Wrapper(forward, encoder=vae.encoder, quant_conv=vae.quant_conv).eval()
+
+    def sample_inputs(self, g, seed):
+        gen = torch.Generator().manual_seed(seed)
+        return {"x": torch.rand((1, 3, g.image_height, g.image_width), generator=gen) * 2 - 1}
+
+
+class SafetyCheckerSpec(ComponentSpec):
+    name = "safety_checker"
+    needs = ("safety_checker",)
+    in_palettized_repo = False
+    palettize = False
+    compared_outputs = ("concept_scores",)
+    description = "Safety checker: flags and blanks images close to unsafe concepts."
+
+    def inputs(self, g):
+        s = g.safety_image_size
+        return [
+            TensorSpec("clip_input", (1, 3, s, s), "float16",
+                       f"The normalized image input tensor resized to ({s}x{s}) in channels-first (BCHW) format"),
+            TensorSpec("images", (1, g.image_height, g.image_width, 3), "float16",
+                       "Output of the vae_decoder in channels-last (BHWC) format"),
+            TensorSpec("adjustment", (1,), "float16",
+                       "Bias added to the concept scores to trade off increased recall for reduced "
+                       "precision in the safety checker classifier"),
+        ]
+
+    def outputs(self, g):
+        return [
+            TensorSpec("filtered_images", (1, g.image_height, g.image_width, 3), "float32",
+                       "Identical to the input `images`; an image with sensitive content is replaced by zeros"),
+            TensorSpec("has_nsfw_concepts", (1,), "float32",
+                       "Whether the safety checker found sensitive content in the image"),
+            TensorSpec("concept_scores", (1, 0), "float32",  # width filled from the module
+                       "Scores before thresholding at zero; tune `adjustment` with them"),
+        ]
+
+    def load(self, path, variants, use_safetensors):
+        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+
+        return {"safety_checker": _load(StableDiffusionSafetyChecker, path, "safety_checker",
+                                        use_safetensors=use_safetensors,
+                                        variant=variants.get("safety_checker"))}
+
+    def export_module(self, modules, attention):
+        checker = modules["safety_checker"]
+
+        def forward(self, clip_input, images, adjustment):
+            pooled = self.checker.vision_model(clip_input)[1]
+            embeds = F.normalize(self.checker.visual_projection(pooled))
+            special = embeds @ F.normalize(self.checker.special_care_embeds).t()
+            concepts = embeds @ F.normalize(self.checker.concept_embeds).t()
+            special_scores = special - self.checker.special_care_embeds_weights + adjustment
+            special_care = (special_scores > 0).float().amax(dim=1, keepdim=True)
+            scores = concepts - self.checker.concept_embeds_weights + special_care * 0.01
+            flagged = (scores > 0).float().amax(dim=1)
+            filtered = images * (1.0 - flagged.view(-1, 1, 1, 1))
+            return filtered, flagged, scores
+
+        return _Wrapper(forward, checker=checker).eval()
+
+    def concept_count(self, modules: dict[str, nn.Module]) -> int:
+        return int(modules["safety_checker"].concept_embeds.shape[0])
+
+    def sample_inputs(self, g, seed):
+        gen = torch.Generator().manual_seed(seed)
+        s = g.safety_image_size
+        return {"clip_input": torch.randn((1, 3, s, s), generator=gen),
+                "images": torch.rand((1, g.image_height, g.image_width, 3), generator=gen),
+                "adjustment": torch.zeros(1)}
+
+
+SPECS: dict[str, ComponentSpec] = {
+    spec.name: spec
+    for spec in (TextEncoderSpec(), UNetSpec(), VAEDecoderSpec(), VAEEncoderSpec(), SafetyCheckerSpec())
+}
+COMPONENT_ORDER = tuple(SPECS)
+
+
+def resolve_outputs(spec: ComponentSpec, g: Geometry, modules: dict[str, nn.Module]) -> list[TensorSpec]:
+    """The spec's outputs with sizes that only the loaded module knows filled in."""
+    outputs = spec.outputs(g)
+    if isinstance(spec, SafetyCheckerSpec):
+        n = spec.concept_count(modules)
+        outputs = [TensorSpec(t.name, (1, n), t.dtype, t.description) if t.name == "concept_scores" else t
+                   for t in outputs]
+    return outputs

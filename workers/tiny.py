@@ -1,0 +1,162 @@
+"""Tiny random Stable Diffusion pipelines built in code, for trying the tool and for tests.
+
+They have the real architectures' structure (SD 1.x: fixed head count, conv projections, safety checker;
+SD 2.x: linear projections, per-block head counts, no safety checker) at a few hundred kilobytes,
+so a full conversion takes minutes on a laptop CPU and nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+STYLES = ("sd1", "sd2")
+_SPECIAL = ("<|startoftext|>", "<|endoftext|>")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # the byte-level alphabet CLIP's BPE uses: printable bytes map to themselves, the rest above 255
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
+def write_tokenizer(folder: Path, *, max_length: int = 77) -> None:
+    """A small but valid CLIP BPE tokenizer: byte alphabet, a few merges, CLIP's special tokens."""
+    folder.mkdir(parents=True, exist_ok=True)
+    alphabet = list(_bytes_to_unicode().values())
+    merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("c", "a"), ("ca", "t</w>")]
+    tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(m) for m in merges] + list(_SPECIAL)
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": max_length,
+              "bos_token": _SPECIAL[0], "eos_token": _SPECIAL[1], "pad_token": _SPECIAL[1],
+              "unk_token": _SPECIAL[1], "do_lower_case": True}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    special = {"bos_token": _SPECIAL[0], "eos_token": _SPECIAL[1], "pad_token": _SPECIAL[1],
+               "unk_token": _SPECIAL[1]}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+
+
+def build_tiny_pipeline(out: Path, *, style: str = "sd1", seed: int = 0, sample_size: int | None = None,
+                        safety_checker: bool | None = None, license: str = "creativeml-openrail-m") -> Path:
+    """Write a tiny random diffusers ``StableDiffusionPipeline`` folder (safetensors weights) to ``out``.
+
+    ``style`` is ``sd1`` or ``sd2``.  ``sample_size`` is the latent size; the SD2 default (24) makes
+    576-token attention, which exercises the SPLIT_EINSUM_V2 remainder chunk.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
+
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}")
+    sd2 = style == "sd2"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    context = 64 if sd2 else 32
+    unet = UNet2DConditionModel(
+        sample_size=sample_size or (24 if sd2 else 16),
+        in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D") if sd2 else ("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D") if sd2 else ("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=context,
+        attention_head_dim=(2, 4) if sd2 else 4,
+        use_linear_projection=sd2,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        sample_size=2 * (sample_size or (24 if sd2 else 16)),
+    )
+    text_config = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, hidden_size=context, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, vocab_size=1000, max_position_embeddings=77,
+        projection_dim=context, hidden_act="gelu" if sd2 else "quick_gelu", layer_norm_eps=1e-5,
+    )
+    text_encoder = CLIPTextModel(text_config)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+                              prediction_type="v_prediction" if sd2 else "epsilon")
+    with_checker = (not sd2) if safety_checker is None else safety_checker
+    _randomize_norms(unet, vae, text_encoder)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    scheduler.save_pretrained(out / "scheduler")
+    write_tokenizer(out / "tokenizer")
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": _diffusers_version(),
+        "feature_extractor": [None, None], "safety_checker": [None, None],
+        "requires_safety_checker": with_checker,
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    if with_checker:
+        _safety_checker(context).save_pretrained(out / "safety_checker", safe_serialization=True)
+        CLIPImageProcessor(crop_size={"height": 224, "width": 224}, size={"shortest_edge": 224}) \
+            .save_pretrained(out / "feature_extractor")
+        index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
+        index["feature_extractor"] = ["transformers", "CLIPImageProcessor"]
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    (out / "README.md").write_text(
+        f"---\nlicense: {license}\ntags:\n- stable-diffusion\n- text-to-image\n---\n\n"
+        f"# Tiny random {style.upper()} pipeline\n\nRandom weights, for testing conversions.\n")
+    return out
+
+
+def _diffusers_version() -> str:
+    import diffusers
+
+    return diffusers.__version__
+
+
+def _randomize_norms(*models) -> None:
+    # fresh norms are all ones/zeros, which hides weight mix-ups; real checkpoints never look like that
+    import torch
+
+    for model in models:
+        for module in model.modules():
+            if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)) and module.weight is not None:
+                with torch.no_grad():
+                    module.weight.uniform_(0.5, 1.5)
+                    module.bias.uniform_(-0.2, 0.2)
+
+
+def _safety_checker(projection: int):
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+                     "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+                     "num_hidden_layers": 1, "vocab_size": 1000},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4,
+                       "num_hidden_layers": 2, "image_size": 224, "patch_size": 32},
+        projection_dim=projection,
+    )
+    checker = StableDiffusionSafetyChecker(config)
+    with torch.no_grad():
+        for name in ("concept_embeds", "special_care_embeds"):
+            getattr(checker, name).normal_()
+        checker.concept_embeds_weights.uniform_(-0.2, 0.2)
+        checker.special_care_embeds_weights.uniform_(-0.2, 0.2)
+    return checker.eval()

@@ -1,0 +1,279 @@
+"""Validate step: structural checks of a saved package and numeric checks against the torch original.
+
+* structure: feature names, shapes and dtypes exactly as the spec; for palettized packages, a lookup
+  table for every weight above the palettization threshold (embedding tables excepted).
+* torch-side numbers (any OS): the export module with its weights **read back from the saved package**
+  (float16 consts, or palettized lookup tables expanded) against the library's float32 module, as PSNR.
+* Core ML numbers (macOS only): the package's own prediction against the same float32 reference.
+
+PSNR is Apple's: ``20 log10((max|candidate| + 1e-5) / (rmse + 1e-10))``.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from workers.specs import TensorSpec
+
+_FLOAT = (np.float16, np.float32, np.float64)
+
+
+@dataclass(frozen=True)
+class ValidationBars:
+    """Minimum PSNR (dB) per check; documented defaults, overridable per run."""
+
+    layout: float = 60.0  # our attention layout vs diffusers, float32 weights
+    float16: float = 45.0  # float16 weights read back, torch side
+    palettized: tuple[tuple[int, float], ...] = ((8, 35.0), (6, 25.0), (4, 15.0), (2, 5.0), (1, 0.0))
+    coreml_float16: float = 35.0  # Apple's bar for a float16 Core ML prediction (macOS only)
+
+    def for_bits(self, bits: int | None) -> float:
+        """The torch-side bar for float16 (``bits=None``) or an n-bit palettized package."""
+        if bits is None:
+            return self.float16
+        return dict(self.palettized)[bits]
+
+
+@dataclass
+class Check:
+    """One validation result as it appears in the report and the ✓/✗ table."""
+
+    name: str
+    status: str  # "passed", "failed" or "skipped"
+    where: str  # "package", "torch" or "coreml"
+    value: float | None = None
+    threshold: float | None = None
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def psnr(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """PSNR as Apple's converter defines it (peak from the candidate)."""
+    reference = np.asarray(reference, dtype=np.float64)
+    candidate = np.asarray(candidate, dtype=np.float64)
+    rmse = math.sqrt(float(np.mean((reference - candidate) ** 2)))
+    peak = float(np.abs(candidate).max())
+    return 20 * math.log10((peak + 1e-5) / (rmse + 1e-10))
+
+
+def psnr_check(name: str, where: str, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+               outputs: Iterable[str], threshold: float) -> Check:
+    """The worst PSNR over ``outputs``; NaN or inf anywhere fails."""
+    values: dict[str, float] = {}
+    for key in outputs:
+        cand = np.asarray(candidate[key])
+        values[key] = psnr(reference[key], cand) if np.isfinite(cand).all() else float("nan")
+    worst_key = min(values, key=lambda k: (not math.isnan(values[k]), values[k]))
+    worst = values[worst_key]
+    detail = ", ".join(f"{k} {v:.1f} dB" for k, v in values.items())
+    if math.isnan(worst):
+        return Check(name, "failed", where, None, threshold, f"{worst_key} is not finite (NaN/inf)")
+    status = "passed" if worst >= threshold else "failed"
+    return Check(name, status, where, round(worst, 2), threshold, detail)
+
+
+# --- reading a saved package -------------------------------------------------------------------------
+
+@dataclass
+class PackageContents:
+    """What a saved package declares and holds."""
+
+    inputs: list[tuple[str, tuple[int, ...], str]]
+    outputs: list[tuple[str, tuple[int, ...], str]]
+    metadata: dict[str, str]
+    weights: dict[str, np.ndarray] = field(repr=False)  # const name (suffixes stripped) -> dense value
+    lut_ops: int = 0
+    lut_sizes: set[int] = field(default_factory=set)
+    unpalettized_large: list[str] = field(default_factory=list)  # float consts > threshold, not LUT
+
+
+_ARRAY_DTYPES = {65552: "float16", 65568: "float32", 131104: "int32"}
+_SUFFIXES = ("_palettized", "_to_fp16")
+
+
+def _strip(name: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for suffix in _SUFFIXES:
+            if name.endswith(suffix):
+                name, changed = name[: -len(suffix)], True
+    return name
+
+
+def _features(features) -> list[tuple[str, tuple[int, ...], str]]:
+    out = []
+    for f in features:
+        arr = f.type.multiArrayType
+        out.append((f.name, tuple(int(d) for d in arr.shape), _ARRAY_DTYPES.get(arr.dataType, str(arr.dataType))))
+    return out
+
+
+def load_program(model):
+    """The MIL program of a saved (uncompiled) coremltools MLModel, weights included."""
+    from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
+
+    spec = model.get_spec()
+    return load_milproto(spec, spec.specificationVersion, model.weights_dir)
+
+
+def nonfinite_constants(program) -> list[str]:
+    """Names of float constants holding inf or NaN: attention masks, not weights."""
+    names = []
+    for op in program.functions["main"].operations:
+        if op.op_type == "const":
+            value = op.outputs[0].val
+            if isinstance(value, np.ndarray) and value.dtype in _FLOAT and not np.isfinite(value).all():
+                names.append(op.name)
+    return names
+
+
+def read_package(path: Path, *, threshold: int = 2048) -> PackageContents:
+    """Load a package's interface and its weights as dense float16 arrays (no Core ML runtime needed)."""
+    import coremltools as ct
+
+    model = ct.models.MLModel(str(path), skip_model_load=True)
+    spec = model.get_spec()
+    program = load_program(model)
+    weights: dict[str, np.ndarray] = {}
+    lut_ops, lut_sizes, large = 0, set(), []
+    gather_inputs: set[str] = set()
+    for op in program.functions["main"].operations:
+        if op.op_type.startswith("gather"):
+            gather_inputs.update(v.name for v in op.inputs.values() if hasattr(v, "name"))
+    for op in program.functions["main"].operations:
+        if op.op_type == "const":
+            value = op.outputs[0].val
+            if isinstance(value, np.ndarray) and value.dtype in _FLOAT and value.size > 1:
+                weights[_strip(op.name)] = value
+                if value.size > threshold and op.outputs[0].name not in gather_inputs \
+                        and np.isfinite(value).all():
+                    large.append(op.name)
+        elif op.op_type.startswith("constexpr_lut_to_dense"):
+            lut_ops += 1
+            lut_sizes.add(int(op.inputs["lut"].val.size))
+            weights[_strip(op.name)] = op.materialized_val_inference()
+    meta = dict(spec.description.metadata.userDefined)
+    return PackageContents(_features(spec.description.input), _features(spec.description.output), meta,
+                           weights, lut_ops, lut_sizes, large)
+
+
+def structure_check(contents: PackageContents, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                    bits: int | None) -> Check:
+    """Feature names, shapes and dtypes as specified; palettized packages fully palettized."""
+    problems = []
+    want_in = [(t.name, tuple(t.shape), t.dtype) for t in inputs]
+    want_out = [(t.name, tuple(t.shape), t.dtype) for t in outputs]
+    if contents.inputs != want_in:
+        problems.append(f"inputs {contents.inputs} != {want_in}")
+    if contents.outputs != want_out:
+        problems.append(f"outputs {contents.outputs} != {want_out}")
+    detail = f"{len(want_in)} inputs, {len(want_out)} outputs as specified"
+    if bits is not None:
+        if contents.lut_ops == 0:
+            problems.append("no palettized weights")
+        if contents.unpalettized_large:
+            problems.append(f"{len(contents.unpalettized_large)} large weights not palettized "
+                            f"(e.g. {contents.unpalettized_large[0]})")
+        if contents.lut_sizes - {2 ** bits}:
+            problems.append(f"lookup tables of sizes {sorted(contents.lut_sizes)}, expected {2 ** bits}")
+        detail += f"; {contents.lut_ops} palettized weights ({bits}-bit)"
+    if problems:
+        return Check("structure", "failed", "package", detail="; ".join(problems))
+    return Check("structure", "passed", "package", detail=detail)
+
+
+def _key(param_name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", param_name)
+
+
+def match_parameters(module: nn.Module, weights: dict[str, np.ndarray],
+                     threshold: int = 2048) -> tuple[dict[str, str], Check]:
+    """Map ``module``'s parameters to the float16 package's weights.
+
+    By traced name first; a large parameter coremltools folded into a renamed constant (an embedding
+    looked up with constant indices, say) is found by identical float16 content.  Small parameters
+    may stay unmatched: they are then read as the module's values rounded to float16, which is exactly
+    what the package stores.  A large parameter found neither way fails the returned check.
+    """
+    mapping: dict[str, str] = {}
+    unmatched: list[tuple[str, torch.Tensor]] = []
+    for name, p in module.named_parameters(remove_duplicate=True):
+        key = _key(name)
+        value = weights.get(key)
+        if value is not None and value.size == p.numel():
+            mapping[name] = key
+        elif p.numel() > threshold:
+            unmatched.append((name, p))
+    claimed = set(mapping.values())
+    missing = []
+    for name, p in unmatched:
+        rounded = p.detach().half().numpy().ravel()
+        match = next((k for k, v in weights.items() if k not in claimed and v.size == rounded.size
+                      and v.dtype == np.float16 and np.array_equal(v.ravel(), rounded)), None)
+        if match is None:
+            missing.append(name)
+        else:
+            mapping[name] = match
+            claimed.add(match)
+    total = sum(1 for _ in module.named_parameters(remove_duplicate=True))
+    detail = f"{len(mapping)} of {total} weights read back (the rest are small and folded)"
+    if missing:
+        return mapping, Check("weights", "failed", "package", detail=f"{detail}; not found in package: "
+                              f"{', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
+    return mapping, Check("weights", "passed", "package", detail=detail)
+
+
+def read_back_parameters(module: nn.Module, weights: dict[str, np.ndarray],
+                         mapping: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Float32 parameters for ``module``: the package's values where mapped, else float16-rounded."""
+    params: dict[str, torch.Tensor] = {}
+    for name, p in module.named_parameters(remove_duplicate=True):
+        value = weights.get(mapping.get(name, ""))
+        if value is not None and value.size == p.numel():
+            params[name] = torch.from_numpy(np.asarray(value, dtype=np.float32)).reshape(p.shape)
+        else:
+            params[name] = p.detach().half().float()
+    return params
+
+
+def run_module(module: nn.Module, inputs: dict[str, torch.Tensor], names: list[str],
+               params: dict[str, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
+    """Run ``module`` (optionally with substituted parameters) and name its outputs."""
+    with torch.no_grad():
+        args = tuple(inputs.values())
+        out = torch.func.functional_call(module, params, args) if params else module(*args)
+    return {name: o.detach().float().numpy() for name, o in zip(names, out)}
+
+
+def coreml_available() -> bool:
+    """Core ML predictions need macOS (coremltools' native runtime is not built elsewhere)."""
+    return platform.system() == "Darwin"
+
+
+def coreml_check(package: Path, inputs: dict[str, torch.Tensor], input_specs: list[TensorSpec],
+                 reference: dict[str, np.ndarray], outputs: list[str], threshold: float) -> Check:
+    """Core ML prediction of the saved package against the float32 reference (macOS only)."""
+    if not coreml_available():
+        return Check("psnr_coreml", "skipped", "coreml", threshold=threshold, detail="needs macOS")
+    import coremltools as ct
+
+    dtypes = {t.name: np.float16 if t.dtype == "float16" else np.float32 for t in input_specs}
+    model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_AND_GPU)
+    prediction = model.predict({k: v.numpy().astype(dtypes[k]) for k, v in inputs.items()})
+    return psnr_check("psnr_coreml", "coreml", reference, prediction, outputs, threshold)
