@@ -80,9 +80,10 @@ class ValidationError(CoreMLPublishError, RuntimeError):
 
     hint = "The failing packages were deleted; see report.json for every figure."
 
-    def __init__(self, failures: list[str]) -> None:
+    def __init__(self, failures: list[str], *, report: object | None = None) -> None:
         super().__init__("validation failed: " + "; ".join(failures))
         self.failures = failures
+        self.report = report
 
 
 class ToolUnavailableError(CoreMLPublishError, RuntimeError):

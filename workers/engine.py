@@ -271,7 +271,7 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
         run.report.write(out)
     failures = run.report.failures()
     if failures:
-        raise ValidationError(failures)
+        raise ValidationError(failures, report=run.report)
     return run.report
 
 

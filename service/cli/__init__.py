@@ -1,0 +1,52 @@
+"""``coreml-publish``: the command line.  Commands are thin callers of library functions."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from service.cli import convert as _convert
+from service.cli import models as _models
+from service.cli.output import quiet_libraries
+from service.errors import CoreMLPublishError, OptionsError, ValidationError
+
+app = typer.Typer(
+    name="coreml-publish",
+    help="Convert Stable Diffusion pipelines into Apple-compatible Core ML packages and publish them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("convert", no_args_is_help=True)(_convert.convert)
+app.command("tiny-pipeline", no_args_is_help=True)(_models.tiny_pipeline)
+
+# exit codes: 1 for a bad source or options, 3 for a conversion that ran but failed validation
+EXIT_CODES: dict[type[Exception], int] = {ValidationError: 3, OptionsError: 2, CoreMLPublishError: 1}
+
+
+def main() -> None:
+    """Entry point: run the app; expected errors become one line on stderr (tracebacks with DEBUG=1)."""
+    quiet_libraries()
+    debug = os.environ.get("COREML_PUBLISH_DEBUG") == "1"
+    try:
+        app(standalone_mode=False)
+    except CoreMLPublishError as e:
+        if debug:
+            raise
+        code = next(c for t, c in EXIT_CODES.items() if isinstance(e, t))
+        print(f"Error: {e.one_line()}", file=sys.stderr)
+        sys.exit(code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("Aborted.", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

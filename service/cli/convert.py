@@ -1,0 +1,84 @@
+"""``coreml-publish convert``: a local folder or Hub repo in, validated Core ML packages out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from service.cli.output import EventPrinter, report_table, stdout
+
+ATTENTION_HELP = "Comma-separated attention layouts: original (Mac GPU), split_einsum_v2 (Neural Engine), split_einsum."
+COMPONENTS_HELP = "Comma-separated components (default: all the source has): " \
+                  "text_encoder,unet,vae_decoder,vae_encoder,safety_checker."
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def convert(
+    source: str = typer.Argument(..., help="A local diffusers folder, or a Hub repo id such as org/name."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created if missing)."),
+    revision: str = typer.Option(None, help="Hub branch, tag or commit (default: main); pinned to its sha."),
+    attention: str = typer.Option("original,split_einsum_v2", help=ATTENTION_HELP),
+    bits: int = typer.Option(6, help="Palettization bits: 1, 2, 4, 6 or 8; 0 for float16 packages only."),
+    components: str = typer.Option(None, help=COMPONENTS_HELP),
+    latent_size: tuple[int, int] = typer.Option((0, 0), metavar="H W",
+                                                help="Latent height and width (default: the UNet's sample_size)."),
+    batch_size: int = typer.Option(2, help="UNet batch: 2 for classifier-free guidance, or 1."),
+    deployment_target: str = typer.Option("iOS17", help="Minimum OS: iOS16, iOS17, iOS18, macOS13, macOS14, macOS15."),
+    source_id: str = typer.Option(None, help="For a local folder: the Hub id it holds (used in file names)."),
+    allow_pickle: bool = typer.Option(False, help="Load .bin/.ckpt weights (runs code from the file: trusted sources only)."),
+) -> None:
+    """Convert a Stable Diffusion 1.x/2.x pipeline into float16 and palettized Core ML packages.
+
+    Writes OUT/coreml-<name>/{original,split_einsum_v2}/packages/*.mlpackage, the same under
+    OUT/coreml-<name>-palettized/, and OUT/report.json; every package is validated against the torch
+    original, and the command fails if any does not reach its bar.
+    """
+    from service.errors import OptionsError, ValidationError
+    from service.settings import get_settings
+    from workers.engine import ConvertOptions, convert_pipeline
+    from workers.fetch import fetch_source
+    from workers.layout import Attention
+    from workers.resolve import resolve_source
+
+    try:
+        attentions = tuple(Attention(a) for a in _split(attention))
+    except ValueError as e:
+        raise OptionsError(f"--attention: {e}", hint=f"Use {', '.join(a.value for a in Attention)}.") from e
+    if bits < 0:
+        raise OptionsError(f"--bits must not be negative, not {bits}", hint="Use 6, or 0 for float16 only.")
+    options = ConvertOptions(
+        attentions=attentions,
+        bits=bits or None,
+        components=tuple(_split(components)) or None,
+        latent_size=latent_size if any(latent_size) else None,
+        batch_size=batch_size,
+        deployment_target=deployment_target,
+        bars=get_settings().validation_bars(),
+    )
+    options.check()
+    printer = EventPrinter()
+    try:
+        printer.status.update(f"resolving {source}…")
+        resolved = resolve_source(source, revision=revision, source_id=source_id, allow_pickle=allow_pickle,
+                                  need_safety_checker=options.components is None
+                                  or "safety_checker" in options.components)
+        printer.status.update(f"fetching {resolved.id}…")
+        fetched = fetch_source(resolved)
+        report = convert_pipeline(fetched, out, options, on_event=printer)
+    except ValidationError as e:
+        printer.close()
+        if e.report is not None:
+            stdout.print(report_table(e.report))
+        raise
+    except BaseException:
+        printer.close()
+        raise
+    printer.close()
+    stdout.print(report_table(report))
+    made = sum(1 for p in report.packages if not p.shared_from)
+    stdout.print(f"All {made} packages passed ({len(report.packages)} in the trees, layout-independent ones shared). "
+                 f"Report: {out / 'report.json'}")

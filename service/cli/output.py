@@ -1,0 +1,81 @@
+"""Terminal output shared by commands: quiet third-party logs, progress lines, the ✓/✗ table."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console(stderr=True, highlight=False)
+stdout = Console(highlight=False)
+
+
+def quiet_libraries() -> None:
+    """Silence third-party progress bars and chatter unless COREML_PUBLISH_DEBUG=1."""
+    if os.environ.get("COREML_PUBLISH_DEBUG") == "1":
+        return
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore")
+    for name in ("coremltools", "transformers", "diffusers", "torch", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class EventPrinter:
+    """Prints one line per finished stage and shows the running one in a status line."""
+
+    def __init__(self) -> None:
+        self.status = console.status("starting")
+        self.status.start()
+
+    def __call__(self, event) -> None:
+        extra = ", ".join(x for x in (event.variant, event.precision) if x)
+        label = f"{event.component} ({extra})" if extra else event.component
+        if event.status == "start":
+            self.status.update(f"{event.stage} {label}…")
+            return
+        mark = {"done": "[green]✓[/]", "failed": "[red]✗[/]", "skipped": "[yellow]-[/]"}[event.status]
+        seconds = f" {event.seconds:.1f} s" if event.seconds is not None else ""
+        detail = f": {event.detail}" if event.detail and event.status == "failed" else ""
+        console.print(f"{mark} {event.stage:<9} {escape(label)}{seconds}{escape(detail)}")
+
+    def close(self) -> None:
+        self.status.stop()
+
+
+def _figure(check) -> str:
+    if check is None:
+        return ""
+    sign = {"passed": "[green]✓[/]", "failed": "[red]✗[/]", "skipped": "-"}[check.status]
+    if check.value is not None:
+        return f"{sign} {check.value:.1f} ≥ {check.threshold:g}"
+    if check.status == "skipped":
+        return f"{sign} {check.detail}"
+    return f"{sign} {check.detail}" if check.status == "failed" else sign
+
+
+def report_table(report) -> Table:
+    """One row per package (copies shared between layouts left out): each check's figure and bar in dB."""
+    table = Table(title="Validation (PSNR in dB: figure ≥ bar)", title_justify="left")
+    for column in ("", "package", "size", "layout", "torch", "Core ML", "structure"):
+        table.add_column(column, overflow="fold")
+    copied = {p.shared_from for p in report.packages if p.shared_from}
+    for p in report.packages:
+        if p.shared_from:
+            continue
+        variant = "all layouts" if p.path in copied else p.variant
+        checks = {c.name: c for c in p.checks}
+        mark = "[green]✓[/]" if p.status == "passed" else "[red]✗[/]"
+        size = f"{p.size_bytes / 1e6:.1f} MB" if p.size_bytes else "deleted"
+        structure = [checks.get("structure"), checks.get("weights")]
+        failed = [c for c in structure if c is not None and c.failed]
+        table.add_row(mark, f"{p.component} {variant} {p.precision}", size, _figure(checks.get("psnr_layout")),
+                      _figure(checks.get("psnr_torch")), _figure(checks.get("psnr_coreml")),
+                      _figure(failed[0]) if failed else "[green]✓[/]")
+    return table
