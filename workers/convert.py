@@ -15,7 +15,7 @@ from torch import nn
 from service.errors import ConversionError, OptionsError
 from workers.specs import TensorSpec
 
-DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15")
+DEPLOYMENT_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 DEFAULT_DEPLOYMENT_TARGET = "iOS17"
 _DTYPES = {"float16": np.float16, "float32": np.float32}
 

@@ -14,17 +14,22 @@ from service.errors import ConversionError, OptionsError
 SUPPORTED_BITS = (1, 2, 4, 6, 8)
 DEFAULT_BITS = 6
 WEIGHT_THRESHOLD = 2048  # coremltools' default: tensors of at most this many elements stay float16
+# lookup-table weights arrived in iOS 16 / macOS 13; Apple ships 6-bit models for iOS 17 / macOS 14 and up
 _LUT_TARGETS = {"iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"}
+_SIX_BIT_TARGETS = {"iOS17", "iOS18", "macOS14", "macOS15"}
 
 
 def check_bits(bits: int, target: str) -> None:
-    """Refuse bit widths coremltools cannot palettize to, or targets without lookup-table weights."""
+    """Refuse bit widths coremltools cannot palettize to, or targets that cannot run them."""
     if bits not in SUPPORTED_BITS:
         raise OptionsError(f"--bits {bits} is not supported",
                            hint=f"Use one of {', '.join(map(str, SUPPORTED_BITS))}.")
     if target not in _LUT_TARGETS:
         raise OptionsError(f"palettized weights need iOS16 / macOS13 or newer, not {target}",
-                           hint="Pass --deployment-target iOS17 (the default).")
+                           hint="Pass --deployment-target iOS17 (the default), or --bits 0 for float16 only.")
+    if bits == 6 and target not in _SIX_BIT_TARGETS:
+        raise OptionsError(f"6-bit palettized weights need iOS17 / macOS14 or newer, not {target}",
+                           hint="Pass --deployment-target iOS17, or another --bits.")
 
 
 def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str = "",

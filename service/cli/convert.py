@@ -27,7 +27,7 @@ def convert(
     latent_size: tuple[int, int] = typer.Option((0, 0), metavar="H W",
                                                 help="Latent height and width (default: the UNet's sample_size)."),
     batch_size: int = typer.Option(2, help="UNet batch: 2 for classifier-free guidance, or 1."),
-    deployment_target: str = typer.Option("iOS17", help="Minimum OS: iOS16, iOS17, iOS18, macOS13, macOS14, macOS15."),
+    deployment_target: str = typer.Option("iOS17", help="Minimum OS: iOS15-iOS18 or macOS12-macOS15 (palettized weights need iOS16/macOS13+)."),
     source_id: str = typer.Option(None, help="For a local folder: the Hub id it holds (used in file names)."),
     allow_pickle: bool = typer.Option(False, help="Load .bin/.ckpt weights (runs code from the file: trusted sources only)."),
 ) -> None:

@@ -1,0 +1,64 @@
+"""Shared fixtures: isolated Hub caches, tiny random pipelines built in code, and their conversions."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import pytest
+
+# isolate every Hub cache and credential before huggingface_hub is imported anywhere
+_HOME = Path(os.environ.get("PYTEST_HF_HOME", "/tmp")) / f"coreml-publish-tests-{os.getpid()}"
+os.environ["HF_HOME"] = str(_HOME / "hf")
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.pop("HF_TOKEN", None)
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if platform.system() == "Darwin":
+        return
+    skip = pytest.mark.skip(reason="needs macOS with Xcode")
+    for item in items:
+        if "macos" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def sd1_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD 1.x-style pipeline (conv projections, fixed heads, safety checker)."""
+    from workers.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("sources") / "tiny-sd1", style="sd1", seed=1)
+
+
+@pytest.fixture(scope="session")
+def sd2_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD 2.x-style pipeline (linear projections, per-block heads, 576-token attention)."""
+    from workers.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("sources") / "tiny-sd2", style="sd2", seed=2)
+
+
+def _convert(source: Path, out: Path, **options):
+    from workers.engine import ConvertOptions, convert_pipeline
+    from workers.resolve import resolve_source
+
+    return convert_pipeline(resolve_source(str(source), source_id=f"tests/{source.name}"), out,
+                            ConvertOptions(**options))
+
+
+@pytest.fixture(scope="session")
+def sd1_conversion(sd1_pipeline: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The SD1 fixture converted with default options: (output folder, report)."""
+    out = tmp_path_factory.mktemp("sd1-out")
+    return out, _convert(sd1_pipeline, out)
+
+
+@pytest.fixture(scope="session")
+def sd2_conversion(sd2_pipeline: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The SD2 fixture converted with default options: (output folder, report)."""
+    out = tmp_path_factory.mktemp("sd2-out")
+    return out, _convert(sd2_pipeline, out)

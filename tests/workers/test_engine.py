@@ -1,0 +1,219 @@
+"""End-to-end conversions of tiny pipelines: Apple's exact tree, names, shapes, dtypes and metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.errors import OptionsError, ValidationError
+from tests.helpers import negate_largest_weight
+from workers import engine
+from workers.engine import ConvertOptions, convert_pipeline
+from workers.layout import Attention
+from workers.resolve import resolve_source
+from workers.specs import SPECS
+from workers.validate import read_package
+
+F16, F32 = "float16", "float32"
+
+
+def contract(b: int, h: int, w: int, ctx: int, f: int, concepts: int = 17) -> dict:
+    """The Core ML interface contract, written out literally (not derived from the specs under test)."""
+    return {
+        "text_encoder": ([("input_ids", (1, 77), F32)],
+                         [("last_hidden_state", (1, 77, ctx), F32), ("pooled_outputs", (1, ctx), F32)]),
+        "unet": ([("sample", (b, 4, h, w), F16), ("timestep", (b,), F16),
+                  ("encoder_hidden_states", (b, ctx, 1, 77), F16)],
+                 [("noise_pred", (b, 4, h, w), F32)]),
+        "vae_decoder": ([("z", (1, 4, h, w), F16)], [("image", (1, 3, f * h, f * w), F32)]),
+        "vae_encoder": ([("x", (1, 3, f * h, f * w), F16)], [("latent", (1, 8, h, w), F32)]),
+        "safety_checker": ([("clip_input", (1, 3, 224, 224), F16), ("images", (1, f * h, f * w, 3), F16),
+                            ("adjustment", (1,), F16)],
+                           [("filtered_images", (1, f * h, f * w, 3), F32), ("has_nsfw_concepts", (1,), F32),
+                            ("concept_scores", (1, concepts), F32)]),
+    }
+
+
+def test_every_registered_spec_is_in_the_contract_test() -> None:
+    assert set(contract(2, 8, 8, 32, 8)) == set(SPECS)
+
+
+def _tree(out: Path) -> set[str]:
+    return {p.relative_to(out).as_posix() for p in out.glob("*/*/packages/*.mlpackage")}
+
+
+def _expected_tree(repo: str, model_version: str, float16: list[str], palettized: list[str]) -> set[str]:
+    names = set()
+    for variant in ("original", "split_einsum_v2"):
+        names |= {f"coreml-{repo}/{variant}/packages/Stable_Diffusion_version_{model_version}_{c}.mlpackage"
+                  for c in float16}
+        names |= {f"coreml-{repo}-palettized/{variant}/packages/Stable_Diffusion_version_{model_version}_{c}.mlpackage"
+                  for c in palettized}
+    return names
+
+
+def test_sd1_tree_has_apples_names(sd1_conversion) -> None:
+    out, report = sd1_conversion
+    four = ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
+    assert _tree(out) == _expected_tree("tiny-sd1", "tests_tiny-sd1", four + ["safety_checker"], four)
+    assert report.passed and all(p.status == "passed" for p in report.packages)
+
+
+@pytest.mark.parametrize("repo_suffix", ["", "-palettized"])
+@pytest.mark.parametrize("variant", ["original", "split_einsum_v2"])
+def test_sd1_packages_meet_the_interface_contract(sd1_conversion, variant: str, repo_suffix: str) -> None:
+    out, _ = sd1_conversion
+    folder = out / f"coreml-tiny-sd1{repo_suffix}" / variant / "packages"
+    expected = contract(b=2, h=16, w=16, ctx=32, f=2)
+    for package in folder.iterdir():
+        component = package.name.removeprefix("Stable_Diffusion_version_tests_tiny-sd1_").removesuffix(".mlpackage")
+        contents = read_package(package)
+        assert (contents.inputs, contents.outputs) == expected[component], component
+
+
+def test_sd2_packages_meet_the_interface_contract(sd2_conversion) -> None:
+    out, report = sd2_conversion
+    four = ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
+    assert _tree(out) == _expected_tree("tiny-sd2", "tests_tiny-sd2", four, four)
+    expected = contract(b=2, h=24, w=24, ctx=64, f=2)
+    for package in out.glob("*/*/packages/*.mlpackage"):
+        component = package.name.removeprefix("Stable_Diffusion_version_tests_tiny-sd2_").removesuffix(".mlpackage")
+        contents = read_package(package)
+        assert (contents.inputs, contents.outputs) == expected[component], package
+    assert report.passed
+
+
+def test_metadata_says_where_each_package_comes_from(sd1_conversion) -> None:
+    out, report = sd1_conversion
+    import coremltools as ct
+
+    package = out / "coreml-tiny-sd1-palettized/split_einsum_v2/packages/Stable_Diffusion_version_tests_tiny-sd1_unet.mlpackage"
+    model = ct.models.MLModel(str(package), skip_model_load=True)
+    meta = model.user_defined_metadata
+    assert meta["source_repo"] == "tests/tiny-sd1"
+    assert meta["component"] == "unet"
+    assert meta["attention_implementation"] == "split_einsum_v2"
+    assert meta["precision"] == "palettized-6bit"
+    assert meta["converter"].startswith("coreml-publisher ")
+    assert meta["deployment_target"] == "iOS17"
+    assert model.license == "creativeml-openrail-m"
+    spec = model.get_spec()
+    assert all(f.shortDescription for f in spec.description.input)
+    assert all(f.shortDescription for f in spec.description.output)
+    text = out / "coreml-tiny-sd1/original/packages/Stable_Diffusion_version_tests_tiny-sd1_text_encoder.mlpackage"
+    assert ct.models.MLModel(str(text), skip_model_load=True).user_defined_metadata["attention_implementation"] == "any"
+
+
+def test_palettized_packages_hold_lookup_tables_and_the_vae_stays_float16(sd1_conversion) -> None:
+    out, _ = sd1_conversion
+    pal = out / "coreml-tiny-sd1-palettized/original/packages"
+    unet = read_package(pal / "Stable_Diffusion_version_tests_tiny-sd1_unet.mlpackage")
+    assert unet.lut_ops > 40 and unet.lut_sizes == {64} and not unet.unpalettized_large
+    text = read_package(pal / "Stable_Diffusion_version_tests_tiny-sd1_text_encoder.mlpackage")
+    assert text.lut_ops >= 1 and text.lut_sizes == {64}
+    vae = read_package(pal / "Stable_Diffusion_version_tests_tiny-sd1_vae_decoder.mlpackage")
+    assert vae.lut_ops == 0
+    float16 = out / "coreml-tiny-sd1/original/packages/Stable_Diffusion_version_tests_tiny-sd1_unet.mlpackage"
+    assert read_package(float16).lut_ops == 0
+    pal_size = sum(f.stat().st_size for f in (pal / "Stable_Diffusion_version_tests_tiny-sd1_unet.mlpackage").rglob("*"))
+    f16_size = sum(f.stat().st_size for f in float16.rglob("*"))
+    assert pal_size < 0.6 * f16_size
+
+
+def test_layout_independent_components_are_converted_once(sd1_conversion) -> None:
+    _, report = sd1_conversion
+    converts = [k for k in report.timings if k.startswith("convert/")]
+    assert sorted(converts) == sorted([
+        "convert/text_encoder/float16", "convert/unet/original/float16", "convert/unet/split_einsum_v2/float16",
+        "convert/vae_decoder/float16", "convert/vae_encoder/float16", "convert/safety_checker/float16"])
+    palettized = [k for k in report.timings if k.startswith("palettize/")]
+    assert len(palettized) == 3  # text encoder once, UNet per layout; the VAE is not palettized
+
+
+def test_report_json_records_provenance_and_every_figure(sd1_conversion) -> None:
+    out, _ = sd1_conversion
+    data = json.loads((out / "report.json").read_text())
+    assert data["passed"] is True
+    assert data["source"]["id"] == "tests/tiny-sd1"
+    assert data["source"]["license"] == "creativeml-openrail-m"
+    assert {"converter", "coremltools", "torch", "diffusers"} <= set(data["toolchain"])
+    assert data["repos"] == {"float16": "coreml-tiny-sd1", "palettized": "coreml-tiny-sd1-palettized"}
+    assert data["geometry"]["vae_scale_factor"] == 2
+    assert len(data["packages"]) == 18
+    for package in data["packages"]:
+        checks = {c["name"]: c for c in package["checks"]}
+        assert package["status"] == "passed" and package["size_bytes"] > 0
+        assert checks["structure"]["status"] == "passed"
+        torch_psnr = checks["psnr_torch"]
+        assert torch_psnr["value"] >= torch_psnr["threshold"]
+        if package["precision"] == "float16":
+            assert torch_psnr["threshold"] == 45.0 and checks["weights"]["status"] == "passed"
+            assert checks["psnr_coreml"]["status"] in ("skipped", "passed")
+        if package["component"] == "unet":
+            assert checks["psnr_layout"]["value"] >= 60
+
+
+def test_a_corrupted_weight_is_caught_and_the_package_deleted(sd1_pipeline: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    real_save = engine.save_package
+
+    def save_then_corrupt(model, path: Path) -> None:
+        real_save(model, path)
+        negate_largest_weight(path)
+
+    monkeypatch.setattr(engine, "save_package", save_then_corrupt)
+    source = resolve_source(str(sd1_pipeline))
+    options = ConvertOptions(components=("vae_decoder",), bits=None, attentions=(Attention.ORIGINAL,))
+    with pytest.raises(ValidationError) as caught:
+        convert_pipeline(source, tmp_path, options)
+    failure = caught.value.failures[0]
+    assert failure.startswith("vae_decoder (original, float16) psnr_torch: ")
+    assert failure.endswith("dB < 45.0 dB")
+    assert not any(tmp_path.glob("*/*/packages/*.mlpackage"))
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["passed"] is False and data["packages"][0]["status"] == "failed"
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_other_bit_widths(sd2_pipeline: Path, tmp_path: Path, bits: int) -> None:
+    source = resolve_source(str(sd2_pipeline))
+    options = ConvertOptions(components=("text_encoder",), bits=bits, attentions=(Attention.ORIGINAL,))
+    report = convert_pipeline(source, tmp_path, options)
+    pal = [p for p in report.packages if p.precision == f"palettized-{bits}bit"]
+    assert len(pal) == 1 and pal[0].status == "passed"
+    contents = read_package(tmp_path / pal[0].path)
+    assert contents.lut_sizes == {2 ** bits} and contents.lut_ops == 13
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(bits=3), "--bits 3 is not supported"),
+    (dict(bits=6, deployment_target="iOS16"), "6-bit palettized weights need iOS17"),
+    (dict(bits=4, deployment_target="iOS15"), "palettized weights need iOS16"),
+    (dict(deployment_target="iOS99"), "unknown deployment target"),
+    (dict(attentions=()), "no attention layout"),
+    (dict(components=("unet", "refiner")), "unknown components: refiner"),
+])
+def test_bad_options_are_refused_before_any_work(sd2_pipeline: Path, tmp_path: Path, options: dict,
+                                                 message: str) -> None:
+    with pytest.raises(OptionsError, match=message):
+        convert_pipeline(resolve_source(str(sd2_pipeline)), tmp_path / "out", ConvertOptions(**options))
+    assert not (tmp_path / "out").exists()
+
+
+def test_components_the_source_lacks_are_named(sd2_pipeline: Path, tmp_path: Path) -> None:
+    with pytest.raises(OptionsError, match="the source has no safety_checker"):
+        convert_pipeline(resolve_source(str(sd2_pipeline)), tmp_path, ConvertOptions(components=("safety_checker",)))
+
+
+def test_float16_only_and_batch_one(sd2_pipeline: Path, tmp_path: Path) -> None:
+    source = resolve_source(str(sd2_pipeline))
+    options = ConvertOptions(components=("unet",), bits=None, batch_size=1, latent_size=(16, 24),
+                             attentions=(Attention.SPLIT_EINSUM,))
+    report = convert_pipeline(source, tmp_path, options)
+    assert [p.path for p in report.packages] == [
+        "coreml-tiny-sd2/split_einsum/packages/Stable_Diffusion_version_tiny-sd2_unet.mlpackage"]
+    contents = read_package(tmp_path / report.packages[0].path)
+    assert contents.inputs[0] == ("sample", (1, 4, 16, 24), F16)
+    assert not (tmp_path / "coreml-tiny-sd2-palettized").exists()
