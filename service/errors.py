@@ -21,7 +21,7 @@ class CoreMLPublishError(Exception):
 
     def one_line(self) -> str:
         """The message and hint joined for a terminal."""
-        return f"{self.message} {self.hint}".strip()
+        return f"{self.message.rstrip('.')}. {self.hint}" if self.hint else self.message
 
 
 class SourceError(CoreMLPublishError, ValueError):

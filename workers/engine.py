@@ -197,7 +197,7 @@ class _Run:
         self.on_event = on_event or (lambda event: None)
         self.fp16_repo, self.palettized_repo = repo_names(source.name)
         self.converter = converter_id()
-        self.mappings: dict[str, dict[str, str]] = {}  # package file name -> parameter -> const name
+        self.mappings: dict[str, dict[str, str]] = {}  # float16 package -> parameter -> const name
         self.report = Report(
             source={"id": source.id, "repo_id": source.repo_id, "revision": source.revision,
                     "sha": source.sha, "path": str(source.path), "pipeline_class": source.pipeline_class,
@@ -275,78 +275,88 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
     return run.report
 
 
+@dataclass
+class _Inputs:
+    """What every package of one component is converted and validated with."""
+
+    inputs: list
+    outputs: list
+    trace: dict
+    check: dict
+    reference: dict
+
+
 def _convert_component(run: _Run, spec: ComponentSpec) -> None:
     g, options, source = run.geometry, run.options, run.source
     with run.stage("load", spec.name):
         modules = spec.load(source.path, source.weight_variant, source.use_safetensors)
-    inputs = spec.inputs(g)
     outputs = resolve_outputs(spec, g, modules)
-    names = [t.name for t in outputs]
-    trace_inputs = spec.sample_inputs(g, options.seed)
-    check_inputs = spec.sample_inputs(g, options.seed + 1)
+    io = _Inputs(spec.inputs(g), outputs, spec.sample_inputs(g, options.seed), spec.sample_inputs(g, options.seed + 1),
+                 {})
     with run.stage("reference", spec.name):
-        reference = run_module(spec.reference(modules), check_inputs, names)
+        io.reference = run_module(spec.reference(modules), io.check, [t.name for t in outputs])
 
+    # trace every layout before validating any: tracing needs the pristine float32 weights
     layouts = options.attentions if spec.depends_on_attention else options.attentions[:1]
-    exports, layout_checks, converted = {}, {}, {}
+    exports, results = {}, {}
     for attention in layouts:
-        variant = attention.value if spec.depends_on_attention else None
-        export = spec.export_module(modules, attention)
+        label = attention.value if spec.depends_on_attention else None  # None: shared by all layouts
+        exports[attention] = export = spec.export_module(modules, attention)
+        result = PackageResult(run.fp16_repo, attention.value, spec.name, "float16",
+                               run.rel(run.package_path(run.fp16_repo, attention, spec.name)))
         if spec.depends_on_attention:
-            ours = run_module(export, check_inputs, names)
-            layout_checks[attention] = psnr_check("psnr_layout", "torch", reference, ours,
-                                                  spec.compared(g), options.bars.layout)
-        with run.stage("convert", spec.name, variant, "float16"):
-            model = convert_module(export, trace_inputs, inputs, outputs, component=spec.name,
-                                   target=options.deployment_target, variant=variant)
-            apply_metadata(model, run.metadata(spec, attention if variant else None, "float16"), inputs, outputs)
-            path = run.package_path(run.fp16_repo, attention, spec.name)
-            save_package(model, path)
+            ours = run_module(export, io.check, [t.name for t in outputs])
+            result.checks.append(psnr_check("psnr_layout", "torch", io.reference, ours, spec.compared(g),
+                                            options.bars.layout))
+        started = time.perf_counter()
+        with run.stage("convert", spec.name, label, "float16"):
+            model = convert_module(export, io.trace, io.inputs, outputs, component=spec.name,
+                                   target=options.deployment_target, variant=label)
+            apply_metadata(model, run.metadata(spec, attention if label else None, "float16"), io.inputs, outputs)
+            save_package(model, run.out / result.path)
             del model
-        converted[attention] = (path, run.report.timings[f"convert/{spec.name}" + (f"/{variant}" if variant else "")
-                                                          + "/float16"])
-        exports[attention] = export
+        result.seconds = time.perf_counter() - started
+        results[attention] = result
 
     for attention in layouts:
-        path, seconds = converted[attention]
-        variant = attention.value
-        result = PackageResult(run.fp16_repo, variant, spec.name, "float16", run.rel(path), seconds=seconds)
-        if attention in layout_checks:
-            result.checks.append(layout_checks[attention])
-        with run.stage("validate", spec.name, variant, "float16"):
-            result.checks += _validate(run, spec, path, exports[attention], inputs, outputs, check_inputs,
-                                       reference, bits=None)
-        _record(run, result, path, spec, attention, layouts)
-        if result.status == "failed" or not spec.in_palettized_repo or options.bits is None:
-            continue
-        pal_path = run.package_path(run.palettized_repo, attention, spec.name)
-        if not spec.palettize:  # Apple keeps these float16 in palettized repos
-            link_package(path, pal_path)
-            shared = PackageResult(run.palettized_repo, variant, spec.name, "float16", run.rel(pal_path),
-                                   result.size_bytes, 0.0, result.path, list(result.checks))
-            _record(run, shared, pal_path, spec, attention, layouts)
-            continue
-        precision = _precision(options.bits)
-        with run.stage("palettize", spec.name, variant, precision):
-            started = time.perf_counter()
-            model = palettize_package(path, bits=options.bits, component=spec.name)
-            apply_metadata(model, run.metadata(spec, attention if spec.depends_on_attention else None, precision),
-                           inputs, outputs)
-            save_package(model, pal_path)
-            del model
-        pal = PackageResult(run.palettized_repo, variant, spec.name, precision, run.rel(pal_path),
-                            seconds=time.perf_counter() - started)
-        if attention in layout_checks:
-            pal.checks.append(layout_checks[attention])
-        with run.stage("validate", spec.name, variant, precision):
-            pal.checks += _validate(run, spec, pal_path, exports[attention], inputs, outputs, check_inputs,
-                                    reference, bits=options.bits)
-        _record(run, pal, pal_path, spec, attention, layouts)
+        label = attention.value if spec.depends_on_attention else None
+        result = results[attention]
+        path = run.out / result.path
+        with run.stage("validate", spec.name, label, "float16"):
+            result.checks += _validate(run, spec, path, exports[attention], io, bits=None, float16=result.path)
+        _record(run, result, path, spec, layouts)
+        if result.status == "passed" and spec.in_palettized_repo and options.bits is not None:
+            _palettized(run, spec, attention, label, result, exports[attention], io, layouts)
     del exports, modules
     gc.collect()
 
 
-def _record(run: _Run, result: PackageResult, path: Path, spec: ComponentSpec, attention: Attention,
+def _palettized(run: _Run, spec: ComponentSpec, attention: Attention, label: str | None,
+                float16: PackageResult, export, io: _Inputs, layouts: tuple[Attention, ...]) -> None:
+    """The palettized repo's package for one float16 package: palettized, or a float16 copy (VAE)."""
+    path = run.package_path(run.palettized_repo, attention, spec.name)
+    if not spec.palettize:  # Apple keeps these float16 in palettized repos
+        link_package(run.out / float16.path, path)
+        copy = PackageResult(run.palettized_repo, attention.value, spec.name, "float16", run.rel(path),
+                             float16.size_bytes, 0.0, float16.path, list(float16.checks))
+        _record(run, copy, path, spec, layouts)
+        return
+    precision = _precision(run.options.bits)
+    result = PackageResult(run.palettized_repo, attention.value, spec.name, precision, run.rel(path),
+                           checks=[c for c in float16.checks if c.name == "psnr_layout"])
+    started = time.perf_counter()
+    with run.stage("palettize", spec.name, label, precision):
+        model = palettize_package(run.out / float16.path, bits=run.options.bits, component=spec.name)
+        apply_metadata(model, run.metadata(spec, attention if label else None, precision), io.inputs, io.outputs)
+        save_package(model, path)
+        del model
+    result.seconds = time.perf_counter() - started
+    with run.stage("validate", spec.name, label, precision):
+        result.checks += _validate(run, spec, path, export, io, bits=run.options.bits, float16=float16.path)
+    _record(run, result, path, spec, layouts)
+
+
+def _record(run: _Run, result: PackageResult, path: Path, spec: ComponentSpec,
             layouts: tuple[Attention, ...]) -> None:
     """Add a result to the report; delete a failed package; copy a shared one to the other layouts."""
     if result.status == "failed":
@@ -368,22 +378,21 @@ def _record(run: _Run, result: PackageResult, path: Path, spec: ComponentSpec, a
             result.path, list(result.checks)))
 
 
-def _validate(run: _Run, spec: ComponentSpec, path: Path, export, inputs, outputs, check_inputs,
-              reference, *, bits: int | None) -> list[Check]:
+def _validate(run: _Run, spec: ComponentSpec, path: Path, export, io: _Inputs, *, bits: int | None,
+              float16: str) -> list[Check]:
+    """Every check of one saved package; ``float16`` names the float16 package it was made from."""
     bars = run.options.bars
     contents = read_package(path, threshold=WEIGHT_THRESHOLD)
-    checks = [structure_check(contents, inputs, outputs, bits)]
+    checks = [structure_check(contents, io.inputs, io.outputs, bits)]
     if bits is None:  # names are matched on the float16 package and reused for its palettized copy
-        run.mappings[path.name], weights_check = match_parameters(export, contents.weights, WEIGHT_THRESHOLD)
+        run.mappings[float16], weights_check = match_parameters(export, contents.weights, WEIGHT_THRESHOLD)
         checks.append(weights_check)
-    params = read_back_parameters(export, contents.weights, run.mappings.get(path.name, {}))
+    params = read_back_parameters(export, contents.weights, run.mappings[float16])
     del contents
-    names = [t.name for t in outputs]
-    candidate = run_module(export, check_inputs, names, params)
+    candidate = run_module(export, io.check, [t.name for t in io.outputs], params)
     del params
-    checks.append(psnr_check("psnr_torch", "torch", reference, candidate, spec.compared(run.geometry),
-                             bars.for_bits(bits)))
+    compared = spec.compared(run.geometry)
+    checks.append(psnr_check("psnr_torch", "torch", io.reference, candidate, compared, bars.for_bits(bits)))
     if bits is None:
-        checks.append(coreml_check(path, check_inputs, inputs, reference, spec.compared(run.geometry),
-                                   bars.coreml_float16))
+        checks.append(coreml_check(path, io.check, io.inputs, io.reference, compared, bars.coreml_float16))
     return checks

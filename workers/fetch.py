@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.errors import SourceError
-from workers.resolve import Source
+from workers.resolve import Source, network_errors
 
 
 def fetch_source(source: Source, *, local_dir: Path | None = None, cache_dir: Path | None = None,
@@ -30,7 +30,7 @@ def fetch_source(source: Source, *, local_dir: Path | None = None, cache_dir: Pa
             token=token,
             endpoint=endpoint,
         )
-    except (HfHubHTTPError, OSError) as e:
+    except (HfHubHTTPError, *network_errors()) as e:
         raise SourceError(f"downloading {source.repo_id}@{source.sha[:10]} failed: {e}",
                           source=source.repo_id, hint="Try again; check HF_ENDPOINT and HF_TOKEN.") from e
     return source.with_path(Path(folder))

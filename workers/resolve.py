@@ -174,7 +174,7 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
         status = getattr(e.response, "status_code", None)
         raise SourceError(f"the Hub answered {status} for {repo_id}", source=repo_id,
                           hint="Try again later; check HF_ENDPOINT and HF_TOKEN.") from e
-    except OSError as e:  # connection refused, DNS, timeouts
+    except network_errors() as e:  # connection refused, DNS, timeouts
         raise SourceError(f"cannot reach the Hub for {repo_id}: {e.__class__.__name__}",
                           source=repo_id, hint="Check your network and HF_ENDPOINT.") from e
     index = _read_model_index(Path(index_path), source=repo_id, files=files)
@@ -184,6 +184,13 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
                      need_safety_checker=need_safety_checker)
     return Source(id=repo_id, repo_id=repo_id, revision=revision or "main", sha=info.sha,
                   license=license_, **checked)
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions meaning the Hub could not be reached (huggingface_hub 2.x speaks through httpx2)."""
+    import httpx2
+
+    return (OSError, httpx2.TransportError)
 
 
 def _raise_not_diffusers(source: str, files: Iterable[str]) -> None:

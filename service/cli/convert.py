@@ -80,5 +80,5 @@ def convert(
     printer.close()
     stdout.print(report_table(report))
     made = sum(1 for p in report.packages if not p.shared_from)
-    stdout.print(f"All {made} packages passed ({len(report.packages)} in the trees, layout-independent ones shared). "
-                 f"Report: {out / 'report.json'}")
+    stdout.print(f"All checks passed: {made} packages made, {len(report.packages)} placed in the trees "
+                 f"(layout-independent ones are shared). Report: {out / 'report.json'}")

@@ -1,0 +1,78 @@
+"""Resolving and fetching Hub sources with the real huggingface_hub client against a Hub test double."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.errors import GatedSourceError, SourceNotFoundError, UnsupportedModelError
+from tests.hub_double import HubDouble
+from workers.fetch import fetch_source
+from workers.resolve import resolve_source
+
+
+@pytest.fixture
+def hub(sd2_pipeline: Path, tmp_path: Path):
+    repo = Path(shutil.copytree(sd2_pipeline, tmp_path / "repo"))
+    # files a conversion must never download: a pickle copy, an fp16 variant, a single-file checkpoint
+    shutil.copy(repo / "unet" / "diffusion_pytorch_model.safetensors", repo / "unet" / "diffusion_pytorch_model.bin")
+    shutil.copy(repo / "unet" / "diffusion_pytorch_model.safetensors",
+                repo / "unet" / "diffusion_pytorch_model.fp16.safetensors")
+    (repo / "v2-1_512-ema-pruned.ckpt").write_bytes(b"0" * 1000)
+    with HubDouble() as double:
+        double.add("org/tiny-sd2", repo, card={"license": "openrail++"})
+        yield double
+
+
+def test_hub_source_is_pinned_to_a_sha_and_fetches_only_what_it_needs(hub: HubDouble, tmp_path: Path) -> None:
+    source = resolve_source("org/tiny-sd2", endpoint=hub.endpoint)
+    sha = hub.repos["org/tiny-sd2"].sha
+    assert (source.id, source.repo_id, source.sha, source.revision) == ("org/tiny-sd2", "org/tiny-sd2", sha, "main")
+    assert source.license == "openrail++" and source.path is None
+    fetched = fetch_source(source, cache_dir=tmp_path / "cache", endpoint=hub.endpoint)
+    assert (fetched.path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    downloaded = hub.downloaded("org/tiny-sd2")
+    assert "unet/diffusion_pytorch_model.safetensors" in downloaded
+    assert "tokenizer/vocab.json" in downloaded and "model_index.json" in downloaded
+    assert not {"unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.fp16.safetensors",
+                "v2-1_512-ema-pruned.ckpt"} & downloaded
+    # every download asked for the pinned commit, never a moving branch
+    assert all(f"/resolve/{sha}/" in path for method, path in hub.requests
+               if method == "GET" and "/resolve/" in path and not path.endswith("model_index.json"))
+
+
+def test_revision_by_sha(hub: HubDouble) -> None:
+    sha = hub.repos["org/tiny-sd2"].sha
+    assert resolve_source("org/tiny-sd2", revision=sha, endpoint=hub.endpoint).sha == sha
+
+
+def test_unknown_repo_and_revision_are_told_apart(hub: HubDouble) -> None:
+    with pytest.raises(SourceNotFoundError, match="repo org/missing not found"):
+        resolve_source("org/missing", endpoint=hub.endpoint)
+    with pytest.raises(SourceNotFoundError, match="has no revision 'v9'"):
+        resolve_source("org/tiny-sd2", revision="v9", endpoint=hub.endpoint)
+
+
+def test_gated_repo_without_token_says_what_to_do(hub: HubDouble, sd2_pipeline: Path) -> None:
+    hub.add("org/gated", sd2_pipeline, gated=True)
+    with pytest.raises(GatedSourceError) as caught:
+        resolve_source("org/gated", endpoint=hub.endpoint)
+    assert "HF_TOKEN" in caught.value.hint
+
+
+def test_single_file_repo_is_not_a_diffusers_pipeline(hub: HubDouble, tmp_path: Path) -> None:
+    folder = tmp_path / "single"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"0")
+    hub.add("org/single", folder)
+    with pytest.raises(UnsupportedModelError, match="not a diffusers pipeline.*model.safetensors"):
+        resolve_source("org/single", endpoint=hub.endpoint)
+
+
+def test_unreachable_hub_is_a_clear_error() -> None:
+    from service.errors import SourceError
+
+    with pytest.raises(SourceError, match="cannot reach the Hub|answered"):
+        resolve_source("org/tiny-sd2", endpoint="http://127.0.0.1:9")
