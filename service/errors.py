@@ -86,5 +86,13 @@ class ValidationError(CoreMLPublishError, RuntimeError):
         self.report = report
 
 
+class PublishError(CoreMLPublishError, RuntimeError):
+    """Pushing to the Hub failed (after retries, or for a reason retrying cannot fix)."""
+
+    def __init__(self, message: str, *, repo_id: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.repo_id = repo_id
+
+
 class ToolUnavailableError(CoreMLPublishError, RuntimeError):
     """A platform tool (xcrun coremlcompiler, Core ML runtime) is not on this machine."""

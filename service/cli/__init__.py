@@ -8,7 +8,9 @@ import sys
 import typer
 
 from service.cli import convert as _convert
+from service.cli import devhub as _devhub
 from service.cli import models as _models
+from service.cli import publish as _publish
 from service.cli.output import quiet_libraries
 from service.errors import CoreMLPublishError, OptionsError, ValidationError
 
@@ -20,7 +22,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("convert", no_args_is_help=True)(_convert.convert)
+app.command("publish", no_args_is_help=True)(_publish.publish)
+app.command("download", no_args_is_help=True)(_publish.download)
 app.command("tiny-pipeline", no_args_is_help=True)(_models.tiny_pipeline)
+app.command("devhub")(_devhub.devhub)
 
 # exit codes: 1 for a bad source or options, 3 for a conversion that ran but failed validation
 EXIT_CODES: dict[type[Exception], int] = {ValidationError: 3, OptionsError: 2, CoreMLPublishError: 1}

@@ -25,6 +25,9 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
     for name in ("coremltools", "transformers", "diffusers", "torch", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()
 
 
 class EventPrinter:

@@ -1,0 +1,59 @@
+"""``coreml-publish publish`` and ``download``: conversion output to the Hub, and one variant back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from service.cli.output import console, stdout
+
+
+def publish(
+    out: Path = typer.Argument(..., help="A conversion output folder (made by `convert`)."),
+    namespace: str = typer.Option(..., help="User or organisation to publish under."),
+    private: bool = typer.Option(False, help="Create the repos as private."),
+    packages_only: bool = typer.Option(False, help="Publish .mlpackage files only, without compiled resources "
+                                                   "(for machines without Xcode; the card says so)."),
+) -> None:
+    """Publish OUT as two Hub repos: NAMESPACE/coreml-<name> (float16) and NAMESPACE/coreml-<name>-palettized.
+
+    Compiles every package to .mlmodelc (needs macOS with Xcode), zips each variant, writes the model card,
+    and pushes each repo as one commit. Uses the token in HF_TOKEN or the huggingface_hub login cache.
+    """
+    from service.publish import publish_tree
+    from workers.compile import require_compiler
+    from workers.package import load_report, package_output
+
+    report = load_report(out)
+    compiler = None if packages_only else require_compiler()
+    with console.status("packaging") as status:
+        trees = package_output(out, namespace=namespace, compiled=not packages_only, compiler=compiler,
+                               on_step=lambda message: status.update(message + "…"))
+        for tree in trees:
+            result = publish_tree(tree, namespace=namespace, source_sha=report["source"].get("sha"),
+                                  private=private, on_step=lambda message: status.update(message + "…"))
+            change = f"commit {result.commit[:10]}" if result.changed else \
+                f"no changes: the Hub already holds these files (commit {result.commit[:10]})"
+            stdout.print(f"[green]✓[/] {result.repo_id}: {change}" + (f", tag {result.tag}" if result.tag else ""))
+
+
+def download(
+    repo: str = typer.Argument(..., help="A published repo id, e.g. org/coreml-stable-diffusion-2-1-base-palettized."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to download into."),
+    variant: str = typer.Option("split_einsum_v2", help="original (Mac GPU) or split_einsum_v2 (Neural Engine)."),
+    compiled: bool = typer.Option(False, "--compiled", help="The compiled resources (default)."),
+    packages: bool = typer.Option(False, "--packages", help="The .mlpackage files."),
+    zip_: bool = typer.Option(False, "--zip", help="The variant's zip, as apps download it."),
+    revision: str = typer.Option(None, help="Branch, tag or commit (default: main)."),
+) -> None:
+    """Download one variant of a published repo: only the files asked for."""
+    from service.download import download_variant
+    from service.errors import OptionsError
+
+    chosen = [k for k, on in (("compiled", compiled), ("packages", packages), ("zip", zip_)) if on]
+    if len(chosen) > 1:
+        raise OptionsError("choose one of --compiled, --packages, --zip", hint="Pass just one of them.")
+    with console.status(f"downloading {repo}…"):
+        path = download_variant(repo, out, variant=variant, kind=(chosen or ["compiled"])[0], revision=revision)
+    stdout.print(f"Downloaded to {path}")
