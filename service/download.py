@@ -19,24 +19,34 @@ def download_variant(repo_id: str, out: Path, *, variant: str = Attention.SPLIT_
     Raises OptionsError for unknown variants or kinds, SourceNotFoundError when the repo or the files are
     not there.
     """
-    from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     if variant not in {a.value for a in Attention}:
         raise OptionsError(f"unknown variant {variant!r}", hint="Use original or split_einsum_v2.")
     if kind not in KINDS:
         raise OptionsError(f"unknown kind {kind!r}", hint="Use compiled, packages or zip.")
     try:
+        # ask first: snapshot_download falls back to local files when the Hub says no
+        sha = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision).sha
         if kind == "zip":
             name = zip_name(repo_id.split("/")[-1], variant)
-            return Path(hf_hub_download(repo_id, name, revision=revision, local_dir=str(out), endpoint=endpoint,
+            return Path(hf_hub_download(repo_id, name, revision=sha, local_dir=str(out), endpoint=endpoint,
                                         token=token))
         pattern = f"{variant}/{kind}/*"
-        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=pattern, local_dir=str(out),
+        folder = Path(snapshot_download(repo_id, revision=sha, allow_patterns=pattern, local_dir=str(out),
                                         endpoint=endpoint, token=token))
     except RepositoryNotFoundError as e:
         raise SourceNotFoundError(f"repo {repo_id} not found (or private)", source=repo_id,
                                   hint="Check the id; for a private repo set HF_TOKEN.") from e
+    except RevisionNotFoundError as e:
+        raise SourceNotFoundError(f"{repo_id} has no revision {revision!r}", source=repo_id,
+                                  hint="Pass a branch, tag or commit that exists.") from e
     except EntryNotFoundError as e:
         raise SourceNotFoundError(f"{repo_id} has no {kind} zip for {variant}", source=repo_id,
                                   hint="The repo may hold packages only; try --packages.") from e

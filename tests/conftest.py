@@ -62,3 +62,26 @@ def sd2_conversion(sd2_pipeline: Path, tmp_path_factory: pytest.TempPathFactory)
     """The SD2 fixture converted with default options: (output folder, report)."""
     out = tmp_path_factory.mktemp("sd2-out")
     return out, _convert(sd2_pipeline, out)
+
+
+DOUBLES = Path(__file__).parent / "doubles"
+
+
+@pytest.fixture
+def xcrun_double(monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Put the test double of `xcrun coremlcompiler` (tests/doubles/xcrun) first on PATH."""
+    monkeypatch.setenv("PATH", f"{DOUBLES}{os.pathsep}{os.environ['PATH']}")
+    return DOUBLES / "xcrun"
+
+
+@pytest.fixture
+def devhub(tmp_path: Path):
+    """A running dev Hub with users alice (org: studio) and a read-only bob; yields (url, store)."""
+    from service.devhub.server import running_devhub
+    from service.devhub.store import Store
+
+    store = Store(tmp_path / "devhub")
+    store.add_token("alice", token="alice-token", orgs=["studio"])
+    store.add_token("bob", token="bob-token", write=False)
+    with running_devhub(tmp_path / "devhub", page_size=50) as url:
+        yield url, store

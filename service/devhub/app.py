@@ -13,7 +13,7 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import yaml
 from fastapi import FastAPI, Request
@@ -175,7 +175,8 @@ def create_app(data: Path, *, page_size: int = 1000) -> FastAPI:
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
         url = f"{str(request.base_url).rstrip('/')}/{prefix}{repo_id}"
         try:
-            store.create_repo(repo_type, repo_id, private=bool(body.get("private")), author=token.user)
+            private = body.get("visibility") in ("private", "protected") or bool(body.get("private"))
+            store.create_repo(repo_type, repo_id, private=private, author=token.user)
         except StoreError as e:
             if e.status != 409:
                 raise
@@ -273,7 +274,7 @@ def create_app(data: Path, *, page_size: int = 1000) -> FastAPI:
         if request.headers.get("content-type", "").startswith("application/json"):
             paths = (await request.json()).get("paths", [])
         else:
-            paths = (await request.form()).getlist("paths")
+            paths = parse_qs((await request.body()).decode()).get("paths", [])
         out = []
         for p in paths:
             p = p.strip("/")

@@ -1,0 +1,74 @@
+"""Repo trees: deterministic zips with one top-level folder, model cards the Hub accepts."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from service.errors import OptionsError
+from workers.package import package_output, write_zip
+
+
+@pytest.fixture
+def output(sd2_conversion, tmp_path: Path) -> Path:
+    """A private copy of the SD2 conversion output (packaging writes into it)."""
+    return Path(shutil.copytree(sd2_conversion[0], tmp_path / "out", symlinks=True))
+
+
+def test_zips_are_deterministic_and_hold_one_folder_named_like_the_stem(tmp_path: Path) -> None:
+    folder = tmp_path / "compiled"
+    (folder / "Unet.mlmodelc" / "weights").mkdir(parents=True)
+    (folder / "Unet.mlmodelc" / "weights" / "weight.bin").write_bytes(b"\1" * 5000)
+    (folder / "vocab.json").write_text("{}")
+    first = write_zip(folder, tmp_path / "repo_split_einsum_v2_compiled.zip", "repo_split_einsum_v2_compiled")
+    data = first.read_bytes()
+    (folder / "vocab.json").touch()  # a newer mtime must not change the bytes
+    second = write_zip(folder, tmp_path / "again.zip", "repo_split_einsum_v2_compiled")
+    assert second.read_bytes() == data
+    names = zipfile.ZipFile(first).namelist()
+    assert {n.split("/")[0] for n in names} == {"repo_split_einsum_v2_compiled"}
+    assert "repo_split_einsum_v2_compiled/Unet.mlmodelc/weights/weight.bin" in names
+
+
+def test_compiled_trees_zips_and_cards(output: Path, xcrun_double) -> None:
+    trees = package_output(output, namespace="studio", compiled=True, compiler=("xcrun", "coremlcompiler"))
+    assert [(t.kind, t.name, t.variants) for t in trees] == [
+        ("float16", "coreml-tiny-sd2", ("original", "split_einsum_v2")),
+        ("palettized", "coreml-tiny-sd2-palettized", ("original", "split_einsum_v2"))]
+    pal = output / "coreml-tiny-sd2-palettized"
+    for variant in ("original", "split_einsum_v2"):
+        archive = pal / f"coreml-tiny-sd2-palettized_{variant}_compiled.zip"
+        names = zipfile.ZipFile(archive).namelist()
+        assert {n.split("/")[0] for n in names} == {archive.stem}
+        assert f"{archive.stem}/Unet.mlmodelc/coremldata.bin" in names and f"{archive.stem}/merges.txt" in names
+    card = ModelCard.load(pal / "README.md")
+    assert card.data.base_model == "tests/tiny-sd2"  # the --source-id the conversion was given
+    assert card.data.base_model_relation == "quantized"
+    assert "base_model_relation" not in ModelCard.load(output / "coreml-tiny-sd2" / "README.md").data.to_dict()
+    assert card.data.license == "creativeml-openrail-m" and card.data.pipeline_tag == "text-to-image"
+    assert {"core-ml", "stable-diffusion", "text-to-image"} <= set(card.data.tags)
+    assert "| split_einsum_v2 | unet | palettized-6bit |" in card.text
+    assert 'allow_patterns="split_einsum_v2/compiled/*"' in card.text
+    assert "coreml-tiny-sd2-palettized_split_einsum_v2_compiled.zip" in card.text
+    assert "## Original model card" in card.text and "Tiny random SD2 pipeline" in card.text
+
+
+def test_packages_only_cards_say_compiled_resources_are_absent(output: Path, xcrun_double) -> None:
+    package_output(output, namespace="studio", compiled=True, compiler=("xcrun", "coremlcompiler"))
+    package_output(output, namespace="studio", compiled=False)
+    pal = output / "coreml-tiny-sd2-palettized"
+    assert not list(pal.glob("*.zip")) and not list(pal.glob("*/compiled"))
+    assert "Compiled resources are absent" in (pal / "README.md").read_text()
+
+
+def test_a_missing_or_failed_report_is_refused(tmp_path: Path, output: Path) -> None:
+    with pytest.raises(OptionsError, match="holds no report.json"):
+        package_output(tmp_path, namespace="x", compiled=False)
+    report = output / "report.json"
+    report.write_text(report.read_text().replace('"passed": true', '"passed": false', 1))
+    with pytest.raises(OptionsError, match="did not pass validation"):
+        package_output(output, namespace="x", compiled=False)
