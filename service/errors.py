@@ -36,6 +36,12 @@ class SourceNotFoundError(SourceError, FileNotFoundError):
     """The local folder or Hub repo / revision does not exist or cannot be seen."""
 
 
+class HubUnavailableError(SourceError):
+    """The Hub could not be reached or answered 429/5xx: worth retrying later."""
+
+    transient = True
+
+
 class GatedSourceError(SourceError, PermissionError):
     """The Hub repo is gated or private and no token with access was given."""
 
@@ -92,6 +98,22 @@ class PublishError(CoreMLPublishError, RuntimeError):
     def __init__(self, message: str, *, repo_id: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.repo_id = repo_id
+
+
+class JobError(CoreMLPublishError, LookupError):
+    """A job does not exist or cannot do what was asked (cancel a finished job, ...)."""
+
+    def __init__(self, message: str, *, job_id: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.job_id = job_id
+
+
+class JobNotFoundError(JobError):
+    """No job has that id."""
+
+
+class JobCancelled(CoreMLPublishError):
+    """Raised inside a running stage when its job was cancelled."""
 
 
 class ToolUnavailableError(CoreMLPublishError, RuntimeError):

@@ -1,16 +1,18 @@
-"""The one settings object, read by the CLI (and later the API, workers and migrations).
+"""The one settings object, read by the CLI, the HTTP API, the workers and Alembic.
 
 Every field can be set by an environment variable prefixed ``COREML_PUBLISH_`` (for example
-``COREML_PUBLISH_FLOAT16_PSNR=50``) or in a ``.env`` file in the working directory.
+``COREML_PUBLISH_DATABASE_URL``) or in a ``.env`` file in the working directory.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.errors import OptionsError
 from workers.validate import ValidationBars
 
 _BARS = ValidationBars()
@@ -20,6 +22,21 @@ class Settings(BaseSettings):
     """Service-wide configuration with documented defaults."""
 
     model_config = SettingsConfigDict(env_prefix="COREML_PUBLISH_", env_file=".env", extra="forbid")
+
+    environment: str = Field("development", description="development or production; production refuses "
+                                                        "insecure settings")
+    database_url: str = Field("sqlite:///coreml-publish.db", description="SQLAlchemy URL: SQLite file by default, "
+                                                                         "postgresql+psycopg://... in production")
+    broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (and result backend)")
+    artifact_store: str = Field("artifacts", description="Where stage outputs live: a local folder or any fsspec "
+                                                         "URL (s3://bucket/prefix, ...) shared by all workers")
+    hub_endpoint: str | None = Field(None, description="Hub URL; default: huggingface_hub's (HF_ENDPOINT)")
+    default_namespace: str | None = Field(None, description="Namespace to publish under when a job names none")
+    api_token: SecretStr | None = Field(None, description="Bearer token required for the HTTP API's writes")
+    api_host: str = Field("127.0.0.1", description="Address the HTTP API binds")
+    api_port: int = Field(8000, description="Port of the HTTP API")
+    stage_time_limit: int = Field(6 * 3600, description="Hard time limit of one stage, seconds")
+    worker_concurrency: int = Field(1, description="Tasks one worker runs at once")
 
     layout_psnr: float = Field(_BARS.layout, description="Min PSNR (dB) of our attention layout vs diffusers, float32")
     float16_psnr: float = Field(_BARS.float16, description="Min torch-side PSNR (dB) of float16 packages")
@@ -34,6 +51,20 @@ class Settings(BaseSettings):
         return ValidationBars(layout=self.layout_psnr, float16=self.float16_psnr,
                               palettized=tuple(sorted(merged.items(), reverse=True)),
                               coreml_float16=self.coreml_float16_psnr)
+
+    def check_api(self, host: str | None = None) -> None:
+        """Refuse to serve the API insecurely: no token on a non-loopback address outside development."""
+        host = host or self.api_host
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if self.api_token is None and not loopback:
+            raise OptionsError(f"the API would accept writes from anyone on {host}: no API token is set",
+                               hint="Set COREML_PUBLISH_API_TOKEN, or bind to 127.0.0.1.")
+        if self.environment == "production" and self.database_url.startswith("sqlite"):
+            raise OptionsError("production with a SQLite database is not supported",
+                               hint="Set COREML_PUBLISH_DATABASE_URL to a PostgreSQL URL.")
 
 
 @lru_cache(maxsize=1)

@@ -396,3 +396,43 @@ def _validate(run: _Run, spec: ComponentSpec, path: Path, export, io: _Inputs, *
     if bits is None:
         checks.append(coreml_check(path, io.check, io.inputs, io.reference, compared, bars.coreml_float16))
     return checks
+
+
+def merge_outputs(parts: list[Path], out: Path) -> dict:
+    """Fan-in: combine conversion outputs of disjoint component groups into one output folder.
+
+    Each part is a folder written by :func:`convert_pipeline` (with its report.json); packages are
+    hard-linked into ``out`` at the same relative paths and the reports merged into one.
+    Raises OptionsError when the parts are not of the same source and geometry, or one did not pass.
+    """
+    reports = []
+    for part in parts:
+        path = part / REPORT_FILE
+        if not path.is_file():
+            raise OptionsError(f"{part} holds no {REPORT_FILE}", hint="Convert that part first.")
+        reports.append(json.loads(path.read_text()))
+    first = reports[0]
+    for report, part in zip(reports, parts):
+        if (report["source"]["id"], report["source"]["sha"], report["geometry"]) != \
+                (first["source"]["id"], first["source"]["sha"], first["geometry"]):
+            raise OptionsError(f"{part} was converted from another source or geometry", hint="Convert it again.")
+        if not report["passed"]:
+            raise OptionsError(f"{part} did not pass validation", hint="See its report.json.")
+    out.mkdir(parents=True, exist_ok=True)
+    merged = dict(first)
+    merged["packages"], merged["timings"] = [], {}
+    attentions: list[str] = []
+    for report, part in zip(reports, parts):
+        for package in report["packages"]:
+            link_package(part / package["path"], out / package["path"])
+            merged["packages"].append(package)
+        merged["timings"].update({f"{part.name}/{k}": v for k, v in report["timings"].items()})
+        attentions += [a for a in report["options"]["attentions"] if a not in attentions]
+    order = [a.value for a in Attention]
+    merged["options"] = dict(first["options"], attentions=sorted(attentions, key=order.index), components=None)
+    merged["passed"] = True
+    path = out / REPORT_FILE
+    tmp = path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(merged, indent=2) + "\n")
+    tmp.replace(path)
+    return merged

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.errors import SourceError
+from service.errors import HubUnavailableError
 from workers.resolve import Source, network_errors
 
 
@@ -31,6 +31,6 @@ def fetch_source(source: Source, *, local_dir: Path | None = None, cache_dir: Pa
             endpoint=endpoint,
         )
     except (HfHubHTTPError, *network_errors()) as e:
-        raise SourceError(f"downloading {source.repo_id}@{source.sha[:10]} failed: {e}",
+        raise HubUnavailableError(f"downloading {source.repo_id}@{source.sha[:10]} failed: {e}",
                           source=source.repo_id, hint="Try again; check HF_ENDPOINT and HF_TOKEN.") from e
     return source.with_path(Path(folder))

@@ -81,16 +81,18 @@ def _variant_packages(report: dict, repo: str, variant: str, out: Path) -> dict[
 
 
 def package_output(out: Path, *, namespace: str, compiled: bool, compiler: tuple[str, ...] | None = None,
-                   on_step: Callable[[str], None] | None = None) -> list[RepoTree]:
+                   source_dir: Path | None = None, on_step: Callable[[str], None] | None = None) -> list[RepoTree]:
     """Lay out both repo trees of a conversion output for publishing under ``namespace``.
 
+    ``source_dir`` holds the source's tokenizer and card (default: where the conversion read the source).
     With ``compiled``, compiles every package with ``compiler`` (``xcrun coremlcompiler``), adds the
     tokenizer and zips each variant; without, removes compiled resources and zips left from earlier runs.
     Raises OptionsError, SourceError, ConversionError.
     """
     report = load_report(out)
     step = on_step or (lambda message: None)
-    tokenizer = Path(report["source"]["path"] or "") / "tokenizer"
+    source_dir = source_dir or Path(report["source"]["path"] or "")
+    tokenizer = source_dir / "tokenizer"
     if compiled and not tokenizer.is_dir():
         raise SourceError(f"the source's tokenizer folder {tokenizer} is gone", source=report["source"]["id"],
                           hint="Convert again so the source is available, then publish.")
@@ -113,10 +115,23 @@ def package_output(out: Path, *, namespace: str, compiled: bool, compiler: tuple
             step(f"zipping {archive.name}")
             write_zip(compiled_dir, archive, archive.stem)
         sibling = report["repos"]["palettized" if kind == "float16" else "float16"]
-        upstream = Path(report["source"]["path"] or "") / "README.md"
+        upstream = source_dir / "README.md"
         card = render_card(report, kind=kind, repo_id=f"{namespace}/{name}", sibling_id=f"{namespace}/{sibling}",
                            variants=list(variants), compiled=compiled,
                            upstream=upstream.read_text(errors="replace") if upstream.is_file() else None)
         (folder / "README.md").write_text(card)
         trees.append(RepoTree(kind, name, folder, variants, compiled))
+    return trees
+
+
+def load_trees(out: Path) -> list[RepoTree]:
+    """The repo trees a packaged output holds (after :func:`package_output`, possibly on another host)."""
+    report = load_report(out)
+    trees = []
+    for kind, name in report["repos"].items():
+        folder = out / name
+        variants = tuple(v for v in report["options"]["attentions"] if (folder / v / "packages").is_dir())
+        if variants and (folder / "README.md").is_file():
+            compiled = all((folder / zip_name(name, v)).is_file() for v in variants)
+            trees.append(RepoTree(kind, name, folder, variants, compiled))
     return trees

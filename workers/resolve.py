@@ -15,6 +15,7 @@ from typing import Iterable
 
 from service.errors import (
     GatedSourceError,
+    HubUnavailableError,
     SourceError,
     SourceNotFoundError,
     UnsafeWeightsError,
@@ -172,11 +173,12 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
             hint="Check the id; for a private repo set HF_TOKEN to a token that can read it.") from e
     except HfHubHTTPError as e:
         status = getattr(e.response, "status_code", None)
-        raise SourceError(f"the Hub answered {status} for {repo_id}", source=repo_id,
-                          hint="Try again later; check HF_ENDPOINT and HF_TOKEN.") from e
+        error = HubUnavailableError if status in (408, 429) or (status or 0) >= 500 else SourceError
+        raise error(f"the Hub answered {status} for {repo_id}", source=repo_id,
+                    hint="Try again later; check HF_ENDPOINT and HF_TOKEN.") from e
     except network_errors() as e:  # connection refused, DNS, timeouts
-        raise SourceError(f"cannot reach the Hub for {repo_id}: {e.__class__.__name__}",
-                          source=repo_id, hint="Check your network and HF_ENDPOINT.") from e
+        raise HubUnavailableError(f"cannot reach the Hub for {repo_id}: {e.__class__.__name__}",
+                                  source=repo_id, hint="Check your network and HF_ENDPOINT.") from e
     index = _read_model_index(Path(index_path), source=repo_id, files=files)
     card = info.card_data
     license_ = (card.get("license") if card is not None else None) or None

@@ -9,8 +9,10 @@ import typer
 
 from service.cli import convert as _convert
 from service.cli import devhub as _devhub
+from service.cli import jobs as _jobs
 from service.cli import models as _models
 from service.cli import publish as _publish
+from service.cli import service as _service
 from service.cli.output import quiet_libraries
 from service.errors import CoreMLPublishError, OptionsError, ValidationError
 
@@ -26,6 +28,11 @@ app.command("publish", no_args_is_help=True)(_publish.publish)
 app.command("download", no_args_is_help=True)(_publish.download)
 app.command("tiny-pipeline", no_args_is_help=True)(_models.tiny_pipeline)
 app.command("devhub")(_devhub.devhub)
+for _name in ("submit", "status", "jobs", "logs", "cancel", "retry"):
+    app.command(_name, no_args_is_help=_name not in ("jobs",))(getattr(_jobs, _name))
+app.command("worker")(_service.worker)
+app.command("api")(_service.api)
+app.add_typer(_service.db_app, name="db")
 
 # exit codes: 1 for a bad source or options, 3 for a conversion that ran but failed validation
 EXIT_CODES: dict[type[Exception], int] = {ValidationError: 3, OptionsError: 2, CoreMLPublishError: 1}

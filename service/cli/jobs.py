@@ -1,0 +1,185 @@
+"""``submit``, ``status``, ``jobs``, ``logs``, ``cancel``, ``retry``: the job service from the terminal."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from service.cli.output import console, stdout
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def submit(
+    repo: str = typer.Argument(..., help="Hub repo id of a Stable Diffusion 1.x/2.x diffusers pipeline."),
+    revision: str = typer.Option(None, help="Branch, tag or commit (default: main); pinned to its sha."),
+    namespace: str = typer.Option(None, help="Where to publish (default: COREML_PUBLISH_DEFAULT_NAMESPACE)."),
+    attention: str = typer.Option("original,split_einsum_v2", help="Comma-separated attention layouts."),
+    bits: int = typer.Option(6, help="Palettization bits (1, 2, 4, 6, 8); 0 for float16 only."),
+    private: bool = typer.Option(False, help="Publish private repos."),
+    packages_only: bool = typer.Option(False, help="Publish .mlpackage files only (no macOS worker needed)."),
+    wait: bool = typer.Option(False, help="Follow the job until it finishes."),
+    local: bool = typer.Option(False, help="Run every stage in this process (no broker, no workers)."),
+) -> None:
+    """Submit a conversion job and return at once (or follow it with --wait; or run it here with --local)."""
+    from service.db import session_scope
+    from service.jobs import JobOptions, create_job, get_job
+    from service.runner import run_local
+    from service.settings import get_settings
+
+    settings = get_settings()
+    options = JobOptions(namespace=namespace or settings.default_namespace or "", attentions=_split(attention),
+                         bits=bits or None, private=private, packages_only=packages_only)
+    with console.status(f"resolving {repo}…"):
+        submitted = create_job(source_repo=repo, options=options, revision=revision, local=local)
+    job = submitted.job
+    if not submitted.created:
+        stdout.print(f"Job {job.id} already exists for {repo}@{job.source_sha[:10]} with these options "
+                     f"({job.state}).")
+    else:
+        stdout.print(f"Job {job.id}: {repo}@{job.source_sha[:10]} {'running here' if local else 'queued'}.")
+    if local and submitted.created:
+        follow_local(job.id, run_local)
+    elif wait:
+        follow(job.id)
+    if local or wait:
+        with session_scope() as session:
+            final = get_job(session, job.id)
+            _print_status(final)
+            if final.state != "succeeded":
+                raise typer.Exit(1)
+
+
+def follow_local(job_id: int, run) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            run(job_id)
+        except BaseException as e:  # recorded on the job already; shown by the status below
+            errors.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    _stream(job_id, until=lambda: not thread.is_alive())
+
+
+def follow(job_id: int) -> None:
+    """Print the job's log as it grows, until the job finishes."""
+    from service.db import session_scope
+    from service.jobs import get_job
+
+    def finished() -> bool:
+        with session_scope() as session:
+            return get_job(session, job_id).state in FINISHED
+
+    _stream(job_id, until=finished)
+
+
+def _stream(job_id: int, *, until) -> None:
+    from sqlalchemy import select
+
+    from service.db import session_scope
+    from service.models import JobEvent
+
+    seen = 0
+    while True:
+        done = until()
+        with session_scope() as session:
+            events = list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > seen)
+                                          .order_by(JobEvent.id)))
+        for event in events:
+            seen = event.id
+            mark = {"error": "[red]✗[/]", "warning": "[yellow]![/]"}.get(event.level, "·")
+            stdout.print(f"{mark} {event.at:%H:%M:%S} {escape(event.message)}", highlight=False)
+        if done:
+            return
+        time.sleep(0.5)
+
+
+def _print_status(job) -> None:
+    from service.jobs import job_summary
+
+    data = job_summary(job)
+    stdout.print(f"Job {data['id']} ({data['state']}) {data['source_repo']}@{(data['source_sha'] or '')[:10]} "
+                 f"(trigger {data['trigger']})", markup=False)
+    if data["error"]:
+        stdout.print(f"  error: {data['error']}", markup=False)
+    table = Table("stage", "part", "state", "attempts", "host", "seconds", "figures")
+    for s in data["stages"]:
+        figures = s["figures"] or {}
+        psnrs = [f"{k}: {v['psnr_torch']:.1f}≥{v['threshold']:g}" for k, v in figures.items()
+                 if isinstance(v, dict) and v.get("psnr_torch") is not None]
+        table.add_row(s["stage"], s["part"], s["state"], str(s["attempts"]), s["worker_host"] or "",
+                      f"{s['duration']:.1f}" if s["duration"] is not None else "",
+                      "\n".join(psnrs) or (s["error"] or ""))
+    stdout.print(table)
+    for p in data["published"]:
+        stdout.print(f"  published {p['repo_id']} at {p['commit'][:10]}" + ("" if p["changed"] else " (no changes)"))
+
+
+def status(job_id: int = typer.Argument(..., help="Job number.")) -> None:
+    """Show a job: state, each stage with its figures, published repos."""
+    from service.db import session_scope
+    from service.jobs import get_job
+
+    with session_scope() as session:
+        _print_status(get_job(session, job_id))
+
+
+def jobs(state: str = typer.Option(None, help="Only jobs in this state."),
+         limit: int = typer.Option(50, help="How many, newest first.")) -> None:
+    """List jobs, newest first."""
+    from service.db import session_scope
+    from service.jobs import list_jobs
+
+    table = Table("id", "source", "sha", "state", "trigger", "created", "published")
+    with session_scope() as session:
+        for job in list_jobs(session, state=state, limit=limit):
+            table.add_row(str(job.id), job.source_repo, (job.source_sha or "")[:10], job.state, job.trigger,
+                          f"{job.created_at:%Y-%m-%d %H:%M}", ", ".join(p.repo_id for p in job.published))
+    stdout.print(table)
+
+
+def logs(job_id: int = typer.Argument(..., help="Job number."),
+         follow_: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job finishes.")) -> None:
+    """Print a job's log."""
+    from service.db import session_scope
+    from service.jobs import get_job
+
+    with session_scope() as session:
+        get_job(session, job_id)
+    if follow_:
+        follow(job_id)
+    else:
+        _stream(job_id, until=lambda: True)
+
+
+def cancel(job_id: int = typer.Argument(..., help="Job number.")) -> None:
+    """Cancel a job; running stages stop at their next step."""
+    from service.db import session_scope
+    from service.jobs import cancel_job
+
+    with session_scope() as session:
+        cancel_job(session, job_id)
+    stdout.print(f"Job {job_id} cancelled.")
+
+
+def retry(job_id: int = typer.Argument(..., help="Job number.")) -> None:
+    """Queue a failed or cancelled job again; finished stages are not redone."""
+    from service.db import session_scope
+    from service.jobs import requeue, retry_job
+
+    with session_scope() as session:
+        retry_job(session, job_id)
+    requeue(job_id)
+    stdout.print(f"Job {job_id} queued again.")

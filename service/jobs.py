@@ -1,0 +1,296 @@
+"""Job lifecycle: submit (deduplicated), state changes, stage results, events, cancel, retry.
+
+Plain keyword-only functions taking a session; the CLI, the HTTP API, the Celery tasks and the webhook
+receiver all go through them.  Recording functions used from inside stages (``record_event``) never raise:
+a failing log line must not fail a conversion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.errors import JobError, JobNotFoundError, OptionsError
+from service.models import Job, JobEvent, JobState, PublishedRepo, StageResult, Trigger, utcnow
+from workers.layout import Attention
+from workers.palettize import SUPPORTED_BITS
+from workers.versions import toolchain
+
+log = logging.getLogger(__name__)
+LAYOUT_INDEPENDENT = ("text_encoder", "vae_decoder", "vae_encoder", "safety_checker")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What a job produces and where it publishes; normalised so equal requests compare equal."""
+
+    namespace: str
+    attentions: tuple[str, ...] = ("original", "split_einsum_v2")
+    bits: int | None = 6
+    private: bool = False
+    packages_only: bool = False
+    components: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.namespace:
+            raise OptionsError("no namespace to publish under",
+                               hint="Pass --namespace, or set COREML_PUBLISH_DEFAULT_NAMESPACE.")
+        valid = {a.value for a in Attention}
+        unknown = [a for a in self.attentions if a not in valid]
+        if unknown or not self.attentions:
+            raise OptionsError(f"unknown attention layouts: {', '.join(unknown) or 'none given'}",
+                               hint=f"Use {', '.join(sorted(valid))}.")
+        if self.bits is not None and self.bits not in SUPPORTED_BITS:
+            raise OptionsError(f"--bits {self.bits} is not supported",
+                               hint=f"Use one of {', '.join(map(str, SUPPORTED_BITS))}, or 0 for float16 only.")
+        order = [a.value for a in Attention]
+        object.__setattr__(self, "attentions", tuple(sorted(set(self.attentions), key=order.index)))
+        if self.components is not None:
+            object.__setattr__(self, "components", tuple(sorted(set(self.components))))
+
+    def key(self) -> str:
+        """Canonical text of the options, part of the dedupe key."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JobOptions":
+        data = dict(data)
+        for name in ("attentions", "components"):
+            if data.get(name) is not None:
+                data[name] = tuple(data[name])
+        return cls(**data)
+
+    def parts(self) -> list[str]:
+        """Independent conversion parts, fanned out to workers: the shared components, then one per layout."""
+        wanted = set(self.components) if self.components else None
+        parts = []
+        if wanted is None or wanted & set(LAYOUT_INDEPENDENT):
+            parts.append("shared")
+        if wanted is None or "unet" in wanted:
+            parts += [f"unet-{a}" for a in self.attentions]
+        return parts
+
+
+def toolchain_fingerprint() -> str:
+    """The versions that change a conversion's output."""
+    versions = toolchain()
+    return "; ".join(f"{k} {versions[k]}" for k in ("converter", "coremltools", "torch", "diffusers", "transformers"))
+
+
+def dedupe_key(source_repo: str, source_sha: str, options: JobOptions, fingerprint: str) -> str:
+    return hashlib.sha256("\n".join([source_repo, source_sha, options.key(), fingerprint]).encode()).hexdigest()
+
+
+@dataclass
+class Submitted:
+    job: Job
+    created: bool  # False: an identical job already existed and is returned instead
+    notes: list[str] = field(default_factory=list)
+
+
+def submit_job(session: Session, *, source_repo: str, source_sha: str, options: JobOptions,
+               revision: str | None = None, trigger: Trigger = Trigger.CLI) -> Submitted:
+    """Record a job, or return the existing one for the same (repo, sha, options, toolchain).
+
+    Uniqueness is the database's (a constraint, not check-then-insert), so concurrent submits of the
+    same thing yield one job.  The caller commits and then enqueues.
+    """
+    fingerprint = toolchain_fingerprint()
+    key = dedupe_key(source_repo, source_sha, options, fingerprint)
+    existing = session.scalar(select(Job).where(Job.dedupe_key == key))
+    if existing is not None:
+        return Submitted(existing, False)
+    job = Job(source_repo=source_repo, requested_revision=revision, source_sha=source_sha,
+              options=asdict(options), toolchain=fingerprint, dedupe_key=key, state=JobState.QUEUED.value,
+              trigger=trigger.value)
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        existing = session.scalar(select(Job).where(Job.dedupe_key == key))
+        if existing is None:
+            raise
+        return Submitted(existing, False)
+    session.add(JobEvent(job_id=job.id, message=f"submitted {source_repo}@{source_sha[:10]} via {trigger.value}"))
+    return Submitted(job, True)
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFoundError(f"no job {job_id}", job_id=job_id, hint="List jobs with `coreml-publish jobs`.")
+    return job
+
+
+def list_jobs(session: Session, *, state: str | None = None, limit: int = 50) -> list[Job]:
+    query = select(Job).order_by(Job.id.desc()).limit(limit)
+    if state:
+        if state not in {s.value for s in JobState}:
+            raise OptionsError(f"unknown state {state!r}", hint=f"Use one of {', '.join(s.value for s in JobState)}.")
+        query = query.where(Job.state == state)
+    return list(session.scalars(query))
+
+
+def record_event(session: Session, job_id: int, message: str, *, stage: str | None = None,
+                 level: str = "info") -> None:
+    """Append a line to the job's log; never raises."""
+    try:
+        session.add(JobEvent(job_id=job_id, message=message[:4000], stage=stage, level=level))
+        session.flush()
+    except Exception:  # a log line must never fail the job
+        log.exception("could not record an event for job %s", job_id)
+
+
+def set_state(session: Session, job: Job, state: JobState, *, error: str | None = None) -> None:
+    """Move a job to ``state`` (timestamps kept); a finished job only leaves its state through retry."""
+    now = utcnow()
+    if state is JobState.RUNNING and job.started_at is None:
+        job.started_at = now
+    if state.finished:
+        job.finished_at = now
+    job.state = state.value
+    if error is not None:
+        job.error = error
+    session.flush()
+
+
+def stage_result(session: Session, job: Job, stage: str, part: str = "") -> StageResult:
+    """The job's result row for a stage (created pending on first use)."""
+    result = session.scalar(select(StageResult).where(StageResult.job_id == job.id, StageResult.stage == stage,
+                                                      StageResult.part == part))
+    if result is None:
+        result = StageResult(job_id=job.id, stage=stage, part=part, state="pending", attempts=0)
+        try:
+            with session.begin_nested():
+                session.add(result)
+                session.flush()
+        except IntegrityError:  # another worker created it first
+            result = session.scalar(select(StageResult).where(StageResult.job_id == job.id,
+                                                              StageResult.stage == stage, StageResult.part == part))
+    return result
+
+
+def start_stage(session: Session, result: StageResult) -> None:
+    result.state, result.started_at = "running", utcnow()
+    result.attempts += 1
+    result.worker_host = socket.gethostname()
+    result.error = None
+    session.flush()
+
+
+def finish_stage(session: Session, result: StageResult, *, state: str, figures: dict | None = None,
+                 artifact_uri: str | None = None, error: str | None = None) -> None:
+    result.state, result.finished_at = state, utcnow()
+    if result.started_at is not None:
+        started = result.started_at if result.started_at.tzinfo else result.started_at.replace(tzinfo=utcnow().tzinfo)
+        result.duration = (result.finished_at - started).total_seconds()
+    result.figures, result.artifact_uri, result.error = figures, artifact_uri, error
+    session.flush()
+
+
+def record_published(session: Session, job: Job, *, repo_id: str, commit: str, changed: bool,
+                     tag: str | None) -> None:
+    session.add(PublishedRepo(job_id=job.id, repo_id=repo_id, commit=commit, changed=changed, tag=tag))
+    session.flush()
+
+
+def cancel_job(session: Session, job_id: int) -> Job:
+    """Cancel a job that has not finished; running stages stop at their next step."""
+    job = get_job(session, job_id)
+    if JobState(job.state).finished:
+        raise JobError(f"job {job_id} already {job.state}", job_id=job_id, hint="Nothing to cancel.")
+    set_state(session, job, JobState.CANCELLED, error="cancelled by user")
+    record_event(session, job.id, "cancelled")
+    return job
+
+
+def retry_job(session: Session, job_id: int) -> Job:
+    """Queue a failed or cancelled job again; stages that succeeded are not redone."""
+    job = get_job(session, job_id)
+    if job.state not in (JobState.FAILED.value, JobState.CANCELLED.value):
+        raise JobError(f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried", job_id=job_id,
+                       hint="Wait for it to finish, or cancel it first.")
+    for result in job.stages:
+        if result.state != "succeeded":
+            result.state, result.error = "pending", None
+    job.state, job.error, job.finished_at = JobState.QUEUED.value, None, None
+    record_event(session, job.id, "queued again (retry)")
+    session.flush()
+    return job
+
+
+def is_cancelled(session: Session, job_id: int) -> bool:
+    """Whether the job was cancelled, read fresh from the database."""
+    state = session.scalar(select(Job.state).where(Job.id == job_id).execution_options(populate_existing=True))
+    return state == JobState.CANCELLED.value
+
+
+def job_summary(job: Job) -> dict:
+    """A JSON-ready view of a job with its stages, repos and figures (the API's and `status`'s data)."""
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": job.id, "source_repo": job.source_repo, "revision": job.requested_revision,
+        "source_sha": job.source_sha, "state": job.state, "trigger": job.trigger, "options": job.options,
+        "toolchain": job.toolchain, "error": job.error, "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
+        "stages": [{"stage": s.stage, "part": s.part, "state": s.state, "attempts": s.attempts,
+                    "worker_host": s.worker_host, "duration": s.duration, "figures": s.figures,
+                    "error": s.error, "artifact_uri": s.artifact_uri} for s in job.stages],
+        "published": [{"repo_id": p.repo_id, "commit": p.commit, "changed": p.changed, "tag": p.tag}
+                      for p in job.published],
+    }
+
+
+def create_job(*, source_repo: str, options: JobOptions, revision: str | None = None,
+               trigger: Trigger = Trigger.CLI, local: bool = False, settings=None) -> Submitted:
+    """Resolve a Hub repo to its commit, record the job (deduplicated), commit, then enqueue it.
+
+    With ``local`` nothing is enqueued: the caller runs the stages in-process.  Raises SourceError (and
+    subclasses) for sources that cannot be converted, before any job is recorded.
+    """
+    from service.db import session_scope
+    from service.settings import get_settings
+    from workers.resolve import looks_like_repo_id, resolve_source
+
+    settings = settings or get_settings()
+    if not looks_like_repo_id(source_repo) or "/" not in source_repo:
+        raise OptionsError(f"{source_repo!r} is not a Hub repo id",
+                           hint="Jobs take org/name; convert a local folder with `coreml-publish convert`.")
+    source = resolve_source(source_repo, revision=revision, endpoint=settings.hub_endpoint,
+                            need_safety_checker=options.components is None or "safety_checker" in options.components)
+    with session_scope(settings.database_url) as session:
+        submitted = submit_job(session, source_repo=source_repo, source_sha=source.sha, options=options,
+                               revision=revision, trigger=trigger)
+        job_id = submitted.job.id
+    if submitted.created and not local:
+        from workers.tasks import enqueue
+
+        enqueue(job_id, options.parts(), packages_only=options.packages_only)
+    return submitted
+
+
+def requeue(job_id: int, *, settings=None) -> None:
+    """Send a job (after ``retry_job``) to the queue again; finished stages are skipped by the workers."""
+    from service.db import session_scope
+    from workers.tasks import enqueue
+
+    with session_scope((settings or _settings()).database_url) as session:
+        options = JobOptions.from_dict(get_job(session, job_id).options)
+    enqueue(job_id, options.parts(), packages_only=options.packages_only)
+
+
+def _settings():
+    from service.settings import get_settings
+
+    return get_settings()

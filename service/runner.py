@@ -1,0 +1,246 @@
+"""Running one stage of a job: the same function for Celery tasks and for ``submit --local``.
+
+Each stage reads the job from the database, skips itself when already done (so a redelivered or retried
+task resumes instead of redoing work), calls the library functions of the conversion engine and the
+publisher, and records its result, figures and events.  Stages pass artifact URLs, never big objects.
+
+Stages, with the queue that serves them::
+
+    fetch (convert) → convert[part] (convert) → merge (default) → compile (macos) | package (default) → publish
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from service.db import session_scope
+from service.errors import CoreMLPublishError, HubUnavailableError, JobCancelled, ValidationError
+from service.jobs import (
+    LAYOUT_INDEPENDENT,
+    JobOptions,
+    finish_stage,
+    get_job,
+    is_cancelled,
+    record_event,
+    record_published,
+    set_state,
+    stage_result,
+    start_stage,
+)
+from service.models import JobState
+from service.settings import Settings, get_settings
+from workers.artifacts import ArtifactStore
+
+log = logging.getLogger(__name__)
+QUEUES = {"fetch": "convert", "convert": "convert", "merge": "default", "compile": "macos", "package": "default",
+          "publish": "publish"}
+WAITING_FOR_MACOS = "waiting for a macOS worker"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """The facts of a job a stage needs, read once so no session is held during long work."""
+
+    id: int
+    source_repo: str
+    source_sha: str
+    options: JobOptions
+
+
+def stage_sequence(options: JobOptions) -> list[tuple[str, str]]:
+    """Every (stage, part) of a job, in order (convert parts can run in parallel)."""
+    stages = [("fetch", "")] + [("convert", p) for p in options.parts()] + [("merge", "")]
+    stages.append(("package", "") if options.packages_only else ("compile", ""))
+    return stages + [("publish", "")]
+
+
+def run_stage(job_id: int, stage: str, part: str = "", *, settings: Settings | None = None,
+              macos_worker_alive: Callable[[], bool] | None = None) -> str:
+    """Run one stage of a job and record it; returns the stage's final state.
+
+    Raises the stage's error after recording it (so a task queue stops the job's chain);
+    HubUnavailableError is left for the caller to retry and does not fail the job.
+    """
+    settings = settings or get_settings()
+    with session_scope(settings.database_url) as session:
+        job = get_job(session, job_id)
+        if job.state in (JobState.CANCELLED.value, JobState.FAILED.value, JobState.SUCCEEDED.value):
+            return job.state
+        result = stage_result(session, job, stage, part)
+        if result.state == "succeeded":
+            return "succeeded"
+        if job.state != JobState.RUNNING.value:
+            set_state(session, job, JobState.RUNNING)
+        start_stage(session, result)
+        record_event(session, job.id, f"{stage}{' ' + part if part else ''} started on {result.worker_host}",
+                     stage=stage)
+        spec = JobSpec(job.id, job.source_repo, job.source_sha or "", JobOptions.from_dict(job.options))
+    try:
+        figures, uri = STAGES[stage](spec, part, settings)
+    except JobCancelled:
+        with session_scope(settings.database_url) as session:
+            finish_stage(session, stage_result(session, get_job(session, job_id), stage, part), state="cancelled")
+        return "cancelled"
+    except HubUnavailableError as e:
+        with session_scope(settings.database_url) as session:
+            finish_stage(session, stage_result(session, get_job(session, job_id), stage, part), state="retrying",
+                         error=e.one_line())
+            record_event(session, job_id, f"{stage}: {e.one_line()} (will retry)", stage=stage, level="warning")
+        raise
+    except Exception as e:
+        reason = e.one_line() if isinstance(e, CoreMLPublishError) else f"{e.__class__.__name__}: {e}"
+        figures = _report_figures(e.report) if isinstance(e, ValidationError) and e.report is not None else None
+        with session_scope(settings.database_url) as session:
+            job = get_job(session, job_id)
+            finish_stage(session, stage_result(session, job, stage, part), state="failed", error=reason,
+                         figures=figures)
+            if not is_cancelled(session, job_id):
+                set_state(session, job, JobState.FAILED, error=f"{stage}{' ' + part if part else ''}: {reason}")
+            record_event(session, job_id, f"{stage} failed: {reason}", stage=stage, level="error")
+        raise
+    with session_scope(settings.database_url) as session:
+        job = get_job(session, job_id)
+        finish_stage(session, stage_result(session, job, stage, part), state="succeeded", figures=figures,
+                     artifact_uri=uri)
+        record_event(session, job_id, f"{stage}{' ' + part if part else ''} done", stage=stage)
+        if stage == "merge" and not spec.options.packages_only and macos_worker_alive is not None \
+                and not macos_worker_alive():
+            set_state(session, job, JobState.WAITING)
+            record_event(session, job_id, WAITING_FOR_MACOS, stage="compile", level="warning")
+        if stage == "publish":
+            set_state(session, job, JobState.SUCCEEDED)
+    return "succeeded"
+
+
+def run_local(job_id: int, *, settings: Settings | None = None) -> None:
+    """Run every stage of a job in this process, in order (no broker needed)."""
+    settings = settings or get_settings()
+    with session_scope(settings.database_url) as session:
+        options = JobOptions.from_dict(get_job(session, job_id).options)
+    for stage, part in stage_sequence(options):
+        if run_stage(job_id, stage, part, settings=settings) in ("cancelled", JobState.CANCELLED.value):
+            return
+
+
+# --- the stages ---------------------------------------------------------------------------------------
+
+def _events(spec: JobSpec, settings: Settings):
+    """Engine progress → job log; stops the work when the job was cancelled."""
+    def on_event(event) -> None:
+        with session_scope(settings.database_url) as session:
+            if is_cancelled(session, spec.id):
+                raise JobCancelled(f"job {spec.id} was cancelled")
+            if event.status in ("done", "failed"):
+                label = ", ".join(x for x in (event.variant, event.precision) if x)
+                seconds = f" {event.seconds:.1f} s" if event.seconds is not None else ""
+                record_event(session, spec.id, f"{event.stage} {event.component}"
+                             f"{f' ({label})' if label else ''} {event.status}{seconds}", stage=event.stage)
+    return on_event
+
+
+def _source(spec: JobSpec, settings: Settings, *, need_safety_checker: bool = True):
+    from workers.fetch import fetch_source
+    from workers.resolve import resolve_source
+
+    source = resolve_source(spec.source_repo, revision=spec.source_sha, endpoint=settings.hub_endpoint,
+                            need_safety_checker=need_safety_checker)
+    return fetch_source(source, endpoint=settings.hub_endpoint)
+
+
+def _fetch(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
+    source = _source(spec, settings)
+    return {"files": sum(1 for p in source.path.rglob("*") if p.is_file()), "sha": source.sha}, None
+
+
+def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
+    from workers.engine import ConvertOptions, convert_pipeline, select_components
+    from workers.layout import Attention
+
+    options = spec.options
+    source = _source(spec, settings)
+    if part == "shared":
+        available = select_components(source, None)
+        components = tuple(c for c in LAYOUT_INDEPENDENT if c in available
+                           and (options.components is None or c in options.components))
+        attentions = tuple(Attention(a) for a in options.attentions)
+    else:
+        components, attentions = ("unet",), (Attention(part.removeprefix("unet-")),)
+    store = ArtifactStore(settings.artifact_store)
+    out = store.path(spec.id, "parts", part)
+    shutil.rmtree(out, ignore_errors=True)
+    report = convert_pipeline(source, out, ConvertOptions(attentions=attentions, bits=options.bits,
+                                                          components=components, bars=settings.validation_bars()),
+                              on_event=_events(spec, settings))
+    return _report_figures(report), store.push(spec.id, "parts", part)
+
+
+def _report_figures(report) -> dict:
+    figures = {}
+    for p in report.packages:
+        if p.shared_from:
+            continue
+        torch_check = next((c for c in p.checks if c.name == "psnr_torch"), None)
+        figures[f"{p.component}/{p.variant}/{p.precision}"] = {
+            "psnr_torch": torch_check.value if torch_check else None,
+            "threshold": torch_check.threshold if torch_check else None,
+            "size_bytes": p.size_bytes, "status": p.status}
+    return figures
+
+
+def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
+    from workers.engine import merge_outputs
+
+    store = ArtifactStore(settings.artifact_store)
+    parts = [store.pull(spec.id, "parts", p) for p in spec.options.parts()]
+    out = store.path(spec.id, "out")
+    shutil.rmtree(out, ignore_errors=True)
+    report = merge_outputs(parts, out)
+    # the tokenizer and card travel with the output, so a macOS worker elsewhere can bundle them
+    source = _source(spec, settings)
+    shutil.copytree(source.path / "tokenizer", out / "_source" / "tokenizer", dirs_exist_ok=True)
+    if (source.path / "README.md").is_file():
+        shutil.copy(source.path / "README.md", out / "_source" / "README.md")
+    return {"packages": len(report["packages"])}, store.push(spec.id, "out")
+
+
+def _package(spec: JobSpec, part: str, settings: Settings, *, compiled: bool = False) -> tuple[dict, str | None]:
+    from workers.compile import require_compiler
+    from workers.package import package_output
+
+    store = ArtifactStore(settings.artifact_store)
+    out = store.pull(spec.id, "out")
+    trees = package_output(out, namespace=spec.options.namespace, compiled=compiled,
+                           compiler=require_compiler() if compiled else None, source_dir=out / "_source")
+    return {"repos": [t.name for t in trees], "compiled": compiled}, store.push(spec.id, "out")
+
+
+def _compile(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
+    return _package(spec, part, settings, compiled=True)
+
+
+def _publish(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
+    from service.publish import publish_tree
+    from workers.package import load_trees
+
+    store = ArtifactStore(settings.artifact_store)
+    figures = {}
+    for tree in load_trees(store.pull(spec.id, "out")):
+        result = publish_tree(tree, namespace=spec.options.namespace, source_sha=spec.source_sha,
+                              private=spec.options.private, endpoint=settings.hub_endpoint)
+        with session_scope(settings.database_url) as session:
+            record_published(session, get_job(session, spec.id), repo_id=result.repo_id, commit=result.commit,
+                             changed=result.changed, tag=result.tag)
+            record_event(session, spec.id, f"published {result.repo_id} at {result.commit[:10]}"
+                         + ("" if result.changed else " (no changes)"), stage="publish")
+        figures[result.repo_id] = {"commit": result.commit, "changed": result.changed}
+    return figures, None
+
+
+STAGES: dict[str, Callable[[JobSpec, str, Settings], tuple[dict, str | None]]] = {
+    "fetch": _fetch, "convert": _convert, "merge": _merge, "compile": _compile, "package": _package,
+    "publish": _publish,
+}

@@ -1,0 +1,58 @@
+"""The Celery app: broker, reliability settings and routing of stage tasks to queues.
+
+Queues: ``default`` (merge, package), ``convert`` (fetch, convert: any OS with coremltools and torch),
+``macos`` (compile: needs ``xcrun coremlcompiler``), ``publish``.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.settings import get_settings
+
+QUEUE_NAMES = ("default", "convert", "macos", "publish")
+
+
+def make_app() -> Celery:
+    settings = get_settings()
+    app = Celery("coreml_publisher", broker=settings.broker_url, backend=settings.broker_url,
+                 include=["workers.tasks"])
+    app.conf.update(
+        task_default_queue="default",
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        # a task is acknowledged after it ran, and redelivered if its worker dies: stages are idempotent
+        task_acks_late=True, task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.stage_time_limit, task_soft_time_limit=max(60, settings.stage_time_limit - 60),
+        broker_transport_options={"visibility_timeout": settings.stage_time_limit + 3600},
+        result_expires=7 * 24 * 3600,
+        broker_connection_retry_on_startup=True,
+        task_routes={"coreml_publisher.fetch": {"queue": "convert"}, "coreml_publisher.convert": {"queue": "convert"},
+                     "coreml_publisher.merge": {"queue": "default"}, "coreml_publisher.package": {"queue": "default"},
+                     "coreml_publisher.compile": {"queue": "macos"}, "coreml_publisher.publish": {"queue": "publish"}},
+    )
+    return app
+
+
+app = make_app()
+
+
+def macos_worker_alive(timeout: float = 1.0) -> bool:
+    """Whether any running worker consumes the ``macos`` queue."""
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    return any(q.get("name") == "macos" for queues in replies.values() for q in queues)
+
+
+def detect_queues() -> list[str]:
+    """The queues this host can serve: always default and publish; convert with coremltools and torch;
+    macos with ``xcrun coremlcompiler``."""
+    import importlib.util
+
+    from workers.compile import find_compiler
+
+    queues = ["default", "publish"]
+    if all(importlib.util.find_spec(m) is not None for m in ("coremltools", "torch", "diffusers")):
+        queues.append("convert")
+    if find_compiler() is not None:
+        queues.append("macos")
+    return queues

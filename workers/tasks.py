@@ -1,0 +1,62 @@
+"""Celery tasks: one per stage, thin wrappers of ``service.runner.run_stage`` that take ids only.
+
+Only transient Hub errors are retried (with backoff and jitter); conversion and validation failures are
+final and already recorded on the job when the task fails.
+"""
+
+from __future__ import annotations
+
+from celery import chain, chord
+
+from service.errors import HubUnavailableError
+from workers.celery_app import app, macos_worker_alive
+
+RETRY = dict(autoretry_for=(HubUnavailableError,), retry_backoff=True, retry_backoff_max=600, retry_jitter=True,
+             max_retries=8)
+
+
+def _run(job_id: int, stage: str, part: str = "") -> str:
+    from service.runner import run_stage
+
+    return run_stage(job_id, stage, part, macos_worker_alive=macos_worker_alive if stage == "merge" else None)
+
+
+@app.task(name="coreml_publisher.fetch", **RETRY)
+def fetch(job_id: int) -> str:
+    return _run(job_id, "fetch")
+
+
+@app.task(name="coreml_publisher.convert", **RETRY)
+def convert(job_id: int, part: str) -> str:
+    return _run(job_id, "convert", part)
+
+
+@app.task(name="coreml_publisher.merge", **RETRY)
+def merge(job_id: int) -> str:
+    return _run(job_id, "merge")
+
+
+@app.task(name="coreml_publisher.compile", **RETRY)
+def compile(job_id: int) -> str:  # noqa: A001 - the stage's name
+    return _run(job_id, "compile")
+
+
+@app.task(name="coreml_publisher.package", **RETRY)
+def package(job_id: int) -> str:
+    return _run(job_id, "package")
+
+
+@app.task(name="coreml_publisher.publish", **RETRY)
+def publish(job_id: int) -> str:
+    return _run(job_id, "publish")
+
+
+def enqueue(job_id: int, parts: list[str], *, packages_only: bool) -> str:
+    """Send a job's stages: fetch, the convert parts in parallel, then merge, compile/package, publish.
+
+    Call after the job's row is committed.  Returns the Celery id of the chain.
+    """
+    finish = package.si(job_id) if packages_only else compile.si(job_id)
+    flow = chain(fetch.si(job_id), chord([convert.si(job_id, p) for p in parts], merge.si(job_id)), finish,
+                 publish.si(job_id))
+    return flow.apply_async().id
