@@ -85,3 +85,41 @@ def devhub(tmp_path: Path):
     store.add_token("bob", token="bob-token", write=False)
     with running_devhub(tmp_path / "devhub", page_size=50) as url:
         yield url, store
+
+
+POSTGRES_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _postgres_database(name: str):
+    """Create a fresh PostgreSQL database; returns (url, drop function)."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        from service.db import engine_for
+
+        engine_for(POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}").dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}", drop
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path):
+    """A migrated, empty database: a SQLite file, then a fresh PostgreSQL database."""
+    from service.db import upgrade
+
+    if request.param == "sqlite":
+        url, drop = f"sqlite:///{tmp_path / 'jobs.db'}", (lambda: None)
+    else:
+        url, drop = _postgres_database(f"coreml_publish_test_{os.getpid()}_{request.node.name[-40:]}".lower()
+                                       .replace("[", "_").replace("]", "").replace("-", "_"))
+    upgrade(url)
+    yield url
+    drop()

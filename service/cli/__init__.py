@@ -43,7 +43,9 @@ def main() -> None:
     quiet_libraries()
     debug = os.environ.get("COREML_PUBLISH_DEBUG") == "1"
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # without standalone mode, typer.Exit comes back as a return value
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except CoreMLPublishError as e:
         if debug:
             raise

@@ -1,0 +1,88 @@
+"""`submit --local` (no broker, both databases) and the HTTP API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from huggingface_hub import HfApi
+
+from service.api import create_api
+from service.db import session_scope
+from service.errors import OptionsError
+from service.jobs import get_job, list_jobs
+from service.settings import Settings
+from tests.service.test_cli import run
+from workers.tiny import build_tiny_pipeline
+
+
+@pytest.fixture
+def hub_with_source(devhub, tmp_path: Path):
+    url, _ = devhub
+    folder = build_tiny_pipeline(tmp_path / "tiny-sd", style="sd1", seed=4)
+    api = HfApi(endpoint=url, token="alice-token")
+    api.create_repo("studio/tiny-sd")
+    api.upload_folder(repo_id="studio/tiny-sd", folder_path=str(folder))
+    return url
+
+
+def test_local_mode_runs_every_stage_without_a_broker(hub_with_source: str, database_url: str, tmp_path: Path) -> None:
+    env = {"HF_ENDPOINT": hub_with_source, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token",
+           "COREML_PUBLISH_DATABASE_URL": database_url, "COREML_PUBLISH_BROKER_URL": "redis://127.0.0.1:1/0",
+           "COREML_PUBLISH_ARTIFACT_STORE": str(tmp_path / "artifacts"), "COREML_PUBLISH_SCRATCH": str(tmp_path)}
+    result = run("submit", "studio/tiny-sd", "--local", "--packages-only", "--namespace", "studio", "--bits", "0",
+                 "--attention", "split_einsum_v2", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with session_scope(database_url) as session:
+        job = list_jobs(session)[0]
+        assert job.state == "succeeded" and job.trigger == "cli"
+        assert [p.repo_id for p in job.published] == ["studio/coreml-tiny-sd"]  # float16 only: one repo
+        assert {s.stage for s in job.stages} == {"fetch", "convert", "merge", "package", "publish"}
+    files = HfApi(endpoint=hub_with_source).list_repo_files("studio/coreml-tiny-sd")
+    assert "split_einsum_v2/packages/Stable_Diffusion_version_studio_tiny-sd_safety_checker.mlpackage/Manifest.json" \
+        in files
+
+
+def test_http_api(hub_with_source: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple] = []
+    monkeypatch.setattr("workers.tasks.enqueue", lambda job_id, parts, packages_only: sent.append((job_id, parts)))
+    settings = Settings(database_url=database_url, hub_endpoint=hub_with_source, default_namespace="studio",
+                        api_token="secret", broker_url="redis://127.0.0.1:1/0")
+    client = TestClient(create_api(settings))
+    auth = {"Authorization": "Bearer secret"}
+    body = {"repo": "studio/tiny-sd", "packages_only": True, "bits": 4}
+    assert client.post("/jobs", json=body).status_code == 401
+    assert client.post("/jobs", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    created = client.post("/jobs", json=body, headers=auth)
+    assert created.status_code == 201 and created.json()["created"] is True
+    job = created.json()
+    assert job["state"] == "queued" and job["trigger"] == "api" and len(job["source_sha"]) == 40
+    assert sent == [(job["id"], ["shared", "unet-original", "unet-split_einsum_v2"])]
+    duplicate = client.post("/jobs", json=body, headers=auth)
+    assert duplicate.status_code == 200 and duplicate.json()["id"] == job["id"] and len(sent) == 1
+    assert client.get(f"/jobs/{job['id']}").json()["source_repo"] == "studio/tiny-sd"
+    assert [j["id"] for j in client.get("/jobs", params={"state": "queued"}).json()] == [job["id"]]
+    assert client.get("/jobs/999").status_code == 404
+    assert client.post(f"/jobs/{job['id']}/cancel").status_code == 401
+    assert client.post(f"/jobs/{job['id']}/cancel", headers=auth).json()["state"] == "cancelled"
+    assert client.post(f"/jobs/{job['id']}/cancel", headers=auth).status_code == 409
+    assert client.post(f"/jobs/{job['id']}/retry", headers=auth).json()["state"] == "queued"
+    assert len(sent) == 2
+    bad = client.post("/jobs", json={"repo": "studio/missing"}, headers=auth)
+    assert bad.status_code == 404 and "not found" in bad.json()["error"]
+    assert client.post("/jobs", json={"repo": "studio/tiny-sd", "bits": 3}, headers=auth).status_code == 422
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and ready.json()["database"] == "ok" and "unreachable" in ready.json()["broker"]
+    with session_scope(database_url) as session:
+        assert get_job(session, job["id"]).trigger == "api"
+
+
+def test_insecure_api_settings_are_refused() -> None:
+    with pytest.raises(OptionsError, match="no API token is set"):
+        Settings().check_api("0.0.0.0")
+    Settings().check_api("127.0.0.1")
+    Settings(api_token="t").check_api("0.0.0.0")
+    with pytest.raises(OptionsError, match="SQLite"):
+        Settings(environment="production", api_token="t").check_api("127.0.0.1")

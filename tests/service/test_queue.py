@@ -1,0 +1,163 @@
+"""The job service end to end: real Redis, real `celery worker` subprocesses, the dev Hub, PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi
+
+from service.db import session_scope, upgrade
+from service.jobs import get_job
+from tests.conftest import DOUBLES, _postgres_database
+from tests.service.test_cli import run
+
+REDIS = "redis://127.0.0.1:6379/9"
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory):
+    """Dev Hub with a tiny source repo, a fresh PostgreSQL database, an empty Redis db, and one Linux worker."""
+    import redis
+
+    from service.devhub.server import running_devhub
+    from service.devhub.store import Store
+    from workers.tiny import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("service")
+    Store(root / "hub").add_token("alice", token="alice-token", orgs=["studio"])
+    redis.Redis.from_url(REDIS).flushdb()
+    url, drop = _postgres_database(f"coreml_publish_queue_{os.getpid()}")
+    upgrade(url)
+    workers: list[subprocess.Popen] = []
+    with running_devhub(root / "hub") as hub:
+        api = HfApi(endpoint=hub, token="alice-token")
+        for name, edit in (("studio/tiny-sd", None), ("studio/broken-sd", {"in_channels": 9})):
+            folder = build_tiny_pipeline(root / name.split("/")[1], style="sd2", seed=11)
+            if edit:
+                config = json.loads((folder / "unet" / "config.json").read_text())
+                (folder / "unet" / "config.json").write_text(json.dumps(config | edit))
+            api.create_repo(name)
+            api.upload_folder(repo_id=name, folder_path=str(folder))
+        env = {"HF_ENDPOINT": hub, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token",
+               "COREML_PUBLISH_DATABASE_URL": url, "COREML_PUBLISH_BROKER_URL": REDIS,
+               "COREML_PUBLISH_ARTIFACT_STORE": str(root / "artifacts"), "COREML_PUBLISH_DEFAULT_NAMESPACE": "studio",
+               "COREML_PUBLISH_SCRATCH": str(root / "scratch")}
+
+        def start_worker(*extra: str, path: str | None = None) -> subprocess.Popen:
+            log = open(root / f"worker-{len(workers)}.log", "w")
+            process = subprocess.Popen(
+                ["coreml-publish", "worker", *extra], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, **env, "PATH": path or os.environ["PATH"]})
+            workers.append(process)
+            _wait(lambda: "ready." in (root / f"worker-{len(workers) - 1}.log").read_text(), 60, "the worker")
+            return process
+
+        start_worker()
+        try:
+            yield {"env": env, "db": url, "hub": hub, "start_worker": start_worker, "root": root}
+        finally:
+            for process in workers:
+                os.killpg(process.pid, signal.SIGTERM)
+            for process in workers:
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+            drop()
+
+
+def _job(service, job_id: int):
+    with session_scope(service["db"]) as session:
+        job = get_job(session, job_id)
+        return job.state, {(s.stage, s.part): s.state for s in job.stages}, [p.repo_id for p in job.published], job.error
+
+
+def _job_id(output: str) -> int:
+    return int(output.split("Job ", 1)[1].split(":")[0].split()[0])
+
+
+def test_submit_wait_publishes_two_repos_with_one_worker(service) -> None:
+    result = run("submit", "studio/tiny-sd", "--packages-only", "--bits", "6", "--wait", env=service["env"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    job_id = _job_id(result.stdout)
+    state, stages, published, _ = _job(service, job_id)
+    assert state == "succeeded"
+    assert published == ["studio/coreml-tiny-sd", "studio/coreml-tiny-sd-palettized"]
+    assert stages == {("fetch", ""): "succeeded", ("convert", "shared"): "succeeded",
+                      ("convert", "unet-original"): "succeeded", ("convert", "unet-split_einsum_v2"): "succeeded",
+                      ("merge", ""): "succeeded", ("package", ""): "succeeded", ("publish", ""): "succeeded"}
+    status = run("status", str(job_id), env=service["env"])
+    assert "succeeded" in status.stdout and "≥25" in status.stdout and "≥45" in status.stdout
+    listing = run("jobs", env={**service["env"], "COLUMNS": "200"})
+    assert f"│ {job_id} " in listing.stdout and "studio/coreml-tiny-sd" in listing.stdout
+    again = run("submit", "studio/tiny-sd", "--packages-only", "--bits", "6", env=service["env"])
+    assert f"Job {job_id} already exists" in again.stdout
+    files = HfApi(endpoint=service["hub"]).list_repo_files("studio/coreml-tiny-sd-palettized")
+    assert "split_einsum_v2/packages/Stable_Diffusion_version_studio_tiny-sd_unet.mlpackage/Manifest.json" in files
+
+
+def test_concurrent_duplicate_submits_make_one_job(service) -> None:
+    env = {**os.environ, **service["env"], "COLUMNS": "200"}
+    processes = [subprocess.Popen(["coreml-publish", "submit", "studio/tiny-sd", "--packages-only", "--bits", "1",
+                                   "--attention", "original"], stdout=subprocess.PIPE, text=True, env=env)
+                 for _ in range(3)]
+    outputs = [p.communicate(timeout=120)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes)
+    assert len({_job_id(o) for o in outputs}) == 1
+    job_id = _job_id(outputs[0])
+    run("cancel", str(job_id), env=service["env"])  # not needed by later tests
+
+
+def test_a_failing_stage_fails_the_job_with_its_reason(service) -> None:
+    result = run("submit", "studio/broken-sd", "--packages-only", "--wait", env=service["env"])
+    assert result.returncode == 1
+    state, stages, published, error = _job(service, _job_id(result.stdout))
+    assert state == "failed" and published == []
+    assert "convert" in error and "9 input channels" in error
+    assert "failed" in stages.values() and ("merge", "") not in stages
+
+
+def test_cancel_mid_job(service) -> None:
+    result = run("submit", "studio/tiny-sd", "--packages-only", "--bits", "2", env=service["env"])
+    job_id = _job_id(result.stdout)
+    _wait(lambda: any(s == "running" for (stage, _), s in _job(service, job_id)[1].items() if stage == "convert"),
+          120, "a running convert stage")
+    assert run("cancel", str(job_id), env=service["env"]).returncode == 0
+    _wait(lambda: "cancelled" in _job(service, job_id)[1].values(), 120, "the stage to stop")
+    time.sleep(2)
+    state, stages, published, _ = _job(service, job_id)
+    assert state == "cancelled" and published == [] and ("publish", "") not in stages
+    assert run("cancel", str(job_id), env=service["env"]).returncode == 1  # already cancelled: one-line error
+
+
+def test_compiled_output_waits_for_a_macos_worker(service) -> None:
+    result = run("submit", "studio/tiny-sd", "--bits", "8", env=service["env"])
+    job_id = _job_id(result.stdout)
+    _wait(lambda: _job(service, job_id)[0] == "waiting", 240, "the job to wait for a macOS worker")
+    logs = run("logs", str(job_id), env=service["env"])
+    assert "waiting for a macOS worker" in logs.stdout
+    # a worker that finds `xcrun coremlcompiler` (here its test double) subscribes to the macos queue
+    service["start_worker"]("--queues", "macos", path=f"{DOUBLES}{os.pathsep}{os.environ['PATH']}")
+    _wait(lambda: _job(service, job_id)[0] in ("succeeded", "failed"), 120, "the job to finish")
+    state, stages, published, error = _job(service, job_id)
+    assert state == "succeeded", error
+    assert stages[("compile", "")] == "succeeded"
+    files = HfApi(endpoint=service["hub"]).list_repo_files("studio/coreml-tiny-sd-palettized")
+    assert "coreml-tiny-sd-palettized_split_einsum_v2_compiled.zip" in files
+    assert "original/compiled/Unet.mlmodelc/coremldata.bin" in files
