@@ -9,7 +9,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from service.db import session_scope
-from service.errors import CoreMLPublishError, JobError, JobNotFoundError, OptionsError, SourceError, SourceNotFoundError
+from service.errors import (
+    CoreMLPublishError,
+    JobError,
+    JobNotFoundError,
+    NotWatchedError,
+    OptionsError,
+    SourceError,
+    SourceNotFoundError,
+)
 from service.jobs import JobOptions, cancel_job, create_job, get_job, job_summary, list_jobs, requeue, retry_job
 from service.models import Trigger
 from service.settings import Settings, get_settings
@@ -42,7 +50,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(CoreMLPublishError)
     async def expected_error(request: Request, exc: CoreMLPublishError) -> JSONResponse:
-        status = 404 if isinstance(exc, (SourceNotFoundError, JobNotFoundError)) else 409 if isinstance(exc, JobError) \
+        status = 404 if isinstance(exc, (SourceNotFoundError, JobNotFoundError, NotWatchedError)) else 409 if isinstance(exc, JobError) \
             else 422 if isinstance(exc, (OptionsError, SourceError)) else 500
         return JSONResponse({"error": exc.message, "hint": exc.hint}, status_code=status)
 
@@ -79,6 +87,72 @@ def create_api(settings: Settings | None = None) -> FastAPI:
         requeue(job_id, settings=settings)
         with session_scope(settings.database_url) as session:
             return job_summary(get_job(session, job_id))
+
+    @app.post("/webhooks/hub")
+    async def hub_webhook(request: Request) -> JSONResponse:
+        from service.webhooks import MAX_BODY, check_secret, handle_hub_webhook
+
+        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+        refused = check_secret(secret, request.headers.get("x-webhook-secret"))
+        if refused is not None:
+            return JSONResponse(refused.body, status_code=refused.status)
+        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+            return JSONResponse({"error": f"payload larger than {MAX_BODY} bytes"}, status_code=413)
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                return JSONResponse({"error": f"payload larger than {MAX_BODY} bytes"}, status_code=413)
+        outcome = handle_hub_webhook(body, settings=settings)
+        return JSONResponse(outcome.body, status_code=outcome.status)
+
+    @app.get("/watches")
+    def get_watches() -> list[dict]:
+        from service.watch import watch_rows
+
+        with session_scope(settings.database_url) as session:
+            return watch_rows(session)
+
+    @app.post("/watches", status_code=201, dependencies=[Depends(require_token)])
+    def post_watch(body: JobRequest) -> dict:
+        from service.watch import add_watch
+
+        options = JobOptions(namespace=body.namespace or settings.default_namespace or "",
+                             attentions=tuple(body.attentions), bits=body.bits, private=body.private,
+                             packages_only=body.packages_only)
+        with session_scope(settings.database_url) as session:
+            watch = add_watch(session, repo_id=body.repo, options=options)
+            return {"repo_id": watch.repo_id, "state": watch.state}
+
+    @app.delete("/watches/{repo_id:path}", dependencies=[Depends(require_token)])
+    def delete_watch(repo_id: str) -> dict:
+        from service.watch import remove_watch
+
+        with session_scope(settings.database_url) as session:
+            remove_watch(session, repo_id)
+        return {"removed": repo_id}
+
+    @app.post("/watches/{repo_id:path}/pause", dependencies=[Depends(require_token)])
+    def pause_watch(repo_id: str) -> dict:
+        from service.watch import set_paused
+
+        with session_scope(settings.database_url) as session:
+            return {"repo_id": repo_id, "state": set_paused(session, repo_id, True).state}
+
+    @app.post("/watches/{repo_id:path}/resume", dependencies=[Depends(require_token)])
+    def resume_watch(repo_id: str) -> dict:
+        from service.watch import set_paused
+
+        with session_scope(settings.database_url) as session:
+            return {"repo_id": repo_id, "state": set_paused(session, repo_id, False).state}
+
+    @app.post("/sweep", dependencies=[Depends(require_token)])
+    def post_sweep() -> list[dict]:
+        from dataclasses import asdict
+
+        from service.watch import sweep
+
+        return [asdict(r) for r in sweep(settings=settings)]
 
     @app.get("/health")
     def health() -> dict:

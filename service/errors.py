@@ -112,6 +112,10 @@ class JobNotFoundError(JobError):
     """No job has that id."""
 
 
+class NotWatchedError(JobError):
+    """The repo is not on the watch list."""
+
+
 class JobCancelled(CoreMLPublishError):
     """Raised inside a running stage when its job was cancelled."""
 

@@ -118,3 +118,27 @@ class JobEvent(Base):
     message: Mapped[str] = mapped_column(Text)
 
     job: Mapped[Job] = relationship(back_populates="events")
+
+
+class WatchState(str, enum.Enum):
+    ACTIVE = "active"
+    PAUSED = "paused"
+    GONE = "gone"  # deleted or renamed
+    PRIVATE = "private"  # no longer visible with our token
+    GATED = "gated"
+
+
+class WatchedRepo(Base):
+    """A source repo whose Core ML versions the service keeps current."""
+
+    __tablename__ = "watched_repos"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    repo_id: Mapped[str] = mapped_column(String(200), unique=True)
+    options: Mapped[dict] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=WatchState.ACTIVE.value)
+    reason: Mapped[str | None] = mapped_column(Text)
+    last_seen_sha: Mapped[str | None] = mapped_column(String(64))
+    last_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_check_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

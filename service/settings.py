@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(None, description="Bearer token required for the HTTP API's writes")
     api_host: str = Field("127.0.0.1", description="Address the HTTP API binds")
     api_port: int = Field(8000, description="Port of the HTTP API")
+    webhook_secret: SecretStr | None = Field(None, description="Secret the Hub sends in X-Webhook-Secret")
+    sweep_time: str = Field("03:00", description="When the nightly sweep runs, HH:MM in UTC")
     stage_time_limit: int = Field(6 * 3600, description="Hard time limit of one stage, seconds")
     worker_concurrency: int = Field(1, description="Tasks one worker runs at once")
 

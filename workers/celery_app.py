@@ -7,6 +7,7 @@ Queues: ``default`` (merge, package), ``convert`` (fetch, convert: any OS with c
 from __future__ import annotations
 
 from celery import Celery
+from celery.schedules import crontab
 
 from service.settings import get_settings
 
@@ -27,9 +28,14 @@ def make_app() -> Celery:
         broker_transport_options={"visibility_timeout": settings.stage_time_limit + 3600},
         result_expires=7 * 24 * 3600,
         broker_connection_retry_on_startup=True,
+        timezone="UTC",
+        beat_schedule={"nightly-sweep": {"task": "coreml_publisher.sweep", "options": {"queue": "default"},
+                                         "schedule": crontab(hour=int(settings.sweep_time.split(":")[0]),
+                                                             minute=int(settings.sweep_time.split(":")[1]))}},
         task_routes={"coreml_publisher.fetch": {"queue": "convert"}, "coreml_publisher.convert": {"queue": "convert"},
                      "coreml_publisher.merge": {"queue": "default"}, "coreml_publisher.package": {"queue": "default"},
-                     "coreml_publisher.compile": {"queue": "macos"}, "coreml_publisher.publish": {"queue": "publish"}},
+                     "coreml_publisher.compile": {"queue": "macos"}, "coreml_publisher.publish": {"queue": "publish"},
+                     "coreml_publisher.sweep": {"queue": "default"}},
     )
     return app
 

@@ -51,6 +51,16 @@ def publish(job_id: int) -> str:
     return _run(job_id, "publish")
 
 
+@app.task(name="coreml_publisher.sweep")
+def sweep() -> list[dict]:
+    """The nightly sweep (Celery beat); only repos due for a check are asked about."""
+    from dataclasses import asdict
+
+    from service.watch import sweep as run_sweep
+
+    return [asdict(r) for r in run_sweep(due_only=True)]
+
+
 def enqueue(job_id: int, parts: list[str], *, packages_only: bool) -> str:
     """Send a job's stages: fetch, the convert parts in parallel, then merge, compile/package, publish.
 

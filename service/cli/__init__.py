@@ -13,6 +13,7 @@ from service.cli import jobs as _jobs
 from service.cli import models as _models
 from service.cli import publish as _publish
 from service.cli import service as _service
+from service.cli import watch as _watch
 from service.cli.output import quiet_libraries
 from service.errors import CoreMLPublishError, OptionsError, ValidationError
 
@@ -33,6 +34,8 @@ for _name in ("submit", "status", "jobs", "logs", "cancel", "retry"):
 app.command("worker")(_service.worker)
 app.command("api")(_service.api)
 app.add_typer(_service.db_app, name="db")
+app.add_typer(_watch.watch_app, name="watch")
+app.command("scheduler")(_watch.scheduler)
 
 # exit codes: 1 for a bad source or options, 3 for a conversion that ran but failed validation
 EXIT_CODES: dict[type[Exception], int] = {ValidationError: 3, OptionsError: 2, CoreMLPublishError: 1}

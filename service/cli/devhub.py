@@ -16,6 +16,9 @@ def devhub(
     user: list[str] = typer.Option([], help="USER:TOKEN[:org1,org2] with write rights; repeatable. "
                                             "Default: dev:hf_dev_token."),
     read_only: list[str] = typer.Option([], help="USER:TOKEN[:orgs] that may only read; repeatable."),
+    webhook: str = typer.Option(None, help="URL to POST to on every commit, like a Hub webhook "
+                                            "(e.g. http://127.0.0.1:8000/webhooks/hub)."),
+    webhook_secret: str = typer.Option(None, help="Secret sent with the webhook in X-Webhook-Secret."),
 ) -> None:
     """Serve a local Hugging Face Hub-compatible API for development and tests (not for production)."""
     from service.devhub.server import DEFAULT_TOKEN, DEFAULT_USER, serve
@@ -33,6 +36,10 @@ def devhub(
                                hint="For example --user alice:hf_alice_token:my-org.")
         store.add_token(parts[0], token=parts[1], orgs=[o for o in (parts[2] if len(parts) == 3 else "").split(",") if o],
                         write=write)
+    if webhook:
+        from service.devhub.app import Webhooks
+
+        Webhooks(data / "webhooks.json").add(webhook, webhook_secret, None)
     url = f"http://{host}:{port}"
     stdout.print(f"Dev Hub at {url} (data in {data}). Point the Hub client at it with:\n"
                  f"  export HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1 HF_TOKEN=<a token above>\n"

@@ -79,6 +79,8 @@ def create_app(data: Path, *, page_size: int = 1000) -> FastAPI:
     uploads: dict[str, int] = {}  # oid -> size, granted by the LFS batch endpoint
     app = FastAPI(title="coreml-publisher dev Hub", docs_url="/_devhub/docs", openapi_url="/_devhub/openapi.json")
     app.state.store, app.state.faults = store, faults
+    hooks = Webhooks(data / "webhooks.json")
+    app.state.webhooks = hooks
 
     @app.exception_handler(StoreError)
     async def store_error(request: Request, exc: StoreError) -> JSONResponse:
@@ -373,10 +375,14 @@ def create_app(data: Path, *, page_size: int = 1000) -> FastAPI:
         for path, (oid, size) in list(lfs_files.items()):
             if store.has_object(oid) and not size:
                 lfs_files[path] = (oid, store.object_path(oid).stat().st_size)
+        old_head = store.repo(repo_type, repo_id)["branches"].get(revision)
         new = store.apply_commit(repo_type, repo_id, revision, title=header.get("summary", "update"),
                                  message=header.get("description", ""), author=token.user,
                                  parent=header.get("parentCommit"), files=files, lfs_files=lfs_files,
                                  deleted_files=deleted, deleted_folders=deleted_folders)
+        repo = store.repo(repo_type, repo_id)
+        hooks.fire(repo_type, repo_id, private=repo["private"], ref=f"refs/heads/{revision}", old=old_head,
+                   new=new["id"])
         base = str(request.base_url).rstrip("/")
         return {"commitUrl": f"{base}/{repo_id}/commit/{new['id']}", "commitOid": new["id"],
                 "commitMessage": header.get("summary", ""), "pullRequestUrl": None}
@@ -464,6 +470,19 @@ def create_app(data: Path, *, page_size: int = 1000) -> FastAPI:
 
     # --- dev tools ------------------------------------------------------------------------------------
 
+    @app.post("/_devhub/webhooks")
+    async def add_webhook(request: Request):
+        token_of(request, required=True)
+        body = await request.json()
+        if not str(body.get("url", "")).startswith(("http://", "https://")):
+            raise StoreError(400, "BadRequest", "url must be http(s)")
+        return hooks.add(body["url"], body.get("secret"), body.get("repos"))
+
+    @app.get("/_devhub/webhooks")
+    def list_webhooks(request: Request):
+        token_of(request, required=True)
+        return hooks.list()
+
     @app.post("/_devhub/faults")
     async def add_fault(request: Request):
         body = await request.json()
@@ -485,6 +504,59 @@ def create_app(data: Path, *, page_size: int = 1000) -> FastAPI:
         return {}
 
     return app
+
+
+class Webhooks:
+    """Webhooks the dev Hub fires after commits, as the Hub does: a POST with X-Webhook-Secret.
+
+    Deliveries run in a background thread (a slow receiver never slows a commit) and are recorded.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.deliveries: list[dict] = []
+
+    def list(self) -> list[dict]:
+        return json.loads(self.path.read_text()) if self.path.is_file() else []
+
+    def add(self, url: str, secret: str | None, repos: list[str] | None) -> dict:
+        with self.lock:
+            hooks = self.list()
+            hook = {"id": secrets.token_hex(6), "url": url, "secret": secret, "repos": repos}
+            hooks.append(hook)
+            self.path.write_text(json.dumps(hooks, indent=1))
+        return hook
+
+    def fire(self, repo_type: str, repo_id: str, *, private: bool, ref: str, old: str | None, new: str) -> None:
+        for hook in self.list():
+            if hook["repos"] and repo_id not in hook["repos"]:
+                continue
+            payload = {"event": {"action": "update", "scope": "repo.content"},
+                       "repo": {"type": repo_type, "name": repo_id, "id": repo_id, "private": private,
+                                "headSha": new},
+                       "updatedRefs": [{"ref": ref, "oldSha": old, "newSha": new}],
+                       "webhook": {"id": hook["id"], "version": 3}}
+            threading.Thread(target=self._deliver, args=(hook, payload), daemon=True).start()
+
+    def _deliver(self, hook: dict, payload: dict) -> None:
+        import urllib.error
+        import urllib.request
+
+        headers = {"Content-Type": "application/json"}
+        if hook.get("secret"):
+            headers["X-Webhook-Secret"] = hook["secret"]
+        request = urllib.request.Request(hook["url"], json.dumps(payload).encode(), headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status = response.status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        except OSError as e:
+            status = f"failed: {e.__class__.__name__}"
+        with self.lock:
+            self.deliveries.append({"hook": hook["id"], "repo": payload["repo"]["name"],
+                                    "sha": payload["updatedRefs"][0]["newSha"], "status": status})
 
 
 def _folder_oid(folder: str, commit_id: str) -> str:

@@ -1,0 +1,101 @@
+"""``watch add|list|remove|pause|resume|sweep`` and ``scheduler``: keeping Core ML versions current."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from service.cli.output import stdout
+
+watch_app = typer.Typer(help="Repos whose Core ML versions are kept current (nightly sweep and Hub webhooks).",
+                        no_args_is_help=True)
+
+
+@watch_app.command("add")
+def add(
+    repo: str = typer.Argument(..., help="Hub repo id to watch."),
+    namespace: str = typer.Option(None, help="Where to publish (default: COREML_PUBLISH_DEFAULT_NAMESPACE)."),
+    attention: str = typer.Option("original,split_einsum_v2", help="Comma-separated attention layouts."),
+    bits: int = typer.Option(6, help="Palettization bits; 0 for float16 only."),
+    private: bool = typer.Option(False, help="Publish private repos."),
+    packages_only: bool = typer.Option(False, help="Publish .mlpackage files only."),
+) -> None:
+    """Watch a repo: every new commit on main (webhook or nightly sweep) is converted and published."""
+    from service.db import session_scope
+    from service.jobs import JobOptions
+    from service.settings import get_settings
+    from service.watch import add_watch
+
+    options = JobOptions(namespace=namespace or get_settings().default_namespace or "",
+                         attentions=tuple(a.strip() for a in attention.split(",") if a.strip()),
+                         bits=bits or None, private=private, packages_only=packages_only)
+    with session_scope() as session:
+        add_watch(session, repo_id=repo, options=options)
+    stdout.print(f"Watching {repo}; the next sweep converts its current commit.")
+
+
+@watch_app.command("list")
+def list_() -> None:
+    """The watched repos: last seen and last published commits, next check, state."""
+    from service.db import session_scope
+    from service.watch import watch_rows
+
+    table = Table("repo", "last seen", "last published", "published at", "next check", "state")
+    with session_scope() as session:
+        for row in watch_rows(session):
+            state = row["state"] + (f" ({row['reason']})" if row["reason"] else "")
+            table.add_row(row["repo_id"], (row["last_seen_sha"] or "")[:10], (row["last_published_sha"] or "")[:10],
+                          (row["last_published_at"] or "")[:16], (row["next_check_at"] or "")[:16], state)
+    stdout.print(table)
+
+
+@watch_app.command("remove")
+def remove(repo: str = typer.Argument(..., help="Watched repo id.")) -> None:
+    """Stop watching a repo (published repos stay as they are)."""
+    from service.db import session_scope
+    from service.watch import remove_watch
+
+    with session_scope() as session:
+        remove_watch(session, repo)
+    stdout.print(f"No longer watching {repo}.")
+
+
+@watch_app.command("pause")
+def pause(repo: str = typer.Argument(..., help="Watched repo id.")) -> None:
+    """Pause a watch: sweeps and webhooks ignore it until resumed."""
+    from service.db import session_scope
+    from service.watch import set_paused
+
+    with session_scope() as session:
+        set_paused(session, repo, True)
+    stdout.print(f"Paused {repo}.")
+
+
+@watch_app.command("resume")
+def resume(repo: str = typer.Argument(..., help="Watched repo id.")) -> None:
+    """Resume a paused watch (or one marked gone, private or gated: it is checked again)."""
+    from service.db import session_scope
+    from service.watch import set_paused
+
+    with session_scope() as session:
+        set_paused(session, repo, False)
+    stdout.print(f"Resumed {repo}.")
+
+
+@watch_app.command("sweep")
+def sweep_now() -> None:
+    """Run the sweep once, now: submit a job for every watched repo whose commit or toolchain changed."""
+    from service.watch import sweep
+
+    table = Table("repo", "outcome", "sha", "job", "detail")
+    for result in sweep():
+        table.add_row(result.repo_id, result.outcome, (result.sha or "")[:10],
+                      str(result.job_id or ""), result.detail)
+    stdout.print(table)
+
+
+def scheduler(loglevel: str = typer.Option("info", help="Celery log level.")) -> None:
+    """Run Celery beat: the nightly sweep at COREML_PUBLISH_SWEEP_TIME (UTC)."""
+    from workers.celery_app import app
+
+    app.Beat(loglevel=loglevel).run()
