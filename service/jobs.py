@@ -268,6 +268,7 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
         raise OptionsError(f"{source_repo!r} is not a Hub repo id",
                            hint="Jobs take org/name; convert a local folder with `coreml-publish convert`.")
     source = resolve_source(source_repo, revision=revision, endpoint=settings.hub_endpoint,
+                            max_bytes=int(settings.max_source_gb * 1e9),
                             need_safety_checker=options.components is None or "safety_checker" in options.components)
     with session_scope(settings.database_url) as session:
         submitted = submit_job(session, source_repo=source_repo, source_sha=source.sha, options=options,

@@ -147,6 +147,7 @@ def _source(spec: JobSpec, settings: Settings, *, need_safety_checker: bool = Tr
     from workers.resolve import resolve_source
 
     source = resolve_source(spec.source_repo, revision=spec.source_sha, endpoint=settings.hub_endpoint,
+                            max_bytes=int(settings.max_source_gb * 1e9),
                             need_safety_checker=need_safety_checker)
     return fetch_source(source, endpoint=settings.hub_endpoint)
 

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, description="Port of the HTTP API")
     webhook_secret: SecretStr | None = Field(None, description="Secret the Hub sends in X-Webhook-Secret")
     sweep_time: str = Field("03:00", description="When the nightly sweep runs, HH:MM in UTC")
+    max_source_gb: float = Field(30.0, description="Largest source (weights to convert, GB) a job accepts")
     stage_time_limit: int = Field(6 * 3600, description="Hard time limit of one stage, seconds")
     worker_concurrency: int = Field(1, description="Tasks one worker runs at once")
 

@@ -106,7 +106,8 @@ class HubDouble:
             if repo:
                 self._json(request, {"id": repo_id, "modelId": repo_id, "sha": repo.sha, "private": False,
                                      "gated": repo.gated, "cardData": repo.card,
-                                     "siblings": [{"rfilename": f} for f in repo.files()]})
+                                     "siblings": [{"rfilename": f, "size": (repo.folder / f).stat().st_size}
+                                                  for f in repo.files()]})
         elif len(rest) >= 4 and rest[2] == "tree":
             repo = self._repo(request, repo_id, rest[3])
             if repo:

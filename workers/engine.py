@@ -249,8 +249,9 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
                      on_event: Callable[[Event], None] | None = None) -> Report:
     """Convert a fetched source into validated float16 and palettized package trees under ``out``.
 
-    Every package is validated; one that fails is deleted and the run goes on with the others, then
-    raises ValidationError naming each failure (the report is written either way).
+    The two repo folders under ``out`` are replaced, not merged with an earlier run's.  Every package is
+    validated; one that fails is deleted and the run goes on with the others, then raises
+    ValidationError naming each failure (the report is written either way).
     Raises OptionsError, SourceError, UnsupportedModelError, ConversionError, ValidationError.
     """
     options = options or ConvertOptions()
@@ -261,6 +262,9 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
     components = select_components(source, options.components)
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(source, out, options, geometry, on_event)
+    # the two repo trees are this run's output: nothing from an earlier run may be published with them
+    for repo in (run.fp16_repo, run.palettized_repo):
+        shutil.rmtree(out / repo, ignore_errors=True)
     started = time.perf_counter()
     try:
         for name in components:

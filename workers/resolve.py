@@ -41,6 +41,7 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 # diffusers components that hold weights, and the package components that need them
 WEIGHT_COMPONENTS = ("text_encoder", "unet", "vae", "safety_checker")
 REQUIRED_COMPONENTS = ("text_encoder", "tokenizer", "unet", "vae")
+DEFAULT_MAX_BYTES = 30 * 1024**3  # the weights a conversion downloads; far above any SD 1.x/2.x pipeline
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 _VARIANT_FILE = re.compile(r"^[^.]+\.(?P<variant>[A-Za-z0-9_]+)\.safetensors$")
 
@@ -100,8 +101,11 @@ def resolve_source(
     need_safety_checker: bool = True,
     token: str | None = None,
     endpoint: str | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Source:
     """Resolve a local folder or a Hub repo id into a checked :class:`Source`.
+
+    ``max_bytes`` bounds the size of the weights the conversion would read.
 
     Raises SourceNotFoundError, UnsupportedModelError, UnsafeWeightsError, GatedSourceError, SourceError.
     """
@@ -111,7 +115,7 @@ def resolve_source(
             raise SourceError(f"--revision applies to Hub repos, but {source} is a local folder",
                               source=source, hint="Drop --revision, or pass a Hub repo id.")
         return resolve_local(path, source_id=source_id, allow_pickle=allow_pickle,
-                             need_safety_checker=need_safety_checker)
+                             need_safety_checker=need_safety_checker, max_bytes=max_bytes)
     if source.startswith((".", "/", "~")):
         raise SourceNotFoundError(f"no folder at {source}", source=source,
                                   hint="Check the path, or pass a Hub repo id like org/name.")
@@ -120,17 +124,18 @@ def resolve_source(
             f"{source!r} is neither a local folder nor a valid Hub repo id", source=source,
             hint="Pass a diffusers folder or a repo id like stabilityai/stable-diffusion-2-1-base.")
     return resolve_hub(source, revision=revision, allow_pickle=allow_pickle, token=token,
-                       endpoint=endpoint, need_safety_checker=need_safety_checker)
+                       endpoint=endpoint, need_safety_checker=need_safety_checker, max_bytes=max_bytes)
 
 
 def resolve_local(path: Path, *, source_id: str | None = None, allow_pickle: bool = False,
-                  need_safety_checker: bool = True) -> Source:
+                  need_safety_checker: bool = True, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
     """Check a local diffusers folder."""
     path = path.resolve()
     if not path.is_dir():
         raise SourceError(f"{path} is a file, not a diffusers folder", source=str(path),
                           hint="Single-file checkpoints are not supported yet; pass a diffusers folder.")
-    files = [p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()]
+    sizes = {p.relative_to(path).as_posix(): p.stat().st_size for p in path.rglob("*") if p.is_file()}
+    files = list(sizes)
     index = _read_model_index(path / "model_index.json", source=str(path), files=files)
     license_ = _card_license(path / "README.md")
     name = source_id or path.name
@@ -138,13 +143,13 @@ def resolve_local(path: Path, *, source_id: str | None = None, allow_pickle: boo
         raise SourceError(f"--source-id {source_id!r} is not a valid repo id", source=str(path),
                           hint="Use the form org/name.")
     checked = _check(index, files, source=str(path), allow_pickle=allow_pickle,
-                     need_safety_checker=need_safety_checker)
+                     need_safety_checker=need_safety_checker, sizes=sizes, max_bytes=max_bytes)
     return Source(id=name, license=license_, path=path, repo_id=source_id, **checked)
 
 
 def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool = False,
                 token: str | None = None, endpoint: str | None = None,
-                need_safety_checker: bool = True) -> Source:
+                need_safety_checker: bool = True, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
     """Ask the Hub about a repo, pin the revision to a commit sha and check the file list."""
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import (
@@ -156,8 +161,9 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
 
     api = HfApi(endpoint=endpoint, token=token)
     try:
-        info = api.model_info(repo_id, revision=revision, files_metadata=False)
+        info = api.model_info(repo_id, revision=revision, files_metadata=True)
         files = [s.rfilename for s in info.siblings or []]
+        sizes = {s.rfilename: s.size for s in info.siblings or [] if s.size is not None}
         if "model_index.json" not in files:
             _raise_not_diffusers(repo_id, files)
         index_path = hf_hub_download(repo_id, "model_index.json", revision=info.sha, token=token,
@@ -183,7 +189,7 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
     card = info.card_data
     license_ = (card.get("license") if card is not None else None) or None
     checked = _check(index, files, source=repo_id, allow_pickle=allow_pickle,
-                     need_safety_checker=need_safety_checker)
+                     need_safety_checker=need_safety_checker, sizes=sizes, max_bytes=max_bytes)
     return Source(id=repo_id, repo_id=repo_id, revision=revision or "main", sha=info.sha,
                   license=license_, **checked)
 
@@ -231,7 +237,8 @@ def _card_license(readme: Path) -> str | None:
 
 
 def _check(index: dict, files: list[str], *, source: str, allow_pickle: bool,
-           need_safety_checker: bool) -> dict:
+           need_safety_checker: bool, sizes: dict[str, int] | None = None,
+           max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     cls = index["_class_name"]
     if cls not in SUPPORTED_PIPELINES:
         what = KNOWN_UNSUPPORTED.get(cls)
@@ -275,6 +282,12 @@ def _check(index: dict, files: list[str], *, source: str, allow_pickle: bool,
         pickles.extend(found)
         weight_files[component] = tuple(found)
         weight_variant[component] = None
+    total = sum((sizes or {}).get(f, 0) for names in weight_files.values() for f in names)
+    if total > max_bytes:
+        raise SourceError(f"{source} is too large: {total / 1e9:.1f} GB of weights to convert, the limit is "
+                          f"{max_bytes / 1e9:.1f} GB", source=source,
+                          hint="Stable Diffusion 1.x/2.x pipelines are far smaller; raise the limit only if "
+                               "this source is what you expect (COREML_PUBLISH_MAX_SOURCE_GB).")
     if pickles and not allow_pickle:
         raise UnsafeWeightsError(
             f"{source} has only pickle weights for some components ({', '.join(pickles)}); "

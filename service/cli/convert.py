@@ -64,6 +64,7 @@ def convert(
     try:
         printer.status.update(f"resolving {source}…")
         resolved = resolve_source(source, revision=revision, source_id=source_id, allow_pickle=allow_pickle,
+                                  max_bytes=int(get_settings().max_source_gb * 1e9),
                                   need_safety_checker=options.components is None
                                   or "safety_checker" in options.components)
         printer.status.update(f"fetching {resolved.id}…")

@@ -149,7 +149,10 @@ def create_app(data: Path, *, page_size: int = 1000) -> FastAPI:
             "downloads": 0, "likes": 0, "lastModified": commit["date"], "createdAt": repo["created"],
             "tags": (card_data(commit) or {}).get("tags", []) or [],
             "cardData": card_data(commit),
-            "siblings": [{"rfilename": p} for p in sorted(commit["tree"])],
+            "siblings": [{"rfilename": p, "size": e["size"], "blobId": e["oid"],
+                          **({"lfs": {"sha256": e["sha256"], "size": e["size"],
+                                      "pointerSize": len(lfs_pointer(e["sha256"], e["size"]))}} if e["lfs"] else {})}
+                         for p, e in sorted(commit["tree"].items())],
         }
 
     # --- identity and repos ---------------------------------------------------------------------------

@@ -209,6 +209,8 @@ def test_components_the_source_lacks_are_named(sd2_pipeline: Path, tmp_path: Pat
 
 def test_float16_only_and_batch_one(sd2_pipeline: Path, tmp_path: Path) -> None:
     source = resolve_source(str(sd2_pipeline))
+    convert_pipeline(source, tmp_path, ConvertOptions(components=("vae_decoder",), bits=None,
+                                                      attentions=(Attention.ORIGINAL,)))
     options = ConvertOptions(components=("unet",), bits=None, batch_size=1, latent_size=(16, 24),
                              attentions=(Attention.SPLIT_EINSUM,))
     report = convert_pipeline(source, tmp_path, options)
@@ -217,3 +219,5 @@ def test_float16_only_and_batch_one(sd2_pipeline: Path, tmp_path: Path) -> None:
     contents = read_package(tmp_path / report.packages[0].path)
     assert contents.inputs[0] == ("sample", (1, 4, 16, 24), F16)
     assert not (tmp_path / "coreml-tiny-sd2-palettized").exists()
+    # the earlier run's VAE decoder is gone: a re-run replaces the trees instead of mixing runs
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*/*/packages/*")] == [report.packages[0].path]

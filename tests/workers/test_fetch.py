@@ -43,6 +43,14 @@ def test_hub_source_is_pinned_to_a_sha_and_fetches_only_what_it_needs(hub: HubDo
                if method == "GET" and "/resolve/" in path and not path.endswith("model_index.json"))
 
 
+def test_too_large_hub_sources_are_refused_from_the_file_list(hub: HubDouble) -> None:
+    from service.errors import SourceError
+
+    with pytest.raises(SourceError, match="too large"):
+        resolve_source("org/tiny-sd2", endpoint=hub.endpoint, max_bytes=1000)
+    assert not hub.downloaded("org/tiny-sd2") - {"model_index.json"}
+
+
 def test_revision_by_sha(hub: HubDouble) -> None:
     sha = hub.repos["org/tiny-sd2"].sha
     assert resolve_source("org/tiny-sd2", revision=sha, endpoint=hub.endpoint).sha == sha

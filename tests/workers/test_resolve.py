@@ -125,3 +125,9 @@ def test_missing_paths_and_bad_ids_are_told_apart(tmp_path: Path) -> None:
                                       ("org/na me", False), ("org/a--b", False), ("", False)])
 def test_repo_id_shapes(text: str, ok: bool) -> None:
     assert looks_like_repo_id(text) is ok
+
+
+def test_too_large_sources_are_refused_before_download(source: Path) -> None:
+    size = (source / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    with pytest.raises(SourceError, match="too large: .* GB of weights to convert"):
+        resolve_source(str(source), max_bytes=size // 2)
