@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from service.db import session_scope
