@@ -1,13 +1,19 @@
 """Palettize step: a float16 package in, an n-bit palettized package out (never a second conversion).
 
-Uses coremltools' k-means palettization per weight tensor, as Apple's converter does; embedding tables
+Each weight tensor gets the optimal 1-D k-means palette, as coremltools' k-means mode gives float16
+tensors, but computed from the histogram of the tensor's float16 bit patterns (at most 65,536 distinct
+values) instead of sorting the tensor, and plugged in through coremltools' public custom-palette API, so the
+package format is coremltools' own.  Embedding tables
 (``gather`` inputs) stay float16, and so do constants that are not weights (attention masks holding
 -inf, which k-means cannot cluster).  Weights of at most ``WEIGHT_THRESHOLD`` elements stay float16 too.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 from service.errors import ConversionError, OptionsError
 
@@ -32,9 +38,43 @@ def check_bits(bits: int, target: str) -> None:
                            hint="Pass --deployment-target iOS17, or another --bits.")
 
 
+def histogram_kmeans(weight: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal 1-D k-means palette of a float16 tensor, from the histogram of its bit patterns.
+
+    The clustering solved is exactly coremltools' (the same solver on the same distinct values and
+    counts), without sorting the tensor.  Returns the lookup table (``2**nbits`` float16 entries; unused
+    entries are 0) and one uint8 index per element.  Raises ValueError for NaN or infinite values.
+    """
+    from coremltools._deps import kmeans1d  # the exact weighted 1-D k-means solver coremltools ships
+
+    values16 = np.ascontiguousarray(weight).reshape(-1)
+    if values16.dtype != np.float16:
+        values16 = values16.astype(np.float16)
+    bits = values16.view(np.uint16)
+    counts = np.bincount(bits, minlength=1 << 16)
+    present = np.flatnonzero(counts).astype(np.uint16)
+    values = present.view(np.float16).astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError("the tensor holds NaN or infinite values, which cannot be palettized")
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    first = np.ones(len(ordered), dtype=bool)
+    first[1:] = ordered[1:] != ordered[:-1]  # +0 and -0 are one value, as in np.unique
+    group = np.cumsum(first) - 1
+    distinct = ordered[first]
+    weights = np.bincount(group, weights=counts[present][order])
+    k = min(len(distinct), 1 << nbits)
+    result = kmeans1d.cluster(distinct, k, weights=weights)
+    lut = np.zeros(1 << nbits, dtype=np.float64)
+    lut[:k] = result.centroids
+    table = np.zeros(1 << 16, dtype=np.uint8)
+    table[present[order]] = np.asarray(result.clusters, dtype=np.uint8)[group]
+    return lut.astype(np.float16), table[bits]
+
+
 def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str = "",
                       threshold: int = WEIGHT_THRESHOLD):
-    """Palettize every weight of a saved float16 package to ``bits`` bits with k-means.
+    """Palettize every weight of a saved float16 package to ``bits`` bits (optimal 1-D k-means).
 
     Returns the new coremltools MLModel (unsaved).  Raises ConversionError.
     """
@@ -45,7 +85,8 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
 
     model = ct.models.MLModel(str(package), skip_model_load=True)
     config = OptimizationConfig(
-        global_config=OpPalettizerConfig(mode="kmeans", nbits=bits, weight_threshold=threshold),
+        global_config=OpPalettizerConfig(mode="custom", lut_function=partial(histogram_kmeans, nbits=bits),
+                                         weight_threshold=threshold),
         op_type_configs={"gather": None},  # embedding tables stay float16, as Apple's are
         op_name_configs={name: None for name in nonfinite_constants(load_program(model))},
     )
