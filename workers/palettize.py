@@ -38,83 +38,84 @@ def check_bits(bits: int, target: str) -> None:
                            hint="Pass --deployment-target iOS17, or another --bits.")
 
 
+def _solve_kmeans_1d(x, w, k):  # pragma: no cover - compiled by numba
+    # x sorted ascending, w > 0; returns the start index of each of the k clusters.
+    n = x.shape[0]
+    cw = np.zeros(n + 1)
+    cs = np.zeros(n + 1)
+    cq = np.zeros(n + 1)
+    for i in range(n):
+        cw[i + 1] = cw[i] + w[i]
+        cs[i + 1] = cs[i] + w[i] * x[i]
+        cq[i + 1] = cq[i] + w[i] * x[i] * x[i]
+    prev = np.empty(n + 1)
+    cur = np.empty(n + 1)
+    for i in range(n + 1):
+        if i == 0:
+            prev[i] = 0.0
+        else:
+            s = cs[i]
+            prev[i] = cq[i] - s * s / cw[i]
+    arg = np.zeros((k, n + 1), dtype=np.int32)
+    stack = np.empty((4 * (n + 2) + 64, 4), dtype=np.int64)
+    for j in range(1, k):
+        for i in range(n + 1):
+            cur[i] = np.inf
+        # divide and conquer over i in [j + 1, n]; the optimal split is monotone in i
+        top = 0
+        stack[0, 0] = j + 1
+        stack[0, 1] = n
+        stack[0, 2] = j
+        stack[0, 3] = n - 1
+        top = 1
+        while top > 0:
+            top -= 1
+            lo = stack[top, 0]
+            hi = stack[top, 1]
+            olo = stack[top, 2]
+            ohi = stack[top, 3]
+            if lo > hi:
+                continue
+            mid = (lo + hi) // 2
+            best = np.inf
+            best_m = olo
+            end = min(mid - 1, ohi)
+            for m in range(olo, end + 1):
+                dw = cw[mid] - cw[m]
+                ds = cs[mid] - cs[m]
+                c = prev[m] + (cq[mid] - cq[m]) - ds * ds / dw
+                if c < best:
+                    best = c
+                    best_m = m
+            cur[mid] = best
+            arg[j, mid] = best_m
+            stack[top, 0] = lo
+            stack[top, 1] = mid - 1
+            stack[top, 2] = olo
+            stack[top, 3] = best_m
+            top += 1
+            stack[top, 0] = mid + 1
+            stack[top, 1] = hi
+            stack[top, 2] = best_m
+            stack[top, 3] = ohi
+            top += 1
+        for i in range(n + 1):
+            prev[i] = cur[i]
+    starts = np.zeros(k, dtype=np.int64)
+    end = n
+    for j in range(k - 1, 0, -1):
+        start = arg[j, end]
+        starts[j] = start
+        end = start
+    return starts
+
+
+
 def _kmeans_1d_numba():
-    """Compile (once, cached on disk) the exact weighted 1-D k-means solver."""
+    """Compile (once; numba caches the machine code on disk) the exact weighted 1-D k-means solver."""
     import numba
 
-    @numba.njit(cache=True, nogil=True)
-    def solve(x, w, k):  # pragma: no cover - compiled
-        # x sorted ascending, w > 0; returns the start index of each of the k clusters.
-        n = x.shape[0]
-        cw = np.zeros(n + 1)
-        cs = np.zeros(n + 1)
-        cq = np.zeros(n + 1)
-        for i in range(n):
-            cw[i + 1] = cw[i] + w[i]
-            cs[i + 1] = cs[i] + w[i] * x[i]
-            cq[i + 1] = cq[i] + w[i] * x[i] * x[i]
-        prev = np.empty(n + 1)
-        cur = np.empty(n + 1)
-        for i in range(n + 1):
-            if i == 0:
-                prev[i] = 0.0
-            else:
-                s = cs[i]
-                prev[i] = cq[i] - s * s / cw[i]
-        arg = np.zeros((k, n + 1), dtype=np.int32)
-        stack = np.empty((4 * (n + 2) + 64, 4), dtype=np.int64)
-        for j in range(1, k):
-            for i in range(n + 1):
-                cur[i] = np.inf
-            # divide and conquer over i in [j + 1, n]; the optimal split is monotone in i
-            top = 0
-            stack[0, 0] = j + 1
-            stack[0, 1] = n
-            stack[0, 2] = j
-            stack[0, 3] = n - 1
-            top = 1
-            while top > 0:
-                top -= 1
-                lo = stack[top, 0]
-                hi = stack[top, 1]
-                olo = stack[top, 2]
-                ohi = stack[top, 3]
-                if lo > hi:
-                    continue
-                mid = (lo + hi) // 2
-                best = np.inf
-                best_m = olo
-                end = min(mid - 1, ohi)
-                for m in range(olo, end + 1):
-                    dw = cw[mid] - cw[m]
-                    ds = cs[mid] - cs[m]
-                    c = prev[m] + (cq[mid] - cq[m]) - ds * ds / dw
-                    if c < best:
-                        best = c
-                        best_m = m
-                cur[mid] = best
-                arg[j, mid] = best_m
-                stack[top, 0] = lo
-                stack[top, 1] = mid - 1
-                stack[top, 2] = olo
-                stack[top, 3] = best_m
-                top += 1
-                stack[top, 0] = mid + 1
-                stack[top, 1] = hi
-                stack[top, 2] = best_m
-                stack[top, 3] = ohi
-                top += 1
-            for i in range(n + 1):
-                prev[i] = cur[i]
-        starts = np.zeros(k, dtype=np.int64)
-        end = n
-        for j in range(k - 1, 0, -1):
-            start = arg[j, end]
-            starts[j] = start
-            end = start
-        return starts
-
-    return solve
+    return numba.njit(cache=True, nogil=True)(_solve_kmeans_1d)
 
 
 _SOLVER = None
