@@ -52,18 +52,22 @@ def _status(error: BaseException | None) -> int | None:
 def with_retries(call: Callable[[], T], *, attempts: int = 5, base_delay: float = 1.0,
                  sleep: Callable[[float], None] = time.sleep) -> T:
     """Run ``call``, retrying transient Hub errors with exponential backoff and full jitter."""
-    from workers.resolve import network_errors
-
     for attempt in range(1, attempts + 1):
         try:
             return call()
         except Exception as e:  # classified below; anything not transient is raised unchanged
-            transient = _status(e) in TRANSIENT_STATUS or isinstance(e, network_errors()) \
-                or isinstance(e.__cause__, network_errors())
+            transient = _status(e) in TRANSIENT_STATUS or _unreachable(e)
             if not transient or attempt == attempts:
                 raise
             sleep(random.uniform(0, base_delay * 2 ** (attempt - 1)))
     raise AssertionError("unreachable")
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether the Hub could not be reached (the client wraps upload errors, so look at the cause too)."""
+    from workers.resolve import network_errors
+
+    return isinstance(error, network_errors()) or isinstance(error.__cause__, network_errors())
 
 
 def _auth_error(e: BaseException, repo_id: str) -> PublishError | None:
@@ -128,15 +132,13 @@ def publish_tree(tree: RepoTree, *, namespace: str, source_sha: str | None, priv
     except CoreMLPublishError:
         raise
     except Exception as e:  # the client raises HfHubHTTPError, RuntimeError (uploads) or transport errors
-        from workers.resolve import network_errors
-
         auth = _auth_error(e, repo_id)
         if auth is not None:
             raise auth from e
         if _status(e) is not None:
             raise PublishError(f"publishing {repo_id} failed: the Hub answered {_status(e)}", repo_id=repo_id,
                                hint="Try again later; the repo was left as it was before this commit.") from e
-        if isinstance(e, network_errors()) or isinstance(e.__cause__, network_errors()):
+        if _unreachable(e):
             raise PublishError(f"cannot reach the Hub to publish {repo_id}: {e.__class__.__name__}",
                                repo_id=repo_id, hint="Check your network and HF_ENDPOINT, then publish again.") from e
         raise

@@ -75,6 +75,11 @@ def write_zip(folder: Path, target: Path, top: str) -> Path:
     return target
 
 
+def _variants(report: dict, folder: Path) -> tuple[str, ...]:
+    """The attention layouts of the run that have packages in this repo folder, in the run's order."""
+    return tuple(v for v in report["options"]["attentions"] if (folder / v / "packages").is_dir())
+
+
 def _variant_packages(report: dict, repo: str, variant: str, out: Path) -> dict[str, Path]:
     return {p["component"]: out / p["path"] for p in report["packages"]
             if p["repo"] == repo and p["variant"] == variant}
@@ -99,7 +104,7 @@ def package_output(out: Path, *, namespace: str, compiled: bool, compiler: tuple
     trees = []
     for kind, name in report["repos"].items():
         folder = out / name
-        variants = tuple(v for v in report["options"]["attentions"] if (folder / v / "packages").is_dir())
+        variants = _variants(report, folder)
         if not variants:
             continue
         for variant in variants:
@@ -130,7 +135,7 @@ def load_trees(out: Path) -> list[RepoTree]:
     trees = []
     for kind, name in report["repos"].items():
         folder = out / name
-        variants = tuple(v for v in report["options"]["attentions"] if (folder / v / "packages").is_dir())
+        variants = _variants(report, folder)
         if variants and (folder / "README.md").is_file():
             compiled = all((folder / zip_name(name, v)).is_file() for v in variants)
             trees.append(RepoTree(kind, name, folder, variants, compiled))

@@ -6,15 +6,11 @@ from pathlib import Path
 
 import typer
 
-from service.cli.output import EventPrinter, report_table, stdout
+from service.cli.output import EventPrinter, comma_list, report_table, stdout
 
 ATTENTION_HELP = "Comma-separated attention layouts: original (Mac GPU), split_einsum_v2 (Neural Engine), split_einsum."
 COMPONENTS_HELP = "Comma-separated components (default: all the source has): " \
                   "text_encoder,unet,vae_decoder,vae_encoder,safety_checker."
-
-
-def _split(value: str | None) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else []
 
 
 def convert(
@@ -45,7 +41,7 @@ def convert(
     from workers.resolve import resolve_source
 
     try:
-        attentions = tuple(Attention(a) for a in _split(attention))
+        attentions = tuple(Attention(a) for a in comma_list(attention))
     except ValueError as e:
         raise OptionsError(f"--attention: {e}", hint=f"Use {', '.join(a.value for a in Attention)}.") from e
     if bits < 0:
@@ -53,7 +49,7 @@ def convert(
     options = ConvertOptions(
         attentions=attentions,
         bits=bits or None,
-        components=tuple(_split(components)) or None,
+        components=comma_list(components) or None,
         latent_size=latent_size if any(latent_size) else None,
         batch_size=batch_size,
         deployment_target=deployment_target,

@@ -8,13 +8,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from service.cli.output import console, stdout
+from service.cli.output import comma_list, console, stdout
 
 FINISHED = ("succeeded", "failed", "cancelled")
-
-
-def _split(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 def submit(
@@ -35,7 +31,7 @@ def submit(
     from service.settings import get_settings
 
     settings = get_settings()
-    options = JobOptions(namespace=namespace or settings.default_namespace or "", attentions=_split(attention),
+    options = JobOptions(namespace=namespace or settings.default_namespace or "", attentions=comma_list(attention),
                          bits=bits or None, private=private, packages_only=packages_only)
     with console.status(f"resolving {repo}…"):
         submitted = create_job(source_repo=repo, options=options, revision=revision, local=local)

@@ -14,6 +14,11 @@ console = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
 
 
+def comma_list(value: str | None) -> tuple[str, ...]:
+    """The items of a comma-separated option value, stripped, empty ones dropped."""
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
 def quiet_libraries() -> None:
     """Silence third-party progress bars and chatter unless COREML_PUBLISH_DEBUG=1."""
     if os.environ.get("COREML_PUBLISH_DEBUG") == "1":

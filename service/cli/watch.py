@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from service.cli.output import stdout
+from service.cli.output import comma_list, stdout
 
 watch_app = typer.Typer(help="Repos whose Core ML versions are kept current (nightly sweep and Hub webhooks).",
                         no_args_is_help=True)
@@ -27,7 +27,7 @@ def add(
     from service.watch import add_watch
 
     options = JobOptions(namespace=namespace or get_settings().default_namespace or "",
-                         attentions=tuple(a.strip() for a in attention.split(",") if a.strip()),
+                         attentions=comma_list(attention),
                          bits=bits or None, private=private, packages_only=packages_only)
     with session_scope() as session:
         add_watch(session, repo_id=repo, options=options)
