@@ -38,138 +38,23 @@ def check_bits(bits: int, target: str) -> None:
                            hint="Pass --deployment-target iOS17, or another --bits.")
 
 
-def _solve_kmeans_1d(x, w, k):  # pragma: no cover - compiled by numba
-    # x sorted ascending, w > 0; returns the start index of each of the k clusters.
-    n = x.shape[0]
-    cw = np.zeros(n + 1)
-    cs = np.zeros(n + 1)
-    cq = np.zeros(n + 1)
-    for i in range(n):
-        cw[i + 1] = cw[i] + w[i]
-        cs[i + 1] = cs[i] + w[i] * x[i]
-        cq[i + 1] = cq[i] + w[i] * x[i] * x[i]
-    prev = np.empty(n + 1)
-    cur = np.empty(n + 1)
-    for i in range(n + 1):
-        if i == 0:
-            prev[i] = 0.0
-        else:
-            s = cs[i]
-            prev[i] = cq[i] - s * s / cw[i]
-    arg = np.zeros((k, n + 1), dtype=np.int32)
-    stack = np.empty((4 * (n + 2) + 64, 4), dtype=np.int64)
-    for j in range(1, k):
-        for i in range(n + 1):
-            cur[i] = np.inf
-        # divide and conquer over i in [j + 1, n]; the optimal split is monotone in i
-        top = 0
-        stack[0, 0] = j + 1
-        stack[0, 1] = n
-        stack[0, 2] = j
-        stack[0, 3] = n - 1
-        top = 1
-        while top > 0:
-            top -= 1
-            lo = stack[top, 0]
-            hi = stack[top, 1]
-            olo = stack[top, 2]
-            ohi = stack[top, 3]
-            if lo > hi:
-                continue
-            mid = (lo + hi) // 2
-            best = np.inf
-            best_m = olo
-            end = min(mid - 1, ohi)
-            for m in range(olo, end + 1):
-                dw = cw[mid] - cw[m]
-                ds = cs[mid] - cs[m]
-                c = prev[m] + (cq[mid] - cq[m]) - ds * ds / dw
-                if c < best:
-                    best = c
-                    best_m = m
-            cur[mid] = best
-            arg[j, mid] = best_m
-            stack[top, 0] = lo
-            stack[top, 1] = mid - 1
-            stack[top, 2] = olo
-            stack[top, 3] = best_m
-            top += 1
-            stack[top, 0] = mid + 1
-            stack[top, 1] = hi
-            stack[top, 2] = best_m
-            stack[top, 3] = ohi
-            top += 1
-        for i in range(n + 1):
-            prev[i] = cur[i]
-    starts = np.zeros(k, dtype=np.int64)
-    end = n
-    for j in range(k - 1, 0, -1):
-        start = arg[j, end]
-        starts[j] = start
-        end = start
-    return starts
-
-
-
-def _kmeans_1d_numba():
-    """Compile (once; numba caches the machine code on disk) the exact weighted 1-D k-means solver."""
-    import numba
-
-    return numba.njit(cache=True, nogil=True)(_solve_kmeans_1d)
-
-
-_SOLVER = None
-
-
-def optimal_kmeans_1d(values: np.ndarray, weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact weighted k-means of sorted 1-D ``values``: (centroids, cluster of each value).
-
-    Dynamic programming over contiguous clusters with the divide-and-conquer optimisation, compiled with
-    numba; values are centred first so the prefix sums lose no precision.
-    """
-    global _SOLVER
-    if _SOLVER is None:
-        _SOLVER = _kmeans_1d_numba()
-    k = min(k, len(values))
-    centre = float(np.average(values, weights=weights))
-    starts = _SOLVER(values - centre, weights.astype(np.float64), k) if k > 1 else np.zeros(1, dtype=np.int64)
-    clusters = np.zeros(len(values), dtype=np.int64)
-    clusters[starts[1:]] = 1
-    clusters = np.cumsum(clusters)
-    totals = np.bincount(clusters, weights=weights, minlength=k)
-    centroids = np.bincount(clusters, weights=weights * values, minlength=k) / totals
-    return centroids, clusters
-
-
 def histogram_kmeans(weight: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
     """Optimal 1-D k-means palette of a float16 tensor, from the histogram of its bit patterns.
 
     The same optimum coremltools' k-means mode finds for float16 tensors (an exact weighted 1-D k-means
-    of the distinct values and their counts), without sorting the tensor.  Returns the lookup table (``2**nbits`` float16 entries; unused
-    entries are 0) and one uint8 index per element.  Raises ValueError for NaN or infinite values.
+    of the distinct values and their counts), without sorting the tensor: see :mod:`workers.kmeans1d`.
+    Returns the lookup table (``2**nbits`` float16 entries; unused entries are 0) and one uint8 index per
+    element.  Releases the GIL while it works.  Raises ValueError for NaN or infinite values.
     """
+    from workers import kmeans1d
+
     values16 = np.ascontiguousarray(weight).reshape(-1)
     if values16.dtype != np.float16:
         values16 = values16.astype(np.float16)
-    bits = values16.view(np.uint16)
-    counts = np.bincount(bits, minlength=1 << 16)
-    present = np.flatnonzero(counts).astype(np.uint16)
-    values = present.view(np.float16).astype(np.float64)
-    if not np.isfinite(values).all():
+    lut, indices = kmeans1d.palettize(values16.view(np.uint16), 1 << nbits, kmeans1d.FLOAT16_VALUES)
+    if lut.size == 0:
         raise ValueError("the tensor holds NaN or infinite values, which cannot be palettized")
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    first = np.ones(len(ordered), dtype=bool)
-    first[1:] = ordered[1:] != ordered[:-1]  # +0 and -0 are one value, as in np.unique
-    group = np.cumsum(first) - 1
-    distinct = ordered[first]
-    weights = np.bincount(group, weights=counts[present][order])
-    centroids, clusters = optimal_kmeans_1d(distinct, weights, 1 << nbits)
-    lut = np.zeros(1 << nbits, dtype=np.float64)
-    lut[:len(centroids)] = centroids
-    table = np.zeros(1 << 16, dtype=np.uint8)
-    table[present[order]] = clusters.astype(np.uint8)[group]
-    return lut.astype(np.float16), table[bits]
+    return lut.astype(np.float16), indices
 
 
 def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str = "",

@@ -55,7 +55,7 @@ def build_tiny_pipeline(out: Path, *, style: str = "sd1", seed: int = 0, sample_
     """
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPImageProcessor, CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}")
@@ -92,7 +92,22 @@ def build_tiny_pipeline(out: Path, *, style: str = "sd1", seed: int = 0, sample_
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1,
                               prediction_type="v_prediction" if sd2 else "epsilon")
     with_checker = (not sd2) if safety_checker is None else safety_checker
-    _randomize_norms(unet, vae, text_encoder)
+    randomize_norms(unet, vae, text_encoder)
+    return save_pipeline(out, unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler,
+                         safety_checker=_safety_checker(context) if with_checker else None,
+                         title=f"Tiny random {style.upper()} pipeline", license=license)
+
+
+def save_pipeline(out: Path, *, unet, vae, text_encoder, scheduler, safety_checker=None,
+                  title: str, license: str = "creativeml-openrail-m") -> Path:
+    """Write diffusers ``StableDiffusionPipeline`` folder from its modules (safetensors weights).
+
+    The tokenizer is a small valid CLIP BPE tokenizer (its ids fit any CLIP text encoder's vocabulary).
+    """
+    from transformers import CLIPImageProcessor
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     vae.save_pretrained(out / "vae", safe_serialization=True)
     text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
@@ -102,15 +117,15 @@ def build_tiny_pipeline(out: Path, *, style: str = "sd1", seed: int = 0, sample_
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": _diffusers_version(),
         "feature_extractor": [None, None], "safety_checker": [None, None],
-        "requires_safety_checker": with_checker,
-        "scheduler": ["diffusers", "DDIMScheduler"],
+        "requires_safety_checker": safety_checker is not None,
+        "scheduler": ["diffusers", type(scheduler).__name__],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
     }
-    if with_checker:
-        _safety_checker(context).save_pretrained(out / "safety_checker", safe_serialization=True)
+    if safety_checker is not None:
+        safety_checker.save_pretrained(out / "safety_checker", safe_serialization=True)
         CLIPImageProcessor(crop_size={"height": 224, "width": 224}, size={"shortest_edge": 224}) \
             .save_pretrained(out / "feature_extractor")
         index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
@@ -118,7 +133,7 @@ def build_tiny_pipeline(out: Path, *, style: str = "sd1", seed: int = 0, sample_
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
     (out / "README.md").write_text(
         f"---\nlicense: {license}\ntags:\n- stable-diffusion\n- text-to-image\n---\n\n"
-        f"# Tiny random {style.upper()} pipeline\n\nRandom weights, for testing conversions.\n")
+        f"# {title}\n\nRandom weights, for testing conversions.\n")
     return out
 
 
@@ -128,7 +143,7 @@ def _diffusers_version() -> str:
     return diffusers.__version__
 
 
-def _randomize_norms(*models) -> None:
+def randomize_norms(*models) -> None:
     # fresh norms are all ones/zeros, which hides weight mix-ups; real checkpoints never look like that
     import torch
 

@@ -99,7 +99,7 @@ class PackageContents:
     weights: dict[str, np.ndarray] = field(repr=False)  # const name (suffixes stripped) -> dense value
     lut_ops: int = 0
     lut_sizes: set[int] = field(default_factory=set)
-    unpalettized_large: list[str] = field(default_factory=list)  # float consts > threshold, not LUT
+    unpalettized_large: list[str] = field(default_factory=list)  # float consts (rank > 1) > threshold, not LUT
 
 
 _ARRAY_DTYPES = {65552: "float16", 65568: "float32", 131104: "int32"}
@@ -161,7 +161,8 @@ def read_package(path: Path, *, threshold: int = 2048) -> PackageContents:
             value = op.outputs[0].val
             if isinstance(value, np.ndarray) and value.dtype in _FLOAT and value.size > 1:
                 weights[_strip(op.name)] = value
-                if value.size > threshold and op.outputs[0].name not in gather_inputs \
+                # coremltools never palettizes vectors (biases of any size stay float16)
+                if value.size > threshold and value.ndim > 1 and op.outputs[0].name not in gather_inputs \
                         and np.isfinite(value).all():
                     large.append(op.name)
         elif op.op_type.startswith("constexpr_lut_to_dense"):
@@ -207,7 +208,8 @@ def match_parameters(module: nn.Module, weights: dict[str, np.ndarray],
     """Map ``module``'s parameters to the float16 package's weights.
 
     By traced name first; a large parameter coremltools folded into a renamed constant (an embedding
-    looked up with constant indices, say) is found by identical float16 content.  Small parameters
+    looked up with constant indices, say) is found by identical float16 content, and so are parameters
+    equal to another one (all-zero biases, say), which coremltools stores once.  Small parameters
     may stay unmatched: they are then read as the module's values rounded to float16, which is exactly
     what the package stores.  A large parameter found neither way fails the returned check.
     """
@@ -224,8 +226,9 @@ def match_parameters(module: nn.Module, weights: dict[str, np.ndarray],
     missing = []
     for name, p in unmatched:
         rounded = p.detach().half().numpy().ravel()
-        match = next((k for k, v in weights.items() if k not in claimed and v.size == rounded.size
-                      and v.dtype == np.float16 and np.array_equal(v.ravel(), rounded)), None)
+        same = [k for k, v in weights.items() if v.size == rounded.size and v.dtype == np.float16
+                and np.array_equal(v.ravel(), rounded)]
+        match = next((k for k in same if k not in claimed), same[0] if same else None)
         if match is None:
             missing.append(name)
         else:

@@ -69,3 +69,72 @@ def test_float32_input_is_clustered_as_its_float16_values() -> None:
     lut, indices = histogram_kmeans(weight, 4)
     assert _sse(weight.astype(np.float16), lut, indices) <= _sse(weight.astype(np.float16), *histogram_kmeans(
         weight.astype(np.float16), 4))
+
+
+def _quadratic_dp_sse(x: np.ndarray, w: np.ndarray, k: int) -> float:
+    """Least weighted squared error of sorted x in k contiguous clusters, by the plain O(k·n²) recurrence."""
+    n = len(x)
+
+    def cost(a: int, b: int) -> float:
+        xs, ws = x[a:b], w[a:b]
+        return float(np.sum(ws * (xs - np.average(xs, weights=ws)) ** 2))
+
+    table = np.full((k + 1, n + 1), np.inf)
+    table[0, 0] = 0.0
+    for j in range(1, k + 1):
+        for i in range(j, n + 1):
+            table[j, i] = min(table[j - 1, m] + cost(m, i) for m in range(j - 1, i))
+    return float(table[k, n])
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("k", [2, 3, 7, 16])
+def test_solver_matches_the_plain_recurrence(seed: int, k: int) -> None:
+    from workers import kmeans1d
+
+    rng = np.random.RandomState(seed)
+    x = np.sort(np.unique(np.round(rng.standard_t(3, size=60), 2)))
+    w = rng.randint(1, 50, size=len(x)).astype(np.float64)
+    if seed == 0:
+        w[:] = 1.0  # equal weights make ties between splits
+    starts = kmeans1d.solve(x - np.average(x, weights=w), w, k)
+    bounds = list(starts) + [len(x)]
+    ours = sum(float(np.sum(w[a:b] * (x[a:b] - np.average(x[a:b], weights=w[a:b])) ** 2))
+               for a, b in zip(bounds[:-1], bounds[1:]))
+    assert list(starts) == sorted(set(starts)) and starts[0] == 0
+    assert ours <= _quadratic_dp_sse(x, w, k) * (1 + 1e-9) + 1e-12
+
+
+@pytest.mark.parametrize("nbits", [6, 8])
+def test_many_distinct_values_match_coremltools_optimum(nbits: int) -> None:
+    """~25,000 distinct values, where coremltools runs its own exact 1-D k-means (kmeans1d)."""
+    from coremltools.models.neural_network.quantization_utils import _get_kmeans_lookup_table_and_weight
+
+    rng = np.random.RandomState(nbits)
+    weight = (rng.standard_t(4, size=(320, 320, 3, 3)) * 0.02).astype(np.float16)
+    assert len(np.unique(weight)) > 20_000
+    lut, indices = histogram_kmeans(weight, nbits)
+    theirs_lut, theirs_indices = _get_kmeans_lookup_table_and_weight(nbits, weight)
+    theirs = _sse(weight, theirs_lut.reshape(-1).astype(np.float16), theirs_indices.reshape(-1).astype(int))
+    assert _sse(weight, lut, indices) <= theirs * 1.0001
+
+
+def test_package_palettizes_every_matrix_and_keeps_vectors_float16(tmp_path) -> None:
+    """coremltools never palettizes rank-1 constants: a 3,000-element bias stays float16 and passes the check."""
+    import torch
+
+    from workers.convert import convert_module, save_package
+    from workers.palettize import palettize_package
+    from workers.specs import TensorSpec
+    from workers.validate import read_package, structure_check
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 3000), torch.nn.ReLU(), torch.nn.Linear(3000, 8)).eval()
+    inputs, outputs = [TensorSpec("x", (1, 8), "float32", "x")], [TensorSpec("y", (1, 8), "float32", "y")]
+    model = convert_module(module, {"x": torch.randn(1, 8)}, inputs, outputs, component="mlp", target="iOS17")
+    save_package(model, tmp_path / "mlp.mlpackage")
+    save_package(palettize_package(tmp_path / "mlp.mlpackage", bits=4, component="mlp"), tmp_path / "p.mlpackage")
+    contents = read_package(tmp_path / "p.mlpackage")
+    assert contents.lut_ops == 2 and contents.lut_sizes == {16}
+    assert any(v.ndim == 1 and v.size == 3000 and v.dtype == np.float16 for v in contents.weights.values())
+    assert structure_check(contents, inputs, outputs, bits=4).status == "passed"

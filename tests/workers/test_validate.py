@@ -68,3 +68,25 @@ def test_core_ml_prediction_reaches_apples_bar(sd1_conversion) -> None:
             continue
         check = {c.name: c for c in package.checks}["psnr_coreml"]
         assert check.status == "passed" and check.value >= 35.0, package.path
+
+
+def test_equal_parameters_stored_once_are_all_read_back() -> None:
+    """coremltools keeps one copy of identical constants (zero-initialised biases); each is matched to it."""
+    import torch
+
+    from workers.validate import match_parameters, read_back_parameters
+
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3000), torch.nn.Linear(3000, 3000), torch.nn.Linear(3000, 3000))
+    with torch.no_grad():
+        module[1].bias.zero_()
+        module[2].bias.zero_()
+    weights = {f"{i}_weight": m.weight.detach().half().numpy() for i, m in enumerate(module)}
+    weights["0_bias"] = module[0].bias.detach().half().numpy()
+    weights["1_bias"] = np.zeros(3000, dtype=np.float16)  # the one copy of both zero biases
+    mapping, check = match_parameters(module, weights, threshold=2048)
+    assert check.status == "passed", check.detail
+    assert mapping["2.bias"] == mapping["1.bias"] == "1_bias"
+    weights["1_bias"] = np.ones(3000, dtype=np.float16)  # a package whose bias differs is still caught
+    mapping, check = match_parameters(module, {k: v for k, v in weights.items()}, threshold=2048)
+    assert check.failed and "2.bias" in check.detail
+    assert set(read_back_parameters(module, weights, mapping)) == {n for n, _ in module.named_parameters()}

@@ -1,0 +1,282 @@
+"""Benchmark: a full-size conversion, per stage and component, with wall time and peak resident memory.
+
+    python bench/full_size.py                       # SD 1.5, then SD 2.1-base
+    python bench/full_size.py --model sd15 --attention split_einsum_v2 --bits 0
+
+Builds, in code and with random weights, pipelines with the exact architectures of SD 1.5 and SD 2.1-base
+(nothing is downloaded), saves them as diffusers folders, and runs the conversion engine on them exactly as
+a worker does: both attention layouts, float16 and 6-bit palettized, every package validated against the
+torch original.  The four components Apple publishes are converted (text encoder, UNet, VAE decoder and
+encoder); the safety checker is left out.
+
+Peak memory is the process's resident high-water mark (VmHWM), reset at the start of each stage, so each
+stage's figure is the most the process held while that stage ran.  Needs ~60 GB of free disk under --work
+for both models and about 24 GB of RAM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+
+
+def _sd15_modules():
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+        num_hidden_layers=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+        bos_token_id=0, eos_token_id=2))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return unet, _vae(), text, scheduler
+
+
+def _sd21_base_modules():
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+        norm_num_groups=32)
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
+        num_hidden_layers=23, max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
+        bos_token_id=0, eos_token_id=2))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return unet, _vae(), text, scheduler
+
+
+def _vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+        block_out_channels=(128, 256, 512, 512), sample_size=512,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+
+MODELS = {"sd15": ("SD 1.5", _sd15_modules), "sd21-base": ("SD 2.1-base", _sd21_base_modules)}
+
+
+class Memory:
+    """The process's resident memory: current, and the high-water mark since the last reset."""
+
+    def __init__(self) -> None:
+        self.can_reset = True
+
+    def _status(self, key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def peak(self) -> int:
+        return self._status("VmHWM")
+
+    def current(self) -> int:
+        return self._status("VmRSS")
+
+    def reset(self) -> None:
+        if not self.can_reset:
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        except OSError:
+            self.can_reset = False  # figures become "peak so far", still an upper bound
+
+
+@dataclass
+class Row:
+    stage: str
+    component: str
+    variant: str
+    precision: str
+    seconds: float
+    peak: int
+
+
+@dataclass
+class Run:
+    model: str
+    rows: list[Row] = field(default_factory=list)
+    peak: int = 0
+    total: float = 0.0
+    sizes: dict[str, int] = field(default_factory=dict)
+    source_bytes: int = 0
+    build_seconds: float = 0.0
+    passed: bool = False
+    failures: list[str] = field(default_factory=list)
+
+
+def build(model: str, folder: Path, seed: int = 0) -> None:
+    """Write a full-size random pipeline with ``model``'s architecture to ``folder``."""
+    import torch
+
+    from workers.tiny import randomize_norms, save_pipeline
+
+    torch.manual_seed(seed)
+    title, make = MODELS[model]
+    unet, vae, text, scheduler = make()
+    randomize_norms(unet, vae, text)
+    save_pipeline(folder, unet=unet, vae=vae, text_encoder=text, scheduler=scheduler,
+                  title=f"Random {title} pipeline", license="creativeml-openrail-m")
+
+
+def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memory: Memory) -> Run:
+    from service.errors import ValidationError
+    from workers.engine import ConvertOptions, Event, convert_pipeline
+    from workers.resolve import resolve_local
+
+    run = Run(model)
+    source_dir, out = work / f"{model}-source", work / f"{model}-out"
+    shutil.rmtree(source_dir, ignore_errors=True)
+    memory.reset()
+    started = time.perf_counter()
+    build(model, source_dir)
+    run.build_seconds = time.perf_counter() - started
+    run.rows.append(Row("build", "pipeline", "", "float32", run.build_seconds, memory.peak()))
+    run.source_bytes = sum(p.stat().st_size for p in source_dir.rglob("*") if p.is_file())
+    import gc
+
+    gc.collect()
+
+    def on_event(event: Event) -> None:
+        if event.status == "start":
+            memory.reset()
+        elif event.status == "done":
+            run.rows.append(Row(event.stage, event.component, event.variant or "(shared)",
+                                event.precision or "float32", event.seconds or 0.0, memory.peak()))
+            print(f"  {event.stage:<10} {event.component:<13} {event.variant or '(shared)':<16} "
+                  f"{event.precision or 'float32':<17} {event.seconds:8.1f} s {memory.peak() / 2**30:6.2f} GB",
+                  flush=True)
+
+    source = resolve_local(source_dir, source_id=f"bench/{model}")
+    options = ConvertOptions(attentions=attentions, bits=bits, components=COMPONENTS)
+    started = time.perf_counter()
+    try:
+        report = convert_pipeline(source, out, options, on_event=on_event)
+        run.passed = True
+    except ValidationError as e:
+        report = e.report
+        run.failures = list(e.failures)
+    run.total = time.perf_counter() - started
+    run.peak = max(r.peak for r in run.rows)
+    for package in report.packages:
+        key = f"{package.repo.split('/')[-1]} {package.variant}"
+        run.sizes[key] = run.sizes.get(key, 0) + package.size_bytes
+    shutil.rmtree(source_dir, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    return run
+
+
+def print_run(run: Run, reference: dict | None) -> None:
+    title = MODELS[run.model][0]
+    print(f"\n{title}: {'passed' if run.passed else 'FAILED'}; conversion {run.total / 60:.1f} min "
+          f"(+{run.build_seconds / 60:.1f} min to build the random source, {run.source_bytes / 1e9:.2f} GB); "
+          f"peak RSS {run.peak / 2**30:.2f} GB")
+    for failure in run.failures:
+        print(f"  failed: {failure}")
+    print(f"{'stage':<10} {'component':<13} {'variant':<16} {'precision':<17} {'seconds':>8} {'peak RSS GB':>12}")
+    for r in run.rows:
+        print(f"{r.stage:<10} {r.component:<13} {r.variant:<16} {r.precision:<17} {r.seconds:>8.1f} "
+              f"{r.peak / 2**30:>12.2f}")
+    print("per component (all its stages):")
+    for component in ("pipeline",) + COMPONENTS:
+        rows = [r for r in run.rows if r.component == component]
+        if rows:
+            print(f"  {component:<13} {sum(r.seconds for r in rows):>8.1f} s  peak {max(r.peak for r in rows) / 2**30:.2f} GB")
+    print("output sizes:")
+    for key, size in sorted(run.sizes.items()):
+        print(f"  {key:<60} {size / 1e9:6.2f} GB")
+    if reference:
+        print(f"against the reference ({reference['what']}):")
+        for label, (seconds, peak) in reference["figures"].items():
+            ours = _ours(run, label)
+            if ours is None:
+                continue
+            ratio = f"{ours[0] / seconds:.2f}x time" if seconds else "reference did not finish"
+            print(f"  {label:<34} ours {ours[0] / 60:5.1f} min, {ours[1] / 2**30:5.1f} GB; reference "
+                  f"{'-' if not seconds else f'{seconds / 60:.1f} min'}, {peak:.1f} GB -> {ratio}, "
+                  f"{ours[1] / 2**30 / peak:.2f}x memory")
+
+
+# Apple's converter (python_coreml_stable_diffusion.torch2coreml) on this machine, SD 1.5 architecture,
+# random weights, text encoder + UNet + VAE decoder + encoder: (seconds, peak GB); 0 s = killed (out of memory)
+REFERENCE = {"what": "Apple's torch2coreml, same machine, 4 components",
+             "figures": {"ORIGINAL float16": (234.0, 8.8), "ORIGINAL 6-bit": (448.0, 8.8),
+                         "SPLIT_EINSUM_V2 float16": (0.0, 24.3)}}
+
+
+def _ours(run: Run, label: str) -> tuple[float, int] | None:
+    """Our time and peak for the work the reference label covers (shared components counted once)."""
+    layout, precision = label.split()
+    variant = layout.lower()
+    rows = [r for r in run.rows if r.variant in (variant, "(shared)") and r.stage != "build"]
+    if precision == "float16":
+        rows = [r for r in rows if r.precision in ("float16", "float32")]
+    if not rows or not any(r.variant == variant for r in rows):
+        return None
+    return sum(r.seconds for r in rows), max(r.peak for r in rows)
+
+
+def main() -> None:
+    from workers.layout import Attention
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="sd15,sd21-base", help="comma-separated: sd15, sd21-base")
+    parser.add_argument("--attention", default="original,split_einsum_v2", help="comma-separated layouts")
+    parser.add_argument("--bits", type=int, default=6, help="palettization bits; 0 for float16 only")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        sys.exit(f"error: unknown model {', '.join(unknown)}; choose from {', '.join(MODELS)}")
+    attentions = tuple(Attention(a.strip().lower()) for a in args.attention.split(","))
+    work = args.work or Path(tempfile.mkdtemp(prefix="full-size-"))
+    work.mkdir(parents=True, exist_ok=True)
+    memory = Memory()
+    runs = []
+    for model in models:
+        print(f"{MODELS[model][0]}: building and converting in {work}", flush=True)
+        run = run_model(model, work, attentions, args.bits or None, memory)
+        runs.append(run)
+        print_run(run, REFERENCE if model == "sd15" else None)
+    if not memory.can_reset:
+        print("note: this kernel cannot reset the peak counter; per-stage peaks are peaks so far")
+    if args.json:
+        args.json.write_text(json.dumps([{**r.__dict__, "rows": [x.__dict__ for x in r.rows]} for r in runs],
+                                        indent=2) + "\n")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
