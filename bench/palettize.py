@@ -3,9 +3,12 @@
     python bench/palettize.py            # SD-1.5 UNet weight shapes, bits 2, 4, 6, 8
     python bench/palettize.py --unet     # also every weight of a full-size SD-1.5 UNet (random init, ~3.4 GB RAM)
 
-Prints, per case and bit width, both times, the time ratio (coremltools / ours) and the weight-space error
-ratio (ours / coremltools; ≤ 1.0001 means as exact), plus a read-once/write-once baseline for the time
-(cast to bit patterns and write one uint8 per element).
+Prints, per case, bit width and thread count, both times, the time ratio (coremltools / ours) and the
+weight-space error ratio (ours / coremltools; ≤ 1.0001 means as exact), plus a read-once/write-once
+baseline for the time (cast to bit patterns and write one uint8 per element).  Both palettizers run
+through coremltools' own grouping code (``grouped_channelwise_compress``), as ``palettize_weights`` does.
+
+    python bench/palettize.py --group-size 16 --bits 4   # one palette per 16 output channels (iOS 18)
 """
 
 from __future__ import annotations
@@ -38,28 +41,55 @@ def _time(fn, *args):
     return time.perf_counter() - started, out
 
 
-def _sse(weight: np.ndarray, lut: np.ndarray, indices: np.ndarray) -> float:
-    lut = np.asarray(lut).reshape(-1).astype(np.float16).astype(np.float64)
-    return float(np.sum((lut[np.asarray(indices).reshape(-1).astype(np.int64)] - weight.astype(np.float64).reshape(-1)) ** 2))
+def _sse(weight: np.ndarray, dense: np.ndarray) -> float:
+    return float(np.sum((dense.astype(np.float64).reshape(-1) - weight.astype(np.float64).reshape(-1)) ** 2))
 
 
-def compare(weights: list[np.ndarray], bits: int) -> tuple[float, float, float, float]:
-    """Total seconds (ours, coremltools, baseline) and the error ratio over a list of tensors."""
-    from coremltools.models.neural_network.quantization_utils import _get_kmeans_lookup_table_and_weight
+def _ours(bits: int, group_size: int):
+    """Our palettizer as a function of one tensor returning the dense palettized tensor."""
+    from functools import partial
+
+    from coremltools.optimize.coreml._quantization_passes import palettize_weights as passes
 
     from workers.palettize import histogram_kmeans
 
-    ours_t = theirs_t = base_t = ours_e = theirs_e = 0.0
+    if not group_size:
+        def ours(w: np.ndarray) -> np.ndarray:
+            lut, indices = histogram_kmeans(w, bits)
+            return lut[indices]
+        return ours
+    lut_function = partial(histogram_kmeans, nbits=bits)
+    return lambda w: passes.decompress(passes.grouped_channelwise_compress(w, "CUSTOM", None, 0, group_size,
+                                                                           lut_function))
+
+
+def _theirs(bits: int, group_size: int):
+    """coremltools' k-means palettizer, the same way its palettize_weights(mode="kmeans") calls it."""
+    from coremltools.optimize.coreml._quantization_passes import palettize_weights as passes
+
+    return lambda w: passes.decompress(passes.grouped_channelwise_compress(w, "KMEANS", bits, 0, group_size))
+
+
+def compare(weights: list[np.ndarray], bits: int, threads: list[int], group_size: int = 0) -> dict:
+    """Total seconds of coremltools, of ours at each thread count, of the baseline; the error ratio."""
+    import numba
+
+    theirs_fn, ours_fn = _theirs(bits, group_size), _ours(bits, group_size)
+    out = {"theirs": 0.0, "base": 0.0, "ours": {n: 0.0 for n in threads}}
+    ours_e = theirs_e = 0.0
     for w in weights:
-        t, (lut, idx) = _time(histogram_kmeans, w, bits)
-        ours_t += t
-        ours_e += _sse(w, lut, idx)
-        t, (lut, idx) = _time(_get_kmeans_lookup_table_and_weight, bits, w)
-        theirs_t += t
-        theirs_e += _sse(w, lut, idx)
+        t, dense = _time(theirs_fn, w)
+        out["theirs"] += t
+        theirs_e += _sse(w, dense)
+        for n in threads:
+            numba.set_num_threads(n)
+            t, dense = _time(ours_fn, w)
+            out["ours"][n] += t
+        ours_e += _sse(w, dense)
         t, _ = _time(lambda a: (a.reshape(-1).view(np.uint16) >> 8).astype(np.uint8), w)
-        base_t += t
-    return ours_t, theirs_t, base_t, ours_e / theirs_e if theirs_e else 1.0
+        out["base"] += t
+    out["error"] = ours_e / theirs_e if theirs_e else 1.0
+    return out
 
 
 def unet_weights() -> list[np.ndarray]:
@@ -76,23 +106,38 @@ def unet_weights() -> list[np.ndarray]:
 
 
 def main() -> None:
+    import numba
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--unet", action="store_true", help="also palettize a whole full-size SD-1.5 UNet")
     parser.add_argument("--bits", default="2,4,6,8", help="comma-separated bit widths")
+    parser.add_argument("--threads", default=f"1,{numba.config.NUMBA_NUM_THREADS}",
+                        help="comma-separated thread counts for ours (coremltools uses one)")
+    parser.add_argument("--group-size", type=int, default=0,
+                        help="one palette per this many output channels (iOS 18), both palettizers; 0: per tensor")
     args = parser.parse_args()
     bit_widths = [int(b) for b in args.bits.split(",")]
+    threads = sorted({int(n) for n in args.threads.split(",")})
+    from workers.palettize import histogram_kmeans
+
+    started = time.perf_counter()
+    histogram_kmeans(np.arange(64, dtype=np.float16), 2)  # loads (or compiles) the numba kernels once
+    print(f"kernels loaded in {time.perf_counter() - started:.2f} s (once per process; not in the times below)")
+    print(f"granularity: {f'one palette per {args.group_size} output channels' if args.group_size else 'per tensor'}; "
+          f"speed-up = coremltools / ours; baseline = cast to bit patterns and write one byte per element")
     cases = [(name, [realistic(shape, i)]) for i, (name, shape) in enumerate(SHAPES)]
     if args.unet:
         weights = unet_weights()
         cases.append((f"whole SD-1.5 UNet ({len(weights)} tensors, {sum(w.size for w in weights) / 1e6:.0f} M)",
                       weights))
-    print(f"{'case':<44} {'bits':>4} {'ours s':>8} {'coremltools s':>14} {'speed-up':>9} "
+    print(f"{'case':<44} {'bits':>4} {'coremltools s':>13} {'threads':>7} {'ours s':>8} {'speed-up':>9} "
           f"{'ours/baseline':>13} {'error ratio':>12}")
     for name, weights in cases:
         for bits in bit_widths:
-            ours, theirs, base, error = compare(weights, bits)
-            print(f"{name:<44} {bits:>4} {ours:>8.3f} {theirs:>14.3f} {theirs / ours:>8.1f}x "
-                  f"{ours / base:>12.1f}x {error:>12.6f}")
+            r = compare(weights, bits, threads, args.group_size)
+            for n in threads:
+                print(f"{name:<44} {bits:>4} {r['theirs']:>13.3f} {n:>7} {r['ours'][n]:>8.3f} "
+                      f"{r['theirs'] / r['ours'][n]:>8.1f}x {r['ours'][n] / r['base']:>12.1f}x {r['error']:>12.6f}")
 
 
 if __name__ == "__main__":

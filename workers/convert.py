@@ -38,7 +38,7 @@ class PackageMetadata:
     source_sha: str | None
     component: str
     attention: str | None
-    precision: str  # "float16" or "palettized-6bit"
+    precision: str  # "float16", "palettized-6bit" or "palettized-6bit-group16"
     converter: str
     license: str | None
     description: str

@@ -8,6 +8,7 @@ Celery tasks, benchmarks and tests all call it.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import os
@@ -58,6 +59,7 @@ class ConvertOptions:
     deployment_target: str = DEFAULT_DEPLOYMENT_TARGET
     bars: ValidationBars = field(default_factory=ValidationBars)
     seed: int = 0
+    group_size: int = 0  # palettize with one palette per this many output channels (iOS18); 0: per tensor
 
     def check(self) -> None:
         """Raise OptionsError for inconsistent options."""
@@ -67,7 +69,7 @@ class ConvertOptions:
             raise OptionsError("an attention layout is listed twice", hint="List each layout once.")
         deployment_target(self.deployment_target)
         if self.bits is not None:
-            check_bits(self.bits, self.deployment_target)
+            check_bits(self.bits, self.deployment_target, self.group_size)
         unknown = sorted(set(self.components or ()) - set(SPECS))
         if unknown:
             raise OptionsError(f"unknown components: {', '.join(unknown)}",
@@ -175,6 +177,15 @@ def link_package(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link)
 
 
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the system, so the next component starts low."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed memory in its arenas otherwise
+    except (OSError, AttributeError):
+        pass  # not glibc (macOS): nothing to trim
+
+
 def select_components(source: Source, wanted: tuple[str, ...] | None) -> list[str]:
     """The components to convert, in conversion order; refuses ones the source lacks."""
     available = [c for c in COMPONENT_ORDER
@@ -206,7 +217,7 @@ class _Run:
                      "components": list(options.components) if options.components else None,
                      "latent_size": list(options.latent_size) if options.latent_size else None,
                      "batch_size": options.batch_size, "deployment_target": options.deployment_target,
-                     "bars": asdict(options.bars), "seed": options.seed},
+                     "bars": asdict(options.bars), "seed": options.seed, "group_size": options.group_size},
             geometry=geometry.to_dict(), toolchain=toolchain(),
             repos={"float16": self.fp16_repo, "palettized": self.palettized_repo},
         )
@@ -222,6 +233,7 @@ class _Run:
             self.on_event(Event(stage, component, "failed", variant, precision,
                                 time.perf_counter() - started, str(e)))
             raise
+        release_memory()  # a stage's temporaries (coremltools programs, read-back weights) go back now
         seconds = time.perf_counter() - started
         key = f"{stage}/{component}" + (f"/{variant}" if variant else "") + (f"/{precision}" if precision else "")
         self.report.timings[key] = seconds
@@ -241,8 +253,10 @@ class _Run:
         return path.relative_to(self.out).as_posix()
 
 
-def _precision(bits: int | None) -> str:
-    return "float16" if bits is None else f"palettized-{bits}bit"
+def _precision(bits: int | None, group_size: int = 0) -> str:
+    if bits is None:
+        return "float16"
+    return f"palettized-{bits}bit" + (f"-group{group_size}" if group_size else "")
 
 
 def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None = None,
@@ -269,7 +283,7 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
     try:
         for name in components:
             _convert_component(run, SPECS[name])
-            gc.collect()
+            release_memory()
     finally:
         run.report.timings["total"] = time.perf_counter() - started
         run.report.write(out)
@@ -345,12 +359,13 @@ def _palettized(run: _Run, spec: ComponentSpec, attention: Attention, label: str
                              float16.size_bytes, 0.0, float16.path, list(float16.checks))
         _record(run, copy, path, spec, layouts)
         return
-    precision = _precision(run.options.bits)
+    precision = _precision(run.options.bits, run.options.group_size)
     result = PackageResult(run.palettized_repo, attention.value, spec.name, precision, run.rel(path),
                            checks=[c for c in float16.checks if c.name == "psnr_layout"])
     started = time.perf_counter()
     with run.stage("palettize", spec.name, label, precision):
-        model = palettize_package(run.out / float16.path, bits=run.options.bits, component=spec.name)
+        model = palettize_package(run.out / float16.path, bits=run.options.bits, component=spec.name,
+                                  group_size=run.options.group_size)
         apply_metadata(model, run.metadata(spec, attention if label else None, precision), io.inputs, io.outputs)
         save_package(model, path)
         del model

@@ -23,10 +23,14 @@ WEIGHT_THRESHOLD = 2048  # coremltools' default: tensors of at most this many el
 # lookup-table weights arrived in iOS 16 / macOS 13; Apple ships 6-bit models for iOS 17 / macOS 14 and up
 _LUT_TARGETS = {"iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"}
 _SIX_BIT_TARGETS = {"iOS17", "iOS18", "macOS14", "macOS15"}
+_GROUPED_TARGETS = {"iOS18", "macOS15"}  # one palette per group of output channels arrived in iOS 18
 
 
-def check_bits(bits: int, target: str) -> None:
-    """Refuse bit widths coremltools cannot palettize to, or targets that cannot run them."""
+def check_bits(bits: int, target: str, group_size: int = 0) -> None:
+    """Refuse bit widths coremltools cannot palettize to, or targets that cannot run them.
+
+    ``group_size`` > 0 asks for one palette per ``group_size`` output channels (iOS 18 / macOS 15).
+    """
     if bits not in SUPPORTED_BITS:
         raise OptionsError(f"--bits {bits} is not supported",
                            hint=f"Use one of {', '.join(map(str, SUPPORTED_BITS))}.")
@@ -36,6 +40,12 @@ def check_bits(bits: int, target: str) -> None:
     if bits == 6 and target not in _SIX_BIT_TARGETS:
         raise OptionsError(f"6-bit palettized weights need iOS17 / macOS14 or newer, not {target}",
                            hint="Pass --deployment-target iOS17, or another --bits.")
+    if group_size < 0:
+        raise OptionsError(f"--group-size must not be negative, not {group_size}",
+                           hint="Use 0 for one palette per tensor, or a channel count such as 16.")
+    if group_size and target not in _GROUPED_TARGETS:
+        raise OptionsError(f"one palette per channel group needs iOS18 / macOS15, not {target}",
+                           hint="Pass --deployment-target iOS18, or --group-size 0.")
 
 
 def histogram_kmeans(weight: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,25 +68,36 @@ def histogram_kmeans(weight: np.ndarray, nbits: int) -> tuple[np.ndarray, np.nda
 
 
 def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str = "",
-                      threshold: int = WEIGHT_THRESHOLD):
+                      threshold: int = WEIGHT_THRESHOLD, group_size: int = 0):
     """Palettize every weight of a saved float16 package to ``bits`` bits (optimal 1-D k-means).
 
+    One palette per tensor (Apple's format), or with ``group_size`` one per that many output channels
+    (iOS 18 / macOS 15; a tensor whose channel count it does not divide keeps one palette per tensor).
     Returns the new coremltools MLModel (unsaved).  Raises ConversionError.
     """
     import coremltools as ct
     from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
 
-    from workers.validate import load_program, nonfinite_constants
+    from workers.validate import load_program, nonfinite_constants, unpalettized_weights
+
+    def palettizer(granularity: str) -> OpPalettizerConfig:
+        return OpPalettizerConfig(mode="custom", lut_function=partial(histogram_kmeans, nbits=bits),
+                                  weight_threshold=threshold, granularity=granularity, group_size=group_size or 32)
 
     model = ct.models.MLModel(str(package), skip_model_load=True)
     config = OptimizationConfig(
-        global_config=OpPalettizerConfig(mode="custom", lut_function=partial(histogram_kmeans, nbits=bits),
-                                         weight_threshold=threshold),
+        global_config=palettizer("per_grouped_channel" if group_size else "per_tensor"),
         op_type_configs={"gather": None},  # embedding tables stay float16, as Apple's are
         op_name_configs={name: None for name in nonfinite_constants(load_program(model))},
     )
     try:
-        return palettize_weights(model, config)
+        model = palettize_weights(model, config)
+        if group_size:  # weights whose channel count the group size does not divide: one palette each
+            rest = unpalettized_weights(load_program(model), threshold)
+            if rest:
+                model = palettize_weights(model, OptimizationConfig(
+                    op_name_configs={name: palettizer("per_tensor") for name in rest}))
+        return model
     except Exception as e:  # coremltools raises many types; name the component and chain the cause
         raise ConversionError(f"palettizing {component} to {bits} bits failed: {e}",
                               component=component) from e

@@ -151,27 +151,39 @@ def read_package(path: Path, *, threshold: int = 2048) -> PackageContents:
     spec = model.get_spec()
     program = load_program(model)
     weights: dict[str, np.ndarray] = {}
-    lut_ops, lut_sizes, large = 0, set(), []
-    gather_inputs: set[str] = set()
-    for op in program.functions["main"].operations:
-        if op.op_type.startswith("gather"):
-            gather_inputs.update(v.name for v in op.inputs.values() if hasattr(v, "name"))
+    lut_ops, lut_sizes = 0, set()
     for op in program.functions["main"].operations:
         if op.op_type == "const":
             value = op.outputs[0].val
             if isinstance(value, np.ndarray) and value.dtype in _FLOAT and value.size > 1:
                 weights[_strip(op.name)] = value
-                # coremltools never palettizes vectors (biases of any size stay float16)
-                if value.size > threshold and value.ndim > 1 and op.outputs[0].name not in gather_inputs \
-                        and np.isfinite(value).all():
-                    large.append(op.name)
         elif op.op_type.startswith("constexpr_lut_to_dense"):
             lut_ops += 1
-            lut_sizes.add(int(op.inputs["lut"].val.size))
+            lut = op.inputs["lut"].val  # iOS 16: (palette,); iOS 18: (groups…, palette, vector size)
+            lut_sizes.add(int(lut.size if lut.ndim == 1 else lut.shape[-2]))
             weights[_strip(op.name)] = op.materialized_val_inference()
     meta = dict(spec.description.metadata.userDefined)
     return PackageContents(_features(spec.description.input), _features(spec.description.output), meta,
-                           weights, lut_ops, lut_sizes, large)
+                           weights, lut_ops, lut_sizes, unpalettized_weights(program, threshold))
+
+
+def unpalettized_weights(program, threshold: int = 2048) -> list[str]:
+    """Names of plain float constants a palettizer should have replaced.
+
+    Those above ``threshold`` elements, except vectors (coremltools never palettizes rank-1 constants:
+    biases stay float16), embedding tables (``gather`` inputs) and constants holding inf or NaN (masks).
+    """
+    operations = program.functions["main"].operations
+    gather_inputs = {v.name for op in operations if op.op_type.startswith("gather")
+                     for v in op.inputs.values() if hasattr(v, "name")}
+    names = []
+    for op in operations:
+        if op.op_type == "const":
+            value = op.outputs[0].val
+            if isinstance(value, np.ndarray) and value.dtype in _FLOAT and value.size > threshold \
+                    and value.ndim > 1 and op.outputs[0].name not in gather_inputs and np.isfinite(value).all():
+                names.append(op.name)
+    return names
 
 
 def structure_check(contents: PackageContents, inputs: list[TensorSpec], outputs: list[TensorSpec],

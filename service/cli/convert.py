@@ -19,6 +19,8 @@ def convert(
     revision: str = typer.Option(None, help="Hub branch, tag or commit (default: main); pinned to its sha."),
     attention: str = typer.Option("original,split_einsum_v2", help=ATTENTION_HELP),
     bits: int = typer.Option(6, help="Palettization bits: 1, 2, 4, 6 or 8; 0 for float16 packages only."),
+    group_size: int = typer.Option(0, help="One palette per this many output channels (needs "
+                                           "--deployment-target iOS18 or macOS15); 0: one per tensor, as Apple's."),
     components: str = typer.Option(None, help=COMPONENTS_HELP),
     latent_size: tuple[int, int] = typer.Option((0, 0), metavar="H W",
                                                 help="Latent height and width (default: the UNet's sample_size)."),
@@ -53,6 +55,7 @@ def convert(
         latent_size=latent_size if any(latent_size) else None,
         batch_size=batch_size,
         deployment_target=deployment_target,
+        group_size=group_size,
         bars=get_settings().validation_bars(),
     )
     options.check()

@@ -25,7 +25,7 @@ def test_convert_help_explains_every_option() -> None:
     result = run("convert", "--help")
     assert result.returncode == 0
     for option in ("--out", "--revision", "--attention", "--bits", "--components", "--latent-size",
-                   "--batch-size", "--deployment-target", "--allow-pickle"):
+                   "--batch-size", "--deployment-target", "--group-size", "--allow-pickle"):
         assert option in result.stdout
 
 
@@ -45,6 +45,8 @@ def test_bad_sources_get_one_line(tmp_path: Path, args: list[str], code: int, me
     (["--bits", "3"], "Error: --bits 3 is not supported. Use one of 1, 2, 4, 6, 8."),
     (["--attention", "flash"], "Error: --attention: 'flash' is not a valid Attention"),
     (["--deployment-target", "iOS14"], "unknown deployment target 'iOS14'"),
+    (["--group-size", "16"], "Error: one palette per channel group needs iOS18 / macOS15, not iOS17. "
+                             "Pass --deployment-target iOS18"),
 ])
 def test_bad_options_get_one_line_before_any_work(sd2_pipeline: Path, tmp_path: Path, args: list[str],
                                                   message: str) -> None:

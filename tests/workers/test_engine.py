@@ -187,6 +187,25 @@ def test_other_bit_widths(sd2_pipeline: Path, tmp_path: Path, bits: int) -> None
     assert contents.lut_sizes == {2 ** bits} and contents.lut_ops == 13
 
 
+def test_one_palette_per_channel_group(sd2_pipeline: Path, tmp_path: Path) -> None:
+    """iOS 18 grouped palettes; a weight whose channel count the group does not divide gets one palette."""
+    import coremltools as ct
+
+    from workers.validate import load_program
+
+    source = resolve_source(str(sd2_pipeline))
+    options = ConvertOptions(components=("text_encoder",), bits=4, attentions=(Attention.ORIGINAL,),
+                             group_size=16, deployment_target="iOS18")
+    report = convert_pipeline(source, tmp_path, options)
+    pal = [p for p in report.packages if p.precision == "palettized-4bit-group16"]
+    assert len(pal) == 1 and pal[0].status == "passed"
+    program = load_program(ct.models.MLModel(str(tmp_path / pal[0].path), skip_model_load=True))
+    groups = sorted({int(op.inputs["lut"].val.shape[0]) for op in program.functions["main"].operations
+                     if op.op_type.startswith("constexpr_lut_to_dense")})
+    assert groups == [1, 4]  # 64 channels in 4 groups of 16; the 37-channel MLP weights: one palette
+    assert read_package(tmp_path / pal[0].path).lut_sizes == {16}
+
+
 @pytest.mark.parametrize("options, message", [
     (dict(bits=3), "--bits 3 is not supported"),
     (dict(bits=6, deployment_target="iOS16"), "6-bit palettized weights need iOS17"),
@@ -194,6 +213,8 @@ def test_other_bit_widths(sd2_pipeline: Path, tmp_path: Path, bits: int) -> None
     (dict(deployment_target="iOS99"), "unknown deployment target"),
     (dict(attentions=()), "no attention layout"),
     (dict(components=("unet", "refiner")), "unknown components: refiner"),
+    (dict(group_size=16), "one palette per channel group needs iOS18"),
+    (dict(group_size=-1, deployment_target="iOS18"), "--group-size must not be negative"),
 ])
 def test_bad_options_are_refused_before_any_work(sd2_pipeline: Path, tmp_path: Path, options: dict,
                                                  message: str) -> None:
