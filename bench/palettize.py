@@ -46,28 +46,28 @@ def _sse(weight: np.ndarray, dense: np.ndarray) -> float:
 
 
 def _ours(bits: int, group_size: int):
-    """Our palettizer as a function of one tensor returning the dense palettized tensor."""
+    """Our palettizer on one tensor, through coremltools' grouping code as palettize_weights calls it."""
     from functools import partial
 
     from coremltools.optimize.coreml._quantization_passes import palettize_weights as passes
 
     from workers.palettize import histogram_kmeans
 
-    if not group_size:
-        def ours(w: np.ndarray) -> np.ndarray:
-            lut, indices = histogram_kmeans(w, bits)
-            return lut[indices]
-        return ours
     lut_function = partial(histogram_kmeans, nbits=bits)
-    return lambda w: passes.decompress(passes.grouped_channelwise_compress(w, "CUSTOM", None, 0, group_size,
-                                                                           lut_function))
+    return lambda w: passes.grouped_channelwise_compress(w, "CUSTOM", None, 0, group_size, lut_function)
 
 
 def _theirs(bits: int, group_size: int):
-    """coremltools' k-means palettizer, the same way its palettize_weights(mode="kmeans") calls it."""
+    """coremltools' k-means palettizer on one tensor, as its palettize_weights(mode="kmeans") calls it."""
     from coremltools.optimize.coreml._quantization_passes import palettize_weights as passes
 
-    return lambda w: passes.decompress(passes.grouped_channelwise_compress(w, "KMEANS", bits, 0, group_size))
+    return lambda w: passes.grouped_channelwise_compress(w, "KMEANS", bits, 0, group_size)
+
+
+def _dense(params) -> np.ndarray:
+    from coremltools.optimize.coreml._quantization_passes import palettize_weights as passes
+
+    return passes.decompress(params)
 
 
 def compare(weights: list[np.ndarray], bits: int, threads: list[int], group_size: int = 0) -> dict:
@@ -78,14 +78,14 @@ def compare(weights: list[np.ndarray], bits: int, threads: list[int], group_size
     out = {"theirs": 0.0, "base": 0.0, "ours": {n: 0.0 for n in threads}}
     ours_e = theirs_e = 0.0
     for w in weights:
-        t, dense = _time(theirs_fn, w)
+        t, params = _time(theirs_fn, w)
         out["theirs"] += t
-        theirs_e += _sse(w, dense)
+        theirs_e += _sse(w, _dense(params))
         for n in threads:
             numba.set_num_threads(n)
-            t, dense = _time(ours_fn, w)
+            t, params = _time(ours_fn, w)
             out["ours"][n] += t
-        ours_e += _sse(w, dense)
+        ours_e += _sse(w, _dense(params))
         t, _ = _time(lambda a: (a.reshape(-1).view(np.uint16) >> 8).astype(np.uint8), w)
         out["base"] += t
     out["error"] = ours_e / theirs_e if theirs_e else 1.0
