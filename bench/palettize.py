@@ -121,7 +121,9 @@ def main() -> None:
     from workers.palettize import histogram_kmeans
 
     started = time.perf_counter()
-    histogram_kmeans(np.arange(64, dtype=np.float16), 2)  # loads (or compiles) the numba kernels once
+    for n in threads:  # loads (or compiles) the numba kernels and starts their threads, once per process
+        numba.set_num_threads(n)
+        histogram_kmeans(realistic((64, 64, 3, 3), 0), 6)
     print(f"kernels loaded in {time.perf_counter() - started:.2f} s (once per process; not in the times below)")
     print(f"granularity: {f'one palette per {args.group_size} output channels' if args.group_size else 'per tensor'}; "
           f"speed-up = coremltools / ours; baseline = cast to bit patterns and write one byte per element")

@@ -59,7 +59,9 @@ def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str, varia
     bits = options.get("bits")
     os_text = _OS.get(options["deployment_target"], options["deployment_target"])
     source_label = f"[{base}](/{base})" if base else f"`{source['id']}`"  # Hub-relative links work on any Hub
-    what = (f"{bits}-bit palettized weights (the VAE stays float16)" if kind == "palettized"
+    group = options.get("group_size") or 0
+    palette = f", one palette per {group} output channels" if group else ""
+    what = (f"{bits}-bit palettized weights{palette} (the VAE stays float16)" if kind == "palettized"
             else "float16 weights")
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
              f"# Core ML {source['id'].split('/')[-1]} ({'palettized' if kind == 'palettized' else 'float16'})", "",

@@ -70,6 +70,9 @@ class ConvertOptions:
         deployment_target(self.deployment_target)
         if self.bits is not None:
             check_bits(self.bits, self.deployment_target, self.group_size)
+        elif self.group_size:
+            raise OptionsError("--group-size needs palettized packages, and --bits 0 makes none",
+                               hint="Pass --bits 6 (or another width), or drop --group-size.")
         unknown = sorted(set(self.components or ()) - set(SPECS))
         if unknown:
             raise OptionsError(f"unknown components: {', '.join(unknown)}",
@@ -408,6 +411,7 @@ def _validate(run: _Run, spec: ComponentSpec, path: Path, export, io: _Inputs, *
         checks.append(weights_check)
     params = read_back_parameters(export, contents.weights, run.mappings[float16])
     del contents
+    gc.collect()  # only the float32 read-back stays while the module runs
     candidate = run_module(export, io.check, [t.name for t in io.outputs], params)
     del params
     compared = spec.compared(run.geometry)

@@ -11,6 +11,7 @@ PSNR is Apple's: ``20 log10((max|candidate| + 1e-5) / (rmse + 1e-10))``.
 
 from __future__ import annotations
 
+import gc
 import math
 import platform
 import re
@@ -162,9 +163,12 @@ def read_package(path: Path, *, threshold: int = 2048) -> PackageContents:
             lut = op.inputs["lut"].val  # iOS 16: (palette,); iOS 18: (groups…, palette, vector size)
             lut_sizes.add(int(lut.size if lut.ndim == 1 else lut.shape[-2]))
             weights[_strip(op.name)] = op.materialized_val_inference()
-    meta = dict(spec.description.metadata.userDefined)
-    return PackageContents(_features(spec.description.input), _features(spec.description.output), meta,
-                           weights, lut_ops, lut_sizes, unpalettized_weights(program, threshold))
+    contents = PackageContents(_features(spec.description.input), _features(spec.description.output),
+                               dict(spec.description.metadata.userDefined), weights, lut_ops, lut_sizes,
+                               unpalettized_weights(program, threshold))
+    del program, model
+    gc.collect()  # the program's ops reference each other: free its packed weights and lookup tables now
+    return contents
 
 
 def unpalettized_weights(program, threshold: int = 2048) -> list[str]:

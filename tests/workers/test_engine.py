@@ -215,6 +215,7 @@ def test_one_palette_per_channel_group(sd2_pipeline: Path, tmp_path: Path) -> No
     (dict(components=("unet", "refiner")), "unknown components: refiner"),
     (dict(group_size=16), "one palette per channel group needs iOS18"),
     (dict(group_size=-1, deployment_target="iOS18"), "--group-size must not be negative"),
+    (dict(group_size=16, bits=None, deployment_target="iOS18"), "--group-size needs palettized packages"),
 ])
 def test_bad_options_are_refused_before_any_work(sd2_pipeline: Path, tmp_path: Path, options: dict,
                                                  message: str) -> None:

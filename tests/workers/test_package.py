@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from service.errors import OptionsError
+from workers.card import render_card
 from workers.package import package_output, write_zip
 
 
@@ -72,3 +74,12 @@ def test_a_missing_or_failed_report_is_refused(tmp_path: Path, output: Path) -> 
     report.write_text(report.read_text().replace('"passed": true', '"passed": false', 1))
     with pytest.raises(OptionsError, match="did not pass validation"):
         package_output(output, namespace="x", compiled=False)
+
+
+def test_cards_name_the_palette_granularity(output: Path) -> None:
+    report = json.loads((output / "report.json").read_text())
+    kwargs = dict(kind="palettized", repo_id="studio/x-palettized", sibling_id="studio/x",
+                  variants=["original"], compiled=False)
+    assert "6-bit palettized weights (the VAE" in render_card(report, **kwargs)
+    report["options"]["group_size"] = 16
+    assert "6-bit palettized weights, one palette per 16 output channels (the VAE" in render_card(report, **kwargs)
