@@ -39,7 +39,7 @@ from workers.validate import (
     coreml_check,
     psnr_check,
     match_parameters,
-    read_back_parameters,
+    load_read_back,
     read_package,
     run_module,
     structure_check,
@@ -339,6 +339,9 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
         result.seconds = time.perf_counter() - started
         results[attention] = result
 
+    # Validation loads each package's weights into the (shared) torch weights in place: from here on the
+    # float32 originals are gone, so every float16 package is validated (and its weights matched to the
+    # parameters, partly by content) before any palettized one overwrites them with palettized values.
     for attention in layouts:
         label = attention.value if spec.depends_on_attention else None
         result = results[attention]
@@ -346,7 +349,10 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
         with run.stage("validate", spec.name, label, "float16"):
             result.checks += _validate(run, spec, path, exports[attention], io, bits=None, float16=result.path)
         _record(run, result, path, spec, layouts)
+    for attention in layouts:
+        result = results[attention]
         if result.status == "passed" and spec.in_palettized_repo and options.bits is not None:
+            label = attention.value if spec.depends_on_attention else None
             _palettized(run, spec, attention, label, result, exports[attention], io, layouts)
     del exports, modules
     gc.collect()
@@ -409,11 +415,10 @@ def _validate(run: _Run, spec: ComponentSpec, path: Path, export, io: _Inputs, *
     if bits is None:  # names are matched on the float16 package and reused for its palettized copy
         run.mappings[float16], weights_check = match_parameters(export, contents.weights, WEIGHT_THRESHOLD)
         checks.append(weights_check)
-    params = read_back_parameters(export, contents.weights, run.mappings[float16])
+    load_read_back(export, contents.weights, run.mappings[float16])
     del contents
-    gc.collect()  # only the float32 read-back stays while the module runs
-    candidate = run_module(export, io.check, [t.name for t in io.outputs], params)
-    del params
+    gc.collect()  # the package's program and weights go before the module runs
+    candidate = run_module(export, io.check, [t.name for t in io.outputs])
     compared = spec.compared(run.geometry)
     checks.append(psnr_check("psnr_torch", "torch", io.reference, candidate, compared, bars.for_bits(bits)))
     if bits is None:

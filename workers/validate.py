@@ -258,17 +258,21 @@ def match_parameters(module: nn.Module, weights: dict[str, np.ndarray],
     return mapping, Check("weights", "passed", "package", detail=detail)
 
 
-def read_back_parameters(module: nn.Module, weights: dict[str, np.ndarray],
-                         mapping: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Float32 parameters for ``module``: the package's values where mapped, else float16-rounded."""
-    params: dict[str, torch.Tensor] = {}
-    for name, p in module.named_parameters(remove_duplicate=True):
-        value = weights.get(mapping.get(name, ""))
-        if value is not None and value.size == p.numel():
-            params[name] = torch.from_numpy(np.asarray(value, dtype=np.float32)).reshape(p.shape)
-        else:
-            params[name] = p.detach().half().float()
-    return params
+def load_read_back(module: nn.Module, weights: dict[str, np.ndarray], mapping: dict[str, str]) -> None:
+    """Overwrite ``module``'s parameters, in place, with what a package holds.
+
+    The package's values where mapped, the module's own values rounded to float16 elsewhere (small
+    parameters coremltools folded: exactly what the package computes with).  In place, so validating a
+    full-size UNet needs no second float32 copy of its weights; the caller must not need the original
+    values afterwards (see ``engine._convert_component``).
+    """
+    with torch.no_grad():
+        for name, p in module.named_parameters(remove_duplicate=True):
+            value = weights.get(mapping.get(name, ""))
+            if value is not None and value.size == p.numel():
+                p.copy_(torch.from_numpy(np.asarray(value)).reshape(p.shape))
+            else:
+                p.copy_(p.half())
 
 
 def run_module(module: nn.Module, inputs: dict[str, torch.Tensor], names: list[str],
