@@ -10,6 +10,7 @@ package format is coremltools' own.  Embedding tables
 
 from __future__ import annotations
 
+import gc
 from functools import partial
 from pathlib import Path
 
@@ -84,16 +85,21 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
         return OpPalettizerConfig(mode="custom", lut_function=partial(histogram_kmeans, nbits=bits),
                                   weight_threshold=threshold, granularity=granularity, group_size=group_size or 32)
 
+    def scan(model, find) -> list[str]:
+        names = find(load_program(model))
+        gc.collect()  # the program's ops reference each other: free its weights before coremltools loads its own
+        return names
+
     model = ct.models.MLModel(str(package), skip_model_load=True)
     config = OptimizationConfig(
         global_config=palettizer("per_grouped_channel" if group_size else "per_tensor"),
         op_type_configs={"gather": None},  # embedding tables stay float16, as Apple's are
-        op_name_configs={name: None for name in nonfinite_constants(load_program(model))},
+        op_name_configs={name: None for name in scan(model, nonfinite_constants)},
     )
     try:
         model = palettize_weights(model, config)
         if group_size:  # weights whose channel count the group size does not divide: one palette each
-            rest = unpalettized_weights(load_program(model), threshold)
+            rest = scan(model, lambda program: unpalettized_weights(program, threshold))
             if rest:
                 model = palettize_weights(model, OptimizationConfig(
                     op_name_configs={name: palettizer("per_tensor") for name in rest}))
