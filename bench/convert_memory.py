@@ -38,12 +38,12 @@ class Phases(logging.Handler):
         self.peak: dict[str, int] = {}
         self.seconds: dict[str, float] = {}
         self.since = time.perf_counter()
-        self.lock = threading.Lock()
+        self.sampling = threading.Lock()  # not "lock": logging.Handler has its own
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._sample, daemon=True)
 
     def enter(self, phase: str) -> None:
-        with self.lock:
+        with self.sampling:
             now = time.perf_counter()
             self.seconds[self.current] = self.seconds.get(self.current, 0.0) + now - self.since
             self.since = now
@@ -63,7 +63,7 @@ class Phases(logging.Handler):
 
     def _sample(self) -> None:
         while not self.done.wait(0.05):
-            with self.lock:
+            with self.sampling:
                 self._record()
 
     def __enter__(self) -> "Phases":
