@@ -24,7 +24,7 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from full_size import MODELS, Memory  # noqa: E402  (a sibling script)
+from full_size import MODELS, Memory, modules  # noqa: E402  (a sibling script)
 
 
 class Phases(logging.Handler):
@@ -103,7 +103,7 @@ def measure(model: str, attention: str, work: Path) -> None:
     from workers.specs import SPECS, Geometry
 
     torch.manual_seed(0)
-    unet = MODELS[model][1]()[0].eval()
+    unet = modules(model)[0].eval()
     spec = SPECS["unet"]
     g = Geometry(batch_size=2, latent_height=64, latent_width=64, latent_channels=4, vae_scale_factor=8,
                  context_dim=unet.config.cross_attention_dim, sequence_length=77, safety_image_size=224,
@@ -129,7 +129,7 @@ def measure(model: str, attention: str, work: Path) -> None:
     ops = sum(len(b.operations) for f in spec_proto.mlProgram.functions.values()
               for b in f.block_specializations.values())
     weights = sum(p.numel() for p in unet.parameters())
-    print(f"\n{MODELS[model][0]} UNet, {attention}: {weights / 1e6:.0f} M weights "
+    print(f"\n{MODELS[model]} UNet, {attention}: {weights / 1e6:.0f} M weights "
           f"({weights * 4 / 2**30:.2f} GB float32) resident before tracing, process at {base / 2**30:.2f} GB; "
           f"traced graph {nodes} nodes; converted program {ops} operations")
     print(f"{'phase':<58} {'seconds':>8} {'peak RSS GB':>12}")

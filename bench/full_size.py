@@ -17,6 +17,7 @@ for both models and about 24 GB of RAM.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -31,55 +32,40 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
 
-def _sd15_modules():
+# What differs between the two architectures; everything else (UNet blocks and widths, VAE, scheduler) is shared.
+ARCHITECTURES = {
+    "sd15": ("SD 1.5",
+             dict(cross_attention_dim=768, attention_head_dim=8),
+             dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+                  hidden_act="quick_gelu", projection_dim=768)),
+    "sd21-base": ("SD 2.1-base",
+                  dict(cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True),
+                  dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
+                       hidden_act="gelu", projection_dim=512)),
+}
+MODELS = {name: title for name, (title, _, _) in ARCHITECTURES.items()}
+
+
+def modules(model: str):
+    """UNet, VAE, text encoder and scheduler of ``model``'s architecture, with random weights."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    _, unet_config, text_config = ARCHITECTURES[model]
     unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=32,
         block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-        num_hidden_layers=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-        bos_token_id=0, eos_token_id=2))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return unet, _vae(), text, scheduler
-
-
-def _sd21_base_modules():
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    unet = UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-        norm_num_groups=32)
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_attention_heads=16,
-        num_hidden_layers=23, max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
-        bos_token_id=0, eos_token_id=2))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return unet, _vae(), text, scheduler
-
-
-def _vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, **unet_config)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, bos_token_id=0,
+                                        eos_token_id=2, **text_config))
+    vae = AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
         block_out_channels=(128, 256, 512, 512), sample_size=512,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-
-
-MODELS = {"sd15": ("SD 1.5", _sd15_modules), "sd21-base": ("SD 2.1-base", _sd21_base_modules)}
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return unet, vae, text, scheduler
 
 
 class Memory:
@@ -142,8 +128,8 @@ def build(model: str, folder: Path, seed: int = 0) -> None:
     from workers.tiny import randomize_norms, save_pipeline
 
     torch.manual_seed(seed)
-    title, make = MODELS[model]
-    unet, vae, text, scheduler = make()
+    title = MODELS[model]
+    unet, vae, text, scheduler = modules(model)
     randomize_norms(unet, vae, text)
     save_pipeline(folder, unet=unet, vae=vae, text_encoder=text, scheduler=scheduler,
                   title=f"Random {title} pipeline", license="creativeml-openrail-m")
@@ -163,8 +149,6 @@ def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memor
     run.build_seconds = time.perf_counter() - started
     run.rows.append(Row("build", "pipeline", "", "float32", run.build_seconds, memory.peak()))
     run.source_bytes = sum(p.stat().st_size for p in source_dir.rglob("*") if p.is_file())
-    import gc
-
     gc.collect()
 
     def on_event(event: Event) -> None:
@@ -207,7 +191,7 @@ def _op_count(package: Path) -> int:
 
 
 def print_run(run: Run, reference: dict | None) -> None:
-    title = MODELS[run.model][0]
+    title = MODELS[run.model]
     print(f"\n{title}: {'passed' if run.passed else 'FAILED'}; conversion {run.total / 60:.1f} min "
           f"(+{run.build_seconds / 60:.1f} min to build the random source, {run.source_bytes / 1e9:.2f} GB); "
           f"peak RSS {run.peak / 2**30:.2f} GB")
@@ -285,7 +269,7 @@ def main() -> None:
     memory = Memory()
     runs = []
     for model in models:
-        print(f"{MODELS[model][0]}: building and converting in {work}", flush=True)
+        print(f"{MODELS[model]}: building and converting in {work}", flush=True)
         run = run_model(model, work, attentions, args.bits or None, memory)
         runs.append(run)
         print_run(run, REFERENCE if model == "sd15" else None)

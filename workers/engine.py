@@ -354,8 +354,6 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
         if result.status == "passed" and spec.in_palettized_repo and options.bits is not None:
             label = attention.value if spec.depends_on_attention else None
             _palettized(run, spec, attention, label, result, exports[attention], io, layouts)
-    del exports, modules
-    gc.collect()
 
 
 def _palettized(run: _Run, spec: ComponentSpec, attention: Attention, label: str | None,
@@ -416,8 +414,7 @@ def _validate(run: _Run, spec: ComponentSpec, path: Path, export, io: _Inputs, *
         run.mappings[float16], weights_check = match_parameters(export, contents.weights, WEIGHT_THRESHOLD)
         checks.append(weights_check)
     load_read_back(export, contents.weights, run.mappings[float16])
-    del contents
-    gc.collect()  # the package's program and weights go before the module runs
+    del contents  # read_package already collected the program: its weights go before the module runs
     candidate = run_module(export, io.check, [t.name for t in io.outputs])
     compared = spec.compared(run.geometry)
     checks.append(psnr_check("psnr_torch", "torch", io.reference, candidate, compared, bars.for_bits(bits)))

@@ -40,8 +40,8 @@ def _layer(prev, cur, arg, j, cw, cs, cq, lo, hi, olo, ohi, stack):
         if lo > hi:
             continue
         mid = (lo + hi) // 2
-        start = max(olo, arg[j - 1, mid])
         end = min(mid - 1, ohi)
+        start = min(max(olo, arg[j - 1, mid]), end)  # never an empty search, even if rounding breaks a tie
         best = np.inf
         best_m = start
         for m in range(start, end + 1):
