@@ -108,14 +108,19 @@ def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str, varia
               f"- Converted: {(today.isoformat() if today else report.get('started_at', '')[:10]) or date.today().isoformat()}",
               "",
               "## Validation", "",
-              "PSNR in dB against the torch float32 original (Apple's definition), with the bar each had to pass. "
-              "*torch*: the exported model with the weights read back from the package; *Core ML*: the package's "
-              "own prediction (measured on macOS only).", "",
-              "| variant | component | precision | size | torch PSNR | Core ML PSNR |", "|---|---|---|---|---|---|"]
+              "PSNR in dB against the torch float32 original (Apple's definition) on random inputs, with the bar "
+              "each had to pass. *program*: the saved ML program itself, every operation executed with float16 "
+              "activations by the converter's program executor (any OS); *torch*: the exported model with the "
+              "weights read back from the package; *Core ML*: Core ML's own prediction, which only macOS can "
+              "make. Every weight of the source was found in the package or shown folded as an identity.", "",
+              _where_measured(packages), "",
+              "| variant | component | precision | size | program PSNR | torch PSNR | Core ML PSNR |",
+              "|---|---|---|---|---|---|---|"]
     for p in sorted(packages, key=lambda p: (p["variant"], list(COMPILED_NAMES).index(p["component"]))):
         checks = {c["name"]: c for c in p["checks"]}
         lines.append(f"| {p['variant']} | {p['component']} | {p['precision']} | {p['size_bytes'] / 1e6:.1f} MB | "
-                     f"{_figure(checks.get('psnr_torch'))} | {_figure(checks.get('psnr_coreml'))} |")
+                     f"{_figure(checks.get('psnr_program'))} | {_figure(checks.get('psnr_torch'))} | "
+                     f"{_figure(checks.get('psnr_coreml'))} |")
     lines.append("")
     if upstream:
         _, body = split_front_matter(upstream)
@@ -123,6 +128,19 @@ def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str, varia
             lines += ["## Original model card", "", f"Carried over from {source_label}.", "",
                       _demote_headings(body.strip()), ""]
     return "\n".join(lines)
+
+
+def _where_measured(packages: list[dict]) -> str:
+    """One sentence naming where the checks ran, and which did not run."""
+    coreml = [c for p in packages for c in p["checks"] if c["name"] == "psnr_coreml"]
+    ran = sum(1 for c in coreml if c["status"] != "skipped")
+    if coreml and ran == len(coreml):
+        return "Program, torch and Core ML checks ran for every package (Core ML on macOS)."
+    if ran:
+        return (f"Program and torch checks ran for every package; Core ML predictions for {ran} of "
+                f"{len(coreml)} (the rest were not measured: they need macOS).")
+    return ("Program and torch checks ran for every package on Linux; Core ML predictions were not made "
+            "(they need macOS), so no figure here comes from Core ML itself.")
 
 
 def _figure(check: dict | None) -> str:

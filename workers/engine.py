@@ -38,8 +38,10 @@ from workers.validate import (
     ValidationBars,
     coreml_check,
     psnr_check,
-    match_parameters,
+    Accounting,
+    account_parameters,
     load_read_back,
+    program_check,
     read_package,
     run_module,
     structure_check,
@@ -211,7 +213,7 @@ class _Run:
         self.on_event = on_event or (lambda event: None)
         self.fp16_repo, self.palettized_repo = repo_names(source.name)
         self.converter = converter_id()
-        self.mappings: dict[str, dict[str, str]] = {}  # float16 package -> parameter -> const name
+        self.accountings: dict[str, Accounting] = {}  # float16 package -> where its parameters are
         self.report = Report(
             source={"id": source.id, "repo_id": source.repo_id, "revision": source.revision,
                     "sha": source.sha, "path": str(source.path), "pipeline_class": source.pipeline_class,
@@ -406,20 +408,27 @@ def _record(run: _Run, result: PackageResult, path: Path, spec: ComponentSpec,
 
 def _validate(run: _Run, spec: ComponentSpec, path: Path, export, io: _Inputs, *, bits: int | None,
               float16: str) -> list[Check]:
-    """Every check of one saved package; ``float16`` names the float16 package it was made from."""
+    """Every check of one saved package; ``float16`` names the float16 package it was made from.
+
+    The program is executed while the package is loaded; then its weights are read into the export
+    module (in place) and the package is released before the module runs.
+    """
     bars = run.options.bars
+    compared = spec.compared(run.geometry)
     contents = read_package(path, threshold=WEIGHT_THRESHOLD)
     checks = [structure_check(contents, io.inputs, io.outputs, bits)]
-    if bits is None:  # names are matched on the float16 package and reused for its palettized copy
-        run.mappings[float16], weights_check = match_parameters(export, contents.weights, WEIGHT_THRESHOLD)
-        checks.append(weights_check)
-    load_read_back(export, contents.weights, run.mappings[float16])
-    del contents  # read_package already collected the program: its weights go before the module runs
-    candidate = run_module(export, io.check, [t.name for t in io.outputs])
-    compared = spec.compared(run.geometry)
-    checks.append(psnr_check("psnr_torch", "torch", io.reference, candidate, compared, bars.for_bits(bits)))
+    # parameters are found in the float16 package, and the palettized one is checked against the same names
+    accounting, weights_check = account_parameters(export, contents.weights,
+                                                   None if bits is None else run.accountings[float16])
     if bits is None:
-        checks.append(coreml_check(path, io.check, io.inputs, io.reference, compared, bars.coreml_float16))
+        run.accountings[float16] = accounting
+    checks.append(weights_check)
+    checks.append(program_check(contents, io.check, io.reference, compared, bars.shipped(bits)))
+    load_read_back(export, contents.weights, accounting)
+    contents.release()  # the program's weights go before the module runs
+    candidate = run_module(export, io.check, [t.name for t in io.outputs])
+    checks.append(psnr_check("psnr_torch", "torch", io.reference, candidate, compared, bars.for_bits(bits)))
+    checks.append(coreml_check(path, io.check, io.inputs, io.reference, compared, bars.shipped(bits)))
     return checks
 
 

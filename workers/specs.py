@@ -273,8 +273,8 @@ class UNetSpec(ComponentSpec):
     def sample_inputs(self, g, seed):
         gen = torch.Generator().manual_seed(seed)
         inputs = {t.name: torch.randn(t.shape, generator=gen) for t in self.inputs(g)}
-        # a timestep the scheduler really emits, exactly representable in float16
-        inputs["timestep"] = torch.full((g.batch_size,), 981.0)
+        # a timestep a scheduler emits (an integer below 1,000: exact in float16), drawn like the rest
+        inputs["timestep"] = torch.randint(1, 1000, (1,), generator=gen).float().expand(g.batch_size).clone()
         return inputs
 
 
@@ -375,7 +375,7 @@ class SafetyCheckerSpec(ComponentSpec):
                                         use_safetensors=use_safetensors,
                                         variant=variants.get("safety_checker"))}
 
-    def export_module(self, modules, attention):
+    def reference(self, modules):
         checker = modules["safety_checker"]
 
         def forward(self, clip_input, images, adjustment):
@@ -391,6 +391,33 @@ class SafetyCheckerSpec(ComponentSpec):
             return filtered, flagged, scores
 
         return _Wrapper(forward, checker=checker).eval()
+
+    def export_module(self, modules, attention):
+        """The reference with each concept comparison as one linear layer: unit-length concept directions
+        as weights, minus the thresholds as biases.  coremltools folds the reference's normalisation and
+        subtraction into exactly such a layer; here its weights are parameters, found in the package."""
+        checker = modules["safety_checker"]
+
+        def scores_layer(embeds: torch.Tensor, thresholds: torch.Tensor) -> nn.Linear:
+            layer = nn.Linear(embeds.shape[1], embeds.shape[0])
+            with torch.no_grad():
+                layer.weight.copy_(F.normalize(embeds))
+                layer.bias.copy_(-thresholds)
+            return layer.requires_grad_(False)
+
+        def forward(self, clip_input, images, adjustment):
+            pooled = self.vision_model(clip_input)[1]
+            embeds = F.normalize(self.visual_projection(pooled))
+            special_scores = self.special_care(embeds) + adjustment
+            special_care = (special_scores > 0).float().amax(dim=1, keepdim=True)
+            scores = self.concepts(embeds) + special_care * 0.01
+            flagged = (scores > 0).float().amax(dim=1)
+            filtered = images * (1.0 - flagged.view(-1, 1, 1, 1))
+            return filtered, flagged, scores
+
+        return _Wrapper(forward, vision_model=checker.vision_model, visual_projection=checker.visual_projection,
+                        special_care=scores_layer(checker.special_care_embeds, checker.special_care_embeds_weights),
+                        concepts=scores_layer(checker.concept_embeds, checker.concept_embeds_weights)).eval()
 
     def concept_count(self, modules: dict[str, nn.Module]) -> int:
         return int(modules["safety_checker"].concept_embeds.shape[0])

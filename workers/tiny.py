@@ -47,11 +47,13 @@ def write_tokenizer(folder: Path, *, max_length: int = 77) -> None:
 
 
 def build_tiny_pipeline(out: Path, *, style: str = "sd1", seed: int = 0, sample_size: int | None = None,
-                        safety_checker: bool | None = None, license: str = "creativeml-openrail-m") -> Path:
+                        safety_checker: bool | None = None, license: str = "creativeml-openrail-m",
+                        initial_norms: bool = False) -> Path:
     """Write a tiny random diffusers ``StableDiffusionPipeline`` folder (safetensors weights) to ``out``.
 
     ``style`` is ``sd1`` or ``sd2``.  ``sample_size`` is the latent size; the SD2 default (24) makes
-    576-token attention, which exercises the SPLIT_EINSUM_V2 remainder chunk.
+    576-token attention, which exercises the SPLIT_EINSUM_V2 remainder chunk.  Normalisation layers get
+    random scales and shifts unless ``initial_norms`` keeps them at their initial ones and zeros.
     """
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -92,7 +94,8 @@ def build_tiny_pipeline(out: Path, *, style: str = "sd1", seed: int = 0, sample_
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1,
                               prediction_type="v_prediction" if sd2 else "epsilon")
     with_checker = (not sd2) if safety_checker is None else safety_checker
-    randomize_norms(unet, vae, text_encoder)
+    if not initial_norms:
+        randomize_norms(unet, vae, text_encoder)
     return save_pipeline(out, unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler,
                          safety_checker=_safety_checker(context) if with_checker else None,
                          title=f"Tiny random {style.upper()} pipeline", license=license)

@@ -2,8 +2,13 @@
 
 * structure: feature names, shapes and dtypes exactly as the spec; for palettized packages, a lookup
   table for every weight above the palettization threshold (embedding tables excepted).
+* weights: every parameter of the export module is found in the saved package (by name, then by
+  content) or shown folded away by coremltools as an identity (a scale of ones, a shift of zeros).
+* program numbers (any OS): the saved ML program itself, run by :mod:`workers.executor` with float16
+  activations, against the library's float32 module, as PSNR: what ships is what is measured.
 * torch-side numbers (any OS): the export module with its weights **read back from the saved package**
-  (float16 consts, or palettized lookup tables expanded) against the library's float32 module, as PSNR.
+  (float16 consts, or palettized lookup tables expanded) against the same reference: tells a wrong
+  weight from a wrong operation when the program check fails.
 * Core ML numbers (macOS only): the package's own prediction against the same float32 reference.
 
 PSNR is Apple's: ``20 log10((max|candidate| + 1e-5) / (rmse + 1e-10))``.
@@ -26,6 +31,8 @@ from torch import nn
 from workers.specs import TensorSpec
 
 _FLOAT = (np.float16, np.float32, np.float64)
+# per bit width; the 1- and 2-bit bars sit below what correct packages reach (README, "Validation")
+PALETTIZED_BARS: tuple[tuple[int, float], ...] = ((8, 35.0), (6, 25.0), (4, 15.0), (2, 5.0), (1, 0.0))
 
 
 @dataclass(frozen=True)
@@ -34,14 +41,18 @@ class ValidationBars:
 
     layout: float = 60.0  # our attention layout vs diffusers, float32 weights
     float16: float = 45.0  # float16 weights read back, torch side
-    palettized: tuple[tuple[int, float], ...] = ((8, 35.0), (6, 25.0), (4, 15.0), (2, 5.0), (1, 0.0))
-    coreml_float16: float = 35.0  # Apple's bar for a float16 Core ML prediction (macOS only)
+    palettized: tuple[tuple[int, float], ...] = PALETTIZED_BARS
+    coreml_float16: float = 35.0  # Apple's bar for float16 Core ML predictions and the executed program
 
     def for_bits(self, bits: int | None) -> float:
         """The torch-side bar for float16 (``bits=None``) or an n-bit palettized package."""
         if bits is None:
             return self.float16
         return dict(self.palettized)[bits]
+
+    def shipped(self, bits: int | None) -> float:
+        """The bar of what ships (the executed program, Core ML's prediction): float16 or n-bit."""
+        return self.coreml_float16 if bits is None else dict(self.palettized)[bits]
 
 
 @dataclass
@@ -50,7 +61,7 @@ class Check:
 
     name: str
     status: str  # "passed", "failed" or "skipped"
-    where: str  # "package", "torch" or "coreml"
+    where: str  # "package", "program", "torch" or "coreml"
     value: float | None = None
     threshold: float | None = None
     detail: str = ""
@@ -92,7 +103,7 @@ def psnr_check(name: str, where: str, reference: dict[str, np.ndarray], candidat
 
 @dataclass
 class PackageContents:
-    """What a saved package declares and holds."""
+    """What a saved package declares and holds; ``program`` is its ML program, ready for the executor."""
 
     inputs: list[tuple[str, tuple[int, ...], str]]
     outputs: list[tuple[str, tuple[int, ...], str]]
@@ -101,6 +112,13 @@ class PackageContents:
     lut_ops: int = 0
     lut_sizes: set[int] = field(default_factory=set)
     unpalettized_large: list[str] = field(default_factory=list)  # float consts (rank > 1) > threshold, not LUT
+    program: object = field(default=None, repr=False)
+    expanded: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # constexpr output -> dense
+
+    def release(self) -> None:
+        """Drop the program and its weights now (its operations reference each other)."""
+        self.program, self.weights, self.expanded = None, {}, {}
+        gc.collect()
 
 
 _ARRAY_DTYPES = {65552: "float16", 65568: "float32", 131104: "int32"}
@@ -145,13 +163,18 @@ def nonfinite_constants(program) -> list[str]:
 
 
 def read_package(path: Path, *, threshold: int = 2048) -> PackageContents:
-    """Load a package's interface and its weights as dense float16 arrays (no Core ML runtime needed)."""
+    """Load a package's interface, its program and its weights as dense float16 arrays (no Core ML needed).
+
+    Lookup tables are expanded once, here; the executor reuses them.  Call ``release()`` (or drop the
+    result) when done: a full-size UNet's program holds its whole weight file.
+    """
     import coremltools as ct
 
     model = ct.models.MLModel(str(path), skip_model_load=True)
     spec = model.get_spec()
     program = load_program(model)
     weights: dict[str, np.ndarray] = {}
+    expanded: dict[str, np.ndarray] = {}
     lut_ops, lut_sizes = 0, set()
     for op in program.functions["main"].operations:
         if op.op_type == "const":
@@ -162,13 +185,10 @@ def read_package(path: Path, *, threshold: int = 2048) -> PackageContents:
             lut_ops += 1
             lut = op.inputs["lut"].val  # iOS 16: (palette,); iOS 18: (groups…, palette, vector size)
             lut_sizes.add(int(lut.size if lut.ndim == 1 else lut.shape[-2]))
-            weights[_strip(op.name)] = op.materialized_val_inference()
-    contents = PackageContents(_features(spec.description.input), _features(spec.description.output),
-                               dict(spec.description.metadata.userDefined), weights, lut_ops, lut_sizes,
-                               unpalettized_weights(program, threshold))
-    del program, model
-    gc.collect()  # the program's ops reference each other: free its packed weights and lookup tables now
-    return contents
+            expanded[op.outputs[0].name] = weights[_strip(op.name)] = op.materialized_val_inference()
+    return PackageContents(_features(spec.description.input), _features(spec.description.output),
+                           dict(spec.description.metadata.userDefined), weights, lut_ops, lut_sizes,
+                           unpalettized_weights(program, threshold), program, expanded)
 
 
 def unpalettized_weights(program, threshold: int = 2048) -> list[str]:
@@ -219,60 +239,95 @@ def _key(param_name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", param_name)
 
 
-def match_parameters(module: nn.Module, weights: dict[str, np.ndarray],
-                     threshold: int = 2048) -> tuple[dict[str, str], Check]:
-    """Map ``module``'s parameters to the float16 package's weights.
+@dataclass
+class Accounting:
+    """Where each parameter of a module is in a package: a constant's name, or folded as an identity."""
 
-    By traced name first; a large parameter coremltools folded into a renamed constant (an embedding
-    looked up with constant indices, say) is found by identical float16 content, and so are parameters
-    equal to another one (all-zero biases, say), which coremltools stores once.  Small parameters
-    may stay unmatched: they are then read as the module's values rounded to float16, which is exactly
-    what the package stores.  A large parameter found neither way fails the returned check.
+    mapping: dict[str, str] = field(default_factory=dict)  # parameter -> const name (suffixes stripped)
+    folded: set[str] = field(default_factory=set)  # parameters coremltools removed as identities
+
+
+def _identity(p: torch.Tensor) -> bool:
+    """A scale of ones or a shift of zeros: coremltools removes the operation applying it."""
+    return bool((p == 1).all() or (p == 0).all())
+
+
+def account_parameters(module: nn.Module, weights: dict[str, np.ndarray],
+                       float16: Accounting | None = None) -> tuple[Accounting, Check]:
+    """Find every parameter of ``module`` in a package's constants, or show it folded as an identity.
+
+    For a float16 package (``float16`` is None) each parameter is looked up by its traced name, then by
+    identical float16 content (coremltools renames constants it reshapes or folds, and stores equal
+    tensors once), and otherwise accepted as folded only when it is an identity (a scale of ones, a
+    shift of zeros: coremltools drops the operation, so no constant remains).  A palettized package is
+    checked against its own constants: each parameter must be there under the name the float16 package
+    had it under, and the folded ones must be identities.  The check fails naming the parameters that
+    are neither; whether a folded identity really was harmless is shown by executing the program.
     """
-    mapping: dict[str, str] = {}
-    unmatched: list[tuple[str, torch.Tensor]] = []
-    for name, p in module.named_parameters(remove_duplicate=True):
-        key = _key(name)
+    by_size: dict[int, list[str]] = {}
+    for key, value in weights.items():
+        by_size.setdefault(value.size, []).append(key)
+    accounting, missing = Accounting(), []
+    claimed: set[str] = set()
+    parameters = list(module.named_parameters(remove_duplicate=True))
+    for name, p in parameters:
+        if float16 is not None:
+            key = float16.mapping.get(name, _key(name))
+        else:
+            key = _key(name)
         value = weights.get(key)
         if value is not None and value.size == p.numel():
-            mapping[name] = key
-        elif p.numel() > threshold:
-            unmatched.append((name, p))
-    claimed = set(mapping.values())
-    missing = []
-    for name, p in unmatched:
-        rounded = p.detach().half().numpy().ravel()
-        same = [k for k, v in weights.items() if v.size == rounded.size and v.dtype == np.float16
-                and np.array_equal(v.ravel(), rounded)]
-        match = next((k for k in same if k not in claimed), same[0] if same else None)
-        if match is None:
-            missing.append(name)
+            accounting.mapping[name] = key
+            claimed.add(key)
+    for name, p in parameters:
+        if name in accounting.mapping:
+            continue
+        if float16 is None:  # by content: equal tensors all map to coremltools' one copy
+            rounded = p.detach().half().numpy().ravel()
+            same = [k for k in by_size.get(rounded.size, ()) if weights[k].dtype == np.float16
+                    and np.array_equal(weights[k].ravel(), rounded)]
+            match = next((k for k in same if k not in claimed), same[0] if same else None)
+            if match is not None:
+                accounting.mapping[name] = match
+                claimed.add(match)
+                continue
+        if _identity(p) and (float16 is None or name in float16.folded):
+            accounting.folded.add(name)
         else:
-            mapping[name] = match
-            claimed.add(match)
-    total = sum(1 for _ in module.named_parameters(remove_duplicate=True))
-    detail = f"{len(mapping)} of {total} weights read back (the rest are small and folded)"
+            missing.append(name)
+    detail = (f"{len(accounting.mapping)} of {len(parameters)} weights read back"
+              + (f", {len(accounting.folded)} folded as identities" if accounting.folded else ""))
     if missing:
-        return mapping, Check("weights", "failed", "package", detail=f"{detail}; not found in package: "
-                              f"{', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
-    return mapping, Check("weights", "passed", "package", detail=detail)
+        return accounting, Check("weights", "failed", "package", detail=f"{detail}; not found in package: "
+                                 f"{', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
+    return accounting, Check("weights", "passed", "package", detail=detail)
 
 
-def load_read_back(module: nn.Module, weights: dict[str, np.ndarray], mapping: dict[str, str]) -> None:
+def load_read_back(module: nn.Module, weights: dict[str, np.ndarray], accounting: Accounting) -> None:
     """Overwrite ``module``'s parameters, in place, with what a package holds.
 
-    The package's values where mapped, the module's own values rounded to float16 elsewhere (small
-    parameters coremltools folded: exactly what the package computes with).  In place, so validating a
-    full-size UNet needs no second float32 copy of its weights; the caller must not need the original
-    values afterwards (see ``engine._convert_component``).
+    Folded identities keep their (exact) values; a parameter that was not accounted for keeps its own
+    value, and the weights check has already failed the package.  In place, so validating a full-size
+    UNet needs no second float32 copy of its weights; the caller must not need the original values
+    afterwards (see ``engine._convert_component``).
     """
     with torch.no_grad():
         for name, p in module.named_parameters(remove_duplicate=True):
-            value = weights.get(mapping.get(name, ""))
+            value = weights.get(accounting.mapping.get(name, ""))
             if value is not None and value.size == p.numel():
                 p.copy_(torch.from_numpy(np.asarray(value)).reshape(p.shape))
-            else:
-                p.copy_(p.half())
+
+
+def program_check(contents: PackageContents, inputs: dict[str, torch.Tensor], reference: dict[str, np.ndarray],
+                  outputs: list[str], threshold: float) -> Check:
+    """The saved program, executed with float16 activations, against the float32 reference."""
+    from workers.executor import ProgramError, execute_program
+
+    try:
+        result = execute_program(contents.program, inputs, precision="float16", constants=contents.expanded)
+    except ProgramError as e:
+        return Check("psnr_program", "failed", "program", threshold=threshold, detail=str(e))
+    return psnr_check("psnr_program", "program", reference, result, outputs, threshold)
 
 
 def run_module(module: nn.Module, inputs: dict[str, torch.Tensor], names: list[str],

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from service.cli.output import EventPrinter, comma_list, report_table, stdout
+from service.cli.output import EventPrinter, comma_list, report_table, stdout, summary
 
 ATTENTION_HELP = "Comma-separated attention layouts: original (Mac GPU), split_einsum_v2 (Neural Engine), split_einsum."
 COMPONENTS_HELP = "Comma-separated components (default: all the source has): " \
@@ -79,6 +79,4 @@ def convert(
         raise
     printer.close()
     stdout.print(report_table(report))
-    made = sum(1 for p in report.packages if not p.shared_from)
-    stdout.print(f"All checks passed: {made} packages made, {len(report.packages)} placed in the trees "
-                 f"(layout-independent ones are shared). Report: {out / 'report.json'}")
+    stdout.print(f"{summary(report)} Report: {out / 'report.json'}")

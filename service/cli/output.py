@@ -71,7 +71,7 @@ def _figure(check) -> str:
 def report_table(report) -> Table:
     """One row per package (copies shared between layouts left out): each check's figure and bar in dB."""
     table = Table(title="Validation (PSNR in dB: figure ≥ bar)", title_justify="left")
-    for column in ("", "package", "size", "layout", "torch", "Core ML", "structure"):
+    for column in ("", "package", "size", "layout", "program", "torch", "Core ML", "structure"):
         table.add_column(column, overflow="fold")
     copied = {p.shared_from for p in report.packages if p.shared_from}
     for p in report.packages:
@@ -84,6 +84,23 @@ def report_table(report) -> Table:
         structure = [checks.get("structure"), checks.get("weights")]
         failed = [c for c in structure if c is not None and c.failed]
         table.add_row(mark, f"{p.component} {variant} {p.precision}", size, _figure(checks.get("psnr_layout")),
-                      _figure(checks.get("psnr_torch")), _figure(checks.get("psnr_coreml")),
+                      _figure(checks.get("psnr_program")), _figure(checks.get("psnr_torch")),
+                      _figure(checks.get("psnr_coreml")),
                       _figure(failed[0]) if failed else "[green]✓[/]")
     return table
+
+
+def summary(report) -> str:
+    """The closing line: "All checks passed" only when every check ran; otherwise what was skipped and why."""
+    made = [p for p in report.packages if not p.shared_from]
+    counts = f"{len(made)} packages made, {len(report.packages)} placed in the trees (layout-independent ones are shared)"
+    skipped: dict[tuple[str, str], int] = {}
+    for p in made:
+        for c in p.checks:
+            if c.status == "skipped":
+                skipped[(c.name, c.detail)] = skipped.get((c.name, c.detail), 0) + 1
+    if not skipped:
+        return f"All checks passed: {counts}."
+    what = "; ".join(f"{name} on {n} package{'s' if n > 1 else ''} ({detail or 'not run'})"
+                     for (name, detail), n in skipped.items())
+    return f"Every check that ran passed: {counts}. Skipped: {what}."
