@@ -64,6 +64,19 @@ def sd2_conversion(sd2_pipeline: Path, tmp_path_factory: pytest.TempPathFactory)
     return out, _convert(sd2_pipeline, out)
 
 
+@pytest.fixture(scope="session")
+def sd2_layouts_conversion(sd2_pipeline: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The SD2 fixture's UNet at a 48x48 latent (2,304 tokens) in all three layouts, float16, batch 1."""
+    from workers.engine import ConvertOptions, convert_pipeline
+    from workers.layout import Attention
+    from workers.resolve import resolve_source
+
+    out = tmp_path_factory.mktemp("sd2-layouts")
+    options = ConvertOptions(components=("unet",), bits=None, latent_size=(48, 48), batch_size=1,
+                             attentions=(Attention.ORIGINAL, Attention.SPLIT_EINSUM, Attention.SPLIT_EINSUM_V2))
+    return out, convert_pipeline(resolve_source(str(sd2_pipeline)), out, options)
+
+
 DOUBLES = Path(__file__).parent / "doubles"
 
 

@@ -39,3 +39,65 @@ def negate_largest_weight(package: Path) -> int:
     raw[data:data + size] = values.tobytes()
     weights.write_bytes(bytes(raw))
     return size
+
+
+def _model_file(package: Path) -> Path:
+    return package / "Data" / "com.apple.CoreML" / "model.mlmodel"
+
+
+def _main_operations(spec) -> list:
+    block = next(iter(spec.mlProgram.functions["main"].block_specializations.values()))
+    return list(block.operations)
+
+
+def set_operation_input(package: Path, op_type: str, input_name: str, values: list[int]) -> str:
+    """Give the first ``op_type`` operation's constant ``input_name`` new integer values; returns its name.
+
+    Edits the saved program in place, the way a broken writer or a hand edit would.
+    """
+    from coremltools.proto import Model_pb2
+
+    spec = Model_pb2.Model()
+    spec.ParseFromString(_model_file(package).read_bytes())
+    operations = _main_operations(spec)
+    target = next(op for op in operations if op.type == op_type)
+    argument = target.inputs[input_name].arguments[0].name
+    const = next(op for op in operations if op.type == "const" and op.outputs[0].name == argument)
+    tensor = const.attributes["val"].immediateValue.tensor
+    del tensor.ints.values[:]
+    tensor.ints.values.extend(values)
+    _model_file(package).write_bytes(spec.SerializeToString())
+    return target.outputs[0].name
+
+
+def scale_constants(package: Path, op_types: tuple[str, ...], inputs: tuple[str, ...], factor: float,
+                    limit: int | None = None) -> list[str]:
+    """Multiply the float16 constants feeding ``inputs`` of ``op_types`` operations in weight.bin, in place.
+
+    Returns the names of the constants changed (at most ``limit``).
+    """
+    from coremltools.proto import Model_pb2
+
+    spec = Model_pb2.Model()
+    spec.ParseFromString(_model_file(package).read_bytes())
+    operations = _main_operations(spec)
+    consts = {op.outputs[0].name: op for op in operations if op.type == "const"}
+    weights = package / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    raw = bytearray(weights.read_bytes())
+    changed: list[str] = []
+    for op in operations:
+        if op.type not in op_types:
+            continue
+        for name in inputs:
+            if name not in op.inputs or (limit is not None and len(changed) >= limit):
+                continue
+            const = consts.get(op.inputs[name].arguments[0].name)
+            value = const.attributes["val"] if const is not None else None
+            if value is None or value.WhichOneof("value") != "blobFileValue" or const.outputs[0].name in changed:
+                continue
+            _sentinel, _dtype, size, data = struct.unpack_from("<IIQQ", raw, value.blobFileValue.offset)
+            values = np.frombuffer(bytes(raw[data:data + size]), dtype=np.float16) * np.float16(factor)
+            raw[data:data + size] = values.astype(np.float16).tobytes()
+            changed.append(const.outputs[0].name)
+    weights.write_bytes(bytes(raw))
+    return changed

@@ -157,11 +157,23 @@ class Report:
         }
 
     def write(self, out: Path) -> Path:
-        path = out / REPORT_FILE
-        tmp = path.with_suffix(".json.partial")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
-        tmp.replace(path)
-        return path
+        return write_json(out / REPORT_FILE, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Report":
+        """A report read back from report.json."""
+        packages = [PackageResult(**{k: v for k, v in p.items() if k not in ("checks", "status")},
+                                  checks=[Check(**c) for c in p["checks"]]) for p in data["packages"]]
+        return cls(data["source"], data["options"], data["geometry"], data["toolchain"], data["repos"], packages,
+                   dict(data.get("timings", {})), data.get("started_at", ""))
+
+
+def write_json(path: Path, data: dict) -> Path:
+    """Write ``data`` as JSON so that readers see the old file or the new one, never half of one."""
+    tmp = path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def package_size(path: Path) -> int:
@@ -313,11 +325,9 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
     g, options, source = run.geometry, run.options, run.source
     with run.stage("load", spec.name):
         modules = spec.load(source.path, source.weight_variant, source.use_safetensors)
-    outputs = resolve_outputs(spec, g, modules)
-    io = _Inputs(spec.inputs(g), outputs, spec.sample_inputs(g, options.seed), spec.sample_inputs(g, options.seed + 1),
-                 {})
     with run.stage("reference", spec.name):
-        io.reference = run_module(spec.reference(modules), io.check, [t.name for t in outputs])
+        io = component_inputs(spec, g, modules, options.seed)
+    outputs = io.outputs
 
     # trace every layout before validating any: tracing needs the pristine float32 weights
     layouts = options.attentions if spec.depends_on_attention else options.attentions[:1]
@@ -408,20 +418,26 @@ def _record(run: _Run, result: PackageResult, path: Path, spec: ComponentSpec,
 
 def _validate(run: _Run, spec: ComponentSpec, path: Path, export, io: _Inputs, *, bits: int | None,
               float16: str) -> list[Check]:
-    """Every check of one saved package; ``float16`` names the float16 package it was made from.
+    """Every check of one saved package; ``float16`` names the float16 package it was made from."""
+    checks, accounting = validate_package(spec, run.geometry, run.options.bars, path, export, io, bits=bits,
+                                          float16=None if bits is None else run.accountings[float16])
+    if bits is None:  # parameters are found in the float16 package; the palettized one is held to those names
+        run.accountings[float16] = accounting
+    return checks
 
-    The program is executed while the package is loaded; then its weights are read into the export
-    module (in place) and the package is released before the module runs.
+
+def validate_package(spec: ComponentSpec, geometry: Geometry, bars: ValidationBars, path: Path, export,
+                     io: _Inputs, *, bits: int | None, float16: Accounting | None) -> tuple[list[Check], Accounting]:
+    """Structure, weights, the executed program, the torch read-back and Core ML for one saved package.
+
+    ``float16`` is where the parameters were found in the float16 package a palettized one was made from
+    (None for a float16 package).  The program runs while the package is loaded; then its weights are
+    read into ``export`` (in place) and the package is released before the module runs.
     """
-    bars = run.options.bars
-    compared = spec.compared(run.geometry)
+    compared = spec.compared(geometry)
     contents = read_package(path, threshold=WEIGHT_THRESHOLD)
     checks = [structure_check(contents, io.inputs, io.outputs, bits)]
-    # parameters are found in the float16 package, and the palettized one is checked against the same names
-    accounting, weights_check = account_parameters(export, contents.weights,
-                                                   None if bits is None else run.accountings[float16])
-    if bits is None:
-        run.accountings[float16] = accounting
+    accounting, weights_check = account_parameters(export, contents.weights, float16, palettized=bits is not None)
     checks.append(weights_check)
     checks.append(program_check(contents, io.check, io.reference, compared, bars.shipped(bits)))
     load_read_back(export, contents.weights, accounting)
@@ -429,7 +445,16 @@ def _validate(run: _Run, spec: ComponentSpec, path: Path, export, io: _Inputs, *
     candidate = run_module(export, io.check, [t.name for t in io.outputs])
     checks.append(psnr_check("psnr_torch", "torch", io.reference, candidate, compared, bars.for_bits(bits)))
     checks.append(coreml_check(path, io.check, io.inputs, io.reference, compared, bars.shipped(bits)))
-    return checks
+    return checks, accounting
+
+
+def component_inputs(spec: ComponentSpec, geometry: Geometry, modules: dict, seed: int) -> _Inputs:
+    """The features, trace inputs (``seed``), check inputs (``seed + 1``) and float32 reference of a component."""
+    outputs = resolve_outputs(spec, geometry, modules)
+    io = _Inputs(spec.inputs(geometry), outputs, spec.sample_inputs(geometry, seed),
+                 spec.sample_inputs(geometry, seed + 1), {})
+    io.reference = run_module(spec.reference(modules), io.check, [t.name for t in outputs])
+    return io
 
 
 def merge_outputs(parts: list[Path], out: Path) -> dict:
@@ -465,8 +490,5 @@ def merge_outputs(parts: list[Path], out: Path) -> dict:
     order = [a.value for a in Attention]
     merged["options"] = dict(first["options"], attentions=sorted(attentions, key=order.index), components=None)
     merged["passed"] = True
-    path = out / REPORT_FILE
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(out / REPORT_FILE, merged)
     return merged

@@ -32,7 +32,7 @@ from workers.specs import TensorSpec
 
 _FLOAT = (np.float16, np.float32, np.float64)
 # per bit width; the 1- and 2-bit bars sit below what correct packages reach (README, "Validation")
-PALETTIZED_BARS: tuple[tuple[int, float], ...] = ((8, 35.0), (6, 25.0), (4, 15.0), (2, 5.0), (1, 0.0))
+PALETTIZED_BARS: tuple[tuple[int, float], ...] = ((8, 35.0), (6, 25.0), (4, 15.0), (2, 10.0), (1, 3.0))
 
 
 @dataclass(frozen=True)
@@ -252,8 +252,8 @@ def _identity(p: torch.Tensor) -> bool:
     return bool((p == 1).all() or (p == 0).all())
 
 
-def account_parameters(module: nn.Module, weights: dict[str, np.ndarray],
-                       float16: Accounting | None = None) -> tuple[Accounting, Check]:
+def account_parameters(module: nn.Module, weights: dict[str, np.ndarray], float16: Accounting | None = None,
+                       *, palettized: bool = False) -> tuple[Accounting, Check]:
     """Find every parameter of ``module`` in a package's constants, or show it folded as an identity.
 
     For a float16 package (``float16`` is None) each parameter is looked up by its traced name, then by
@@ -263,6 +263,9 @@ def account_parameters(module: nn.Module, weights: dict[str, np.ndarray],
     checked against its own constants: each parameter must be there under the name the float16 package
     had it under, and the folded ones must be identities.  The check fails naming the parameters that
     are neither; whether a folded identity really was harmless is shown by executing the program.
+    ``palettized`` without ``float16`` (a palettized package whose float16 package is not at hand): a
+    parameter found neither by name nor by content is matched to the unclaimed constant of its size
+    nearest to it, when that is within half the parameter's own magnitude (root mean square).
     """
     by_size: dict[int, list[str]] = {}
     for key, value in weights.items():
@@ -287,6 +290,8 @@ def account_parameters(module: nn.Module, weights: dict[str, np.ndarray],
             same = [k for k in by_size.get(rounded.size, ()) if weights[k].dtype == np.float16
                     and np.array_equal(weights[k].ravel(), rounded)]
             match = next((k for k in same if k not in claimed), same[0] if same else None)
+            if match is None and palettized:
+                match = _nearest(p, [k for k in by_size.get(p.numel(), ()) if k not in claimed], weights)
             if match is not None:
                 accounting.mapping[name] = match
                 claimed.add(match)
@@ -301,6 +306,18 @@ def account_parameters(module: nn.Module, weights: dict[str, np.ndarray],
         return accounting, Check("weights", "failed", "package", detail=f"{detail}; not found in package: "
                                  f"{', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
     return accounting, Check("weights", "passed", "package", detail=detail)
+
+
+def _nearest(p: torch.Tensor, keys: list[str], weights: dict[str, np.ndarray]) -> str | None:
+    """The constant closest to ``p`` (root mean square), if within half of ``p``'s own root mean square."""
+    values = p.detach().double().numpy().ravel()
+    scale = float(np.sqrt(np.mean(values ** 2)))
+    best, distance = None, 0.5 * scale
+    for key in keys:
+        d = float(np.sqrt(np.mean((weights[key].astype(np.float64).ravel() - values) ** 2)))
+        if d < distance:
+            best, distance = key, d
+    return best
 
 
 def load_read_back(module: nn.Module, weights: dict[str, np.ndarray], accounting: Accounting) -> None:

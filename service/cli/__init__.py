@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("convert", no_args_is_help=True)(_convert.convert)
+app.command("validate", no_args_is_help=True)(_convert.validate)
 app.command("publish", no_args_is_help=True)(_publish.publish)
 app.command("download", no_args_is_help=True)(_publish.download)
 app.command("tiny-pipeline", no_args_is_help=True)(_models.tiny_pipeline)

@@ -80,3 +80,44 @@ def convert(
     printer.close()
     stdout.print(report_table(report))
     stdout.print(f"{summary(report)} Report: {out / 'report.json'}")
+
+
+def validate(
+    out: Path = typer.Argument(..., help="An output tree: a folder written by convert, or a downloaded repo "
+                                         "with the conversion's report.json beside it."),
+    source: str = typer.Option(None, help="The source to check against (default: the one report.json names, "
+                                          "at its recorded commit)."),
+    allow_pickle: bool = typer.Option(False, help="Load .bin/.ckpt weights (runs code from the file: trusted sources only)."),
+) -> None:
+    """Re-run every check on an existing output tree and rewrite its report.json.
+
+    Exits with status 3 when a package fails; nothing is deleted.
+    """
+    from service.errors import ValidationError
+    from service.settings import get_settings
+    from workers.fetch import fetch_source
+    from workers.resolve import resolve_source
+    from workers.verify import read_report, verify_output
+
+    recorded = read_report(out).source
+    local = Path(recorded["path"]) if recorded.get("path") else None
+    printer = EventPrinter()
+    try:
+        if source is None and local is not None and local.is_dir():
+            resolved = resolve_source(str(local), source_id=recorded["id"], allow_pickle=allow_pickle)
+        else:
+            resolved = resolve_source(source or recorded["repo_id"] or recorded["id"],
+                                      revision=None if source else recorded.get("sha"),
+                                      source_id=recorded["id"], allow_pickle=allow_pickle,
+                                      max_bytes=int(get_settings().max_source_gb * 1e9))
+        printer.status.update(f"fetching {resolved.id}…")
+        report = verify_output(out, fetch_source(resolved), get_settings().validation_bars(), on_event=printer)
+    finally:
+        printer.close()
+    stdout.print(report_table(report))
+    failures = report.failures() + [f for p in report.packages if p.shared_from for f in p.failures()]
+    if failures:
+        error = ValidationError(list(dict.fromkeys(failures)), report=report)
+        error.hint = "Nothing was deleted; report.json has every figure."
+        raise error
+    stdout.print(f"{summary(report)} Report: {out / 'report.json'}")

@@ -88,3 +88,53 @@ def test_export_shares_weights_instead_of_copying() -> None:
     assert all(p.dim() == 4 for p in new)  # the query weights
     # the diffusers UNet itself is left untouched
     assert not any(isinstance(m, SpatialTransformer) for m in unet.modules())
+
+
+def _attention_calls(unet, sample_size: int) -> list[tuple[int, int, int]]:
+    """(heads, query length, key length) of every attention layer of a diffusers UNet, in call order."""
+    from diffusers.models.attention_processor import Attention as DiffusersAttention
+
+    calls = []
+
+    def record(module, args, kwargs):
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        context = kwargs.get("encoder_hidden_states")
+        calls.append((module.heads, hidden.shape[1], (context if context is not None else hidden).shape[1]))
+
+    hooks = [m.register_forward_pre_hook(record, with_kwargs=True) for m in unet.modules()
+             if isinstance(m, DiffusersAttention)]
+    with torch.no_grad():
+        unet(torch.randn(1, 4, sample_size, sample_size), 10, torch.randn(1, 77, unet.config.cross_attention_dim))
+    for hook in hooks:
+        hook.remove()
+    return calls
+
+
+def test_saved_unets_have_the_layouts_attention_structure(sd2_pipeline, sd2_layouts_conversion) -> None:
+    """Read back from the saved programs: one attention per layer in `original`; per-head einsums and
+    softmaxes in `split_einsum*`; query chunks of 512 plus the remainder in `split_einsum_v2` at 2,304 tokens."""
+    from collections import Counter
+
+    from diffusers import UNet2DConditionModel
+
+    from workers.validate import read_package
+
+    out, report = sd2_layouts_conversion
+    calls = _attention_calls(UNet2DConditionModel.from_pretrained(sd2_pipeline / "unet"), 48)
+    assert max(q for _, q, _ in calls) == 2304 and any(q == 576 for _, q, _ in calls)
+
+    def chunks(queries: int) -> list[int]:
+        return [QUERY_CHUNK] * (queries // QUERY_CHUNK) + ([queries % QUERY_CHUNK] if queries % QUERY_CHUNK else [])
+
+    expected = {
+        "original": Counter((1, h, q, k) for h, q, k in calls),
+        "split_einsum": Counter(shape for h, q, k in calls for shape in [(1, k, 1, q)] * h),
+        "split_einsum_v2": Counter(shape for h, q, k in calls for c in chunks(q) for shape in [(1, k, 1, c)] * h),
+    }
+    assert expected["split_einsum_v2"][(1, 2304, 1, 256)] > 0  # the remainder of 2,304 = 4 x 512 + 256
+    for package in report.packages:
+        operations = read_package(out / package.path).program.functions["main"].operations
+        softmaxes = Counter(tuple(op.inputs["x"].shape) for op in operations if op.op_type == "softmax")
+        einsums = sum(1 for op in operations if op.op_type == "einsum")
+        assert softmaxes == expected[package.variant], package.variant
+        assert einsums == (0 if package.variant == "original" else 2 * sum(softmaxes.values())), package.variant

@@ -146,8 +146,10 @@ def test_report_json_records_provenance_and_every_figure(sd1_conversion) -> None
         checks = {c["name"]: c for c in package["checks"]}
         assert package["status"] == "passed" and package["size_bytes"] > 0
         assert checks["structure"]["status"] == "passed"
-        torch_psnr = checks["psnr_torch"]
+        torch_psnr, program = checks["psnr_torch"], checks["psnr_program"]
         assert torch_psnr["value"] >= torch_psnr["threshold"]
+        assert program["status"] == "passed" and program["value"] >= program["threshold"]
+        assert program["threshold"] == (35.0 if package["precision"] == "float16" else 25.0)
         if package["precision"] == "float16":
             assert torch_psnr["threshold"] == 45.0 and checks["weights"]["status"] == "passed"
             assert checks["psnr_coreml"]["status"] in ("skipped", "passed")
@@ -168,9 +170,9 @@ def test_a_corrupted_weight_is_caught_and_the_package_deleted(sd1_pipeline: Path
     options = ConvertOptions(components=("vae_decoder",), bits=None, attentions=(Attention.ORIGINAL,))
     with pytest.raises(ValidationError) as caught:
         convert_pipeline(source, tmp_path, options)
-    failure = caught.value.failures[0]
-    assert failure.startswith("vae_decoder (original, float16) psnr_torch: ")
-    assert failure.endswith("dB < 45.0 dB")
+    program, torch_side = caught.value.failures
+    assert program.startswith("vae_decoder (original, float16) psnr_program: ") and program.endswith("dB < 35.0 dB")
+    assert torch_side.startswith("vae_decoder (original, float16) psnr_torch: ") and torch_side.endswith("dB < 45.0 dB")
     assert not any(tmp_path.glob("*/*/packages/*.mlpackage"))
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["passed"] is False and data["packages"][0]["status"] == "failed"

@@ -32,7 +32,8 @@ def test_psnr_check_takes_the_worst_output_and_fails_on_nan() -> None:
 def test_bars_have_documented_defaults() -> None:
     bars = ValidationBars()
     assert (bars.layout, bars.float16, bars.coreml_float16) == (60.0, 45.0, 35.0)
-    assert [bars.for_bits(b) for b in (8, 6, 4, 2, 1)] == [35.0, 25.0, 15.0, 5.0, 0.0]
+    assert [bars.for_bits(b) for b in (8, 6, 4, 2, 1)] == [35.0, 25.0, 15.0, 10.0, 3.0]
+    assert bars.shipped(None) == 35.0 and bars.shipped(6) == 25.0
     assert bars.for_bits(None) == 45.0
 
 
@@ -74,21 +75,43 @@ def test_equal_parameters_stored_once_are_all_read_back() -> None:
     """coremltools keeps one copy of identical constants (zero-initialised biases); each is matched to it."""
     import torch
 
-    from workers.validate import load_read_back, match_parameters
+    from workers.validate import account_parameters, load_read_back
 
     module = torch.nn.Sequential(torch.nn.Linear(4, 3000), torch.nn.Linear(3000, 3000), torch.nn.Linear(3000, 3000))
     with torch.no_grad():
-        module[1].bias.zero_()
-        module[2].bias.zero_()
+        module[1].bias.uniform_(0.1, 0.2)
+        module[2].bias.copy_(module[1].bias)
     weights = {f"{i}_weight": m.weight.detach().half().numpy() for i, m in enumerate(module)}
     weights["0_bias"] = module[0].bias.detach().half().numpy()
-    weights["1_bias"] = np.zeros(3000, dtype=np.float16)  # the one copy of both zero biases
-    mapping, check = match_parameters(module, weights, threshold=2048)
+    weights["1_bias"] = module[1].bias.detach().half().numpy()  # the one copy of both equal biases
+    accounting, check = account_parameters(module, weights)
     assert check.status == "passed", check.detail
-    assert mapping["2.bias"] == mapping["1.bias"] == "1_bias"
+    assert accounting.mapping["2.bias"] == accounting.mapping["1.bias"] == "1_bias"
     weights["1_bias"] = np.ones(3000, dtype=np.float16)  # a package whose bias differs is still caught
-    mapping, check = match_parameters(module, {k: v for k, v in weights.items()}, threshold=2048)
+    accounting, check = account_parameters(module, weights)
     assert check.failed and "2.bias" in check.detail
-    load_read_back(module, weights, mapping)  # the package's values, in place; unmapped ones rounded
-    assert torch.equal(module[2].bias, torch.zeros(3000))
-    assert torch.equal(module[1].bias, torch.ones(3000)) and torch.equal(module[0].bias, module[0].bias.half().float())
+    load_read_back(module, weights, accounting)  # the package's values, in place
+    assert torch.equal(module[1].bias, torch.ones(3000))
+
+
+def test_identities_count_as_folded_and_nothing_else_does() -> None:
+    """A scale of ones or a shift of zeros may be gone from the package; any other value must be there."""
+    import torch
+
+    from workers.validate import account_parameters
+
+    norm = torch.nn.LayerNorm(8)  # initial ones and zeros
+    accounting, check = account_parameters(norm, {})
+    assert check.status == "passed" and accounting.folded == {"weight", "bias"}
+    assert "2 folded as identities" in check.detail
+    with torch.no_grad():
+        norm.weight[3] = 2.0
+    accounting, check = account_parameters(norm, {})
+    assert check.failed and "not found in package: weight" in check.detail and accounting.folded == {"bias"}
+    # a palettized package must have each parameter under the float16 package's name
+    float16, _ = account_parameters(norm, {"w": norm.weight.detach().half().numpy()})
+    assert float16.mapping == {"weight": "w"}
+    _, palettized = account_parameters(norm, {"w": np.zeros(8, np.float16)}, float16)
+    assert palettized.status == "passed"
+    _, palettized = account_parameters(norm, {"other": norm.weight.detach().half().numpy()}, float16)
+    assert palettized.failed and "weight" in palettized.detail
