@@ -467,20 +467,25 @@ def _conv(a: _Args) -> torch.Tensor:
 
 # normalisation and reductions
 
-def _channel(v: torch.Tensor, rank: int) -> torch.Tensor:
-    return v.reshape((1, -1) + (1,) * (rank - 2))
+def _affine(a: _Args, out: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """``out`` scaled by the operation's ``gamma`` and shifted by its ``beta`` (each optional), as ``shape``."""
+    if a.has("gamma"):
+        out = out * a.t("gamma").reshape(shape)
+    if a.has("beta"):
+        out = out + a.t("beta").reshape(shape)
+    return out
+
+
+def _channels(x: torch.Tensor) -> list[int]:
+    return [1, -1] + [1] * (x.dim() - 2)
 
 
 @_op("batch_norm")
 def _batch_norm(a: _Args) -> torch.Tensor:
     x = a.t("x")
-    out = (x - _channel(a.t("mean"), x.dim())) / torch.sqrt(_channel(a.t("variance"), x.dim())
-                                                          + a.v("epsilon", 1e-5))
-    if a.has("gamma"):
-        out = out * _channel(a.t("gamma"), x.dim())
-    if a.has("beta"):
-        out = out + _channel(a.t("beta"), x.dim())
-    return out
+    shape = _channels(x)
+    out = (x - a.t("mean").reshape(shape)) / torch.sqrt(a.t("variance").reshape(shape) + a.v("epsilon", 1e-5))
+    return _affine(a, out, shape)
 
 
 @_op("instance_norm")
@@ -489,11 +494,7 @@ def _instance_norm(a: _Args) -> torch.Tensor:
     dims = list(range(2, x.dim()))
     centred = x - x.mean(dim=dims, keepdim=True)
     out = centred / torch.sqrt((centred * centred).mean(dim=dims, keepdim=True) + a.v("epsilon", 1e-5))
-    if a.has("gamma"):
-        out = out * _channel(a.t("gamma"), x.dim())
-    if a.has("beta"):
-        out = out + _channel(a.t("beta"), x.dim())
-    return out
+    return _affine(a, out, _channels(x))
 
 
 @_op("layer_norm")
@@ -502,12 +503,7 @@ def _layer_norm(a: _Args) -> torch.Tensor:
     axes = _axes(a, "axes", x.dim()) or list(range(x.dim()))
     centred = x - x.mean(dim=axes, keepdim=True)
     out = centred * torch.rsqrt((centred * centred).mean(dim=axes, keepdim=True) + a.v("epsilon", 1e-5))
-    shape = [x.shape[d] if d in axes else 1 for d in range(x.dim())]
-    if a.has("gamma"):
-        out = out * a.t("gamma").reshape(shape)
-    if a.has("beta"):
-        out = out + a.t("beta").reshape(shape)
-    return out
+    return _affine(a, out, [x.shape[d] if d in axes else 1 for d in range(x.dim())])
 
 
 @_op("softmax")
