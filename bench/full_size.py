@@ -10,7 +10,9 @@ torch original.  The four components Apple publishes are converted (text encoder
 encoder); the safety checker is left out.
 
 Peak memory is the process's resident high-water mark (VmHWM), reset at the start of each stage, so each
-stage's figure is the most the process held while that stage ran.  Needs ~60 GB of free disk under --work
+stage's figure is the most the process held while that stage ran.  ``execute`` rows are the program
+executor's run of one package inside its ``validate`` stage; the summary gives its share of the time and
+what its peak adds to the other stages'.  Needs ~60 GB of free disk under --work
 for both models and about 24 GB of RAM.
 """
 
@@ -206,6 +208,17 @@ def print_run(run: Run, reference: dict | None) -> None:
         rows = [r for r in run.rows if r.component == component]
         if rows:
             print(f"  {component:<13} {sum(r.seconds for r in rows):>8.1f} s  peak {max(r.peak for r in rows) / 2**30:.2f} GB")
+    executed = [r for r in run.rows if r.stage == "execute"]
+    if executed:
+        # validate rows include their execute row's time and (being the peak since it started) its memory
+        rest = [r for r in run.rows if r.stage not in ("execute", "validate", "build")]
+        seconds = sum(r.seconds for r in executed)
+        others = max((r.peak for r in rest), default=0)
+        top = max(r.peak for r in executed)
+        print(f"program executor: {len(executed)} packages, {seconds:.1f} s = {100 * seconds / run.total:.1f} % of "
+              f"the conversion; peak while executing {top / 2**30:.2f} GB, the other stages' (load, reference, "
+              f"convert, palettize) {others / 2**30:.2f} GB: {'+' if top > others else ''}"
+              f"{(top - others) / 2**30:.2f} GB")
     print("output sizes:")
     for key, size in sorted(run.sizes.items()):
         print(f"  {key:<60} {size / 1e9:6.2f} GB")

@@ -14,11 +14,11 @@ import json
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from service.errors import OptionsError, ValidationError
 from workers.convert import (
@@ -29,7 +29,15 @@ from workers.convert import (
     deployment_target,
     save_package,
 )
-from workers.layout import DEFAULT_ATTENTIONS, REPORT_FILE, Attention, package_file_name, packages_dir, repo_names
+from workers.layout import (
+    CHECK_DATA_DIR,
+    DEFAULT_ATTENTIONS,
+    REPORT_FILE,
+    Attention,
+    package_file_name,
+    packages_dir,
+    repo_names,
+)
 from workers.palettize import DEFAULT_BITS, WEIGHT_THRESHOLD, check_bits, palettize_package
 from workers.resolve import Source
 from workers.specs import COMPONENT_ORDER, SPECS, ComponentSpec, Geometry, read_geometry, resolve_outputs
@@ -44,6 +52,7 @@ from workers.validate import (
     program_check,
     read_package,
     run_module,
+    save_check_data,
     structure_check,
 )
 from workers.versions import converter_id, toolchain
@@ -294,8 +303,8 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(source, out, options, geometry, on_event)
     # the two repo trees are this run's output: nothing from an earlier run may be published with them
-    for repo in (run.fp16_repo, run.palettized_repo):
-        shutil.rmtree(out / repo, ignore_errors=True)
+    for folder in (run.fp16_repo, run.palettized_repo, CHECK_DATA_DIR):
+        shutil.rmtree(out / folder, ignore_errors=True)
     started = time.perf_counter()
     try:
         for name in components:
@@ -327,6 +336,8 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
         modules = spec.load(source.path, source.weight_variant, source.use_safetensors)
     with run.stage("reference", spec.name):
         io = component_inputs(spec, g, modules, options.seed)
+        # kept beside the output: a macOS worker checks the compiled models with the same inputs
+        save_check_data(run.out, spec.name, io.check, io.inputs, io.reference, spec.compared(g))
     outputs = io.outputs
 
     # trace every layout before validating any: tracing needs the pristine float32 weights
@@ -419,27 +430,33 @@ def _record(run: _Run, result: PackageResult, path: Path, spec: ComponentSpec,
 def _validate(run: _Run, spec: ComponentSpec, path: Path, export, io: _Inputs, *, bits: int | None,
               float16: str) -> list[Check]:
     """Every check of one saved package; ``float16`` names the float16 package it was made from."""
+    variant = path.parent.parent.name if spec.depends_on_attention else None
+    precision = "float16" if bits is None else _precision(bits, run.options.group_size)
     checks, accounting = validate_package(spec, run.geometry, run.options.bars, path, export, io, bits=bits,
-                                          float16=None if bits is None else run.accountings[float16])
+                                          float16=None if bits is None else run.accountings[float16],
+                                          stage=lambda name: run.stage(name, spec.name, variant, precision))
     if bits is None:  # parameters are found in the float16 package; the palettized one is held to those names
         run.accountings[float16] = accounting
     return checks
 
 
 def validate_package(spec: ComponentSpec, geometry: Geometry, bars: ValidationBars, path: Path, export,
-                     io: _Inputs, *, bits: int | None, float16: Accounting | None) -> tuple[list[Check], Accounting]:
+                     io: _Inputs, *, bits: int | None, float16: Accounting | None,
+                     stage: Callable[[str], Any] | None = None) -> tuple[list[Check], Accounting]:
     """Structure, weights, the executed program, the torch read-back and Core ML for one saved package.
 
     ``float16`` is where the parameters were found in the float16 package a palettized one was made from
     (None for a float16 package).  The program runs while the package is loaded; then its weights are
-    read into ``export`` (in place) and the package is released before the module runs.
+    read into ``export`` (in place) and the package is released before the module runs.  ``stage(name)``
+    is entered around the program's execution (``execute``), to time and follow it.
     """
     compared = spec.compared(geometry)
     contents = read_package(path, threshold=WEIGHT_THRESHOLD)
     checks = [structure_check(contents, io.inputs, io.outputs, bits)]
     accounting, weights_check = account_parameters(export, contents.weights, float16, palettized=bits is not None)
     checks.append(weights_check)
-    checks.append(program_check(contents, io.check, io.reference, compared, bars.shipped(bits)))
+    with (stage or (lambda name: nullcontext()))("execute"):
+        checks.append(program_check(contents, io.check, io.reference, compared, bars.shipped(bits)))
     load_read_back(export, contents.weights, accounting)
     contents.release()  # the program's weights go before the module runs
     candidate = run_module(export, io.check, [t.name for t in io.outputs])
@@ -485,6 +502,9 @@ def merge_outputs(parts: list[Path], out: Path) -> dict:
         for package in report["packages"]:
             link_package(part / package["path"], out / package["path"])
             merged["packages"].append(package)
+        for data in sorted((part / CHECK_DATA_DIR).glob("*.npz")):
+            (out / CHECK_DATA_DIR).mkdir(exist_ok=True)
+            shutil.copy2(data, out / CHECK_DATA_DIR / data.name)
         merged["timings"].update({f"{part.name}/{k}": v for k, v in report["timings"].items()})
         attentions += [a for a in report["options"]["attentions"] if a not in attentions]
     order = [a.value for a in Attention]

@@ -34,6 +34,7 @@ COMPILED_NAMES: dict[str, str] = {
 }
 
 REPORT_FILE = "report.json"
+CHECK_DATA_DIR = "_validation"  # per component: the check inputs and float32 reference outputs (not published)
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 

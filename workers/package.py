@@ -86,13 +86,16 @@ def _variant_packages(report: dict, repo: str, variant: str, out: Path) -> dict[
 
 
 def package_output(out: Path, *, namespace: str, compiled: bool, compiler: tuple[str, ...] | None = None,
-                   source_dir: Path | None = None, on_step: Callable[[str], None] | None = None) -> list[RepoTree]:
+                   source_dir: Path | None = None, on_step: Callable[[str], None] | None = None,
+                   predict: Callable | None = None) -> list[RepoTree]:
     """Lay out both repo trees of a conversion output for publishing under ``namespace``.
 
     ``source_dir`` holds the source's tokenizer and card (default: where the conversion read the source).
-    With ``compiled``, compiles every package with ``compiler`` (``xcrun coremlcompiler``), adds the
-    tokenizer and zips each variant; without, removes compiled resources and zips left from earlier runs.
-    Raises OptionsError, SourceError, ConversionError.
+    With ``compiled``, compiles every package with ``compiler`` (``xcrun coremlcompiler``), checks each
+    compiled model's Core ML prediction against the float32 reference kept with the output (on macOS, or
+    with ``predict``; see :func:`check_compiled`), adds the tokenizer and zips each variant; without,
+    removes compiled resources and zips left from earlier runs.
+    Raises OptionsError, SourceError, ConversionError, ValidationError (a compiled model below its bar).
     """
     report = load_report(out)
     step = on_step or (lambda message: None)
@@ -117,6 +120,7 @@ def package_output(out: Path, *, namespace: str, compiled: bool, compiler: tuple
             step(f"compiling {name}/{variant}")
             bundle_variant(_variant_packages(report, name, variant, out), compiled_dir, tokenizer,
                            command=compiler or ("xcrun", "coremlcompiler"))
+            check_compiled(out, report, name, variant, compiled_dir, predict=predict, on_step=step)
             step(f"zipping {archive.name}")
             write_zip(compiled_dir, archive, archive.stem)
         sibling = report["repos"]["palettized" if kind == "float16" else "float16"]
@@ -127,6 +131,50 @@ def package_output(out: Path, *, namespace: str, compiled: bool, compiler: tuple
         (folder / "README.md").write_text(card)
         trees.append(RepoTree(kind, name, folder, variants, compiled))
     return trees
+
+
+def check_compiled(out: Path, report: dict, repo: str, variant: str, compiled_dir: Path, *,
+                   predict: Callable | None = None, on_step: Callable[[str], None] | None = None) -> None:
+    """Core ML predictions of one variant's compiled models against the float32 reference (``psnr_coreml``).
+
+    Every compiled model, float16 and palettized, on the GPU and, for split_einsum layouts, on the Neural
+    Engine.  Needs Core ML (macOS) unless ``predict`` stands in for it; elsewhere the packages keep their
+    ``psnr_coreml: skipped``.  The figures replace that check in ``report`` and report.json; a model below
+    its bar fails the package, the report and this call (ValidationError).
+    """
+    from workers.engine import write_json
+    from workers.layout import compiled_file_name
+    from workers.validate import ValidationBars, compiled_check, compute_units_for, coreml_available, load_check_data
+
+    if predict is None and not coreml_available():
+        return
+    bars = ValidationBars(**{k: (tuple(tuple(x) for x in v) if k == "palettized" else v)
+                             for k, v in report["options"]["bars"].items()})
+    failures = []
+    for package in report["packages"]:
+        if package["repo"] != repo or package["variant"] != variant:
+            continue
+        data = load_check_data(out, package["component"])
+        if data is None:
+            continue  # converted before check data was kept: nothing to compare with
+        (on_step or (lambda m: None))(f"predicting with {repo}/{variant} {package['component']}")
+        precision = package["precision"]
+        bits = None if precision == "float16" else int(precision.split("-")[1].removesuffix("bit"))
+        check = compiled_check(compiled_dir / compiled_file_name(package["component"]), data,
+                               bars.shipped(bits), compute_units_for(variant), predict=predict)
+        package["checks"] = [c for c in package["checks"] if c["name"] != "psnr_coreml"] + [check.to_dict()]
+        if check.failed:
+            package["status"] = "failed"
+            figure = f"{check.value} dB < {check.threshold} dB" if check.value is not None else check.detail
+            failures.append(f"{package['component']} ({variant}, {precision}) compiled psnr_coreml: {figure}")
+    report["passed"] = report["passed"] and not failures
+    write_json(out / REPORT_FILE, report)
+    if failures:
+        from service.errors import ValidationError
+
+        error = ValidationError(failures)
+        error.hint = "Nothing is published; report.json has every figure."
+        raise error
 
 
 def load_trees(out: Path) -> list[RepoTree]:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from workers.layout import CHECK_DATA_DIR
 from workers.specs import TensorSpec
 
 _FLOAT = (np.float16, np.float32, np.float64)
@@ -372,3 +373,66 @@ def coreml_check(package: Path, inputs: dict[str, torch.Tensor], input_specs: li
     model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_AND_GPU)
     prediction = model.predict({k: v.numpy().astype(dtypes[k]) for k, v in inputs.items()})
     return psnr_check("psnr_coreml", "coreml", reference, prediction, outputs, threshold)
+
+
+# --- Core ML predictions of compiled models (macOS workers, compile stage) -------------------------
+
+@dataclass
+class CheckData:
+    """One component's check inputs (in the package's input types), float32 reference and compared outputs."""
+
+    inputs: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
+    compared: list[str]
+
+
+def save_check_data(out: Path, component: str, inputs: dict[str, torch.Tensor], input_specs: list[TensorSpec],
+                    reference: dict[str, np.ndarray], compared: list[str]) -> Path:
+    """Keep what a component was checked with beside the output, so a compiled model can be checked later."""
+    dtypes = {t.name: np.float16 if t.dtype == "float16" else np.float32 for t in input_specs}
+    arrays = {f"input:{k}": v.numpy().astype(dtypes[k]) for k, v in inputs.items()}
+    arrays |= {f"reference:{k}": np.asarray(v, np.float32) for k, v in reference.items()}
+    arrays["compared"] = np.array(compared)
+    path = out / CHECK_DATA_DIR / f"{component}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def load_check_data(out: Path, component: str) -> CheckData | None:
+    """What :func:`save_check_data` kept for ``component``, or None for outputs made without it."""
+    path = out / CHECK_DATA_DIR / f"{component}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return CheckData({k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("input:")},
+                         {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("reference:")},
+                         [str(x) for x in data["compared"]])
+
+
+def compute_units_for(variant: str) -> list[str]:
+    """Where a compiled model of a variant runs in the apps: the GPU, and the Neural Engine for split_einsum*."""
+    return ["CPU_AND_GPU"] + (["CPU_AND_NE"] if variant.startswith("split_einsum") else [])
+
+
+def _coreml_predict(model: Path, inputs: dict[str, np.ndarray], compute_units: str) -> dict[str, np.ndarray]:
+    import coremltools as ct
+
+    compiled = ct.models.CompiledMLModel(str(model), compute_units=getattr(ct.ComputeUnit, compute_units))
+    return compiled.predict(inputs)
+
+
+def compiled_check(model: Path, data: CheckData, threshold: float, compute_units: list[str],
+                   predict=None) -> Check:
+    """Core ML's prediction with a compiled model on each compute unit, against the float32 reference.
+
+    ``predict(model, inputs, compute_units)`` defaults to Core ML itself (macOS); the worst figure counts.
+    """
+    predict = predict or _coreml_predict
+    checks = [psnr_check("psnr_coreml", "coreml", data.reference, predict(model, data.inputs, units),
+                         data.compared, threshold) for units in compute_units]
+    worst = next((c for c in checks if c.failed), None) or min(checks, key=lambda c: c.value)
+    detail = "; ".join(f"{units}: {c.detail}" for units, c in zip(compute_units, checks))
+    return Check("psnr_coreml", worst.status, "coreml", worst.value, threshold, detail)

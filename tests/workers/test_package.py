@@ -7,6 +7,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
@@ -83,3 +84,67 @@ def test_cards_name_the_palette_granularity(output: Path) -> None:
     assert "6-bit palettized weights (the VAE" in render_card(report, **kwargs)
     report["options"]["group_size"] = 16
     assert "6-bit palettized weights, one palette per 16 output channels (the VAE" in render_card(report, **kwargs)
+
+
+def core_ml_double(output: Path, *, damage: float = 1.0, calls: list | None = None):
+    """TEST DOUBLE of Core ML's prediction with a compiled model (Core ML exists only on macOS).
+
+    It predicts what Core ML should: the program of the package the model was compiled from, executed by
+    the project's program executor in float16; ``damage`` scales the outputs to stand for a wrong model.
+    """
+    from workers.executor import execute_program
+    from workers.layout import COMPILED_NAMES, package_file_name
+    from workers.validate import read_package
+
+    source_id = json.loads((output / "report.json").read_text())["source"]["id"]
+    components = {f"{name}.mlmodelc": component for component, name in COMPILED_NAMES.items()}
+
+    def predict(model: Path, inputs: dict, compute_units: str) -> dict:
+        assert model.is_dir()
+        component = components[model.name]
+        if calls is not None:
+            calls.append((model.parent.parent.parent.name, model.parent.parent.name, component, compute_units))
+        package = model.parent.parent / "packages" / package_file_name(source_id, component)
+        result = execute_program(read_package(package).program, inputs)
+        return {k: v * damage for k, v in result.items()}
+
+    return predict
+
+
+def test_compiled_models_are_checked_against_the_reference(output: Path, xcrun_double) -> None:
+    calls: list = []
+    package_output(output, namespace="studio", compiled=True, compiler=("xcrun", "coremlcompiler"),
+                   predict=core_ml_double(output, calls=calls))
+    report = json.loads((output / "report.json").read_text())
+    assert report["passed"]
+    for package in report["packages"]:
+        check = {c["name"]: c for c in package["checks"]}["psnr_coreml"]
+        assert check["status"] == "passed" and check["where"] == "coreml", package["path"]
+        assert check["threshold"] == (35.0 if package["precision"] == "float16" else 25.0)
+        assert ("CPU_AND_NE" in check["detail"]) == package["variant"].startswith("split_einsum")
+    assert len(calls) == len(report["packages"]) + sum(p["variant"] == "split_einsum_v2" for p in report["packages"])
+    card = (output / "coreml-tiny-sd2" / "README.md").read_text()
+    assert "Program, torch and Core ML checks ran for every package (Core ML on macOS)." in card
+
+
+def test_a_compiled_model_below_its_bar_fails_the_stage(output: Path, xcrun_double) -> None:
+    from service.errors import ValidationError
+
+    with pytest.raises(ValidationError) as caught:
+        package_output(output, namespace="studio", compiled=True, compiler=("xcrun", "coremlcompiler"),
+                       predict=core_ml_double(output, damage=-1.0))
+    assert "compiled psnr_coreml" in caught.value.failures[0]
+    report = json.loads((output / "report.json").read_text())
+    assert report["passed"] is False
+    with pytest.raises(OptionsError, match="did not pass validation"):
+        package_output(output, namespace="studio", compiled=False)  # nothing gets published after that
+
+
+def test_check_data_travels_with_the_output(output: Path) -> None:
+    from workers.validate import load_check_data
+
+    for component in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
+        data = load_check_data(output, component)
+        assert data is not None and data.compared and set(data.reference) >= set(data.compared)
+    unet = load_check_data(output, "unet")
+    assert unet.inputs["sample"].dtype == np.float16 and unet.inputs["timestep"][0] != 981.0
