@@ -451,7 +451,11 @@ def validate_package(spec: ComponentSpec, geometry: Geometry, bars: ValidationBa
     is entered around the program's execution (``execute``), to time and follow it.
     """
     compared = spec.compared(geometry)
-    contents = read_package(path, threshold=WEIGHT_THRESHOLD)
+    try:
+        contents = read_package(path, threshold=WEIGHT_THRESHOLD)
+    except Exception as e:  # a damaged package fails coremltools' reader in many ways; it fails its checks
+        return [Check("structure", "failed", "package",
+                      detail=f"the package cannot be read ({e.__class__.__name__}: {e})".splitlines()[0])], Accounting()
     checks = [structure_check(contents, io.inputs, io.outputs, bits)]
     accounting, weights_check = account_parameters(export, contents.weights, float16, palettized=bits is not None)
     checks.append(weights_check)

@@ -12,8 +12,13 @@ diagnosis mode that separates the program's arithmetic from float16 rounding.
 
 Operations are implemented one by one, honouring every attribute; an operation the executor does not know
 raises :class:`ProgramError` naming it.  Nothing falls back to the torch module the program was made from.
-Large attention score tensors are computed in slices, so the float32 temporaries of one operation stay
-within ``CHUNK_BYTES``.
+
+Speed without changing a result: operations that move data (reshape, transpose, split, slice, …) work on
+the stored values as they are; single elementwise operations, the plain reductions and softmax use torch's
+float16 kernels, which compute in float32 and round once, exactly as specified; operations made of several
+arithmetic steps (convolution, matmul, einsum, the normalisations, …) are computed in float32 from the
+float16 values and rounded.  Large matmul results are computed in slices, so the float32 temporaries of one
+operation stay within ``CHUNK_BYTES``.
 """
 
 from __future__ import annotations
@@ -96,8 +101,14 @@ class _Args:
         return value.float() if value.is_floating_point() else value
 
     def ts(self, name: str) -> list[torch.Tensor]:
-        values = [self._fetch(v) for v in self.op.inputs[name]]
-        return [v.float() if v.is_floating_point() else v for v in values]
+        return [v.float() if v.is_floating_point() else v for v in self.rs(name)]
+
+    def r(self, name: str) -> torch.Tensor:
+        """A tensor input as stored (float16 values stay float16)."""
+        return self._fetch(self.op.inputs[name])
+
+    def rs(self, name: str) -> list[torch.Tensor]:
+        return [self._fetch(v) for v in self.op.inputs[name]]
 
     def v(self, name: str, default: Any = None) -> Any:
         """An attribute: the constant's value as Python / numpy data."""
@@ -176,8 +187,33 @@ _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "sigmoid": torch.sigmoid, "silu": F.silu, "sin": torch.sin, "sqrt": torch.sqrt, "square": torch.square,
     "tan": torch.tan, "tanh": torch.tanh, "logical_not": torch.logical_not,
 }
+def _native(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
+    """One elementwise step on stored values: torch's float16 kernels compute in float32 and round once.
+
+    Where torch has no float16 kernel for it, the step is computed in float32 and rounded by the caller.
+    """
+    try:
+        return fn(*tensors)
+    except (RuntimeError, NotImplementedError):
+        return fn(*(t.float() if t.is_floating_point() else t for t in tensors))
+
+
+# elementwise operations whose torch float16 kernel gives exactly the float32 result rounded once (checked
+# against that on this project's CPUs); the others (sqrt, erf, gelu, …) are computed in float32 here
+_EXACT_IN_FLOAT16 = {"abs", "ceil", "cos", "exp", "exp2", "floor", "relu", "round", "sign", "sigmoid", "silu",
+                     "sin", "square", "tanh", "logical_not", "add", "sub", "mul", "real_div", "maximum", "minimum",
+                     "equal", "not_equal", "greater", "greater_equal", "less", "less_equal", "logical_and",
+                     "logical_or", "logical_xor"}
+
+
+def _elementwise(fn: Callable[..., torch.Tensor], name: str, inputs: tuple[str, ...]) -> Callable[[_Args], torch.Tensor]:
+    if name in _EXACT_IN_FLOAT16:
+        return lambda a: _native(fn, *(a.r(i) for i in inputs))
+    return lambda a: fn(*(a.t(i) for i in inputs))
+
+
 for _name, _fn in _UNARY.items():
-    OPS[_name] = (lambda fn: lambda a: fn(a.t("x")))(_fn)
+    OPS[_name] = _elementwise(_fn, _name, ("x",))
 
 _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "add": torch.add, "sub": torch.sub, "mul": torch.mul, "real_div": torch.true_divide,
@@ -187,7 +223,7 @@ _BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "logical_or": torch.logical_or, "logical_xor": torch.logical_xor,
 }
 for _name, _fn in _BINARY.items():
-    OPS[_name] = (lambda fn: lambda a: fn(a.t("x"), a.t("y")))(_fn)
+    OPS[_name] = _elementwise(_fn, _name, ("x", "y"))
 
 
 @_op("rsqrt")
@@ -207,7 +243,7 @@ def _log(a: _Args) -> torch.Tensor:
 
 @_op("clip")
 def _clip(a: _Args) -> torch.Tensor:
-    return torch.clamp(a.t("x"), a.v("alpha"), a.v("beta"))
+    return _native(lambda x: torch.clamp(x, a.v("alpha"), a.v("beta")), a.r("x"))
 
 
 @_op("gelu")
@@ -224,7 +260,7 @@ def _gelu(a: _Args) -> torch.Tensor:
 
 @_op("select")
 def _select(a: _Args) -> torch.Tensor:
-    return torch.where(a.t("cond").bool(), a.t("a"), a.t("b"))
+    return torch.where(a.r("cond").bool(), a.r("a"), a.r("b"))
 
 
 @_op("cast")
@@ -245,7 +281,7 @@ def _cast(a: _Args) -> torch.Tensor:
 
 @_op("reshape")
 def _reshape(a: _Args) -> torch.Tensor:
-    x, shape = a.t("x"), a.ints("shape")
+    x, shape = a.r("x"), a.ints("shape")
     # 0 copies the input's dimension at the same position counted from the right (iOS 17; the same as
     # iOS 15's rule where that one applies)
     dims = list(x.shape)
@@ -258,13 +294,13 @@ def _reshape(a: _Args) -> torch.Tensor:
 
 @_op("transpose")
 def _transpose(a: _Args) -> torch.Tensor:
-    x = a.t("x")
+    x = a.r("x")
     return x.permute([_axis(p, x.dim()) for p in a.ints("perm")])
 
 
 @_op("expand_dims")
 def _expand_dims(a: _Args) -> torch.Tensor:
-    x = a.t("x")
+    x = a.r("x")
     rank = x.dim() + len(a.ints("axes"))
     for axis in sorted(_axis(i, rank) for i in a.ints("axes")):
         x = x.unsqueeze(axis)
@@ -273,7 +309,7 @@ def _expand_dims(a: _Args) -> torch.Tensor:
 
 @_op("squeeze")
 def _squeeze(a: _Args) -> torch.Tensor:
-    x = a.t("x")
+    x = a.r("x")
     axes = _axes(a, "axes", x.dim())
     if axes is None:
         return x.squeeze()
@@ -284,7 +320,7 @@ def _squeeze(a: _Args) -> torch.Tensor:
 
 @_op("concat")
 def _concat(a: _Args) -> torch.Tensor:
-    values = a.ts("values")
+    values = a.rs("values")
     axis = _axis(a.v("axis"), values[0].dim())
     if a.v("interleave", False):  # element i of each input, then element i+1 of each
         stacked = torch.stack(values, dim=axis + 1)
@@ -296,13 +332,13 @@ def _concat(a: _Args) -> torch.Tensor:
 
 @_op("stack")
 def _stack(a: _Args) -> torch.Tensor:
-    values = a.ts("values")
+    values = a.rs("values")
     return torch.stack(values, dim=_axis(a.v("axis"), values[0].dim() + 1))
 
 
 @_op("split")
 def _split(a: _Args) -> tuple[torch.Tensor, ...]:
-    x = a.t("x")
+    x = a.r("x")
     axis = _axis(a.v("axis"), x.dim())
     sizes = a.ints("split_sizes")
     if sizes is None:
@@ -316,7 +352,7 @@ def _split(a: _Args) -> tuple[torch.Tensor, ...]:
 
 @_op("tile")
 def _tile(a: _Args) -> torch.Tensor:
-    return a.t("x").repeat(a.ints("reps"))
+    return a.r("x").repeat(a.ints("reps"))
 
 
 def _positions(begin: int | None, end: int | None, stride: int, size: int) -> range:
@@ -325,7 +361,7 @@ def _positions(begin: int | None, end: int | None, stride: int, size: int) -> ra
 
 @_op("slice_by_index")
 def _slice_by_index(a: _Args) -> torch.Tensor:
-    x = a.t("x")
+    x = a.r("x")
     rank = x.dim()
     begin, end = a.ints("begin"), a.ints("end")
     stride = a.ints("stride") or [1] * rank
@@ -350,7 +386,7 @@ def _slice_by_index(a: _Args) -> torch.Tensor:
 
 @_op("gather")
 def _gather(a: _Args) -> torch.Tensor:
-    x, indices = a.t("x"), a.t("indices").to(torch.int64)
+    x, indices = a.r("x"), a.t("indices").to(torch.int64)
     axis = _axis(a.v("axis", 0), x.dim())
     if a.v("batch_dims", 0):
         raise a.unsupported("batch_dims", a.v("batch_dims"))
@@ -361,7 +397,7 @@ def _gather(a: _Args) -> torch.Tensor:
 
 @_op("gather_nd")
 def _gather_nd(a: _Args) -> torch.Tensor:
-    x, indices = a.t("x"), a.t("indices").to(torch.int64)
+    x, indices = a.r("x"), a.t("indices").to(torch.int64)
     if a.v("batch_dims", 0):
         raise a.unsupported("batch_dims", a.v("batch_dims"))
     k = indices.shape[-1]
@@ -371,7 +407,7 @@ def _gather_nd(a: _Args) -> torch.Tensor:
 
 @_op("pad")
 def _pad(a: _Args) -> torch.Tensor:
-    x, pad = a.t("x"), a.ints("pad")
+    x, pad = a.r("x"), a.ints("pad")
     mode = a.v("mode", "constant")
     pairs = [(pad[i], pad[i + 1]) for i in range(0, len(pad), 2)]  # from the first padded dimension on
     torch_pad = [p for pair in reversed(pairs) for p in pair]  # torch: last dimension first
@@ -388,8 +424,10 @@ def _pad(a: _Args) -> torch.Tensor:
 
 @_op("upsample_nearest_neighbor")
 def _upsample_nearest(a: _Args) -> torch.Tensor:
-    x = a.t("x")
+    x = a.r("x")
     scales = (float(a.v("scale_factor_height", 1.0)), float(a.v("scale_factor_width", 1.0)))
+    if x.dim() == 4 and all(scale.is_integer() and scale >= 1 for scale in scales):
+        return F.interpolate(x, scale_factor=scales, mode="nearest")  # source index floor(i / scale) exactly
     for d, scale in zip((x.dim() - 2, x.dim() - 1), scales):
         size = int(math.floor(x.shape[d] * scale))
         index = torch.clamp((torch.arange(size, dtype=torch.float64) / scale).floor().to(torch.int64),
@@ -407,16 +445,17 @@ def _linear(a: _Args) -> torch.Tensor:
 
 @_op("matmul")
 def _matmul(a: _Args) -> torch.Tensor:
-    x, y = a.t("x"), a.t("y")
+    x, y = a.r("x"), a.r("y")
     if a.v("transpose_x", False) and x.dim() > 1:
         x = x.transpose(-1, -2)
     if a.v("transpose_y", False) and y.dim() > 1:
         y = y.transpose(-1, -2)
     if x.dim() < 3 or y.dim() < 3:
-        return torch.matmul(x, y)
+        return torch.matmul(x.float(), y.float())
     shape = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2]) + (x.shape[-2], y.shape[-1])
     x, y = x.expand(shape[:-2] + x.shape[-2:]), y.expand(shape[:-2] + y.shape[-2:])
-    return _sliced(torch.matmul, [x, y], shape, a.out_dtype, keep=range(len(shape) - 2, len(shape)))
+    return _sliced(lambda p, q: torch.matmul(p.float(), q.float()), [x, y], shape, a.out_dtype,
+                   keep=range(len(shape) - 2, len(shape)))
 
 
 @_op("einsum")
@@ -483,33 +522,41 @@ def _channels(x: torch.Tensor) -> list[int]:
 @_op("batch_norm")
 def _batch_norm(a: _Args) -> torch.Tensor:
     x = a.t("x")
-    shape = _channels(x)
-    out = (x - a.t("mean").reshape(shape)) / torch.sqrt(a.t("variance").reshape(shape) + a.v("epsilon", 1e-5))
-    return _affine(a, out, shape)
+    return F.batch_norm(x, a.t("mean"), a.t("variance"), a.t("gamma") if a.has("gamma") else None,
+                        a.t("beta") if a.has("beta") else None, False, 0.0, a.v("epsilon", 1e-5))
 
 
 @_op("instance_norm")
 def _instance_norm(a: _Args) -> torch.Tensor:
-    x = a.t("x")
-    dims = list(range(2, x.dim()))
-    centred = x - x.mean(dim=dims, keepdim=True)
-    out = centred / torch.sqrt((centred * centred).mean(dim=dims, keepdim=True) + a.v("epsilon", 1e-5))
-    return _affine(a, out, _channels(x))
+    return F.instance_norm(a.t("x"), weight=a.t("gamma") if a.has("gamma") else None,
+                           bias=a.t("beta") if a.has("beta") else None, eps=a.v("epsilon", 1e-5))
 
 
 @_op("layer_norm")
 def _layer_norm(a: _Args) -> torch.Tensor:
     x = a.t("x")
     axes = _axes(a, "axes", x.dim()) or list(range(x.dim()))
+    gamma = a.t("gamma") if a.has("gamma") else None
+    beta = a.t("beta") if a.has("beta") else None
+    eps = a.v("epsilon", 1e-5)
+    if axes == list(range(x.dim() - len(axes), x.dim())):  # the trailing dimensions: torch's own kernel
+        shape = x.shape[x.dim() - len(axes):]
+        return F.layer_norm(x, shape, None if gamma is None else gamma.reshape(shape),
+                            None if beta is None else beta.reshape(shape), eps)
     centred = x - x.mean(dim=axes, keepdim=True)
-    out = centred * torch.rsqrt((centred * centred).mean(dim=axes, keepdim=True) + a.v("epsilon", 1e-5))
-    return _affine(a, out, [x.shape[d] if d in axes else 1 for d in range(x.dim())])
+    out = centred * torch.rsqrt((centred * centred).mean(dim=axes, keepdim=True) + eps)
+    shape = [x.shape[d] if d in axes else 1 for d in range(x.dim())]
+    if gamma is not None:
+        out = out * gamma.reshape(shape)
+    return out if beta is None else out + beta.reshape(shape)
 
 
 @_op("softmax")
 def _softmax(a: _Args) -> torch.Tensor:
-    x = a.t("x") if a.out_dtype == torch.float32 else a._fetch(a.op.inputs["x"])
+    x = a.r("x")
     axis = _axis(a.v("axis", -1), x.dim())
+    if x.dtype == torch.float16 and a.out_dtype == torch.float16:
+        return _native(lambda t: torch.softmax(t, dim=axis), x)
     return _sliced(lambda t: torch.softmax(t.float(), dim=axis), [x], tuple(x.shape), a.out_dtype, keep=[axis])
 
 
@@ -533,16 +580,21 @@ def _each(x: torch.Tensor, dims: list[int], keep: bool, fn: Callable) -> torch.T
     return x
 
 
-def _reduce(fn: Callable[[torch.Tensor, list[int], bool], torch.Tensor]) -> Callable[[_Args], torch.Tensor]:
+_ONE_STEP_REDUCTIONS = ("reduce_mean", "reduce_sum", "reduce_max", "reduce_min")  # float32 accumulation inside
+
+
+def _reduce(fn: Callable[[torch.Tensor, list[int], bool], torch.Tensor], one_step: bool) -> Callable[[_Args], torch.Tensor]:
     def run(a: _Args) -> torch.Tensor:
-        x = a.t("x")
+        x = a.r("x") if one_step else a.t("x")
         axes = _axes(a, "axes", x.dim())
-        return fn(x, axes if axes is not None else list(range(x.dim())), bool(a.v("keep_dims", False)))
+        axes = axes if axes is not None else list(range(x.dim()))
+        keep = bool(a.v("keep_dims", False))
+        return _native(lambda t: fn(t, axes, keep), x) if one_step else fn(x, axes, keep)
     return run
 
 
 for _name, _fn in _REDUCE.items():
-    OPS[_name] = _reduce(_fn)
+    OPS[_name] = _reduce(_fn, _name in _ONE_STEP_REDUCTIONS)
 
 
 @_op("reduce_argmax", "reduce_argmin")
@@ -582,6 +634,79 @@ def _static_shape(var) -> tuple[int, ...] | None:
     if shape is None or not all(isinstance(d, (int, np.integer)) for d in shape):
         return None
     return tuple(int(d) for d in shape)
+
+
+_ROW_BLOCK_BYTES = 4 << 20  # float32 scores of one block of query rows in a fused attention chain
+
+
+def _attention_chains(operations: list, outputs: set[str]) -> dict[int, tuple[int, int]]:
+    """Score matmul index -> (softmax index, value matmul index) for each ``matmul → softmax → matmul``.
+
+    Taken only where the scores and probabilities feed nothing else, the softmax runs over the last axis,
+    and the value matmul's other input exists before the chain starts: then the three can run one block of
+    query rows at a time, each value rounded exactly as the program says, without holding all the scores.
+    """
+    index_of = {op.outputs[0].name: i for i, op in enumerate(operations) if len(op.outputs) == 1}
+    consumers: dict[str, list[int]] = {}
+    for i, op in enumerate(operations):
+        for var in _input_vars(op):
+            consumers.setdefault(var.name, []).append(i)
+    chains = {}
+    for i, op in enumerate(operations):
+        if op.op_type != "matmul" or len(op.outputs) != 1 or op.outputs[0].rank < 3:
+            continue
+        scores = op.outputs[0].name
+        users = consumers.get(scores, [])
+        if len(users) != 1 or scores in outputs or operations[users[0]].op_type != "softmax":
+            continue
+        j = users[0]
+        softmax = operations[j]
+        axis = softmax.inputs["axis"].val if softmax.inputs.get("axis") is not None else -1
+        if axis is None or int(axis) not in (-1, op.outputs[0].rank - 1):
+            continue
+        probabilities = softmax.outputs[0].name
+        users = consumers.get(probabilities, [])
+        if len(users) != 1 or probabilities in outputs or operations[users[0]].op_type != "matmul":
+            continue
+        k = users[0]
+        value_op = operations[k]
+        if value_op.inputs["x"].name != probabilities or value_op.inputs["y"].name == probabilities \
+                or (value_op.inputs.get("transpose_x") is not None and value_op.inputs["transpose_x"].val):
+            continue
+        if index_of.get(value_op.inputs["y"].name, -1) > i:
+            continue  # the values are computed inside the chain: run it as written
+        chains[i] = (j, k)
+    return chains
+
+
+def _run_attention_chain(first: _Args, softmax: _Args, second: _Args, precision: Precision) -> torch.Tensor:
+    """``matmul(softmax(matmul(q, k)), v)`` block by block of query rows, every step rounded as declared."""
+    score_dtype = _storage(_dtype_name(first.op.outputs[0]), precision)
+    probability_dtype = _storage(_dtype_name(softmax.op.outputs[0]), precision)
+    q, k, v = first.r("x"), first.r("y"), second.r("y")
+    if first.v("transpose_x", False):
+        q = q.transpose(-1, -2)
+    if first.v("transpose_y", False):
+        k = k.transpose(-1, -2)
+    if second.v("transpose_y", False):
+        v = v.transpose(-1, -2)
+    batch = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    rows, keys, width = q.shape[-2], k.shape[-1], v.shape[-1]
+    q = q.expand(batch + q.shape[-2:]).reshape((-1,) + q.shape[-2:])
+    k = k.expand(batch + k.shape[-2:]).reshape((-1,) + k.shape[-2:])
+    v = v.expand(batch + v.shape[-2:]).reshape((-1,) + v.shape[-2:])
+    out = torch.empty((q.shape[0], rows, width), dtype=second.out_dtype)
+    block = max(1, _ROW_BLOCK_BYTES // (4 * keys))
+    for n in range(q.shape[0]):
+        kn, vn = k[n].float(), v[n].float()
+        for start in range(0, rows, block):
+            scores = torch.matmul(q[n, start:start + block].float(), kn).to(score_dtype)
+            if scores.dtype == torch.float16 and probability_dtype == torch.float16:
+                probabilities = _native(lambda t: torch.softmax(t, dim=-1), scores)
+            else:
+                probabilities = torch.softmax(scores.float(), dim=-1)
+            out[n, start:start + block] = torch.matmul(probabilities.to(probability_dtype).float(), vn)
+    return out.reshape(batch + (rows, width))
 
 
 def execute_program(program, inputs: dict[str, Any], *, precision: Precision = "float16",
@@ -645,11 +770,30 @@ def execute_program(program, inputs: dict[str, Any], *, precision: Precision = "
             return constant(var)
         raise ProgramError(f"value {var.name} is used before it is computed")
 
+    chains = _attention_chains(operations, set(outputs))
+    fused: dict[int, int] = {}  # softmax / value matmul index -> its chain's first index
+    for first, (j, k) in chains.items():
+        fused[j] = fused[k] = first
+
+    def args(op) -> _Args:
+        return _Args(op, fetch, _storage(_dtype_name(op.outputs[0]), precision))
+
     for index, op in enumerate(operations):
         if _is_constant(op):
             continue
+        if index in fused:  # computed with its chain; only what it was the last to use is freed here
+            for var in _input_vars(op):
+                if last_use.get(var.name) == index:
+                    env.pop(var.name, None)
+            continue
         storages = [_storage(_dtype_name(out), precision) for out in op.outputs]
-        result = OPS[op.op_type](_Args(op, fetch, storages[0]))
+        if index in chains:
+            j, k = chains[index]
+            op = operations[k]  # the chain's result is the value matmul's output
+            storages = [_storage(_dtype_name(op.outputs[0]), precision)]
+            result = _run_attention_chain(args(operations[index]), args(operations[j]), args(op), precision)
+        else:
+            result = OPS[op.op_type](_Args(op, fetch, storages[0]))
         results = result if isinstance(result, tuple) else (result,)
         if len(results) != len(op.outputs):
             raise ProgramError(f"operation {op.op_type} ({op.name}) gave {len(results)} outputs, "
@@ -665,7 +809,7 @@ def execute_program(program, inputs: dict[str, Any], *, precision: Precision = "
                                    f"the program declares {expected}")
             env[out.name] = value
         del result, results
-        for var in _input_vars(op):
+        for var in _input_vars(operations[index]):
             if last_use.get(var.name) == index:
                 env.pop(var.name, None)
     missing = [name for name in outputs if name not in env]

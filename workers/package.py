@@ -148,8 +148,7 @@ def check_compiled(out: Path, report: dict, repo: str, variant: str, compiled_di
 
     if predict is None and not coreml_available():
         return
-    bars = ValidationBars(**{k: (tuple(tuple(x) for x in v) if k == "palettized" else v)
-                             for k, v in report["options"]["bars"].items()})
+    bars = ValidationBars.from_dict(report["options"]["bars"])
     failures = []
     for package in report["packages"]:
         if package["repo"] != repo or package["variant"] != variant:

@@ -51,6 +51,11 @@ class ValidationBars:
             return self.float16
         return dict(self.palettized)[bits]
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "ValidationBars":
+        """The bars as a report records them (``asdict``; JSON turns the palettized pairs into lists)."""
+        return cls(**{k: tuple(tuple(x) for x in v) if k == "palettized" else v for k, v in data.items()})
+
     def shipped(self, bits: int | None) -> float:
         """The bar of what ships (the executed program, Core ML's prediction): float16 or n-bit."""
         return self.coreml_float16 if bits is None else dict(self.palettized)[bits]

@@ -101,13 +101,18 @@ def test_validate_rechecks_a_tree_and_catches_an_edited_package(sd1_conversion, 
 
     unet = tree / "coreml-tiny-sd1/original/packages/Stable_Diffusion_version_tests_tiny-sd1_unet.mlpackage"
     assert scale_constants(unet, ("batch_norm",), ("gamma",), -1.0)
+    encoder = tree / "coreml-tiny-sd1/original/packages/Stable_Diffusion_version_tests_tiny-sd1_vae_encoder.mlpackage"
+    program = encoder / "Data" / "com.apple.CoreML" / "model.mlmodel"
+    program.unlink()  # a new file: the copies in the other folders are hard links of the old one
+    program.write_bytes(b"not a model")
     result = run("validate", str(tree))
     assert result.returncode == 3
     assert "unet (original, float16) psnr_program" in result.stderr and "Nothing was deleted" in result.stderr
-    assert unet.exists()
+    assert "vae_encoder (original, float16) structure: the package cannot be read" in result.stderr
+    assert "Traceback" not in result.stderr and unet.exists()
     report = json.loads((tree / "report.json").read_text())
-    failed = [p for p in report["packages"] if p["status"] == "failed"]
-    assert [(p["component"], p["variant"], p["precision"]) for p in failed] == [("unet", "original", "float16")]
+    failed = [(p["component"], p["variant"], p["precision"]) for p in report["packages"] if p["status"] == "failed"]
+    assert failed == [("unet", "original", "float16"), ("vae_encoder", "original", "float16")]
 
 
 def test_validate_a_downloaded_repo_with_its_report(sd1_conversion, tmp_path: Path) -> None:

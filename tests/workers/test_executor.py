@@ -65,16 +65,22 @@ def test_every_layout_at_2304_tokens_runs_in_both_precisions(sd2_pipeline: Path,
         assert checks["psnr_program"].status == "passed" and checks["psnr_program"].threshold == 35.0
 
 
-def test_sliced_operations_give_the_same_result(sd2_pipeline: Path, sd2_layouts_conversion,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sliced_and_fused_attention_give_the_same_result(sd2_pipeline: Path, sd2_layouts_conversion,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attention as the program writes it (three operations, scores in slices), or block by block of rows."""
     out, report = sd2_layouts_conversion
     inputs, _, _, _ = _reference(sd2_pipeline, "unet", latent_size=(48, 48), batch_size=1)
     package = next(p for p in report.packages if p.variant == "original")
-    contents = read_package(out / package.path)
-    whole = execute_program(contents.program, inputs)["noise_pred"]
-    monkeypatch.setattr(executor, "CHUNK_BYTES", 64 << 10)  # attention scores of 2,304 x 2,304 in many slices
-    sliced = execute_program(contents.program, inputs)["noise_pred"]
-    np.testing.assert_array_equal(whole, sliced)
+    program = read_package(out / package.path).program
+    operations = list(program.functions["main"].operations)
+    softmaxes = sum(op.op_type == "softmax" for op in operations)
+    assert len(executor._attention_chains(operations, {"noise_pred"})) == softmaxes == 8  # every attention
+    fused = {p: execute_program(program, inputs, precision=p)["noise_pred"] for p in ("float32", "float16")}
+    monkeypatch.setattr(executor, "_attention_chains", lambda operations, outputs: {})
+    monkeypatch.setattr(executor, "CHUNK_BYTES", 64 << 10)  # scores of 2,304 x 2,304 in many slices
+    for precision, bar in (("float32", 120), ("float16", 60)):
+        sliced = execute_program(program, inputs, precision=precision)["noise_pred"]
+        assert psnr(sliced, fused[precision]) >= bar, precision
 
 
 def _copy(out: Path, report, component: str, variant: str, tmp_path: Path) -> Path:

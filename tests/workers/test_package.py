@@ -148,3 +148,13 @@ def test_check_data_travels_with_the_output(output: Path) -> None:
         assert data is not None and data.compared and set(data.reference) >= set(data.compared)
     unet = load_check_data(output, "unet")
     assert unet.inputs["sample"].dtype == np.float16 and unet.inputs["timestep"][0] != 981.0
+
+
+@pytest.mark.macos
+def test_real_core_ml_predicts_with_every_compiled_model(output: Path) -> None:
+    package_output(output, namespace="studio", compiled=True)  # the real xcrun coremlcompiler and Core ML
+    report = json.loads((output / "report.json").read_text())
+    assert report["passed"]
+    for package in report["packages"]:
+        check = {c["name"]: c for c in package["checks"]}["psnr_coreml"]
+        assert check["status"] == "passed" and "CPU_AND_GPU" in check["detail"], package["path"]
