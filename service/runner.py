@@ -183,11 +183,13 @@ def _report_figures(report) -> dict:
     for p in report.packages:
         if p.shared_from:
             continue
-        torch_check = next((c for c in p.checks if c.name == "psnr_torch"), None)
-        figures[f"{p.component}/{p.variant}/{p.precision}"] = {
-            "psnr_torch": torch_check.value if torch_check else None,
-            "threshold": torch_check.threshold if torch_check else None,
-            "size_bytes": p.size_bytes, "status": p.status}
+        checks = {c.name: c for c in p.checks}
+        figure = {"size_bytes": p.size_bytes, "status": p.status}
+        for name in ("psnr_program", "psnr_torch"):
+            check = checks.get(name)
+            figure[name] = check.value if check else None
+            figure[f"{name}_threshold"] = check.threshold if check else None
+        figures[f"{p.component}/{p.variant}/{p.precision}"] = figure
     return figures
 
 

@@ -102,6 +102,13 @@ def _stream(job_id: int, *, until) -> None:
         time.sleep(0.5)
 
 
+def _figures(figure: dict) -> str:
+    """``program 57.1≥35, torch 72.0≥45`` (jobs recorded before the program check have the torch figure only)."""
+    return ", ".join(f"{name.removeprefix('psnr_')} {figure[name]:.1f}≥"
+                     f"{figure.get(name + '_threshold', figure.get('threshold')):g}"
+                     for name in ("psnr_program", "psnr_torch") if figure.get(name) is not None)
+
+
 def _print_status(job) -> None:
     from service.jobs import job_summary
 
@@ -113,7 +120,7 @@ def _print_status(job) -> None:
     table = Table("stage", "part", "state", "attempts", "host", "seconds", "figures")
     for s in data["stages"]:
         figures = s["figures"] or {}
-        psnrs = [f"{k}: {v['psnr_torch']:.1f}≥{v['threshold']:g}" for k, v in figures.items()
+        psnrs = [f"{k}: {_figures(v)}" for k, v in figures.items()
                  if isinstance(v, dict) and v.get("psnr_torch") is not None]
         table.add_row(s["stage"], s["part"], s["state"], str(s["attempts"]), s["worker_host"] or "",
                       f"{s['duration']:.1f}" if s["duration"] is not None else "",

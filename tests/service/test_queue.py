@@ -103,6 +103,7 @@ def test_submit_wait_publishes_two_repos_with_one_worker(service) -> None:
                       ("merge", ""): "succeeded", ("package", ""): "succeeded", ("publish", ""): "succeeded"}
     status = run("status", str(job_id), env=service["env"])
     assert "succeeded" in status.stdout and "≥25" in status.stdout and "≥45" in status.stdout
+    assert "program" in status.stdout and "≥35" in status.stdout  # the executed program, against its bar
     listing = run("jobs", env={**service["env"], "COLUMNS": "200"})
     assert f"│ {job_id} " in listing.stdout and "studio/coreml-tiny-sd" in listing.stdout
     again = run("submit", "studio/tiny-sd", "--packages-only", "--bits", "6", env=service["env"])
