@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import OptionsError
-from workers.validate import ValidationBars
+from workers.bars import ValidationBars
 
 _BARS = ValidationBars()
 

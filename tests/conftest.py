@@ -17,7 +17,17 @@ os.environ.pop("HF_TOKEN", None)
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
+# fixtures that convert with coremltools (or build pipelines to convert); tests using them are slow
+_CONVERTING = {"sd1_conversion", "sd2_conversion", "sd2_layouts_conversion", "sd1_pipeline", "sd2_pipeline",
+               "hub_with_source", "trees"}
+_SLOW_MODULES = {"test_queue", "test_cli_publish"}  # real workers, or convert through the CLI
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:  # `python -m pytest -m "not slow"`: the quick subset
+        if _CONVERTING & set(getattr(item, "fixturenames", ())) or item.module.__name__.rsplit(".", 1)[-1] \
+                in _SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
     if platform.system() == "Darwin":
         return
     skip = pytest.mark.skip(reason="needs macOS with Xcode")

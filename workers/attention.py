@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.errors import UnsupportedModelError
+from workers.errors import UnsupportedModelError
 from workers.layout import Attention
 
 QUERY_CHUNK = 512

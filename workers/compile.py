@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from service.errors import ConversionError, SourceError, ToolUnavailableError
+from workers.errors import ConversionError, SourceError, ToolUnavailableError
 from workers.layout import compiled_file_name
 
 COMPILER = ("xcrun", "coremlcompiler")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from service.errors import ConversionError, OptionsError
+from workers.errors import ConversionError, OptionsError
 from workers.specs import TensorSpec
 
 DEPLOYMENT_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")

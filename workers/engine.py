@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from service.errors import OptionsError, ValidationError
+from workers.errors import OptionsError, ValidationError
 from workers.convert import (
     DEFAULT_DEPLOYMENT_TARGET,
     PackageMetadata,

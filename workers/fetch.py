@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.errors import HubUnavailableError
+from workers.errors import HubUnavailableError
 from workers.resolve import Source, network_errors
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from service.errors import OptionsError, SourceError
+from workers.errors import OptionsError, SourceError
 from workers.card import render_card, zip_name
 from workers.compile import bundle_variant
 from workers.layout import REPORT_FILE
@@ -169,7 +169,7 @@ def check_compiled(out: Path, report: dict, repo: str, variant: str, compiled_di
     report["passed"] = report["passed"] and not failures
     write_json(out / REPORT_FILE, report)
     if failures:
-        from service.errors import ValidationError
+        from workers.errors import ValidationError
 
         error = ValidationError(failures)
         error.hint = "Nothing is published; report.json has every figure."

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.errors import ConversionError, OptionsError
+from workers.errors import ConversionError, OptionsError
 
 SUPPORTED_BITS = (1, 2, 4, 6, 8)
 DEFAULT_BITS = 6

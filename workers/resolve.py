@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
-from service.errors import (
+from workers.errors import (
     GatedSourceError,
     HubUnavailableError,
     SourceError,

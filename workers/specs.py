@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.errors import OptionsError, SourceError, UnsupportedModelError
+from workers.errors import OptionsError, SourceError, UnsupportedModelError
 from workers.attention import export_unet
 from workers.layout import Attention
 

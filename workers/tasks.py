@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from celery import chain, chord
 
-from service.errors import HubUnavailableError
+from workers.errors import HubUnavailableError
 from workers.celery_app import app, macos_worker_alive
 
 RETRY = dict(autoretry_for=(HubUnavailableError,), retry_backoff=True, retry_backoff_max=600, retry_jitter=True,

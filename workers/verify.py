@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from service.errors import OptionsError
+from workers.errors import OptionsError
 from workers.engine import (
     Event,
     PackageResult,

@@ -67,4 +67,25 @@ def main() -> None:
         if isinstance(e, click.ClickException):
             e.show()
             sys.exit(e.exit_code)
+        database = _database_problem(e)
+        if database and not debug:
+            print(f"Error: {database}", file=sys.stderr)
+            sys.exit(1)
         raise
+
+
+def _database_problem(error: Exception) -> str | None:
+    """One line for a job database that cannot be reached or has no tables yet, else None."""
+    if "sqlalchemy" not in sys.modules:
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(error, DBAPIError):
+        return None
+    from service.settings import get_settings
+
+    url = make_url(get_settings().database_url).render_as_string(hide_password=True)
+    reason = str(error.orig).strip().splitlines()[0] if error.orig is not None else error.__class__.__name__
+    return (f"the job database {url} cannot be used ({reason}). Run `coreml-publish db upgrade`, "
+            "and check COREML_PUBLISH_DATABASE_URL.")

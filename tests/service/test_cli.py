@@ -57,6 +57,7 @@ def test_bad_options_get_one_line_before_any_work(sd2_pipeline: Path, tmp_path: 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_tiny_pipeline_then_convert(tmp_path: Path) -> None:
     source = tmp_path / "my-model"
     made = run("tiny-pipeline", str(source), "--style", "sd2", "--seed", "7")
@@ -132,3 +133,16 @@ def test_validate_without_a_report_says_what_to_do(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"Error: {tmp_path} holds no report.json.")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("url, shown, hidden", [
+    ("sqlite:///{tmp}/never-migrated.db", "no such table: jobs", None),
+    ("postgresql+psycopg://bob:s3cret-pw@127.0.0.1:1/jobs", "postgresql+psycopg://bob:***@127.0.0.1:1/jobs", "s3cret-pw"),
+])
+def test_an_unusable_job_database_gets_one_line(tmp_path: Path, url: str, shown: str, hidden: str | None) -> None:
+    result = run("jobs", env={"COREML_PUBLISH_DATABASE_URL": url.format(tmp=tmp_path)})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: the job database ") and shown in lines[0]
+    assert "coreml-publish db upgrade" in lines[0]
+    assert hidden is None or hidden not in result.stderr + result.stdout
