@@ -275,7 +275,7 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
                                revision=revision, trigger=trigger)
         job_id = submitted.job.id
     if submitted.created and not local:
-        from workers.tasks import enqueue
+        from service.tasks import enqueue
 
         enqueue(job_id, options.parts(), packages_only=options.packages_only)
     return submitted
@@ -284,7 +284,7 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
 def requeue(job_id: int, *, settings=None) -> None:
     """Send a job (after ``retry_job``) to the queue again; finished stages are skipped by the workers."""
     from service.db import session_scope
-    from workers.tasks import enqueue
+    from service.tasks import enqueue
 
     with session_scope((settings or _settings()).database_url) as session:
         options = JobOptions.from_dict(get_job(session, job_id).options)

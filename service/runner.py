@@ -35,8 +35,6 @@ from service.settings import Settings, get_settings
 from workers.artifacts import ArtifactStore
 
 log = logging.getLogger(__name__)
-QUEUES = {"fetch": "convert", "convert": "convert", "merge": "default", "compile": "macos", "package": "default",
-          "publish": "publish"}
 WAITING_FOR_MACOS = "waiting for a macOS worker"
 
 

@@ -40,8 +40,6 @@ class SourceNotFoundError(SourceError, FileNotFoundError):
 class HubUnavailableError(SourceError):
     """The Hub could not be reached or answered 429/5xx: worth retrying later."""
 
-    transient = True
-
 
 class GatedSourceError(SourceError, PermissionError):
     """The Hub repo is gated or private and no token with access was given."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
@@ -62,16 +62,11 @@ class Source:
     sha: str | None = None
     license: str | None = None
     path: Path | None = None  # local folder holding the files (after fetch, for Hub sources)
-    extra: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         """The part of the id after the namespace; used for output repo names."""
         return self.id.rsplit("/", 1)[-1]
-
-    @property
-    def has_safety_checker(self) -> bool:
-        return "safety_checker" in self.components
 
     def download_patterns(self) -> list[str]:
         """The files a fetch needs: index, configs, tokenizer, chosen weights, card. Nothing else."""

@@ -171,9 +171,6 @@ class ComponentSpec:
         gen = torch.Generator().manual_seed(seed)
         return {t.name: torch.randn(t.shape, generator=gen) for t in self.inputs(g)}
 
-    def trace_inputs(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        return tuple(inputs.values())
-
     def compared(self, g: Geometry) -> list[str]:
         return list(self.compared_outputs or [t.name for t in self.outputs(g)])
 

@@ -29,7 +29,7 @@ def worker(
     import socket
 
     from service.settings import get_settings
-    from workers.celery_app import app, detect_queues
+    from service.celery_app import app, detect_queues
 
     settings = get_settings()
     chosen = [q.strip() for q in queues.split(",")] if queues else detect_queues()

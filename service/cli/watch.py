@@ -96,6 +96,6 @@ def sweep_now() -> None:
 
 def scheduler(loglevel: str = typer.Option("info", help="Celery log level.")) -> None:
     """Run Celery beat: the nightly sweep at COREML_PUBLISH_SWEEP_TIME (UTC)."""
-    from workers.celery_app import app
+    from service.celery_app import app
 
     app.Beat(loglevel=loglevel).run()

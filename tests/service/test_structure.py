@@ -24,12 +24,7 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-# the Celery app and tasks still live in workers/ (they move to the service side with the structure work)
-_SERVICE_GLUE = {"celery_app.py", "tasks.py"}
-
-
-@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "workers").glob("*.py") if p.name not in _SERVICE_GLUE),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((ROOT / "workers").glob("*.py")), ids=lambda p: p.name)
 def test_the_conversion_library_imports_nothing_from_the_service(path: Path) -> None:
     service = sorted(n for n in _imports(path) if n == "service" or n.startswith("service."))
     assert not service, f"{path.name} imports {service}"

@@ -11,13 +11,11 @@ from celery.schedules import crontab
 
 from service.settings import get_settings
 
-QUEUE_NAMES = ("default", "convert", "macos", "publish")
-
 
 def make_app() -> Celery:
     settings = get_settings()
     app = Celery("coreml_publisher", broker=settings.broker_url, backend=settings.broker_url,
-                 include=["workers.tasks"])
+                 include=["service.tasks"])
     app.conf.update(
         task_default_queue="default",
         task_serializer="json", result_serializer="json", accept_content=["json"],

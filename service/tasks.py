@@ -9,7 +9,7 @@ from __future__ import annotations
 from celery import chain, chord
 
 from workers.errors import HubUnavailableError
-from workers.celery_app import app, macos_worker_alive
+from service.celery_app import app, macos_worker_alive
 
 RETRY = dict(autoretry_for=(HubUnavailableError,), retry_backoff=True, retry_backoff_max=600, retry_jitter=True,
              max_retries=8)
