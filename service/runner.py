@@ -32,7 +32,7 @@ from service.jobs import (
 )
 from service.models import JobState
 from service.settings import Settings, get_settings
-from workers.artifacts import ArtifactStore
+from service.artifacts import ArtifactStore
 
 log = logging.getLogger(__name__)
 WAITING_FOR_MACOS = "waiting for a macOS worker"
@@ -167,7 +167,7 @@ def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
         attentions = tuple(Attention(a) for a in options.attentions)
     else:
         components, attentions = ("unet",), (Attention(part.removeprefix("unet-")),)
-    store = ArtifactStore(settings.artifact_store)
+    store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     out = store.path(spec.id, "parts", part)
     shutil.rmtree(out, ignore_errors=True)
     report = convert_pipeline(source, out, ConvertOptions(attentions=attentions, bits=options.bits,
@@ -194,7 +194,7 @@ def _report_figures(report) -> dict:
 def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
     from workers.engine import merge_outputs
 
-    store = ArtifactStore(settings.artifact_store)
+    store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     parts = [store.pull(spec.id, "parts", p) for p in spec.options.parts()]
     out = store.path(spec.id, "out")
     shutil.rmtree(out, ignore_errors=True)
@@ -211,7 +211,7 @@ def _package(spec: JobSpec, part: str, settings: Settings, *, compiled: bool = F
     from workers.compile import require_compiler
     from workers.package import package_output
 
-    store = ArtifactStore(settings.artifact_store)
+    store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     out = store.pull(spec.id, "out")
     trees = package_output(out, namespace=spec.options.namespace, compiled=compiled,
                            compiler=require_compiler() if compiled else None, source_dir=out / "_source")
@@ -226,7 +226,7 @@ def _publish(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
     from service.publish import publish_tree
     from workers.package import load_trees
 
-    store = ArtifactStore(settings.artifact_store)
+    store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     figures = {}
     for tree in load_trees(store.pull(spec.id, "out")):
         result = publish_tree(tree, namespace=spec.options.namespace, source_sha=spec.source_sha,

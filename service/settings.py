@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
+from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,8 +25,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="COREML_PUBLISH_", env_file=".env", extra="forbid")
 
-    environment: str = Field("development", description="development or production; production refuses "
-                                                        "insecure settings")
+    environment: Literal["development", "production"] = Field(
+        "development", description="development or production; production refuses insecure settings in every "
+                                   "process (an API without token, a SQLite database)")
     database_url: str = Field("sqlite:///coreml-publish.db", description="SQLAlchemy URL: SQLite file by default, "
                                                                          "postgresql+psycopg://... in production")
     broker_url: str = Field("redis://127.0.0.1:6379/0", description="Celery broker (and result backend)")
@@ -40,6 +43,9 @@ class Settings(BaseSettings):
     max_source_gb: float = Field(30.0, description="Largest source (weights to convert, GB) a job accepts")
     stage_time_limit: int = Field(6 * 3600, description="Hard time limit of one stage, seconds")
     worker_concurrency: int = Field(1, description="Tasks one worker runs at once")
+    scratch: str | None = Field(None, description="Local folder where workers keep artifacts pulled from a remote "
+                                                  "store (default: ~/.cache/coreml-publisher)")
+    debug: bool = Field(False, description="Show tracebacks and the libraries' own progress output")
 
     layout_psnr: float = Field(_BARS.layout, description="Min PSNR (dB) of our attention layout vs diffusers, float32")
     float16_psnr: float = Field(_BARS.float16, description="Min torch-side PSNR (dB) of float16 packages")
@@ -56,21 +62,38 @@ class Settings(BaseSettings):
                               coreml_float16=self.coreml_float16_psnr)
 
     def check_api(self, host: str | None = None) -> None:
-        """Refuse to serve the API insecurely: no token on a non-loopback address outside development."""
+        """Refuse to serve the API insecurely: no token on a non-loopback address, or in production at all."""
+        self.check_production()
         host = host or self.api_host
         try:
             loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
         except ValueError:
             loopback = False
-        if self.api_token is None and not loopback:
-            raise OptionsError(f"the API would accept writes from anyone on {host}: no API token is set",
-                               hint="Set COREML_PUBLISH_API_TOKEN, or bind to 127.0.0.1.")
+        if self.api_token is None and (not loopback or self.environment == "production"):
+            where = "in production" if loopback else f"on {host}"
+            raise OptionsError(f"the API would accept writes from anyone {where}: no API token is set",
+                               hint="Set COREML_PUBLISH_API_TOKEN" + ("." if loopback else ", or bind to 127.0.0.1."))
+
+    def check_production(self) -> None:
+        """The rules every process of a production deployment starts by (API, worker, scheduler, submit, db)."""
         if self.environment == "production" and self.database_url.startswith("sqlite"):
             raise OptionsError("production with a SQLite database is not supported",
                                hint="Set COREML_PUBLISH_DATABASE_URL to a PostgreSQL URL.")
 
+    def scratch_path(self) -> Path:
+        """Where workers keep pulled artifacts."""
+        return Path(self.scratch) if self.scratch else Path.home() / ".cache" / "coreml-publisher"
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, built once."""
-    return Settings()
+    """The process-wide settings, built once.  Raises OptionsError naming the first invalid variable."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings()
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = f"COREML_PUBLISH_{str(first['loc'][0]).upper()}" if first.get("loc") else "a setting"
+        raise OptionsError(f"{name} is invalid: {first['msg']}",
+                           hint="Fix it in the environment or .env (see the README's Configuration).") from None

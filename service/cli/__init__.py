@@ -44,8 +44,8 @@ EXIT_CODES: dict[type[Exception], int] = {ValidationError: 3, OptionsError: 2, C
 
 def main() -> None:
     """Entry point: run the app; expected errors become one line on stderr (tracebacks with DEBUG=1)."""
-    quiet_libraries()
-    debug = os.environ.get("COREML_PUBLISH_DEBUG") == "1"
+    debug = _debug()
+    quiet_libraries(debug)
     try:
         code = app(standalone_mode=False)  # without standalone mode, typer.Exit comes back as a return value
         if isinstance(code, int) and code:
@@ -72,6 +72,17 @@ def main() -> None:
             print(f"Error: {database}", file=sys.stderr)
             sys.exit(1)
         raise
+
+
+def _debug() -> bool:
+    """COREML_PUBLISH_DEBUG from the settings (environment or .env); from the environment alone when the
+    settings cannot be read, so that their error can be shown in full."""
+    from service.settings import get_settings
+
+    try:
+        return get_settings().debug
+    except Exception:
+        return os.environ.get("COREML_PUBLISH_DEBUG", "").lower() in ("1", "true", "yes", "on")
 
 
 def _database_problem(error: Exception) -> str | None:

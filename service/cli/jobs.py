@@ -31,6 +31,7 @@ def submit(
     from service.settings import get_settings
 
     settings = get_settings()
+    settings.check_production()
     options = JobOptions(namespace=namespace or settings.default_namespace or "", attentions=comma_list(attention),
                          bits=bits or None, private=private, packages_only=packages_only)
     with console.status(f"resolving {repo}…"):

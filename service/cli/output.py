@@ -19,9 +19,9 @@ def comma_list(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
 
-def quiet_libraries() -> None:
-    """Silence third-party progress bars and chatter unless COREML_PUBLISH_DEBUG=1."""
-    if os.environ.get("COREML_PUBLISH_DEBUG") == "1":
+def quiet_libraries(debug: bool = False) -> None:
+    """Silence third-party progress bars and chatter unless debugging (COREML_PUBLISH_DEBUG=1)."""
+    if debug:
         return
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

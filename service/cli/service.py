@@ -15,6 +15,7 @@ def db_upgrade(revision: str = typer.Argument("head", help="Migration to upgrade
     from service.db import upgrade
     from service.settings import get_settings
 
+    get_settings().check_production()
     url = get_settings().database_url
     upgrade(url, revision)
     stdout.print(f"Database at {url.split('@')[-1]} is at {revision}.")
@@ -32,6 +33,7 @@ def worker(
     from service.celery_app import app, detect_queues
 
     settings = get_settings()
+    settings.check_production()
     chosen = [q.strip() for q in queues.split(",")] if queues else detect_queues()
     stdout.print(f"Worker on {socket.gethostname()} serving: {', '.join(chosen)}")
     args = ["worker", "-Q", ",".join(chosen), "-c", str(concurrency or settings.worker_concurrency),

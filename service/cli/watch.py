@@ -97,5 +97,7 @@ def sweep_now() -> None:
 def scheduler(loglevel: str = typer.Option("info", help="Celery log level.")) -> None:
     """Run Celery beat: the nightly sweep at COREML_PUBLISH_SWEEP_TIME (UTC)."""
     from service.celery_app import app
+    from service.settings import get_settings
 
+    get_settings().check_production()
     app.Beat(loglevel=loglevel).run()

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,31 @@ def test_an_unusable_job_database_gets_one_line(tmp_path: Path, url: str, shown:
     assert len(lines) == 1 and lines[0].startswith("Error: the job database ") and shown in lines[0]
     assert "coreml-publish db upgrade" in lines[0]
     assert hidden is None or hidden not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("env, args, message", [
+    ({"COREML_PUBLISH_ENVIRONMENT": "staging"}, ["jobs"],
+     "Error: COREML_PUBLISH_ENVIRONMENT is invalid: Input should be 'development' or 'production'."),
+    ({"COREML_PUBLISH_ENVIRONMENT": "production"}, ["db", "upgrade"],
+     "Error: production with a SQLite database is not supported."),
+    ({"COREML_PUBLISH_ENVIRONMENT": "production"}, ["submit", "org/model"],
+     "Error: production with a SQLite database is not supported."),
+])
+def test_settings_are_checked_when_a_process_starts(tmp_path: Path, env: dict, args: list[str], message: str) -> None:
+    result = subprocess.run(["coreml-publish", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env={**os.environ, **env})
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith(message) and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_debug_and_scratch_are_settings_a_dot_env_may_hold(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("COREML_PUBLISH_DEBUG=1\nCOREML_PUBLISH_SCRATCH=/tmp/scratch-here\n")
+    code = "from service.settings import Settings; s = Settings(); print(s.debug, s.scratch_path())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "/tmp/scratch-here"]
+    # with debugging on, an error shows its traceback
+    result = subprocess.run(["coreml-publish", "convert", "./missing", "-o", "out"], capture_output=True, text=True,
+                            timeout=120, cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" in result.stderr

@@ -86,3 +86,7 @@ def test_insecure_api_settings_are_refused() -> None:
     Settings(api_token="t").check_api("0.0.0.0")
     with pytest.raises(OptionsError, match="SQLite"):
         Settings(environment="production", api_token="t").check_api("127.0.0.1")
+    production = dict(environment="production", database_url="postgresql+psycopg://svc@db/jobs")
+    with pytest.raises(OptionsError, match="no API token is set"):  # in production, loopback too
+        Settings(**production).check_api("127.0.0.1")
+    Settings(**production, api_token="t").check_api("127.0.0.1")

@@ -7,7 +7,6 @@ need into a local scratch folder and ``push`` what they made.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 
@@ -18,8 +17,7 @@ class ArtifactStore:
         self.url = url.rstrip("/")
         self.local = "://" not in url or url.startswith("file://")
         self.root = Path(url.removeprefix("file://")).resolve() if self.local else None
-        self.scratch = scratch or Path(os.environ.get("COREML_PUBLISH_SCRATCH",
-                                                      Path.home() / ".cache" / "coreml-publisher")) / "jobs"
+        self.scratch = (scratch or Path.home() / ".cache" / "coreml-publisher") / "jobs"
 
     def uri(self, job_id: int, *parts: str) -> str:
         """The URL of a job's artifact."""
