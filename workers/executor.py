@@ -651,24 +651,30 @@ def _attention_chains(operations: list, outputs: set[str]) -> dict[int, tuple[in
     for i, op in enumerate(operations):
         for var in _input_vars(op):
             consumers.setdefault(var.name, []).append(i)
+
+    def sole_user(op, op_type: str) -> int | None:
+        """The index of the one operation using ``op``'s output, if it is an ``op_type`` and nothing else is."""
+        name = op.outputs[0].name
+        users = consumers.get(name, [])
+        if len(users) != 1 or name in outputs or operations[users[0]].op_type != op_type:
+            return None
+        return users[0]
+
     chains = {}
     for i, op in enumerate(operations):
         if op.op_type != "matmul" or len(op.outputs) != 1 or op.outputs[0].rank < 3:
             continue
-        scores = op.outputs[0].name
-        users = consumers.get(scores, [])
-        if len(users) != 1 or scores in outputs or operations[users[0]].op_type != "softmax":
+        j = sole_user(op, "softmax")
+        if j is None:
             continue
-        j = users[0]
         softmax = operations[j]
         axis = softmax.inputs["axis"].val if softmax.inputs.get("axis") is not None else -1
         if axis is None or int(axis) not in (-1, op.outputs[0].rank - 1):
             continue
-        probabilities = softmax.outputs[0].name
-        users = consumers.get(probabilities, [])
-        if len(users) != 1 or probabilities in outputs or operations[users[0]].op_type != "matmul":
+        k = sole_user(softmax, "matmul")
+        if k is None:
             continue
-        k = users[0]
+        probabilities = softmax.outputs[0].name
         value_op = operations[k]
         if value_op.inputs["x"].name != probabilities or value_op.inputs["y"].name == probabilities \
                 or (value_op.inputs.get("transpose_x") is not None and value_op.inputs["transpose_x"].val):
