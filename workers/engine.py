@@ -285,6 +285,11 @@ def _precision(bits: int | None, group_size: int = 0) -> str:
     return f"palettized-{bits}bit" + (f"-group{group_size}" if group_size else "")
 
 
+def precision_bits(precision: str) -> int | None:
+    """The bit width a package's precision label names (``palettized-6bit-group16`` → 6); None for float16."""
+    return None if precision == "float16" else int(precision.split("-")[1].removesuffix("bit"))
+
+
 def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None = None,
                      on_event: Callable[[Event], None] | None = None) -> Report:
     """Convert a fetched source into validated float16 and palettized package trees under ``out``.
@@ -431,7 +436,7 @@ def _validate(run: _Run, spec: ComponentSpec, path: Path, export, io: _Inputs, *
               float16: str) -> list[Check]:
     """Every check of one saved package; ``float16`` names the float16 package it was made from."""
     variant = path.parent.parent.name if spec.depends_on_attention else None
-    precision = "float16" if bits is None else _precision(bits, run.options.group_size)
+    precision = _precision(bits, run.options.group_size)
     checks, accounting = validate_package(spec, run.geometry, run.options.bars, path, export, io, bits=bits,
                                           float16=None if bits is None else run.accountings[float16],
                                           stage=lambda name: run.stage(name, spec.name, variant, precision))

@@ -85,8 +85,8 @@ class ValidationError(CoreMLPublishError, RuntimeError):
 
     hint = "The failing packages were deleted; see report.json for every figure."
 
-    def __init__(self, failures: list[str], *, report: object | None = None) -> None:
-        super().__init__("validation failed: " + "; ".join(failures))
+    def __init__(self, failures: list[str], *, report: object | None = None, hint: str | None = None) -> None:
+        super().__init__("validation failed: " + "; ".join(failures), hint=hint)
         self.failures = failures
         self.report = report
 

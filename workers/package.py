@@ -142,7 +142,7 @@ def check_compiled(out: Path, report: dict, repo: str, variant: str, compiled_di
     ``psnr_coreml: skipped``.  The figures replace that check in ``report`` and report.json; a model below
     its bar fails the package, the report and this call (ValidationError).
     """
-    from workers.engine import write_json
+    from workers.engine import precision_bits, write_json
     from workers.layout import compiled_file_name
     from workers.validate import ValidationBars, compiled_check, compute_units_for, coreml_available, load_check_data
 
@@ -158,9 +158,8 @@ def check_compiled(out: Path, report: dict, repo: str, variant: str, compiled_di
             continue  # converted before check data was kept: nothing to compare with
         (on_step or (lambda m: None))(f"predicting with {repo}/{variant} {package['component']}")
         precision = package["precision"]
-        bits = None if precision == "float16" else int(precision.split("-")[1].removesuffix("bit"))
         check = compiled_check(compiled_dir / compiled_file_name(package["component"]), data,
-                               bars.shipped(bits), compute_units_for(variant), predict=predict)
+                               bars.shipped(precision_bits(precision)), compute_units_for(variant), predict=predict)
         package["checks"] = [c for c in package["checks"] if c["name"] != "psnr_coreml"] + [check.to_dict()]
         if check.failed:
             package["status"] = "failed"
@@ -171,9 +170,7 @@ def check_compiled(out: Path, report: dict, repo: str, variant: str, compiled_di
     if failures:
         from workers.errors import ValidationError
 
-        error = ValidationError(failures)
-        error.hint = "Nothing is published; report.json has every figure."
-        raise error
+        raise ValidationError(failures, hint="Nothing is published; report.json has every figure.")
 
 
 def load_trees(out: Path) -> list[RepoTree]:

@@ -341,6 +341,11 @@ def coreml_available() -> bool:
     return platform.system() == "Darwin"
 
 
+def _input_dtypes(input_specs: list[TensorSpec]) -> dict[str, type]:
+    """The numpy type each input feature is fed in."""
+    return {t.name: np.float16 if t.dtype == "float16" else np.float32 for t in input_specs}
+
+
 def coreml_check(package: Path, inputs: dict[str, torch.Tensor], input_specs: list[TensorSpec],
                  reference: dict[str, np.ndarray], outputs: list[str], threshold: float) -> Check:
     """Core ML prediction of the saved package against the float32 reference (macOS only)."""
@@ -348,7 +353,7 @@ def coreml_check(package: Path, inputs: dict[str, torch.Tensor], input_specs: li
         return Check("psnr_coreml", "skipped", "coreml", threshold=threshold, detail="needs macOS")
     import coremltools as ct
 
-    dtypes = {t.name: np.float16 if t.dtype == "float16" else np.float32 for t in input_specs}
+    dtypes = _input_dtypes(input_specs)
     model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_AND_GPU)
     prediction = model.predict({k: v.numpy().astype(dtypes[k]) for k, v in inputs.items()})
     return psnr_check("psnr_coreml", "coreml", reference, prediction, outputs, threshold)
@@ -368,7 +373,7 @@ class CheckData:
 def save_check_data(out: Path, component: str, inputs: dict[str, torch.Tensor], input_specs: list[TensorSpec],
                     reference: dict[str, np.ndarray], compared: list[str]) -> Path:
     """Keep what a component was checked with beside the output, so a compiled model can be checked later."""
-    dtypes = {t.name: np.float16 if t.dtype == "float16" else np.float32 for t in input_specs}
+    dtypes = _input_dtypes(input_specs)
     arrays = {f"input:{k}": v.numpy().astype(dtypes[k]) for k, v in inputs.items()}
     arrays |= {f"reference:{k}": np.asarray(v, np.float32) for k, v in reference.items()}
     arrays["compared"] = np.array(compared)

@@ -20,6 +20,7 @@ from workers.engine import (
     PackageResult,
     Report,
     component_inputs,
+    precision_bits,
     release_memory,
     validate_package,
     write_json,
@@ -120,7 +121,7 @@ def _verify_component(out: Path, source: Source, spec, geometry: Geometry, bars:
     accountings: dict[str, Accounting] = {}
     palettized = [p for p in packages if p.precision != "float16"]
     for package in [p for p in packages if p.precision == "float16"] + palettized:
-        bits = None if package.precision == "float16" else int(package.precision.split("-")[1].removesuffix("bit"))
+        bits = precision_bits(package.precision)
         label = dict(variant=package.variant, precision=package.precision)
         notify(Event("validate", spec.name, "start", **label))
         path = package_location(out, package)
