@@ -127,7 +127,7 @@ def build(model: str, folder: Path, seed: int = 0) -> None:
     """Write a full-size random pipeline with ``model``'s architecture to ``folder``."""
     import torch
 
-    from workers.tiny import randomize_norms, save_pipeline
+    from service.devtools.tiny import randomize_norms, save_pipeline
 
     torch.manual_seed(seed)
     title = MODELS[model]

@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def sd1_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD 1.x-style pipeline (conv projections, fixed heads, safety checker)."""
-    from workers.tiny import build_tiny_pipeline
+    from service.devtools.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("sources") / "tiny-sd1", style="sd1", seed=1)
 
@@ -47,7 +47,7 @@ def sd1_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sd2_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD 2.x-style pipeline (linear projections, per-block heads, 576-token attention)."""
-    from workers.tiny import build_tiny_pipeline
+    from service.devtools.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("sources") / "tiny-sd2", style="sd2", seed=2)
 
@@ -100,8 +100,8 @@ def xcrun_double(monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def devhub(tmp_path: Path):
     """A running dev Hub with users alice (org: studio) and a read-only bob; yields (url, store)."""
-    from service.devhub.server import running_devhub
-    from service.devhub.store import Store
+    from service.devtools.devhub.server import running_devhub
+    from service.devtools.devhub.store import Store
 
     store = Store(tmp_path / "devhub")
     store.add_token("alice", token="alice-token", orgs=["studio"])

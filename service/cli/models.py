@@ -18,7 +18,7 @@ def tiny_pipeline(
 ) -> None:
     """Write a tiny random Stable Diffusion pipeline (a few MB, safetensors) to OUT, and optionally push it."""
     from service.errors import OptionsError
-    from workers.tiny import STYLES, build_tiny_pipeline
+    from service.devtools.tiny import STYLES, build_tiny_pipeline
 
     if style not in STYLES:
         raise OptionsError(f"--style must be one of {', '.join(STYLES)}, not {style!r}", hint="Use sd1 or sd2.")

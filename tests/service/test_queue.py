@@ -34,9 +34,9 @@ def service(tmp_path_factory: pytest.TempPathFactory):
     """Dev Hub with a tiny source repo, a fresh PostgreSQL database, an empty Redis db, and one Linux worker."""
     import redis
 
-    from service.devhub.server import running_devhub
-    from service.devhub.store import Store
-    from workers.tiny import build_tiny_pipeline
+    from service.devtools.devhub.server import running_devhub
+    from service.devtools.devhub.store import Store
+    from service.devtools.tiny import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("service")
     Store(root / "hub").add_token("alice", token="alice-token", orgs=["studio"])

@@ -16,7 +16,7 @@ def serve(data: Path, *, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve the dev Hub until interrupted."""
     import uvicorn
 
-    from service.devhub.app import create_app
+    from service.devtools.devhub.app import create_app
 
     uvicorn.run(create_app(data), host=host, port=port, log_level="warning")
 
@@ -26,7 +26,7 @@ def running_devhub(data: Path, *, host: str = "127.0.0.1", port: int = 0, page_s
     """Run the dev Hub in a thread for the duration of the block; yields its URL."""
     import uvicorn
 
-    from service.devhub.app import create_app
+    from service.devtools.devhub.app import create_app
 
     app = create_app(data, page_size=page_size)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
