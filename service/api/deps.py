@@ -1,0 +1,34 @@
+"""What the API's handlers depend on: the settings, a database session, the bearer-token check."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Iterator
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.orm import Session
+
+from service.db import session_scope
+from service.settings import Settings
+
+
+def settings(request: Request) -> Settings:
+    """The settings the app was created with."""
+    return request.app.state.settings
+
+
+def session(config: Settings = Depends(settings)) -> Iterator[Session]:
+    """One session per request, committed when the handler returns normally, rolled back when it raises."""
+    with session_scope(config.database_url) as db:
+        yield db
+
+
+def require_token(request: Request, config: Settings = Depends(settings)) -> None:
+    """Writes need ``Authorization: Bearer <COREML_PUBLISH_API_TOKEN>`` (compared in constant time)."""
+    expected = config.api_token.get_secret_value() if config.api_token else None
+    if expected is None:
+        return  # only allowed on loopback: Settings.check_api refuses otherwise
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})

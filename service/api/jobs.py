@@ -1,0 +1,55 @@
+"""``/jobs``: submit, list, read, cancel and retry conversion jobs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from sqlalchemy.orm import Session
+
+from service.api import schemas
+from service.api.deps import require_token, session, settings
+from service.jobs import cancel_job, get_job, job_summary, list_jobs
+from service.models import Trigger
+from service.settings import Settings
+from service.submit import create_job, requested_options, retry
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.post("", status_code=201, response_model=schemas.Submitted, dependencies=[Depends(require_token)],
+             responses={200: {"model": schemas.Submitted, "description": "The same job already existed"}})
+def submit(body: schemas.JobRequest, response: Response, config: Settings = Depends(settings),
+           db: Session = Depends(session)) -> dict:
+    """Submit a job for a Hub repo; an identical job (same commit, options and toolchain) is returned instead."""
+    options = requested_options(namespace=body.namespace, attentions=body.attentions, bits=body.bits,
+                                private=body.private, packages_only=body.packages_only, settings=config)
+    submitted = create_job(source_repo=body.repo, options=options, revision=body.revision, trigger=Trigger.API,
+                           settings=config)
+    response.status_code = 201 if submitted.created else 200
+    return job_summary(get_job(db, submitted.job.id)) | {"created": submitted.created}
+
+
+@router.get("", response_model=list[schemas.Job])
+def listing(state: str | None = None, limit: int = 50, db: Session = Depends(session)) -> list[dict]:
+    """The newest jobs first, optionally only those in one state."""
+    return [job_summary(j) for j in list_jobs(db, state=state, limit=min(limit, 500))]
+
+
+@router.get("/{job_id}", response_model=schemas.Job)
+def one(job_id: int, db: Session = Depends(session)) -> dict:
+    """One job with its stages, figures and published repos."""
+    return job_summary(get_job(db, job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=schemas.Job, dependencies=[Depends(require_token)])
+def cancel(job_id: int, db: Session = Depends(session)) -> dict:
+    """Cancel a queued or running job; running stages stop at their next check."""
+    job = cancel_job(db, job_id)
+    db.commit()
+    return job_summary(job)
+
+
+@router.post("/{job_id}/retry", response_model=schemas.Job, dependencies=[Depends(require_token)])
+def retry_(job_id: int, config: Settings = Depends(settings), db: Session = Depends(session)) -> dict:
+    """Queue a failed or cancelled job again; finished stages are not redone."""
+    retry(job_id, settings=config)
+    return job_summary(get_job(db, job_id))
