@@ -100,7 +100,8 @@ def measure(model: str, attention: str, work: Path) -> None:
 
     from workers.convert import _DTYPES, save_package, trace
     from workers.layout import Attention
-    from workers.specs import SPECS, Geometry
+    from workers.geometry import Geometry
+    from workers.specs import SPECS
 
     torch.manual_seed(0)
     unet = modules(model)[0].eval()

@@ -41,6 +41,11 @@ def make_app() -> Celery:
 app = make_app()
 
 
+def stage_signature(stage: str, *args):
+    """The signature of a stage's task by name (``coreml_publisher.<stage>``, see ``service.tasks``)."""
+    return app.signature(f"coreml_publisher.{stage}", args=args, immutable=True)
+
+
 def macos_worker_alive(timeout: float = 1.0) -> bool:
     """Whether any running worker consumes the ``macos`` queue."""
     replies = app.control.inspect(timeout=timeout).active_queues() or {}

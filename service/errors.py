@@ -1,5 +1,5 @@
 """Every error the project raises on purpose: the conversion library's (re-exported from
-:mod:`workers.errors`) and the service's own (jobs, publishing).
+:mod:`workers.errors`) and the service's own (jobs and watches).
 
 Each error carries the facts a caller needs and a one-line hint saying what to do next; the CLI prints
 ``message`` and ``hint`` and nothing else unless debugging.
@@ -19,15 +19,8 @@ from workers.errors import (  # noqa: F401 (re-exported)
     ConversionError,
     ValidationError,
     ToolUnavailableError,
+    PublishError,
 )
-
-
-class PublishError(CoreMLPublishError, RuntimeError):
-    """Pushing to the Hub failed (after retries, or for a reason retrying cannot fix)."""
-
-    def __init__(self, message: str, *, repo_id: str, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.repo_id = repo_id
 
 
 class JobError(CoreMLPublishError, LookupError):

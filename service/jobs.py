@@ -20,12 +20,11 @@ from sqlalchemy.orm import Session
 
 from service.errors import JobError, JobNotFoundError, OptionsError
 from service.models import Job, JobEvent, JobState, PublishedRepo, StageResult, Trigger, utcnow
-from workers.layout import Attention
+from workers.layout import Attention, depends_on_attention, sort_attentions
 from workers.palettize import SUPPORTED_BITS
 from workers.versions import toolchain
 
 log = logging.getLogger(__name__)
-LAYOUT_INDEPENDENT = ("text_encoder", "vae_decoder", "vae_encoder", "safety_checker")
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,7 @@ class JobOptions:
         if self.bits is not None and self.bits not in SUPPORTED_BITS:
             raise OptionsError(f"--bits {self.bits} is not supported",
                                hint=f"Use one of {', '.join(map(str, SUPPORTED_BITS))}, or 0 for float16 only.")
-        order = [a.value for a in Attention]
-        object.__setattr__(self, "attentions", tuple(sorted(set(self.attentions), key=order.index)))
+        object.__setattr__(self, "attentions", sort_attentions(self.attentions))
         if self.components is not None:
             object.__setattr__(self, "components", tuple(sorted(set(self.components))))
 
@@ -72,9 +70,9 @@ class JobOptions:
         """Independent conversion parts, fanned out to workers: the shared components, then one per layout."""
         wanted = set(self.components) if self.components else None
         parts = []
-        if wanted is None or wanted & set(LAYOUT_INDEPENDENT):
+        if wanted is None or any(not depends_on_attention(c) for c in wanted):
             parts.append("shared")
-        if wanted is None or "unet" in wanted:
+        if wanted is None or any(depends_on_attention(c) for c in wanted):
             parts += [f"unet-{a}" for a in self.attentions]
         return parts
 
@@ -250,48 +248,3 @@ def job_summary(job: Job) -> dict:
         "published": [{"repo_id": p.repo_id, "commit": p.commit, "changed": p.changed, "tag": p.tag}
                       for p in job.published],
     }
-
-
-def create_job(*, source_repo: str, options: JobOptions, revision: str | None = None,
-               trigger: Trigger = Trigger.CLI, local: bool = False, settings=None) -> Submitted:
-    """Resolve a Hub repo to its commit, record the job (deduplicated), commit, then enqueue it.
-
-    With ``local`` nothing is enqueued: the caller runs the stages in-process.  Raises SourceError (and
-    subclasses) for sources that cannot be converted, before any job is recorded.
-    """
-    from service.db import session_scope
-    from service.settings import get_settings
-    from workers.resolve import looks_like_repo_id, resolve_source
-
-    settings = settings or get_settings()
-    if not looks_like_repo_id(source_repo) or "/" not in source_repo:
-        raise OptionsError(f"{source_repo!r} is not a Hub repo id",
-                           hint="Jobs take org/name; convert a local folder with `coreml-publish convert`.")
-    source = resolve_source(source_repo, revision=revision, endpoint=settings.hub_endpoint,
-                            max_bytes=int(settings.max_source_gb * 1e9),
-                            need_safety_checker=options.components is None or "safety_checker" in options.components)
-    with session_scope(settings.database_url) as session:
-        submitted = submit_job(session, source_repo=source_repo, source_sha=source.sha, options=options,
-                               revision=revision, trigger=trigger)
-        job_id = submitted.job.id
-    if submitted.created and not local:
-        from service.tasks import enqueue
-
-        enqueue(job_id, options.parts(), packages_only=options.packages_only)
-    return submitted
-
-
-def requeue(job_id: int, *, settings=None) -> None:
-    """Send a job (after ``retry_job``) to the queue again; finished stages are skipped by the workers."""
-    from service.db import session_scope
-    from service.tasks import enqueue
-
-    with session_scope((settings or _settings()).database_url) as session:
-        options = JobOptions.from_dict(get_job(session, job_id).options)
-    enqueue(job_id, options.parts(), packages_only=options.packages_only)
-
-
-def _settings():
-    from service.settings import get_settings
-
-    return get_settings()

@@ -19,7 +19,6 @@ from typing import Callable
 from service.db import session_scope
 from service.errors import CoreMLPublishError, HubUnavailableError, JobCancelled, ValidationError
 from service.jobs import (
-    LAYOUT_INDEPENDENT,
     JobOptions,
     finish_stage,
     get_job,
@@ -156,13 +155,13 @@ def _fetch(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | No
 
 def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
     from workers.engine import ConvertOptions, convert_pipeline, select_components
-    from workers.layout import Attention
+    from workers.layout import Attention, depends_on_attention
 
     options = spec.options
     source = _source(spec, settings)
     if part == "shared":
         available = select_components(source, None)
-        components = tuple(c for c in LAYOUT_INDEPENDENT if c in available
+        components = tuple(c for c in available if not depends_on_attention(c)
                            and (options.components is None or c in options.components))
         attentions = tuple(Attention(a) for a in options.attentions)
     else:
@@ -192,7 +191,7 @@ def _report_figures(report) -> dict:
 
 
 def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
-    from workers.engine import merge_outputs
+    from service.merge import merge_outputs
 
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     parts = [store.pull(spec.id, "parts", p) for p in spec.options.parts()]
@@ -223,7 +222,7 @@ def _compile(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
 
 
 def _publish(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
-    from service.publish import publish_tree
+    from workers.publish import publish_tree
     from workers.package import load_trees
 
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())

@@ -6,8 +6,6 @@ final and already recorded on the job when the task fails.
 
 from __future__ import annotations
 
-from celery import chain, chord
-
 from workers.errors import HubUnavailableError
 from service.celery_app import app, macos_worker_alive
 
@@ -59,14 +57,3 @@ def sweep() -> list[dict]:
     from service.watch import sweep as run_sweep
 
     return [asdict(r) for r in run_sweep(due_only=True)]
-
-
-def enqueue(job_id: int, parts: list[str], *, packages_only: bool) -> str:
-    """Send a job's stages: fetch, the convert parts in parallel, then merge, compile/package, publish.
-
-    Call after the job's row is committed.  Returns the Celery id of the chain.
-    """
-    finish = package.si(job_id) if packages_only else compile.si(job_id)
-    flow = chain(fetch.si(job_id), chord([convert.si(job_id, p) for p in parts], merge.si(job_id)), finish,
-                 publish.si(job_id))
-    return flow.apply_async().id

@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from service.errors import JobError, NotWatchedError, OptionsError
 from service import jobs
-from service.jobs import JobOptions, create_job, dedupe_key
+from service.jobs import JobOptions, dedupe_key
+from service.submit import create_job
 from service.models import Job, JobState, Trigger, WatchedRepo, WatchState, utcnow
 
 log = logging.getLogger(__name__)

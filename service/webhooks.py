@@ -39,7 +39,8 @@ def handle_hub_webhook(body: bytes, *, settings) -> WebhookOutcome:
     """Parse a Hub webhook payload (already authenticated) and start a job when it is a new main commit."""
     from service.db import session_scope
     from service.errors import CoreMLPublishError, NotWatchedError
-    from service.jobs import JobOptions, create_job
+    from service.jobs import JobOptions
+    from service.submit import create_job
     from service.watch import get_watch
 
     if len(body) > MAX_BODY:

@@ -7,7 +7,7 @@ from datetime import date
 
 import yaml
 
-from workers.layout import COMPILED_NAMES
+from workers.layout import COMPILED_NAMES, compiled_file_name, package_file_name
 
 TAGS = ["stable-diffusion", "text-to-image", "core-ml", "coreml-publisher"]
 _OS = {"iOS15": "iOS 15 / macOS 12", "macOS12": "macOS 12 / iOS 15", "iOS16": "iOS 16 / macOS 13",
@@ -77,10 +77,10 @@ def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str, varia
     for v in variants:
         lines.append(f"{v}/")
         if compiled:
-            lines.append("  compiled/   " + "  ".join([f"{COMPILED_NAMES[c]}.mlmodelc" for c in components]
+            lines.append("  compiled/   " + "  ".join([compiled_file_name(c) for c in components]
                                                     + ["merges.txt", "vocab.json"]))
         lines.append("  packages/   " + "  ".join(
-            f"Stable_Diffusion_version_{source['id'].replace('/', '_')}_{c}.mlpackage" for c in components))
+            package_file_name(source['id'], c) for c in components))
     lines += ["```", ""]
     lines += [f"- `{v}`: {_VARIANT_USE.get(v, v)}." for v in variants]
     lines += ["- `compiled/` holds `.mlmodelc` resources and the tokenizer, ready for the Swift pipeline; "

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from workers.errors import ConversionError, OptionsError
-from workers.specs import TensorSpec
+from workers.geometry import TensorSpec
 
 DEPLOYMENT_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
 DEFAULT_DEPLOYMENT_TARGET = "iOS17"

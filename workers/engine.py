@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
 import os
 import shutil
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -32,29 +30,18 @@ from workers.convert import (
 from workers.layout import (
     CHECK_DATA_DIR,
     DEFAULT_ATTENTIONS,
-    REPORT_FILE,
     Attention,
     package_file_name,
     packages_dir,
     repo_names,
 )
 from workers.palettize import DEFAULT_BITS, WEIGHT_THRESHOLD, check_bits, palettize_package
+from workers.report import Check, Event, PackageResult, Report, precision_label
 from workers.resolve import Source
-from workers.specs import COMPONENT_ORDER, SPECS, ComponentSpec, Geometry, read_geometry, resolve_outputs
-from workers.validate import (
-    Check,
-    ValidationBars,
-    coreml_check,
-    psnr_check,
-    Accounting,
-    account_parameters,
-    load_read_back,
-    program_check,
-    read_package,
-    run_module,
-    save_check_data,
-    structure_check,
-)
+from workers.geometry import Geometry, read_geometry
+from workers.specs import COMPONENT_ORDER, SPECS, ComponentSpec, resolve_outputs
+from workers.readback import Accounting, account_parameters, load_read_back, read_package
+from workers.validate import ValidationBars, coreml_check, psnr_check, program_check, run_module, save_check_data, structure_check
 from workers.versions import converter_id, toolchain
 
 
@@ -88,101 +75,6 @@ class ConvertOptions:
         if unknown:
             raise OptionsError(f"unknown components: {', '.join(unknown)}",
                                hint=f"Choose from {', '.join(COMPONENT_ORDER)}.")
-
-
-@dataclass(frozen=True)
-class Event:
-    """Progress of one stage of one package, for progress displays and job logs."""
-
-    stage: str  # load, reference, convert, validate, palettize
-    component: str
-    status: str  # start, done, failed, skipped
-    variant: str | None = None
-    precision: str | None = None
-    seconds: float | None = None
-    detail: str = ""
-
-
-@dataclass
-class PackageResult:
-    """One package in the output tree and everything checked about it."""
-
-    repo: str
-    variant: str
-    component: str
-    precision: str
-    path: str  # relative to the output folder
-    size_bytes: int = 0
-    seconds: float = 0.0
-    shared_from: str | None = None  # the package this one is a copy of (layout-independent components)
-    checks: list[Check] = field(default_factory=list)
-
-    @property
-    def status(self) -> str:
-        return "failed" if any(c.failed for c in self.checks) else "passed"
-
-    def failures(self) -> list[str]:
-        where = f"{self.component} ({self.variant}, {self.precision})"
-        out = []
-        for c in self.checks:
-            if c.failed:
-                figure = f"{c.value} dB < {c.threshold} dB" if c.threshold is not None and c.value is not None \
-                    else c.detail
-                out.append(f"{where} {c.name}: {figure}")
-        return out
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["status"] = self.status
-        return d
-
-
-@dataclass
-class Report:
-    """The machine-readable record of one conversion (written as report.json)."""
-
-    source: dict
-    options: dict
-    geometry: dict
-    toolchain: dict
-    repos: dict[str, str]
-    packages: list[PackageResult] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-
-    @property
-    def passed(self) -> bool:
-        return all(p.status == "passed" for p in self.packages)
-
-    def failures(self) -> list[str]:
-        return [f for p in self.packages if p.shared_from is None for f in p.failures()]
-
-    def to_dict(self) -> dict:
-        return {
-            "source": self.source, "options": self.options, "geometry": self.geometry,
-            "toolchain": self.toolchain, "repos": self.repos, "started_at": self.started_at,
-            "timings": {k: round(v, 2) for k, v in self.timings.items()},
-            "passed": self.passed, "packages": [p.to_dict() for p in self.packages],
-        }
-
-    def write(self, out: Path) -> Path:
-        return write_json(out / REPORT_FILE, self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Report":
-        """A report read back from report.json."""
-        packages = [PackageResult(**{k: v for k, v in p.items() if k not in ("checks", "status")},
-                                  checks=[Check(**c) for c in p["checks"]]) for p in data["packages"]]
-        return cls(data["source"], data["options"], data["geometry"], data["toolchain"], data["repos"], packages,
-                   dict(data.get("timings", {})), data.get("started_at", ""))
-
-
-def write_json(path: Path, data: dict) -> Path:
-    """Write ``data`` as JSON so that readers see the old file or the new one, never half of one."""
-    tmp = path.with_suffix(".json.partial")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
-    return path
 
 
 def package_size(path: Path) -> int:
@@ -277,17 +169,6 @@ class _Run:
 
     def rel(self, path: Path) -> str:
         return path.relative_to(self.out).as_posix()
-
-
-def _precision(bits: int | None, group_size: int = 0) -> str:
-    if bits is None:
-        return "float16"
-    return f"palettized-{bits}bit" + (f"-group{group_size}" if group_size else "")
-
-
-def precision_bits(precision: str) -> int | None:
-    """The bit width a package's precision label names (``palettized-6bit-group16`` → 6); None for float16."""
-    return None if precision == "float16" else int(precision.split("-")[1].removesuffix("bit"))
 
 
 def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None = None,
@@ -394,7 +275,7 @@ def _palettized(run: _Run, spec: ComponentSpec, attention: Attention, label: str
                              float16.size_bytes, 0.0, float16.path, list(float16.checks))
         _record(run, copy, path, spec, layouts)
         return
-    precision = _precision(run.options.bits, run.options.group_size)
+    precision = precision_label(run.options.bits, run.options.group_size)
     result = PackageResult(run.palettized_repo, attention.value, spec.name, precision, run.rel(path),
                            checks=[c for c in float16.checks if c.name == "psnr_layout"])
     started = time.perf_counter()
@@ -436,7 +317,7 @@ def _validate(run: _Run, spec: ComponentSpec, path: Path, export, io: _Inputs, *
               float16: str) -> list[Check]:
     """Every check of one saved package; ``float16`` names the float16 package it was made from."""
     variant = path.parent.parent.name if spec.depends_on_attention else None
-    precision = _precision(bits, run.options.group_size)
+    precision = precision_label(bits, run.options.group_size)
     checks, accounting = validate_package(spec, run.geometry, run.options.bars, path, export, io, bits=bits,
                                           float16=None if bits is None else run.accountings[float16],
                                           stage=lambda name: run.stage(name, spec.name, variant, precision))
@@ -481,43 +362,3 @@ def component_inputs(spec: ComponentSpec, geometry: Geometry, modules: dict, see
                  spec.sample_inputs(geometry, seed + 1), {})
     io.reference = run_module(spec.reference(modules), io.check, [t.name for t in outputs])
     return io
-
-
-def merge_outputs(parts: list[Path], out: Path) -> dict:
-    """Fan-in: combine conversion outputs of disjoint component groups into one output folder.
-
-    Each part is a folder written by :func:`convert_pipeline` (with its report.json); packages are
-    hard-linked into ``out`` at the same relative paths and the reports merged into one.
-    Raises OptionsError when the parts are not of the same source and geometry, or one did not pass.
-    """
-    reports = []
-    for part in parts:
-        path = part / REPORT_FILE
-        if not path.is_file():
-            raise OptionsError(f"{part} holds no {REPORT_FILE}", hint="Convert that part first.")
-        reports.append(json.loads(path.read_text()))
-    first = reports[0]
-    for report, part in zip(reports, parts):
-        if (report["source"]["id"], report["source"]["sha"], report["geometry"]) != \
-                (first["source"]["id"], first["source"]["sha"], first["geometry"]):
-            raise OptionsError(f"{part} was converted from another source or geometry", hint="Convert it again.")
-        if not report["passed"]:
-            raise OptionsError(f"{part} did not pass validation", hint="See its report.json.")
-    out.mkdir(parents=True, exist_ok=True)
-    merged = dict(first)
-    merged["packages"], merged["timings"] = [], {}
-    attentions: list[str] = []
-    for report, part in zip(reports, parts):
-        for package in report["packages"]:
-            link_package(part / package["path"], out / package["path"])
-            merged["packages"].append(package)
-        for data in sorted((part / CHECK_DATA_DIR).glob("*.npz")):
-            (out / CHECK_DATA_DIR).mkdir(exist_ok=True)
-            shutil.copy2(data, out / CHECK_DATA_DIR / data.name)
-        merged["timings"].update({f"{part.name}/{k}": v for k, v in report["timings"].items()})
-        attentions += [a for a in report["options"]["attentions"] if a not in attentions]
-    order = [a.value for a in Attention]
-    merged["options"] = dict(first["options"], attentions=sorted(attentions, key=order.index), components=None)
-    merged["passed"] = True
-    write_json(out / REPORT_FILE, merged)
-    return merged

@@ -93,3 +93,15 @@ class ValidationError(CoreMLPublishError, RuntimeError):
 
 class ToolUnavailableError(CoreMLPublishError, RuntimeError):
     """A platform tool (xcrun coremlcompiler, Core ML runtime) is not on this machine."""
+
+
+class PublishError(CoreMLPublishError, RuntimeError):
+    """Pushing to the Hub failed (after retries, or for a reason retrying cannot fix)."""
+
+    def __init__(self, message: str, *, repo_id: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.repo_id = repo_id
+
+
+# HTTP statuses from the Hub worth retrying later: timeouts, rate limits, server errors
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})

@@ -21,6 +21,20 @@ class Attention(str, enum.Enum):
 
 DEFAULT_ATTENTIONS: tuple[Attention, ...] = (Attention.ORIGINAL, Attention.SPLIT_EINSUM_V2)
 
+# components converted once per attention layout; every other component is shared by all layouts
+PER_LAYOUT_COMPONENTS = frozenset({"unet"})
+
+
+def depends_on_attention(component: str) -> bool:
+    """Whether a component's program differs between attention layouts (converted once per layout)."""
+    return component in PER_LAYOUT_COMPONENTS
+
+
+def sort_attentions(values) -> tuple[str, ...]:
+    """Layout names without repeats, in the order layouts are declared (the canonical order everywhere)."""
+    order = [a.value for a in Attention]
+    return tuple(sorted(set(values), key=order.index))
+
 # package component -> compiled resource name the Swift StableDiffusion package loads
 COMPILED_NAMES: dict[str, str] = {
     "text_encoder": "TextEncoder",

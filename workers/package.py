@@ -142,7 +142,7 @@ def check_compiled(out: Path, report: dict, repo: str, variant: str, compiled_di
     ``psnr_coreml: skipped``.  The figures replace that check in ``report`` and report.json; a model below
     its bar fails the package, the report and this call (ValidationError).
     """
-    from workers.engine import precision_bits, write_json
+    from workers.report import precision_bits, write_json
     from workers.layout import compiled_file_name
     from workers.validate import ValidationBars, compiled_check, compute_units_for, coreml_available, load_check_data
 

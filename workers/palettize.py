@@ -79,7 +79,7 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
     import coremltools as ct
     from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
 
-    from workers.validate import load_program, nonfinite_constants, unpalettized_weights
+    from workers.readback import load_program, nonfinite_constants, unpalettized_weights
 
     def palettizer(granularity: str) -> OpPalettizerConfig:
         return OpPalettizerConfig(mode="custom", lut_function=partial(histogram_kmeans, nbits=bits),

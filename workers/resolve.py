@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable
 
 from workers.errors import (
+    TRANSIENT_STATUS,
     GatedSourceError,
     HubUnavailableError,
     SourceError,
@@ -174,7 +175,7 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
             hint="Check the id; for a private repo set HF_TOKEN to a token that can read it.") from e
     except HfHubHTTPError as e:
         status = getattr(e.response, "status_code", None)
-        error = HubUnavailableError if status in (408, 429) or (status or 0) >= 500 else SourceError
+        error = HubUnavailableError if status in TRANSIENT_STATUS else SourceError
         raise error(f"the Hub answered {status} for {repo_id}", source=repo_id,
                     hint="Try again later; check HF_ENDPOINT and HF_TOKEN.") from e
     except network_errors() as e:  # connection refused, DNS, timeouts

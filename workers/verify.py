@@ -15,20 +15,14 @@ from pathlib import Path
 from typing import Callable
 
 from workers.errors import OptionsError
-from workers.engine import (
-    Event,
-    PackageResult,
-    Report,
-    component_inputs,
-    precision_bits,
-    release_memory,
-    validate_package,
-    write_json,
-)
+from workers.engine import component_inputs, release_memory, validate_package
+from workers.report import Check, Event, PackageResult, Report, precision_bits, write_json
 from workers.layout import REPORT_FILE, Attention
 from workers.resolve import Source
-from workers.specs import COMPONENT_ORDER, SPECS, Geometry
-from workers.validate import Accounting, Check, ValidationBars, psnr_check, run_module
+from workers.geometry import Geometry
+from workers.specs import COMPONENT_ORDER, SPECS
+from workers.readback import Accounting
+from workers.validate import ValidationBars, psnr_check, run_module
 
 
 def read_report(out: Path) -> Report:

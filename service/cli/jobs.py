@@ -26,14 +26,15 @@ def submit(
 ) -> None:
     """Submit a conversion job and return at once (or follow it with --wait; or run it here with --local)."""
     from service.db import session_scope
-    from service.jobs import JobOptions, create_job, get_job
+    from service.jobs import get_job
     from service.runner import run_local
     from service.settings import get_settings
+    from service.submit import create_job, requested_options
 
     settings = get_settings()
     settings.check_production()
-    options = JobOptions(namespace=namespace or settings.default_namespace or "", attentions=comma_list(attention),
-                         bits=bits or None, private=private, packages_only=packages_only)
+    options = requested_options(namespace=namespace, attentions=comma_list(attention), bits=bits, private=private,
+                                packages_only=packages_only, settings=settings)
     with console.status(f"resolving {repo}…"):
         submitted = create_job(source_repo=repo, options=options, revision=revision, local=local)
     job = submitted.job
@@ -180,10 +181,7 @@ def cancel(job_id: int = typer.Argument(..., help="Job number.")) -> None:
 
 def retry(job_id: int = typer.Argument(..., help="Job number.")) -> None:
     """Queue a failed or cancelled job again; finished stages are not redone."""
-    from service.db import session_scope
-    from service.jobs import requeue, retry_job
+    from service.submit import retry as retry_job
 
-    with session_scope() as session:
-        retry_job(session, job_id)
-    requeue(job_id)
+    retry_job(job_id)
     stdout.print(f"Job {job_id} queued again.")

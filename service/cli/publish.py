@@ -21,7 +21,7 @@ def publish(
     Compiles every package to .mlmodelc (needs macOS with Xcode), zips each variant, writes the model card,
     and pushes each repo as one commit. Uses the token in HF_TOKEN or the huggingface_hub login cache.
     """
-    from service.publish import publish_tree
+    from workers.publish import publish_tree
     from workers.compile import require_compiler
     from workers.package import load_report, package_output
 
@@ -48,7 +48,7 @@ def download(
     revision: str = typer.Option(None, help="Branch, tag or commit (default: main)."),
 ) -> None:
     """Download one variant of a published repo: only the files asked for."""
-    from service.download import download_variant
+    from workers.download import download_variant
     from service.errors import OptionsError
 
     chosen = [k for k, on in (("compiled", compiled), ("packages", packages), ("zip", zip_)) if on]

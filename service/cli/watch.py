@@ -22,13 +22,11 @@ def add(
 ) -> None:
     """Watch a repo: every new commit on main (webhook or nightly sweep) is converted and published."""
     from service.db import session_scope
-    from service.jobs import JobOptions
-    from service.settings import get_settings
+    from service.submit import requested_options
     from service.watch import add_watch
 
-    options = JobOptions(namespace=namespace or get_settings().default_namespace or "",
-                         attentions=comma_list(attention),
-                         bits=bits or None, private=private, packages_only=packages_only)
+    options = requested_options(namespace=namespace, attentions=comma_list(attention), bits=bits, private=private,
+                                packages_only=packages_only)
     with session_scope() as session:
         add_watch(session, repo_id=repo, options=options)
     stdout.print(f"Watching {repo}; the next sweep converts its current commit.")

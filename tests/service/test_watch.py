@@ -18,7 +18,7 @@ from service.errors import JobError, NotWatchedError
 from service.jobs import JobOptions, list_jobs
 from service.settings import Settings
 from service.watch import add_watch, get_watch, set_paused, sweep, watch_rows
-from workers.tiny import build_tiny_pipeline
+from service.devtools.tiny import build_tiny_pipeline
 
 NIGHT = datetime(2026, 11, 27, 3, 0, tzinfo=timezone.utc)
 
@@ -35,7 +35,7 @@ def world(devhub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     database = f"sqlite:///{tmp_path / 'jobs.db'}"
     upgrade(database)
     sent: list[int] = []
-    monkeypatch.setattr("service.tasks.enqueue", lambda job_id, parts, packages_only: sent.append(job_id))
+    monkeypatch.setattr("service.submit.enqueue", lambda job_id, parts, packages_only: sent.append(job_id))
     monkeypatch.setenv("HF_TOKEN", "alice-token")
     settings = Settings(database_url=database, hub_endpoint=url, default_namespace="studio", api_token="api",
                         webhook_secret="hook-secret", broker_url="redis://127.0.0.1:1/0")

@@ -117,7 +117,7 @@ def test_saved_unets_have_the_layouts_attention_structure(sd2_pipeline, sd2_layo
 
     from diffusers import UNet2DConditionModel
 
-    from workers.validate import read_package
+    from workers.readback import read_package
 
     out, report = sd2_layouts_conversion
     calls = _attention_calls(UNet2DConditionModel.from_pretrained(sd2_pipeline / "unet"), 48)

@@ -14,7 +14,7 @@ from workers.engine import ConvertOptions, convert_pipeline
 from workers.layout import Attention
 from workers.resolve import resolve_source
 from workers.specs import SPECS
-from workers.validate import read_package
+from workers.readback import read_package
 
 F16, F32 = "float16", "float32"
 
@@ -193,7 +193,7 @@ def test_one_palette_per_channel_group(sd2_pipeline: Path, tmp_path: Path) -> No
     """iOS 18 grouped palettes; a weight whose channel count the group does not divide gets one palette."""
     import coremltools as ct
 
-    from workers.validate import load_program
+    from workers.readback import load_program
 
     source = resolve_source(str(sd2_pipeline))
     options = ConvertOptions(components=("text_encoder",), bits=4, attentions=(Attention.ORIGINAL,),

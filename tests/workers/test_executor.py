@@ -11,13 +11,15 @@ import torch
 
 from service.errors import ValidationError
 from tests.helpers import scale_constants, set_operation_input
-from workers import executor
+from workers import executor, kernels_base
 from workers.engine import ConvertOptions, convert_pipeline
 from workers.executor import ProgramError, execute_program
 from workers.layout import Attention
 from workers.resolve import resolve_source
-from workers.specs import SPECS, read_geometry, resolve_outputs
-from workers.validate import account_parameters, program_check, psnr, read_package, run_module
+from workers.geometry import read_geometry
+from workers.specs import SPECS, resolve_outputs
+from workers.readback import account_parameters, read_package
+from workers.validate import program_check, psnr, run_module
 
 
 def _reference(source: Path, component: str, latent_size=None, batch_size: int = 2, seed: int = 5):
@@ -77,7 +79,7 @@ def test_sliced_and_fused_attention_give_the_same_result(sd2_pipeline: Path, sd2
     assert len(executor._attention_chains(operations, {"noise_pred"})) == softmaxes == 8  # every attention
     fused = {p: execute_program(program, inputs, precision=p)["noise_pred"] for p in ("float32", "float16")}
     monkeypatch.setattr(executor, "_attention_chains", lambda operations, outputs: {})
-    monkeypatch.setattr(executor, "CHUNK_BYTES", 64 << 10)  # scores of 2,304 x 2,304 in many slices
+    monkeypatch.setattr(kernels_base, "CHUNK_BYTES", 64 << 10)  # scores of 2,304 x 2,304 in many slices
     for precision, bar in (("float32", 120), ("float16", 60)):
         sliced = execute_program(program, inputs, precision=precision)["noise_pred"]
         assert psnr(sliced, fused[precision]) >= bar, precision
@@ -178,7 +180,7 @@ def test_an_unknown_operation_is_named_in_one_line(tmp_path: Path) -> None:
 def test_initial_ones_and_zeros_convert_and_pass_and_a_changed_one_fails(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from workers import engine
-    from workers.tiny import build_tiny_pipeline
+    from service.devtools.tiny import build_tiny_pipeline
 
     source = build_tiny_pipeline(tmp_path / "fresh-norms", style="sd1", seed=4, initial_norms=True)
     report = convert_pipeline(resolve_source(str(source)), tmp_path / "out", ConvertOptions())

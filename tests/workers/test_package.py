@@ -94,7 +94,7 @@ def core_ml_double(output: Path, *, damage: float = 1.0, calls: list | None = No
     """
     from workers.executor import execute_program
     from workers.layout import COMPILED_NAMES, package_file_name
-    from workers.validate import read_package
+    from workers.readback import read_package
 
     source_id = json.loads((output / "report.json").read_text())["source"]["id"]
     components = {f"{name}.mlmodelc": component for component, name in COMPILED_NAMES.items()}

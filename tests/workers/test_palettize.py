@@ -125,8 +125,9 @@ def test_package_palettizes_every_matrix_and_keeps_vectors_float16(tmp_path) -> 
 
     from workers.convert import convert_module, save_package
     from workers.palettize import palettize_package
-    from workers.specs import TensorSpec
-    from workers.validate import read_package, structure_check
+    from workers.geometry import TensorSpec
+    from workers.readback import read_package
+    from workers.validate import structure_check
 
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(8, 3000), torch.nn.ReLU(), torch.nn.Linear(3000, 8)).eval()

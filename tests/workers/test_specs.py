@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from service.errors import OptionsError, UnsupportedModelError
-from workers.specs import SPECS, read_geometry
+from workers.geometry import read_geometry
+from workers.specs import SPECS
 
 
 def test_geometry_comes_from_the_configs(sd1_pipeline: Path, sd2_pipeline: Path) -> None:

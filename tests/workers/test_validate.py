@@ -8,8 +8,9 @@ import platform
 import numpy as np
 import pytest
 
-from workers.specs import TensorSpec
-from workers.validate import PackageContents, ValidationBars, coreml_check, psnr, psnr_check, structure_check
+from workers.geometry import TensorSpec
+from workers.readback import PackageContents
+from workers.validate import ValidationBars, coreml_check, psnr, psnr_check, structure_check
 
 
 def test_psnr_is_apples_formula() -> None:
@@ -75,7 +76,7 @@ def test_equal_parameters_stored_once_are_all_read_back() -> None:
     """coremltools keeps one copy of identical constants (zero-initialised biases); each is matched to it."""
     import torch
 
-    from workers.validate import account_parameters, load_read_back
+    from workers.readback import account_parameters, load_read_back
 
     module = torch.nn.Sequential(torch.nn.Linear(4, 3000), torch.nn.Linear(3000, 3000), torch.nn.Linear(3000, 3000))
     with torch.no_grad():
@@ -98,7 +99,7 @@ def test_identities_count_as_folded_and_nothing_else_does() -> None:
     """A scale of ones or a shift of zeros may be gone from the package; any other value must be there."""
     import torch
 
-    from workers.validate import account_parameters
+    from workers.readback import account_parameters
 
     norm = torch.nn.LayerNorm(8)  # initial ones and zeros
     accounting, check = account_parameters(norm, {})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from service.errors import OptionsError, SourceError, SourceNotFoundError
+from workers.errors import OptionsError, SourceError, SourceNotFoundError
 from workers.card import zip_name
 from workers.layout import Attention
 

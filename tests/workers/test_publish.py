@@ -11,9 +11,9 @@ import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, hf_hub_download, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from service.download import download_variant
+from workers.download import download_variant
 from service.errors import PublishError, SourceNotFoundError
-from service.publish import publish_tree, with_retries
+from workers.publish import publish_tree, with_retries
 from workers.package import package_output
 
 SHA = "0123456789abcdef0123456789abcdef01234567"

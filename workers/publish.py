@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
-from service.errors import CoreMLPublishError, PublishError
+from workers.errors import TRANSIENT_STATUS, CoreMLPublishError, PublishError
 from workers.package import RepoTree
 
 T = TypeVar("T")
-TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 IGNORED = (".partial", ".tmp")
 
 
