@@ -1,16 +1,17 @@
 """The sizes of a pipeline: every shape the specs need, read from a source folder's configs (no torch).
 
 ``read_geometry`` also refuses what the specs cannot describe (inpainting UNets, SDXL-style conditioning,
-mismatched text encoders) before any weights are loaded.
+mismatched text encoders), malformed config values and sizes no Stable Diffusion model has, before any
+module is built (the checks are in :mod:`workers.configs`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from workers.errors import OptionsError, SourceError, UnsupportedModelError
+from workers.configs import MAX_ACTIVATION_BYTES, check_configs, largest_activation
+from workers.errors import OptionsError, SourceError
 
 
 @dataclass(frozen=True)
@@ -49,66 +50,40 @@ class Geometry:
         return asdict(self)
 
 
-def _read_config(path: Path, component: str, name: str = "config.json") -> dict:
-    file = path / component / name
-    try:
-        return json.loads(file.read_text())
-    except FileNotFoundError as e:
-        raise SourceError(f"{component}/{name} is missing", source=str(path),
-                          hint="The source is incomplete; re-download it.") from e
-    except json.JSONDecodeError as e:
-        raise SourceError(f"{component}/{name} is not valid JSON ({e})", source=str(path),
-                          hint="Fix the file in the source.") from e
-
-
 def read_geometry(path: Path, *, latent_size: tuple[int, int] | None = None,
                   batch_size: int = 2) -> Geometry:
-    """Derive the geometry from a source folder's configs.
+    """Derive the geometry from a source folder's configs, each value checked (see :mod:`workers.configs`).
 
     Latent size defaults to ``unet.config.sample_size``; the VAE scale factor is
-    ``2 ** (len(vae.config.block_out_channels) - 1)``.  Raises OptionsError / UnsupportedModelError.
+    ``2 ** (len(vae.config.block_out_channels) - 1)``.
+    Raises OptionsError, SourceError, UnsupportedModelError.
     """
-    unet = _read_config(path, "unet")
-    vae = _read_config(path, "vae")
-    text = _read_config(path, "text_encoder")
-    if unet.get("_class_name") != "UNet2DConditionModel":
-        raise UnsupportedModelError(f"unet class {unet.get('_class_name')} is not supported",
-                                    source=str(path), hint="Only UNet2DConditionModel is supported.")
-    if unet.get("in_channels", 4) != 4 or unet.get("out_channels", 4) != 4:
-        raise UnsupportedModelError(
-            f"a UNet with {unet.get('in_channels')} input channels (inpainting or depth) is not supported yet",
-            source=str(path), hint="Pick a text-to-image Stable Diffusion model.")
-    if unet.get("addition_embed_type") or unet.get("class_embed_type"):
-        raise UnsupportedModelError("UNets with added conditioning (SDXL-style) are not supported yet",
-                                    source=str(path), hint="Pick a Stable Diffusion 1.x/2.x model.")
-    context = unet.get("cross_attention_dim")
-    if not isinstance(context, int):
-        raise UnsupportedModelError("per-block cross_attention_dim is not supported", source=str(path))
-    if text.get("hidden_size") != context:
-        raise UnsupportedModelError(
-            f"text encoder width {text.get('hidden_size')} does not match the UNet's context {context}",
-            source=str(path), hint="The source's text encoder and UNet do not belong together.")
+    sizes = check_configs(path)
     if batch_size not in (1, 2):
         raise OptionsError(f"--batch-size must be 1 or 2, not {batch_size}",
                            hint="Use 2 for classifier-free guidance (the default) or 1.")
-    sample = unet.get("sample_size", 64)
-    h, w = latent_size or ((sample, sample) if isinstance(sample, int) else tuple(sample))
-    factor = 2 ** (len(vae.get("block_out_channels", [0])) - 1)
-    down = 2 ** (len(unet.get("block_out_channels", [0])) - 1)
+    down = sizes.down_factor
+    if latent_size is None:
+        h, w = sizes.sample
+        if h % down or w % down:
+            raise SourceError(f"unet/config.json: sample_size {h}x{w} is not a multiple of {down}, the UNet's "
+                              "downsampling", source=str(path),
+                              hint=f"Pass --latent-size with sides divisible by {down}, or fix unet/config.json.")
+    else:
+        if len(latent_size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in latent_size):
+            raise OptionsError(f"--latent-size must be two integers, not {latent_size!r}",
+                               hint=f"Pick a latent size like 64 64 (divisible by {down}).")
+        h, w = latent_size
     for value in (h, w):
         if value < 1 or value % down:
             raise OptionsError(f"latent size {h}x{w} must be positive multiples of {down} for this UNet",
                                hint=f"Pick a latent size divisible by {down}.")
-    tokenizer_dir = path / "tokenizer"
-    seq = text.get("max_position_embeddings", 77)
-    if (tokenizer_dir / "tokenizer_config.json").is_file():
-        seq = int(_read_config(path, "tokenizer", "tokenizer_config.json").get("model_max_length", seq))
-        seq = min(seq, text.get("max_position_embeddings", seq))
-    safety = 224
-    if (path / "feature_extractor" / "preprocessor_config.json").is_file():
-        crop = _read_config(path, "feature_extractor", "preprocessor_config.json").get("crop_size", 224)
-        safety = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
-    return Geometry(batch_size=batch_size, latent_height=int(h), latent_width=int(w),
-                    latent_channels=unet.get("in_channels", 4), vae_scale_factor=factor,
-                    context_dim=context, sequence_length=int(seq), safety_image_size=int(safety),
-                    vocab_size=int(text.get("vocab_size", 49408)))
+    needed, where = largest_activation(sizes, (h, w), batch_size)
+    if needed > MAX_ACTIVATION_BYTES:  # only an override can get here: the configs' own size was checked
+        raise OptionsError(f"--latent-size {h}x{w} makes one activation ({where}) of {needed / 1e9:,.0f} GB; the "
+                           f"limit is {MAX_ACTIVATION_BYTES / 1e9:.0f} GB",
+                           hint=f"Pick a smaller latent size (this source's own is {sizes.sample[0]}x{sizes.sample[1]}).")
+    return Geometry(batch_size=batch_size, latent_height=h, latent_width=w, latent_channels=sizes.latent_channels,
+                    vae_scale_factor=sizes.vae_scale_factor, context_dim=sizes.context_dim,
+                    sequence_length=sizes.sequence_length, safety_image_size=sizes.safety_image_size,
+                    vocab_size=sizes.vocab_size)

@@ -14,6 +14,7 @@ Core ML interface contract the Swift ``StableDiffusion`` package relies on:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,15 +23,57 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.attention import export_unet
+from workers.errors import CoreMLPublishError, SourceError
 from workers.geometry import Geometry, TensorSpec
 from workers.layout import Attention, depends_on_attention
+from workers.safetensors_check import count_non_finite, loaded_files, non_finite_error, read_header
+
+# diffusers' words for a checkpoint tensor whose shape contradicts the config's model
+_DIFFUSERS_MISMATCH = re.compile(r"(\S+) expected shape torch\.Size\((\[.*?\])\), but got torch\.Size\((\[.*?\])\)")
+_CONTRADICTS = "The weights do not belong to this config: fix or re-download the component."
+_UNLOADABLE = "The component's files are damaged or do not match its config: fix or re-download them."
 
 
 def _load(cls: Any, path: Path, subfolder: str, *, use_safetensors: bool, variant: str | None,
           **kwargs: Any) -> nn.Module:
-    model = cls.from_pretrained(str(path), subfolder=subfolder, use_safetensors=use_safetensors,
-                                variant=variant, **kwargs)
-    return model.float().eval().requires_grad_(False)
+    """Load one component in float32, refusing with one line (naming the component) weights that are
+    damaged, contradict its config, leave some of its tensors uninitialised, or hold NaN/inf values."""
+    from transformers import PreTrainedModel
+
+    source = str(path)
+    if use_safetensors:  # a damaged file is named here, not deep inside the loader
+        for file in loaded_files(path / subfolder, variant):
+            read_header(file, source=source, label=f"{subfolder}/{file.name}")
+    if issubclass(cls, PreTrainedModel):  # report mismatched shapes in the loading info, not a bare error
+        kwargs["ignore_mismatched_sizes"] = True
+    try:
+        model, info = cls.from_pretrained(str(path), subfolder=subfolder, use_safetensors=use_safetensors,
+                                          variant=variant, output_loading_info=True, **kwargs)
+    except (CoreMLPublishError, MemoryError):
+        raise
+    except Exception as e:  # anything the loaders raise for a source that does not match its config
+        found = _DIFFUSERS_MISMATCH.search(str(e))
+        detail = (f"tensor {found[1]} is {found[3]} in the weights but the config's model has {found[2]}"
+                  if found else (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200])
+        raise SourceError(f"{subfolder} cannot be loaded: {detail}", source=source,
+                          hint=_CONTRADICTS if found else _UNLOADABLE) from e
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        key, weights, model_shape = mismatched[0]
+        raise SourceError(f"{subfolder} cannot be loaded: tensor {key} is {list(weights)} in the weights but the "
+                          f"config's model has {list(model_shape)}", source=source, hint=_CONTRADICTS)
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise SourceError(f"{subfolder}: the weights lack {', '.join(missing[:3])}{more}", source=source,
+                          hint="Those tensors would be random: " + _CONTRADICTS)
+    model = model.float().eval().requires_grad_(False)
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point():
+            bad = count_non_finite(tensor)
+            if bad:
+                raise non_finite_error(subfolder, name, bad, tensor.numel(), source=source)
+    return model
 
 
 class ComponentSpec:

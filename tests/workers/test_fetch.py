@@ -84,3 +84,37 @@ def test_unreachable_hub_is_a_clear_error() -> None:
 
     with pytest.raises(SourceError, match="cannot reach the Hub|answered"):
         resolve_source("org/tiny-sd2", endpoint="http://127.0.0.1:9")
+
+
+def test_damaged_hub_weights_are_refused_after_download_naming_the_file(hub: HubDouble, tmp_path: Path) -> None:
+    from service.errors import SourceError
+
+    repo = hub.repos["org/tiny-sd2"].folder
+    weights = repo / "vae" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    source = resolve_source("org/tiny-sd2", endpoint=hub.endpoint)  # the Hub's file list cannot show it
+    with pytest.raises(SourceError, match="vae/diffusion_pytorch_model.safetensors is not a valid safetensors file"):
+        fetch_source(source, cache_dir=tmp_path / "cache", endpoint=hub.endpoint)
+
+
+def test_a_hub_source_without_tokenizer_files_is_refused_before_download(hub: HubDouble) -> None:
+    from service.errors import SourceError
+
+    (hub.repos["org/tiny-sd2"].folder / "tokenizer" / "vocab.json").unlink()
+    with pytest.raises(SourceError, match="tokenizer folder lacks vocab.json and merges.txt"):
+        resolve_source("org/tiny-sd2", endpoint=hub.endpoint)
+    assert not hub.downloaded("org/tiny-sd2") - {"model_index.json"}
+
+
+def test_a_download_folder_with_links_out_is_refused(hub: HubDouble, tmp_path: Path) -> None:
+    from service.errors import SourceError
+
+    local = tmp_path / "download"
+    local.mkdir()
+    (local / "notes.txt").symlink_to("/etc/passwd")
+    source = resolve_source("org/tiny-sd2", endpoint=hub.endpoint)
+    with pytest.raises(SourceError, match="notes.txt is a link that resolves outside the source folder"):
+        fetch_source(source, local_dir=local, endpoint=hub.endpoint)
+    # the cache's own links (snapshot files into its blob store) are fine
+    fetched = fetch_source(source, cache_dir=tmp_path / "cache", endpoint=hub.endpoint)
+    assert (fetched.path / "unet" / "diffusion_pytorch_model.safetensors").is_symlink()
