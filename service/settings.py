@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import OptionsError
@@ -23,7 +23,9 @@ _BARS = ValidationBars()
 class Settings(BaseSettings):
     """Service-wide configuration with documented defaults."""
 
-    model_config = SettingsConfigDict(env_prefix="COREML_PUBLISH_", env_file=".env", extra="forbid")
+    # hide_input_in_errors: a refused value (a secret, maybe) is never echoed in an error
+    model_config = SettingsConfigDict(env_prefix="COREML_PUBLISH_", env_file=".env", extra="forbid",
+                                      hide_input_in_errors=True)
 
     environment: Literal["development", "production"] = Field(
         "development", description="development or production; production refuses insecure settings in every "
@@ -43,6 +45,11 @@ class Settings(BaseSettings):
     max_source_gb: float = Field(30.0, description="Largest source (weights to convert, GB) a job accepts")
     stage_time_limit: int = Field(6 * 3600, description="Hard time limit of one stage, seconds")
     worker_concurrency: int = Field(1, description="Tasks one worker runs at once")
+    heartbeat_interval: float = Field(30.0, gt=0, description="Seconds between a running stage's heartbeats")
+    heartbeat_timeout: float = Field(180.0, gt=0, description="A running stage silent this long (seconds) belongs "
+                                                              "to a dead worker, and a job not sent to the queue "
+                                                              "this long is stuck: the reaper sends them again")
+    max_revivals: int = Field(3, ge=0, description="Times the reaper re-sends a stuck job before failing it")
     scratch: str | None = Field(None, description="Local folder where workers keep artifacts pulled from a remote "
                                                   "store (default: ~/.cache/coreml-publisher)")
     debug: bool = Field(False, description="Show tracebacks and the libraries' own progress output")
@@ -53,6 +60,14 @@ class Settings(BaseSettings):
                                               description="Min torch-side PSNR (dB) per palettization bit width")
     coreml_float16_psnr: float = Field(_BARS.coreml_float16,
                                        description="Min Core ML prediction PSNR (dB) of float16 packages (macOS)")
+
+    @field_validator("api_token", "webhook_secret")
+    @classmethod
+    def _ascii_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        """HTTP headers arrive decoded as latin-1: a secret with other characters could never match."""
+        if value is not None and not value.get_secret_value().isascii():
+            raise ValueError("it has non-ASCII characters, which an HTTP header cannot carry; use ASCII only")
+        return value
 
     def validation_bars(self) -> ValidationBars:
         """The bars as the conversion engine takes them."""
@@ -95,5 +110,6 @@ def get_settings() -> Settings:
     except ValidationError as e:
         first = e.errors()[0]
         name = f"COREML_PUBLISH_{str(first['loc'][0]).upper()}" if first.get("loc") else "a setting"
-        raise OptionsError(f"{name} is invalid: {first['msg']}",
+        reason = " ".join(str(first["msg"]).removeprefix("Value error, ").split())
+        raise OptionsError(f"{name} is invalid: {reason}",
                            hint="Fix it in the environment or .env (see the README's Configuration).") from None

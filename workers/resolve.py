@@ -7,12 +7,14 @@ we need (pickle only when explicitly allowed), never remote code.
 
 from __future__ import annotations
 
-import json
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
+from workers.card import card_license, license_id
+from workers.configs import check_configs, read_json
 from workers.errors import (
     TRANSIENT_STATUS,
     GatedSourceError,
@@ -22,6 +24,7 @@ from workers.errors import (
     UnsafeWeightsError,
     UnsupportedModelError,
 )
+from workers.safetensors_check import check_weight_files
 
 SUPPORTED_PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"})
 # Pipelines people commonly try; named so the refusal can say what the source is.
@@ -43,7 +46,12 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 WEIGHT_COMPONENTS = ("text_encoder", "unet", "vae", "safety_checker")
 REQUIRED_COMPONENTS = ("text_encoder", "tokenizer", "unet", "vae")
 DEFAULT_MAX_BYTES = 30 * 1024**3  # the weights a conversion downloads; far above any SD 1.x/2.x pipeline
-_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
+# one part of a repo id, as the Hub allows it: ASCII letters, digits, "-", "_", "."; 1-96 characters, not
+# starting or ending with "-" or "." (and, checked below, no "--" or "..", not ending with ".git")
+_REPO_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+_REPO_ID = re.compile(rf"(?:{_REPO_PART}/)?{_REPO_PART}", re.ASCII)
+# the files the conversion reads from a CLIP tokenizer folder: either pair, or tokenizer.json alone
+TOKENIZER_FILES = (("tokenizer/vocab.json", "tokenizer/merges.txt"), ("tokenizer/tokenizer.json",))
 _VARIANT_FILE = re.compile(r"^[^.]+\.(?P<variant>[A-Za-z0-9_]+)\.safetensors$")
 
 
@@ -62,6 +70,7 @@ class Source:
     revision: str | None = None
     sha: str | None = None
     license: str | None = None
+    private: bool | None = None  # the Hub repo's visibility; None for local folders
     path: Path | None = None  # local folder holding the files (after fetch, for Hub sources)
 
     @property
@@ -84,8 +93,9 @@ class Source:
 
 
 def looks_like_repo_id(text: str) -> bool:
-    """True for ``name`` or ``namespace/name`` made of the characters the Hub allows."""
-    return bool(_REPO_ID.match(text)) and ".." not in text and "--" not in text
+    """True for ``name`` or ``namespace/name`` following the Hub's rules (ASCII only)."""
+    return (isinstance(text, str) and _REPO_ID.fullmatch(text) is not None and ".." not in text
+            and "--" not in text and not text.endswith(".git"))
 
 
 def resolve_source(
@@ -130,7 +140,7 @@ def resolve_local(path: Path, *, source_id: str | None = None, allow_pickle: boo
     if not path.is_dir():
         raise SourceError(f"{path} is a file, not a diffusers folder", source=str(path),
                           hint="Single-file checkpoints are not supported yet; pass a diffusers folder.")
-    sizes = {p.relative_to(path).as_posix(): p.stat().st_size for p in path.rglob("*") if p.is_file()}
+    sizes = source_files(path, source=str(path))
     files = list(sizes)
     index = _read_model_index(path / "model_index.json", source=str(path), files=files)
     license_ = _card_license(path / "README.md")
@@ -140,7 +150,48 @@ def resolve_local(path: Path, *, source_id: str | None = None, allow_pickle: boo
                           hint="Use the form org/name.")
     checked = _check(index, files, source=str(path), allow_pickle=allow_pickle,
                      need_safety_checker=need_safety_checker, sizes=sizes, max_bytes=max_bytes)
+    # the files are at hand: their configs and weight headers are checked now, before any work
+    check_configs(path)
+    check_weight_files(path, [f for names in checked["weight_files"].values() for f in names], source=str(path))
     return Source(id=name, license=license_, path=path, repo_id=source_id, **checked)
+
+
+def source_files(root: Path, *, source: str, inside: tuple[Path, ...] = ()) -> dict[str, int]:
+    """Every file under ``root`` (relative POSIX path -> size), following links that stay in the source.
+
+    A file or folder that is a link resolving outside ``root`` (and outside ``inside``: a Hub cache's blob
+    store) is refused, naming it: its contents would otherwise end up in a conversion or a model card.
+    Raises SourceError.
+    """
+    root = root.resolve()
+    allowed = (root, *(p.resolve() for p in inside))
+    sizes: dict[str, int] = {}
+
+    def walk(folder: Path, prefix: str, ancestors: frozenset[Path]) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            raise SourceError(f"{source}: cannot read {prefix or '.'} ({e.strerror})", source=source,
+                              hint="Check the folder's permissions.") from e
+        for entry in entries:
+            name, path = prefix + entry.name, folder / entry.name
+            if entry.is_symlink():
+                try:
+                    real = path.resolve()
+                except (OSError, RuntimeError):  # a loop of links
+                    real = None
+                if real is None or not any(real.is_relative_to(a) for a in allowed):
+                    raise SourceError(f"{source}: {name} is a link that resolves outside the source folder",
+                                      source=source, hint="Copy what it points to into the source, or remove the link.")
+            if entry.is_dir():  # follows links (known by now to stay inside); a link back up would loop
+                real = path.resolve()
+                if real not in ancestors:
+                    walk(path, name + "/", ancestors | {real})
+            elif entry.is_file():
+                sizes[name] = entry.stat().st_size
+
+    walk(root, "", frozenset({root}))
+    return sizes
 
 
 def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool = False,
@@ -183,11 +234,11 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
                                   source=repo_id, hint="Check your network and HF_ENDPOINT.") from e
     index = _read_model_index(Path(index_path), source=repo_id, files=files)
     card = info.card_data
-    license_ = (card.get("license") if card is not None else None) or None
+    license_ = license_id(card.get("license")) if card is not None else None
     checked = _check(index, files, source=repo_id, allow_pickle=allow_pickle,
                      need_safety_checker=need_safety_checker, sizes=sizes, max_bytes=max_bytes)
     return Source(id=repo_id, repo_id=repo_id, revision=revision or "main", sha=info.sha,
-                  license=license_, **checked)
+                  license=license_, private=bool(info.private), **checked)
 
 
 def network_errors() -> tuple[type[BaseException], ...]:
@@ -208,28 +259,43 @@ def _raise_not_diffusers(source: str, files: Iterable[str]) -> None:
 def _read_model_index(path: Path, *, source: str, files: list[str]) -> dict:
     if not path.is_file():
         _raise_not_diffusers(source, files)
-    try:
-        index = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SourceError(f"{source}: model_index.json is not valid JSON ({e})", source=source,
-                          hint="Fix or regenerate model_index.json.") from e
-    if not isinstance(index, dict) or "_class_name" not in index:
+    index = read_json(path, label="model_index.json", source=source, hint="Fix or regenerate model_index.json.")
+    if "_class_name" not in index:
         raise SourceError(f"{source}: model_index.json has no _class_name", source=source,
+                          hint="Regenerate it with diffusers' save_pretrained.")
+    if not isinstance(index["_class_name"], str):
+        raise SourceError(f"{source}: model_index.json's _class_name must be a pipeline class name, not "
+                          f"{str(index['_class_name'])[:60]}", source=source,
                           hint="Regenerate it with diffusers' save_pretrained.")
     return index
 
 
+def _components(index: dict, source: str) -> tuple[str, ...]:
+    """The components model_index.json lists with a (library, class) pair; refuses malformed entries of
+    the components a conversion uses (others, unused, only count when well formed)."""
+    used = {*REQUIRED_COMPONENTS, *WEIGHT_COMPONENTS, "feature_extractor"}
+    present = []
+    for key, value in index.items():
+        if key.startswith("_") or not (isinstance(value, list) or key in used):
+            continue  # pipeline options such as requires_safety_checker
+        if not (isinstance(value, list) and len(value) == 2 and all(v is None or isinstance(v, str) for v in value)):
+            if key not in used:
+                continue
+            raise SourceError(f"{source}: model_index.json entry {key} must be a [library, class] pair, not "
+                              f"{str(value)[:60]}", source=source, hint="Regenerate it with diffusers' save_pretrained.")
+        if value[0] is not None:
+            present.append(key)
+    if not present:
+        raise SourceError(f"{source}: model_index.json lists no components", source=source,
+                          hint="Regenerate it with diffusers' save_pretrained.")
+    return tuple(present)
+
+
 def _card_license(readme: Path) -> str | None:
+    """The license a local source's card names (front matter parsed without YAML aliases, size-bounded)."""
     if not readme.is_file():
         return None
-    try:
-        from huggingface_hub.repocard import metadata_load
-
-        meta = metadata_load(readme) or {}
-    except Exception:  # a broken card must not stop a conversion; the license is then unknown
-        return None
-    value = meta.get("license")
-    return str(value) if value else None
+    return card_license(readme.read_text(errors="replace"))
 
 
 def _check(index: dict, files: list[str], *, source: str, allow_pickle: bool,
@@ -243,14 +309,17 @@ def _check(index: dict, files: list[str], *, source: str, allow_pickle: bool,
             f"{source}: {label} is not supported yet; supported: "
             + ", ".join(sorted(SUPPORTED_PIPELINES)), source=source,
             hint="Pick a Stable Diffusion 1.x/2.x diffusers repo.")
-    present = tuple(
-        c for c in index
-        if not c.startswith("_") and isinstance(index[c], list) and index[c][0] is not None
-    )
+    present = _components(index, source)
     missing = [c for c in REQUIRED_COMPONENTS if c not in present]
     if missing:
         raise SourceError(f"{source}: model_index.json lacks {', '.join(missing)}", source=source,
                           hint="A Stable Diffusion pipeline needs text_encoder, tokenizer, unet and vae.")
+    if not any(f.startswith("tokenizer/") for f in files):
+        raise SourceError(f"{source}: model_index.json lists a tokenizer, but there is no tokenizer folder",
+                          source=source, hint="Add the CLIP tokenizer's files (vocab.json, merges.txt) to tokenizer/.")
+    if not any(all(f in files for f in names) for names in TOKENIZER_FILES):
+        raise SourceError(f"{source}: the tokenizer folder lacks vocab.json and merges.txt (or tokenizer.json)",
+                          source=source, hint="Add the CLIP tokenizer's files to tokenizer/ in the source.")
     wanted = [c for c in WEIGHT_COMPONENTS if c in present
               and (c != "safety_checker" or need_safety_checker)]
     weight_files: dict[str, tuple[str, ...]] = {}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Response
 from sqlalchemy.orm import Session
 
 from service.api import schemas
@@ -13,6 +15,8 @@ from service.settings import Settings
 from service.submit import create_job, requested_options, retry
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+MAX_ID = 2**31 - 1  # the database's integer range
+JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="Job number")]
 
 
 @router.post("", status_code=201, response_model=schemas.Submitted, dependencies=[Depends(require_token)],
@@ -29,19 +33,21 @@ def submit(body: schemas.JobRequest, response: Response, config: Settings = Depe
 
 
 @router.get("", response_model=list[schemas.Job])
-def listing(state: str | None = None, limit: int = 50, db: Session = Depends(session)) -> list[dict]:
+def listing(state: str | None = Query(None, max_length=20, description="Only jobs in this state"),
+            limit: int = Query(50, ge=1, le=500, description="How many, newest first"),
+            db: Session = Depends(session)) -> list[dict]:
     """The newest jobs first, optionally only those in one state."""
-    return [job_summary(j) for j in list_jobs(db, state=state, limit=min(limit, 500))]
+    return [job_summary(j) for j in list_jobs(db, state=state, limit=limit)]
 
 
 @router.get("/{job_id}", response_model=schemas.Job)
-def one(job_id: int, db: Session = Depends(session)) -> dict:
+def one(job_id: JobId, db: Session = Depends(session)) -> dict:
     """One job with its stages, figures and published repos."""
     return job_summary(get_job(db, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=schemas.Job, dependencies=[Depends(require_token)])
-def cancel(job_id: int, db: Session = Depends(session)) -> dict:
+def cancel(job_id: JobId, db: Session = Depends(session)) -> dict:
     """Cancel a queued or running job; running stages stop at their next check."""
     job = cancel_job(db, job_id)
     db.commit()
@@ -49,7 +55,7 @@ def cancel(job_id: int, db: Session = Depends(session)) -> dict:
 
 
 @router.post("/{job_id}/retry", response_model=schemas.Job, dependencies=[Depends(require_token)])
-def retry_(job_id: int, config: Settings = Depends(settings), db: Session = Depends(session)) -> dict:
+def retry_(job_id: JobId, config: Settings = Depends(settings), db: Session = Depends(session)) -> dict:
     """Queue a failed or cancelled job again; finished stages are not redone."""
     retry(job_id, settings=config)
     return job_summary(get_job(db, job_id))

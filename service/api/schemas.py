@@ -2,19 +2,51 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+# the Hub's limits: 96 characters a namespace or name, so a repo id is at most 96 + 1 + 96; git refs 255
+MAX_NAMESPACE = 96
+MAX_REPO = 2 * MAX_NAMESPACE + 1
+MAX_REVISION = 255
+_LIMITS = {"repo": (MAX_REPO, "is not a Hub repo id"), "namespace": (MAX_NAMESPACE, "is not a valid Hub namespace"),
+           "revision": (MAX_REVISION, "is not a branch, tag or commit")}
+
+
+def _shown(value: str) -> str:
+    return repr(value[:40] + "…" if len(value) > 40 else value)
 
 
 class JobRequest(BaseModel):
     """A job to submit, or a repo to watch with the options its jobs get."""
 
-    repo: str = Field(..., description="Hub repo id of a Stable Diffusion 1.x/2.x diffusers pipeline")
-    revision: str | None = Field(None, description="Branch, tag or commit; pinned to its sha")
-    namespace: str | None = Field(None, description="Where to publish (default: the service's)")
-    attentions: list[str] = Field(["original", "split_einsum_v2"], description="Attention layouts to convert")
+    repo: str = Field(..., description="Hub repo id of a Stable Diffusion 1.x/2.x diffusers pipeline",
+                      json_schema_extra={"maxLength": MAX_REPO})
+    revision: str | None = Field(None, description="Branch, tag or commit; pinned to its sha",
+                                 json_schema_extra={"maxLength": MAX_REVISION})
+    namespace: str | None = Field(None, description="Where to publish (default: the service's)",
+                                  json_schema_extra={"maxLength": MAX_NAMESPACE})
+    attentions: list[str] = Field(["original", "split_einsum_v2"], max_length=8,
+                                  description="Attention layouts to convert")
     bits: int | None = Field(6, description="Palettization bits, or null (or 0) for float16 only")
-    private: bool = False
+    private: bool | None = Field(None, description="Publish private (true) or public (false) repos; null, the "
+                                                   "default: the same visibility as the source repo")
     packages_only: bool = Field(False, description="Publish .mlpackage files only (no macOS worker needed)")
+
+    @field_validator("repo", "namespace", "revision")
+    @classmethod
+    def _bounded(cls, value: str | None, info) -> str | None:
+        """Lengths are checked here, so the error names what is wrong and never repeats a huge value."""
+        limit, what = _LIMITS[info.field_name]
+        if value is not None and len(value) > limit:
+            raise ValueError(f"{_shown(value)} {what}: longer than {limit} characters")
+        return value
+
+    @field_validator("attentions")
+    @classmethod
+    def _short_names(cls, value: list[str]) -> list[str]:
+        if any(len(a) > 32 for a in value):
+            raise ValueError("unknown attention layouts: names are at most 32 characters")
+        return value
 
 
 class Stage(BaseModel):

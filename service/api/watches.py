@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from sqlalchemy.orm import Session
 
 from service.api import schemas
@@ -14,6 +15,7 @@ from service.submit import requested_options
 from service.watch import add_watch, remove_watch, set_paused, sweep, watch_rows
 
 router = APIRouter(tags=["watches"])
+RepoId = Annotated[str, Path(min_length=1, max_length=200, description="Watched Hub repo id")]
 
 
 @router.get("/watches", response_model=list[schemas.Watch])
@@ -32,7 +34,7 @@ def add(body: schemas.JobRequest, config: Settings = Depends(settings), db: Sess
 
 
 @router.delete("/watches/{repo_id:path}", response_model=schemas.Removed, dependencies=[Depends(require_token)])
-def remove(repo_id: str, db: Session = Depends(session)) -> dict:
+def remove(repo_id: RepoId, db: Session = Depends(session)) -> dict:
     remove_watch(db, repo_id)
     db.commit()
     return {"removed": repo_id}
@@ -40,7 +42,7 @@ def remove(repo_id: str, db: Session = Depends(session)) -> dict:
 
 @router.post("/watches/{repo_id:path}/pause", response_model=schemas.WatchState,
              dependencies=[Depends(require_token)])
-def pause(repo_id: str, db: Session = Depends(session)) -> dict:
+def pause(repo_id: RepoId, db: Session = Depends(session)) -> dict:
     state = set_paused(db, repo_id, True).state
     db.commit()
     return {"repo_id": repo_id, "state": state}
@@ -48,7 +50,7 @@ def pause(repo_id: str, db: Session = Depends(session)) -> dict:
 
 @router.post("/watches/{repo_id:path}/resume", response_model=schemas.WatchState,
              dependencies=[Depends(require_token)])
-def resume(repo_id: str, db: Session = Depends(session)) -> dict:
+def resume(repo_id: RepoId, db: Session = Depends(session)) -> dict:
     state = set_paused(db, repo_id, False).state
     db.commit()
     return {"repo_id": repo_id, "state": state}

@@ -12,7 +12,9 @@ from service.cli.output import console, stdout
 def publish(
     out: Path = typer.Argument(..., help="A conversion output folder (made by `convert`)."),
     namespace: str = typer.Option(..., help="User or organisation to publish under."),
-    private: bool = typer.Option(False, help="Create the repos as private."),
+    private: bool | None = typer.Option(None, "--private/--public",
+                                        help="Create the repos private or public (default: as the source repo "
+                                             "is; private when the source is a local folder)."),
     packages_only: bool = typer.Option(False, help="Publish .mlpackage files only, without compiled resources "
                                                    "(for machines without Xcode; the card says so)."),
 ) -> None:
@@ -27,6 +29,8 @@ def publish(
 
     report = load_report(out)
     compiler = None if packages_only else require_compiler()
+    if private is None:
+        private = _follow_source(report["source"])
     with console.status("packaging") as status:
         trees = package_output(out, namespace=namespace, compiled=not packages_only, compiler=compiler,
                                on_step=lambda message: status.update(message + "…"))
@@ -36,6 +40,21 @@ def publish(
             change = f"commit {result.commit[:10]}" if result.changed else \
                 f"no changes: the Hub already holds these files (commit {result.commit[:10]})"
             stdout.print(f"[green]✓[/] {result.repo_id}: {change}" + (f", tag {result.tag}" if result.tag else ""))
+
+
+def _follow_source(source: dict) -> bool:
+    """The source's visibility: a Hub repo's own (asked now), private for a local folder (no visibility to
+    follow, and publishing it publicly could leak it)."""
+    from workers.publish import source_private
+
+    if source.get("repo_id") and source.get("sha"):  # converted from the Hub at a commit
+        private = source_private(source["repo_id"])
+        stdout.print(f"Publishing {'private' if private else 'public'} repos, as {source['repo_id']} is "
+                     f"{'private (or not visible to this token)' if private else 'public'} "
+                     f"(--private/--public to choose).")
+        return private
+    stdout.print("Publishing private repos: the source is a local folder (--public to publish publicly).")
+    return True
 
 
 def download(

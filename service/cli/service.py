@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import logging
+import re
+from urllib.parse import unquote
+
 import typer
 
 from service.cli.output import stdout
@@ -43,6 +48,56 @@ def worker(
     app.worker_main(args)
 
 
+# a query parameter whose name says it carries a credential: its value is masked in every log line
+_PARAM = re.compile(r"([?&;])([^=&#\s\"']{1,100})=([^&#\s\"']*)")
+_SECRET_NAME = re.compile(r"token|secret|passw|key|sig|auth|credential|session|code", re.IGNORECASE)
+_HUB_TOKEN = re.compile(r"\b(hf|api_org)_[A-Za-z0-9]{16,}")
+_BEARER = re.compile(r"\b(bearer\s+)[\w.~+/=-]+", re.IGNORECASE)
+MASK = "***"
+
+
+def mask_secrets(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` with credentials masked: values of token-like query parameters (``?token=``,
+    ``&access_token=``, ...), Hugging Face tokens (``hf_...``), bearer tokens, and the given secrets."""
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    text = _PARAM.sub(lambda m: f"{m[1]}{m[2]}={MASK}" if m[3] and _SECRET_NAME.search(unquote(m[2])) else m[0],
+                      text)
+    return _BEARER.sub(rf"\1{MASK}", _HUB_TOKEN.sub(rf"\1_{MASK}", text))
+
+
+class SecretFilter(logging.Filter):
+    """Masks credentials in a record's message and arguments (uvicorn's access log passes the request
+    line, query string included, as an argument)."""
+
+    def __init__(self, secrets: list[str] | tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if s and len(s) >= 4)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = mask_secrets(record.msg, self.secrets)
+        if isinstance(record.args, tuple):
+            record.args = tuple(mask_secrets(a, self.secrets) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: mask_secrets(v, self.secrets) if isinstance(v, str) else v
+                           for k, v in record.args.items()}
+        return True
+
+
+def api_log_config(secrets: list[str] | tuple[str, ...] = ()) -> dict:
+    """uvicorn's logging configuration with :class:`SecretFilter` on every handler, and the root logger
+    (the API's own warnings) writing through the same filtered handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"secrets": {"()": f"{__name__}.SecretFilter", "secrets": list(secrets)}}
+    for handler in config["handlers"].values():
+        handler["filters"] = ["secrets"]
+    config["root"] = {"handlers": ["default"], "level": "WARNING"}
+    return config
+
+
 def api(host: str = typer.Option(None, help="Address (default: COREML_PUBLISH_API_HOST)."),
         port: int = typer.Option(None, help="Port (default: COREML_PUBLISH_API_PORT).")) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs)."""
@@ -53,4 +108,6 @@ def api(host: str = typer.Option(None, help="Address (default: COREML_PUBLISH_AP
 
     settings = get_settings()
     settings.check_api(host)
-    uvicorn.run(create_api(settings), host=host or settings.api_host, port=port or settings.api_port)
+    secrets = [s.get_secret_value() for s in (settings.api_token, settings.webhook_secret) if s is not None]
+    uvicorn.run(create_api(settings), host=host or settings.api_host, port=port or settings.api_port,
+                log_config=api_log_config(secrets))

@@ -128,3 +128,126 @@ def test_retry_helper_gives_up_after_its_attempts() -> None:
     with pytest.raises(Flaky):
         with_retries(call, attempts=3, sleep=lambda s: None)
     assert len(calls) == 3
+
+
+# --- failures: what is retried, what is not, and what a failed first publish leaves behind -------------
+
+@pytest.fixture
+def small_tree(tmp_path: Path):
+    """A two-file repo tree: publishing it needs no conversion."""
+    from workers.package import RepoTree
+
+    folder = tmp_path / "coreml-small"
+    (folder / "original" / "packages").mkdir(parents=True)
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n\n# small\n")
+    (folder / "original" / "packages" / "weights.txt").write_text("weights\n")
+    return RepoTree(kind="float16", name="coreml-small", folder=folder, variants=("original",), compiled=False)
+
+
+def _fault(devhub, route: str, status: int, count: int) -> None:
+    from urllib.request import Request, urlopen
+
+    body = json.dumps({"route": route, "status": status, "count": count}).encode()
+    urlopen(Request(f"{devhub[0]}/_devhub/faults", body, {"Content-Type": "application/json"}))
+
+
+def _pending(devhub) -> dict:
+    from urllib.request import urlopen
+
+    with urlopen(f"{devhub[0]}/_devhub/faults") as answer:
+        return json.loads(answer.read())
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_a_client_error_is_not_retried_and_a_failed_first_publish_leaves_no_repo(small_tree, devhub, status) -> None:
+    _fault(devhub, "commit", status, 2)
+    with pytest.raises(PublishError, match=f"studio/coreml-small.*{status}|{status}.*studio/coreml-small") as caught:
+        _publish(small_tree, devhub)
+    assert _pending(devhub) == {"commit": [status, 1]}  # one attempt, no retry
+    assert "\n" not in caught.value.one_line() and "alice-token" not in caught.value.one_line()
+    assert "HF_TOKEN" in caught.value.hint
+    assert not HfApi(endpoint=devhub[0], token="alice-token").repo_exists("studio/coreml-small")
+
+
+def test_a_first_publish_failing_after_its_retries_leaves_no_repo(small_tree, devhub) -> None:
+    _fault(devhub, "commit", 503, 20)
+    with pytest.raises(PublishError, match="answered 503"):
+        _publish(small_tree, devhub)
+    assert _pending(devhub) == {"commit": [503, 15]}  # five attempts
+    assert not HfApi(endpoint=devhub[0], token="alice-token").repo_exists("studio/coreml-small")
+
+
+def test_a_failed_update_keeps_the_repo_that_existed(small_tree, devhub) -> None:
+    first = _publish(small_tree, devhub)
+    (small_tree.folder / "original" / "packages" / "weights.txt").write_text("new weights\n")
+    _fault(devhub, "commit", 401, 1)
+    with pytest.raises(PublishError, match="refused the token"):
+        _publish(small_tree, devhub)
+    api = HfApi(endpoint=devhub[0], token="alice-token")
+    assert api.repo_info(first.repo_id).sha == first.commit  # still there, unchanged
+
+
+def test_a_private_conversion_is_not_pushed_into_a_public_repo(small_tree, devhub) -> None:
+    HfApi(endpoint=devhub[0], token="alice-token").create_repo("studio/coreml-small", private=False)
+    with pytest.raises(PublishError, match="exists and is public"):
+        _publish(small_tree, devhub, private=True)
+    files = HfApi(endpoint=devhub[0], token="alice-token").list_repo_files("studio/coreml-small")
+    assert "README.md" not in files
+
+
+class _HTTPError(OSError):
+    """Like the Hub client's HTTP error: an OSError with a response."""
+
+    def __init__(self, status: int, headers: dict | None = None) -> None:
+        super().__init__(f"HTTP {status}")
+        self.response = type("Response", (), {"status_code": status, "headers": headers or {}})()
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_client_errors_are_not_taken_for_network_errors(status) -> None:
+    calls = []
+
+    def call():
+        calls.append(1)
+        raise _HTTPError(status)
+
+    with pytest.raises(_HTTPError):
+        with_retries(call, attempts=5, sleep=lambda s: None)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(("headers", "waited"), [({"Retry-After": "7"}, 7.0), ({"Retry-After": "86400"}, 60.0),
+                                                 ({"Retry-After": "soon"}, None), ({}, None)])
+def test_retry_after_is_honoured_within_a_bound(headers, waited) -> None:
+    from workers.publish import retry_after
+
+    sleeps: list[float] = []
+    answers = iter([_HTTPError(429, {k.lower(): v for k, v in headers.items()}), "done"])
+
+    def call():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert with_retries(call, attempts=3, base_delay=0.5, sleep=sleeps.append) == "done"
+    if waited is None:
+        assert len(sleeps) == 1 and 0 <= sleeps[0] <= 0.5  # the usual jittered backoff
+    else:
+        assert sleeps == [waited]
+    assert retry_after(_HTTPError(400, {"retry-after": "7"})) is None
+
+
+def test_the_source_visibility_is_read_from_the_hub(devhub) -> None:
+    from workers.errors import HubUnavailableError
+    from workers.publish import source_private
+
+    alice = HfApi(endpoint=devhub[0], token="alice-token")
+    alice.create_repo("studio/open", private=False)
+    alice.create_repo("studio/closed", private=True)
+    assert source_private("studio/open", endpoint=devhub[0], token="alice-token") is False
+    assert source_private("studio/closed", endpoint=devhub[0], token="alice-token") is True
+    # a source the publishing token cannot see is treated as private
+    assert source_private("studio/closed", endpoint=devhub[0], token="bob-token") is True
+    with pytest.raises(HubUnavailableError):
+        source_private("studio/open", endpoint="http://127.0.0.1:1", attempts=1)
