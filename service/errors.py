@@ -41,3 +41,9 @@ class NotWatchedError(JobError):
 
 class JobCancelled(CoreMLPublishError):
     """Raised inside a running stage when its job was cancelled."""
+
+
+class ServiceUnavailableError(CoreMLPublishError):
+    """Infrastructure the service needs (the queue, the database) does not answer: try again later."""
+
+    retry_after = 30  # seconds, for HTTP clients

@@ -35,6 +35,7 @@ from workers.layout import (
     packages_dir,
     repo_names,
 )
+from workers.outdir import check_output_dir
 from workers.palettize import DEFAULT_BITS, WEIGHT_THRESHOLD, check_bits, palettize_package
 from workers.report import Check, Event, PackageResult, Report, precision_label
 from workers.resolve import Source
@@ -182,6 +183,7 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
     """
     options = options or ConvertOptions()
     options.check()
+    check_output_dir(out)  # a file, or an unwritable place: say so before any work
     if source.path is None:
         raise OptionsError(f"{source.id} has not been fetched", hint="Call fetch_source first.")
     geometry = read_geometry(source.path, latent_size=options.latent_size, batch_size=options.batch_size)

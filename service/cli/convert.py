@@ -35,6 +35,10 @@ def convert(
     OUT/coreml-<name>-palettized/, and OUT/report.json; every package is validated against the torch
     original, and the command fails if any does not reach its bar.
     """
+    from workers.outdir import check_output_dir
+
+    check_output_dir(out)  # first: cheap, and before loading the toolchain, resolving or fetching anything
+
     from service.errors import OptionsError, ValidationError
     from service.settings import get_settings
     from workers.engine import ConvertOptions, convert_pipeline

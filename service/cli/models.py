@@ -19,17 +19,54 @@ def tiny_pipeline(
     """Write a tiny random Stable Diffusion pipeline (a few MB, safetensors) to OUT, and optionally push it."""
     from service.errors import OptionsError
     from service.devtools.tiny import STYLES, build_tiny_pipeline
+    from workers.outdir import check_output_dir
 
     if style not in STYLES:
         raise OptionsError(f"--style must be one of {', '.join(STYLES)}, not {style!r}", hint="Use sd1 or sd2.")
+    check_output_dir(out)
     if out.exists() and any(out.iterdir()):
         raise OptionsError(f"{out} exists and is not empty", hint="Pick a new folder.")
+    if push:
+        _check_push(push)
     build_tiny_pipeline(out, style=style, seed=seed)
     stdout.print(f"Wrote a tiny random {style} pipeline to {out}")
     if push:
-        from huggingface_hub import HfApi
+        commit = _push(out, push, private=private, style=style)
+        stdout.print(f"Pushed it to {push} (commit {commit[:10]})")
 
-        api = HfApi()
-        api.create_repo(push, private=private, exist_ok=True)
-        commit = api.upload_folder(repo_id=push, folder_path=str(out), commit_message=f"Tiny random {style} pipeline")
-        stdout.print(f"Pushed it to {push} (commit {commit.oid[:10]})")
+
+def _check_push(repo_id: str) -> None:
+    """Before any work: --push names a repo id, and there is a token to write with."""
+    from huggingface_hub import get_token
+
+    from service.errors import OptionsError
+    from workers.resolve import looks_like_repo_id
+
+    if not looks_like_repo_id(repo_id) or "/" not in repo_id:
+        raise OptionsError(f"--push {repo_id[:100]!r} is not a Hub repo id", hint="Use namespace/name, e.g. you/tiny-sd.")
+    if not get_token():
+        raise OptionsError("--push needs a Hub token and none is set",
+                           hint=f"Set HF_TOKEN to a token that can write to {repo_id.split('/')[0]}.")
+
+
+def _push(out: Path, repo_id: str, *, private: bool, style: str) -> str:
+    """Upload the folder as one commit; Hub refusals and network trouble become one PublishError line."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from service.errors import PublishError
+    from workers.resolve import network_errors
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, folder_path=str(out),
+                                 commit_message=f"Tiny random {style} pipeline").oid
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        raise PublishError(f"the Hub refused the push to {repo_id} ({status or e.__class__.__name__})",
+                           repo_id=repo_id, hint=f"Check that HF_TOKEN can write to {repo_id.split('/')[0]}; "
+                                                 f"the pipeline is in {out}.") from None
+    except network_errors() as e:
+        raise PublishError(f"cannot reach the Hub to push {repo_id} ({e.__class__.__name__})", repo_id=repo_id,
+                           hint=f"Check your network and HF_ENDPOINT; the pipeline is in {out}.") from None

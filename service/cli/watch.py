@@ -17,7 +17,8 @@ def add(
     namespace: str = typer.Option(None, help="Where to publish (default: COREML_PUBLISH_DEFAULT_NAMESPACE)."),
     attention: str = typer.Option("original,split_einsum_v2", help="Comma-separated attention layouts."),
     bits: int = typer.Option(6, help="Palettization bits; 0 for float16 only."),
-    private: bool = typer.Option(False, help="Publish private repos."),
+    private: bool | None = typer.Option(None, "--private/--public",
+                                        help="Publish private or public repos (default: as the source repo is)."),
     packages_only: bool = typer.Option(False, help="Publish .mlpackage files only."),
 ) -> None:
     """Watch a repo: every new commit on main (webhook or nightly sweep) is converted and published."""
