@@ -29,11 +29,13 @@ def make_app() -> Celery:
         timezone="UTC",
         beat_schedule={"nightly-sweep": {"task": "coreml_publisher.sweep", "options": {"queue": "default"},
                                          "schedule": crontab(hour=int(settings.sweep_time.split(":")[0]),
-                                                             minute=int(settings.sweep_time.split(":")[1]))}},
+                                                             minute=int(settings.sweep_time.split(":")[1]))},
+                       "reaper": {"task": "coreml_publisher.reap", "schedule": 60.0,
+                                  "options": {"queue": "default", "expires": 55}}},
         task_routes={"coreml_publisher.fetch": {"queue": "convert"}, "coreml_publisher.convert": {"queue": "convert"},
                      "coreml_publisher.merge": {"queue": "default"}, "coreml_publisher.package": {"queue": "default"},
                      "coreml_publisher.compile": {"queue": "macos"}, "coreml_publisher.publish": {"queue": "publish"},
-                     "coreml_publisher.sweep": {"queue": "default"}},
+                     "coreml_publisher.sweep": {"queue": "default"}, "coreml_publisher.reap": {"queue": "default"}},
     )
     return app
 

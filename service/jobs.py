@@ -12,9 +12,9 @@ import json
 import logging
 import socket
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,7 +34,7 @@ class JobOptions:
     namespace: str
     attentions: tuple[str, ...] = ("original", "split_einsum_v2")
     bits: int | None = 6
-    private: bool = False
+    private: bool | None = None  # None: the same visibility as the source repo, read when publishing
     packages_only: bool = False
     components: tuple[str, ...] | None = None
 
@@ -42,6 +42,13 @@ class JobOptions:
         if not self.namespace:
             raise OptionsError("no namespace to publish under",
                                hint="Pass --namespace, or set COREML_PUBLISH_DEFAULT_NAMESPACE.")
+        import re  # the Hub's rules: 1-96 ASCII letters, digits, - _ . ; no leading/trailing - or . ; no -- or ..
+
+        name = str(self.namespace)
+        if not re.fullmatch(r"(?![-.])[\w.-]{1,96}(?<![-.])", name, re.ASCII) or "--" in name or ".." in name:
+            raise OptionsError(f"{name[:40] + '…' if len(name) > 40 else name!r} is not a valid Hub namespace",
+                               hint="Use 1-96 ASCII letters, digits, '-', '_' or '.', not starting or ending "
+                                    "with '-' or '.', without '--' or '..' (e.g. your user or org name).")
         valid = {a.value for a in Attention}
         unknown = [a for a in self.attentions if a not in valid]
         if unknown or not self.attentions:
@@ -177,11 +184,65 @@ def stage_result(session: Session, job: Job, stage: str, part: str = "") -> Stag
     return result
 
 
-def start_stage(session: Session, result: StageResult) -> None:
+def start_stage(session: Session, result: StageResult, *, runner: str | None = None) -> None:
     result.state, result.started_at = "running", utcnow()
+    result.heartbeat_at, result.runner = result.started_at, runner
     result.attempts += 1
     result.worker_host = socket.gethostname()
     result.error = None
+    session.flush()
+
+
+def beat(session: Session, result_id: int) -> None:
+    """A running stage's sign of life."""
+    session.execute(update(StageResult).where(StageResult.id == result_id, StageResult.state == "running")
+                    .values(heartbeat_at=utcnow()))
+
+
+def aware(value: datetime) -> datetime:
+    """A timestamp read back from the database, in UTC (SQLite returns them without a zone)."""
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def silent_for(result: StageResult, now: datetime) -> float:
+    """Seconds since a running stage's last heartbeat."""
+    beat = result.heartbeat_at or result.started_at
+    return float("inf") if beat is None else (now - aware(beat)).total_seconds()
+
+
+def stuck_reason(job: Job, *, now: datetime, timeout: float) -> str | None:
+    """Why an unfinished job has no live task (never sent; its worker went silent), or None.
+
+    A job waiting for a macOS worker, or queued behind other work after being sent, is not stuck.
+    """
+    if job.state not in (JobState.QUEUED.value, JobState.RUNNING.value):
+        return None
+    for result in job.stages:
+        if result.state == "running" and silent_for(result, now) > timeout:
+            where = f"{result.stage}{' ' + result.part if result.part else ''}"
+            return f"the worker on {result.worker_host} went silent during {where}"
+    sent = job.enqueued_at or job.created_at
+    if job.state == JobState.QUEUED.value and job.task_id is None and (now - aware(sent)).total_seconds() > timeout:
+        return "it never reached the queue"
+    return None
+
+
+def revive_job(session: Session, job: Job, reason: str) -> None:
+    """Make a stuck job runnable again: its silent stages back to pending, the job queued (the caller sends it)."""
+    for result in job.stages:
+        if result.state == "running":
+            result.state, result.error, result.runner = "pending", f"interrupted: {reason}", None
+    job.state, job.error, job.finished_at = JobState.QUEUED.value, None, None
+    job.task_id, job.enqueued_at = None, utcnow()
+    job.revivals += 1
+    record_event(session, job.id, f"sent again: {reason}", level="warning")
+    session.flush()
+
+
+def record_sent(session: Session, job_id: int, task_id: str) -> None:
+    """Tie a job to the task chain it was sent as."""
+    job = get_job(session, job_id)
+    job.task_id, job.enqueued_at = task_id[:64], utcnow()
     session.flush()
 
 
@@ -189,8 +250,7 @@ def finish_stage(session: Session, result: StageResult, *, state: str, figures: 
                  artifact_uri: str | None = None, error: str | None = None) -> None:
     result.state, result.finished_at = state, utcnow()
     if result.started_at is not None:
-        started = result.started_at if result.started_at.tzinfo else result.started_at.replace(tzinfo=utcnow().tzinfo)
-        result.duration = (result.finished_at - started).total_seconds()
+        result.duration = (result.finished_at - aware(result.started_at)).total_seconds()
     result.figures, result.artifact_uri, result.error = figures, artifact_uri, error
     session.flush()
 
@@ -215,8 +275,8 @@ def retry_job(session: Session, job_id: int) -> Job:
     """Queue a failed or cancelled job again; stages that succeeded are not redone."""
     job = get_job(session, job_id)
     if job.state not in (JobState.FAILED.value, JobState.CANCELLED.value):
-        raise JobError(f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried", job_id=job_id,
-                       hint="Wait for it to finish, or cancel it first.")
+        raise JobError(f"job {job_id} is {job.state} and alive; only failed, cancelled or stuck jobs can be retried",
+                       job_id=job_id, hint="Wait for it to finish, or cancel it first.")
     for result in job.stages:
         if result.state != "succeeded":
             result.state, result.error = "pending", None

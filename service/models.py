@@ -57,6 +57,9 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    task_id: Mapped[str | None] = mapped_column(String(64))  # the Celery chain it was last sent as
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revivals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # times the reaper re-sent it
 
     stages: Mapped[list[StageResult]] = relationship(back_populates="job", order_by="StageResult.id",
                                                      cascade="all, delete-orphan")
@@ -85,6 +88,8 @@ class StageResult(Base):
     artifact_uri: Mapped[str | None] = mapped_column(String(500))
     figures: Mapped[dict | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # last sign of life while running
+    runner: Mapped[str | None] = mapped_column(String(64))  # the task delivery (or local process) running it
 
     job: Mapped[Job] = relationship(back_populates="stages")
 

@@ -12,14 +12,19 @@ Stages, with the queue that serves them::
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from service.db import session_scope
 from service.errors import CoreMLPublishError, HubUnavailableError, JobCancelled, ValidationError
 from service.jobs import (
     JobOptions,
+    beat,
+    silent_for,
     finish_stage,
     get_job,
     is_cancelled,
@@ -29,12 +34,13 @@ from service.jobs import (
     stage_result,
     start_stage,
 )
-from service.models import JobState
+from service.models import JobState, utcnow
 from service.settings import Settings, get_settings
 from service.artifacts import ArtifactStore
 
 log = logging.getLogger(__name__)
 WAITING_FOR_MACOS = "waiting for a macOS worker"
+ELSEWHERE = "elsewhere"  # run_stage's answer when another live runner has the stage
 
 
 @dataclass(frozen=True)
@@ -55,13 +61,16 @@ def stage_sequence(options: JobOptions) -> list[tuple[str, str]]:
 
 
 def run_stage(job_id: int, stage: str, part: str = "", *, settings: Settings | None = None,
-              macos_worker_alive: Callable[[], bool] | None = None) -> str:
+              macos_worker_alive: Callable[[], bool] | None = None, runner: str | None = None) -> str:
     """Run one stage of a job and record it; returns the stage's final state.
 
+    ``runner`` names this delivery of the stage (a Celery task id; the same when a task is redelivered).
+    A stage another live runner is running (heartbeats fresh) is left to it: returns ``ELSEWHERE``.
     Raises the stage's error after recording it (so a task queue stops the job's chain);
     HubUnavailableError is left for the caller to retry and does not fail the job.
     """
     settings = settings or get_settings()
+    runner = runner or f"local-{os.getpid()}"
     with session_scope(settings.database_url) as session:
         job = get_job(session, job_id)
         if job.state in (JobState.CANCELLED.value, JobState.FAILED.value, JobState.SUCCEEDED.value):
@@ -69,14 +78,19 @@ def run_stage(job_id: int, stage: str, part: str = "", *, settings: Settings | N
         result = stage_result(session, job, stage, part)
         if result.state == "succeeded":
             return "succeeded"
+        if result.state == "running" and result.runner != runner \
+                and silent_for(result, utcnow()) <= settings.heartbeat_timeout:
+            return ELSEWHERE
         if job.state != JobState.RUNNING.value:
             set_state(session, job, JobState.RUNNING)
-        start_stage(session, result)
+        start_stage(session, result, runner=runner)
         record_event(session, job.id, f"{stage}{' ' + part if part else ''} started on {result.worker_host}",
                      stage=stage)
         spec = JobSpec(job.id, job.source_repo, job.source_sha or "", JobOptions.from_dict(job.options))
+        result_id = result.id
     try:
-        figures, uri = STAGES[stage](spec, part, settings)
+        with heartbeats(result_id, settings):
+            figures, uri = STAGES[stage](spec, part, settings)
     except JobCancelled:
         with session_scope(settings.database_url) as session:
             finish_stage(session, stage_result(session, get_job(session, job_id), stage, part), state="cancelled")
@@ -120,6 +134,29 @@ def run_local(job_id: int, *, settings: Settings | None = None) -> None:
     for stage, part in stage_sequence(options):
         if run_stage(job_id, stage, part, settings=settings) in ("cancelled", JobState.CANCELLED.value):
             return
+
+
+@contextmanager
+def heartbeats(result_id: int, settings: Settings) -> Iterator[None]:
+    """While the block runs, stamp the stage's heartbeat every ``heartbeat_interval`` seconds (a thread), so the
+    reaper can tell a long stage from a dead worker."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(settings.heartbeat_interval):
+            try:
+                with session_scope(settings.database_url) as session:
+                    beat(session, result_id)
+            except Exception as e:  # the database away for a moment: the next beat tries again
+                log.warning("heartbeat of stage result %s failed: %s", result_id, e.__class__.__name__)
+
+    thread = threading.Thread(target=loop, name=f"heartbeat-{result_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 # --- the stages ---------------------------------------------------------------------------------------
@@ -222,14 +259,21 @@ def _compile(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
 
 
 def _publish(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
-    from workers.publish import publish_tree
+    from workers.publish import publish_tree, source_private
     from workers.package import load_trees
 
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     figures = {}
+    private = spec.options.private
+    if private is None:  # follow the source: a private model's conversion must not become public
+        private = source_private(spec.source_repo, endpoint=settings.hub_endpoint)
+        with session_scope(settings.database_url) as session:
+            record_event(session, spec.id, f"publishing {'private' if private else 'public'} repos, as "
+                         f"{spec.source_repo} is {'private (or not visible)' if private else 'public'}",
+                         stage="publish")
     for tree in load_trees(store.pull(spec.id, "out")):
         result = publish_tree(tree, namespace=spec.options.namespace, source_sha=spec.source_sha,
-                              private=spec.options.private, endpoint=settings.hub_endpoint)
+                              private=private, endpoint=settings.hub_endpoint)
         with session_scope(settings.database_url) as session:
             record_published(session, get_job(session, spec.id), repo_id=result.repo_id, commit=result.commit,
                              changed=result.changed, tag=result.tag)

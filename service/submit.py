@@ -10,15 +10,28 @@ from __future__ import annotations
 from typing import Iterable
 
 from service.db import session_scope
-from service.errors import OptionsError
-from service.jobs import JobOptions, Submitted, get_job, retry_job, submit_job
-from service.models import Trigger
+from service.errors import OptionsError, ServiceUnavailableError
+from service.jobs import (
+    JobOptions,
+    Submitted,
+    get_job,
+    record_sent,
+    retry_job,
+    revive_job,
+    stuck_reason,
+    submit_job,
+)
+from service.models import Trigger, utcnow
 from service.settings import Settings, get_settings
 
+LOCAL = "local"  # the task id of jobs run in the submitting process (`submit --local`)
 
-def requested_options(*, namespace: str | None, attentions: Iterable[str], bits: int | None, private: bool = False,
-                      packages_only: bool = False, settings: Settings | None = None) -> JobOptions:
-    """Options as a user asks for them: the service's namespace when none is given, 0 bits meaning float16 only."""
+
+def requested_options(*, namespace: str | None, attentions: Iterable[str], bits: int | None,
+                      private: bool | None = None, packages_only: bool = False,
+                      settings: Settings | None = None) -> JobOptions:
+    """Options as a user asks for them: the service's namespace when none is given, 0 bits meaning float16 only,
+    ``private=None`` publishing with the source repo's own visibility."""
     settings = settings or get_settings()
     return JobOptions(namespace=namespace or settings.default_namespace or "", attentions=tuple(attentions),
                       bits=bits or None, private=private, packages_only=packages_only)
@@ -44,18 +57,69 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
         submitted = submit_job(session, source_repo=source_repo, source_sha=source.sha, options=options,
                                revision=revision, trigger=trigger)
         job_id = submitted.job.id
-    if submitted.created and not local:
-        enqueue(job_id, options.parts(), packages_only=options.packages_only)
+        revived = None
+        if not submitted.created and not local:  # the same job again: if it is stuck, this revives it
+            revived = stuck_reason(submitted.job, now=utcnow(), timeout=settings.heartbeat_timeout)
+            if revived:
+                revive_job(session, submitted.job, f"submitted again after {revived}")
+                submitted.notes.append(f"it was stuck ({revived}) and is sent again")
+        if local and submitted.created:
+            record_sent(session, job_id, LOCAL)
+    if (submitted.created or revived) and not local:
+        send(job_id, options, settings=settings)
     return submitted
 
 
 def retry(job_id: int, *, settings: Settings | None = None) -> None:
-    """Queue a failed or cancelled job again; finished stages are skipped by the workers."""
+    """Queue a failed, cancelled or stuck job again; finished stages are skipped by the workers."""
     settings = settings or get_settings()
     with session_scope(settings.database_url) as session:
-        retry_job(session, job_id)
-        options = JobOptions.from_dict(get_job(session, job_id).options)
-    enqueue(job_id, options.parts(), packages_only=options.packages_only)
+        job = get_job(session, job_id)
+        reason = stuck_reason(job, now=utcnow(), timeout=settings.heartbeat_timeout)
+        if reason:
+            revive_job(session, job, f"retried after {reason}")
+        else:
+            retry_job(session, job_id)
+        options = JobOptions.from_dict(job.options)
+    send(job_id, options, settings=settings)
+
+
+def send(job_id: int, options: JobOptions, *, settings: Settings) -> str:
+    """Send a recorded job's stages to the queue and tie the job to the chain's task id.
+
+    Raises ServiceUnavailableError when the broker does not answer; the job stays recorded and queued, and
+    the reaper (or the next submit of the same job) sends it once the broker is back.
+    """
+    try:
+        task_id = enqueue(job_id, options.parts(), packages_only=options.packages_only)
+    except Exception as e:  # kombu/redis connection errors: their classes vary with the transport
+        if not _broker_error(e):
+            raise
+        raise ServiceUnavailableError(
+            f"job {job_id} is recorded, but the queue at {_where(settings.broker_url)} does not answer "
+            f"({e.__class__.__name__})",
+            hint="It is sent once the queue is back (by the scheduler's reaper, or by submitting again).") from e
+    with session_scope(settings.database_url) as session:
+        record_sent(session, job_id, task_id)
+    return task_id
+
+
+def _broker_error(error: BaseException) -> bool:
+    from kombu.exceptions import OperationalError
+
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
+    except ImportError:  # another transport
+        RedisConnectionError = RedisTimeout = OSError  # noqa: N806
+    return isinstance(error, (OperationalError, RedisConnectionError, RedisTimeout, OSError))
+
+
+def _where(url: str) -> str:
+    """A broker URL without its credentials."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
 
 
 def enqueue(job_id: int, parts: list[str], *, packages_only: bool) -> str:

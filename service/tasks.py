@@ -1,52 +1,60 @@
 """Celery tasks: one per stage, thin wrappers of ``service.runner.run_stage`` that take ids only.
 
 Only transient Hub errors are retried (with backoff and jitter); conversion and validation failures are
-final and already recorded on the job when the task fails.
+final and already recorded on the job when the task fails.  A stage another live worker is running is left
+to it: the task ends without result, so its chain stops there (the other chain goes on).
 """
 
 from __future__ import annotations
 
-from workers.errors import HubUnavailableError
+from celery import Task
+from celery.exceptions import Ignore
+
 from service.celery_app import app, macos_worker_alive
+from workers.errors import HubUnavailableError
 
 RETRY = dict(autoretry_for=(HubUnavailableError,), retry_backoff=True, retry_backoff_max=600, retry_jitter=True,
-             max_retries=8)
+             max_retries=8, bind=True)
 
 
-def _run(job_id: int, stage: str, part: str = "") -> str:
-    from service.runner import run_stage
+def _run(task: Task, job_id: int, stage: str, part: str = "") -> str:
+    from service.runner import ELSEWHERE, run_stage
 
-    return run_stage(job_id, stage, part, macos_worker_alive=macos_worker_alive if stage == "merge" else None)
+    state = run_stage(job_id, stage, part, runner=task.request.id,
+                      macos_worker_alive=macos_worker_alive if stage == "merge" else None)
+    if state == ELSEWHERE:
+        raise Ignore()
+    return state
 
 
 @app.task(name="coreml_publisher.fetch", **RETRY)
-def fetch(job_id: int) -> str:
-    return _run(job_id, "fetch")
+def fetch(self: Task, job_id: int) -> str:
+    return _run(self, job_id, "fetch")
 
 
 @app.task(name="coreml_publisher.convert", **RETRY)
-def convert(job_id: int, part: str) -> str:
-    return _run(job_id, "convert", part)
+def convert(self: Task, job_id: int, part: str) -> str:
+    return _run(self, job_id, "convert", part)
 
 
 @app.task(name="coreml_publisher.merge", **RETRY)
-def merge(job_id: int) -> str:
-    return _run(job_id, "merge")
+def merge(self: Task, job_id: int) -> str:
+    return _run(self, job_id, "merge")
 
 
 @app.task(name="coreml_publisher.compile", **RETRY)
-def compile(job_id: int) -> str:  # noqa: A001 - the stage's name
-    return _run(job_id, "compile")
+def compile(self: Task, job_id: int) -> str:  # noqa: A001 - the stage's name
+    return _run(self, job_id, "compile")
 
 
 @app.task(name="coreml_publisher.package", **RETRY)
-def package(job_id: int) -> str:
-    return _run(job_id, "package")
+def package(self: Task, job_id: int) -> str:
+    return _run(self, job_id, "package")
 
 
 @app.task(name="coreml_publisher.publish", **RETRY)
-def publish(job_id: int) -> str:
-    return _run(job_id, "publish")
+def publish(self: Task, job_id: int) -> str:
+    return _run(self, job_id, "publish")
 
 
 @app.task(name="coreml_publisher.sweep")
@@ -57,3 +65,13 @@ def sweep() -> list[dict]:
     from service.watch import sweep as run_sweep
 
     return [asdict(r) for r in run_sweep(due_only=True)]
+
+
+@app.task(name="coreml_publisher.reap")
+def reap() -> list[dict]:
+    """The reaper's pass (Celery beat, every minute): stuck jobs are sent again or failed."""
+    from dataclasses import asdict
+
+    from service.reaper import reap as run_reap
+
+    return [asdict(r) for r in run_reap()]

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from service.errors import JobError, NotWatchedError, OptionsError
 from service import jobs
-from service.jobs import JobOptions, dedupe_key
+from service.jobs import JobOptions, aware, dedupe_key
 from service.submit import create_job
 from service.models import Job, JobState, Trigger, WatchedRepo, WatchState, utcnow
 
@@ -119,9 +119,16 @@ def sweep(*, now: datetime | None = None, due_only: bool = False, settings=None,
         watches = [(w.repo_id, w.options, w.next_check_at) for w in session.scalars(query)]
     results = []
     for repo_id, options_data, next_check in watches:
-        if due_only and next_check is not None and _aware(next_check) > now:
+        if due_only and next_check is not None and aware(next_check) > now:
             continue
-        options = JobOptions.from_dict(options_data)
+        try:
+            options = JobOptions.from_dict(options_data)
+        except (CoreMLPublishError, TypeError) as e:  # saved under older rules: say so, check the others
+            detail = e.one_line() if isinstance(e, CoreMLPublishError) else f"unreadable options ({e})"
+            with session_scope(settings.database_url) as session:
+                get_watch(session, repo_id).reason = detail
+            results.append(SweepResult(repo_id, "refused", detail=detail))
+            continue
         state, reason, sha = None, None, None
         try:
             sha = get_head(repo_id)
@@ -163,7 +170,3 @@ def sweep(*, now: datetime | None = None, due_only: bool = False, settings=None,
         results.append(SweepResult(repo_id, "submitted" if submitted.created else "unchanged", sha,
                                    submitted.job.id))
     return results
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=utcnow().tzinfo)

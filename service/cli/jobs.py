@@ -11,6 +11,8 @@ from rich.table import Table
 from service.cli.output import comma_list, console, stdout
 
 FINISHED = ("succeeded", "failed", "cancelled")
+MAX_ID = 2**31 - 1  # the job database's integer range
+JOB_ID_HELP = "Job number (see `coreml-publish jobs`)."
 
 
 def submit(
@@ -19,7 +21,8 @@ def submit(
     namespace: str = typer.Option(None, help="Where to publish (default: COREML_PUBLISH_DEFAULT_NAMESPACE)."),
     attention: str = typer.Option("original,split_einsum_v2", help="Comma-separated attention layouts."),
     bits: int = typer.Option(6, help="Palettization bits (1, 2, 4, 6, 8); 0 for float16 only."),
-    private: bool = typer.Option(False, help="Publish private repos."),
+    private: bool | None = typer.Option(None, "--private/--public",
+                                        help="Publish private or public repos (default: as the source repo is)."),
     packages_only: bool = typer.Option(False, help="Publish .mlpackage files only (no macOS worker needed)."),
     wait: bool = typer.Option(False, help="Follow the job until it finishes."),
     local: bool = typer.Option(False, help="Run every stage in this process (no broker, no workers)."),
@@ -132,7 +135,7 @@ def _print_status(job) -> None:
         stdout.print(f"  published {p['repo_id']} at {p['commit'][:10]}" + ("" if p["changed"] else " (no changes)"))
 
 
-def status(job_id: int = typer.Argument(..., help="Job number.")) -> None:
+def status(job_id: int = typer.Argument(..., min=1, max=MAX_ID, help=JOB_ID_HELP)) -> None:
     """Show a job: state, each stage with its figures, published repos."""
     from service.db import session_scope
     from service.jobs import get_job
@@ -142,7 +145,7 @@ def status(job_id: int = typer.Argument(..., help="Job number.")) -> None:
 
 
 def jobs(state: str = typer.Option(None, help="Only jobs in this state."),
-         limit: int = typer.Option(50, help="How many, newest first.")) -> None:
+         limit: int = typer.Option(50, min=1, max=500, help="How many, newest first (1-500).")) -> None:
     """List jobs, newest first."""
     from service.db import session_scope
     from service.jobs import list_jobs
@@ -155,7 +158,7 @@ def jobs(state: str = typer.Option(None, help="Only jobs in this state."),
     stdout.print(table)
 
 
-def logs(job_id: int = typer.Argument(..., help="Job number."),
+def logs(job_id: int = typer.Argument(..., min=1, max=MAX_ID, help=JOB_ID_HELP),
          follow_: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job finishes.")) -> None:
     """Print a job's log."""
     from service.db import session_scope
@@ -169,7 +172,7 @@ def logs(job_id: int = typer.Argument(..., help="Job number."),
         _stream(job_id, until=lambda: True)
 
 
-def cancel(job_id: int = typer.Argument(..., help="Job number.")) -> None:
+def cancel(job_id: int = typer.Argument(..., min=1, max=MAX_ID, help=JOB_ID_HELP)) -> None:
     """Cancel a job; running stages stop at their next step."""
     from service.db import session_scope
     from service.jobs import cancel_job
@@ -179,9 +182,21 @@ def cancel(job_id: int = typer.Argument(..., help="Job number.")) -> None:
     stdout.print(f"Job {job_id} cancelled.")
 
 
-def retry(job_id: int = typer.Argument(..., help="Job number.")) -> None:
+def retry(job_id: int = typer.Argument(..., min=1, max=MAX_ID, help=JOB_ID_HELP)) -> None:
     """Queue a failed or cancelled job again; finished stages are not redone."""
     from service.submit import retry as retry_job
 
     retry_job(job_id)
     stdout.print(f"Job {job_id} queued again.")
+
+
+def reap() -> None:
+    """Send stuck jobs again (never reached the queue; their worker went silent), or fail them after
+    COREML_PUBLISH_MAX_REVIVALS tries.  The scheduler does this every minute."""
+    from service.reaper import reap as run_reap
+
+    done = run_reap()
+    for item in done:
+        stdout.print(f"Job {item.job_id}: {item.action} ({item.reason}).")
+    if not done:
+        stdout.print("No stuck jobs.")

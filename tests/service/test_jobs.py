@@ -104,7 +104,7 @@ def test_states_events_cancel_and_retry(database_url: str) -> None:
         job = get_job(session, job_id)
         assert job.state == "queued" and job.error is None
         assert {(s.part, s.state) for s in job.stages} == {("shared", "succeeded"), ("unet-original", "pending")}
-        with pytest.raises(JobError, match="only failed or cancelled jobs"):
+        with pytest.raises(JobError, match="only failed, cancelled or stuck jobs"):
             retry_job(session, job_id)
         messages = [e.message for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job_id))]
         assert messages[0].startswith("submitted org/model@aaaaaaaaaa via cli")

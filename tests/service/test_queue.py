@@ -56,7 +56,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):
         env = {"HF_ENDPOINT": hub, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token",
                "COREML_PUBLISH_DATABASE_URL": url, "COREML_PUBLISH_BROKER_URL": REDIS,
                "COREML_PUBLISH_ARTIFACT_STORE": str(root / "artifacts"), "COREML_PUBLISH_DEFAULT_NAMESPACE": "studio",
-               "COREML_PUBLISH_SCRATCH": str(root / "scratch")}
+               "COREML_PUBLISH_SCRATCH": str(root / "scratch"), "COREML_PUBLISH_HEARTBEAT_INTERVAL": "1"}
 
         def start_worker(*extra: str, path: str | None = None) -> subprocess.Popen:
             log = open(root / f"worker-{len(workers)}.log", "w")
@@ -69,7 +69,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):
 
         start_worker()
         try:
-            yield {"env": env, "db": url, "hub": hub, "start_worker": start_worker, "root": root}
+            yield {"env": env, "db": url, "hub": hub, "start_worker": start_worker, "root": root, "workers": workers}
         finally:
             for process in workers:
                 os.killpg(process.pid, signal.SIGTERM)
@@ -162,3 +162,71 @@ def test_compiled_output_waits_for_a_macos_worker(service) -> None:
     files = HfApi(endpoint=service["hub"]).list_repo_files("studio/coreml-tiny-sd-palettized")
     assert "coreml-tiny-sd-palettized_split_einsum_v2_compiled.zip" in files
     assert "original/compiled/Unet.mlmodelc/coremldata.bin" in files
+
+
+def _kill_the_linux_worker_then_reap(service, job_id: int, during: str) -> None:
+    """SIGKILL the Linux worker's whole process group (no redelivery for hours: the broker's visibility
+    timeout), start a new one, and let the reaper find the silent stage and send the job again."""
+    from service.reaper import reap
+    from service.settings import Settings
+
+    linux = [p for p in service["workers"] if p.poll() is None][0]  # the first worker: every Linux queue
+    os.killpg(linux.pid, signal.SIGKILL)
+    linux.wait(timeout=30)
+    service["start_worker"]()
+    settings = Settings(database_url=service["db"], broker_url=REDIS, heartbeat_timeout=5)
+    time.sleep(6)
+    revived = _wait(lambda: [r for r in reap(settings=settings) if r.job_id == job_id], 30, "the reaper")
+    assert revived[0].action == "sent again" and f"went silent during {during}" in revived[0].reason
+    _wait(lambda: _job(service, job_id)[0] in ("succeeded", "failed"), 300, "the job to finish")
+
+
+def _source(service, name: str) -> HfApi:
+    api = HfApi(endpoint=service["hub"], token="alice-token")
+    api.create_repo(name)
+    api.upload_folder(repo_id=name, folder_path=str(service["root"] / "tiny-sd"))
+    return api
+
+
+def _one_commit_each(api: HfApi, repos: list[str]) -> None:
+    for repo in repos:
+        commits = [c for c in api.list_repo_commits(repo) if c.title != "initial commit"]
+        assert len(commits) == 1, f"{repo}: {[c.title for c in commits]}"
+
+
+def test_a_worker_killed_as_a_whole_mid_convert_is_replaced_and_publishes_once(service) -> None:
+    api = _source(service, "studio/tiny-kill")
+    result = run("submit", "studio/tiny-kill", "--packages-only", "--bits", "4", "--attention", "original",
+                 env=service["env"])
+    job_id = _job_id(result.stdout)
+    _wait(lambda: any(s == "running" for (stage, _), s in _job(service, job_id)[1].items() if stage == "convert"),
+          180, "a running convert stage")
+    _kill_the_linux_worker_then_reap(service, job_id, "convert")
+    state, stages, published, error = _job(service, job_id)
+    assert state == "succeeded", error
+    assert published == ["studio/coreml-tiny-kill", "studio/coreml-tiny-kill-palettized"]
+    _one_commit_each(api, published)
+
+
+def test_a_worker_killed_while_its_commit_is_in_flight_leaves_one_commit_per_repo(service) -> None:
+    """Killed after the LFS uploads, while the Hub stalls on the commit: the new worker's publish makes the
+    only commit of each repo."""
+    from urllib.request import Request, urlopen
+
+    api = _source(service, "studio/tiny-kill2")
+    body = json.dumps({"route": "commit", "status": 503, "count": 1, "delay": 120}).encode()
+    urlopen(Request(f"{service['hub']}/_devhub/faults", body, {"Content-Type": "application/json"}))
+    result = run("submit", "studio/tiny-kill2", "--packages-only", "--bits", "0", "--attention", "original",
+                 env=service["env"])
+    job_id = _job_id(result.stdout)
+
+    def stalled_in_commit() -> bool:
+        pending = json.loads(urlopen(f"{service['hub']}/_devhub/faults").read())
+        return "commit" not in pending and _job(service, job_id)[1].get(("publish", "")) == "running"
+
+    _wait(stalled_in_commit, 300, "the publish stage's commit to reach the Hub")
+    _kill_the_linux_worker_then_reap(service, job_id, "publish")
+    state, stages, published, error = _job(service, job_id)
+    assert state == "succeeded", error
+    assert published == ["studio/coreml-tiny-kill2"]
+    _one_commit_each(api, published)

@@ -103,3 +103,16 @@ def test_models_match_the_migrations(tmp_path: Path) -> None:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     engine.dispose()
     assert differences == [], "the models and the migrations differ: add a migration"
+
+
+def test_the_readme_code_map_matches_the_tree() -> None:
+    readme = (ROOT / "README.md").read_text()
+    code_map = readme[readme.index("## Code map"):readme.index("\n## ", readme.index("## Code map") + 1)]
+    rows = {line.split("|")[1].strip().strip("`"): line for line in code_map.splitlines()
+            if line.startswith("| `")}
+    for folder in ("workers/", "service/", "service/api/"):
+        files = {p.name for p in (ROOT / folder).glob("*.py") if p.name != "__init__.py"}
+        named = {word.strip("`(),:+") for word in rows[folder].split() if word.strip("`(),:+").endswith(".py")}
+        assert files == named, f"{folder}: not in the code map {sorted(files - named)}, gone {sorted(named - files)}"
+    for folder in rows:
+        assert (ROOT / folder).is_dir(), f"the code map names {folder}, which does not exist"

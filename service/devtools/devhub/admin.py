@@ -34,6 +34,7 @@ async def add_fault(request: Request, hub: HubDep):
     faults = hub.faults
     with faults.lock:
         faults.pending[route] = [int(body.get("status", 503)), int(body.get("count", 1))]
+        faults.delays[route] = min(float(body.get("delay", 0)), 600.0)
     return {"route": route, "pending": faults.pending[route]}
 
 

@@ -9,6 +9,7 @@ The routes live in one router per concern (:mod:`.repos`, :mod:`.refs`, :mod:`.c
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -41,8 +42,11 @@ def create_app(data: Path, *, page_size: int = 1000) -> FastAPI:
     @app.middleware("http")
     async def inject_faults(request: Request, call_next):
         if not request.url.path.startswith("/_devhub/faults"):
-            status = request.app.state.hub.faults.take(route_kind(request.method, request.url.path))
-            if status is not None:
+            fault = request.app.state.hub.faults.take(route_kind(request.method, request.url.path))
+            if fault is not None:
+                status, delay = fault
+                if delay:
+                    await asyncio.sleep(delay)  # a Hub that stalls (a client may die waiting)
                 return error(status, "InjectedFault", f"injected fault {status}")
         return await call_next(request)
 

@@ -23,18 +23,20 @@ FAULT_ROUTES = ("commit", "preupload", "lfs", "resolve", "info", "create", "tree
 
 @dataclass
 class Faults:
-    """Pending injected failures: route kind -> [status, remaining count]."""
+    """Pending injected failures: route kind -> [status, remaining count], and seconds to stall before each."""
 
     pending: dict[str, list[int]] = field(default_factory=dict)
+    delays: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def take(self, kind: str) -> int | None:
+    def take(self, kind: str) -> tuple[int, float] | None:
+        """The status to answer (and the stall before it) for the next request of ``kind``, if one is pending."""
         with self.lock:
             for key in (kind, "any"):
                 entry = self.pending.get(key)
                 if entry and entry[1] > 0:
                     entry[1] -= 1
-                    return entry[0]
+                    return entry[0], self.delays.get(key, 0.0)
         return None
 
 

@@ -1,0 +1,165 @@
+"""No job without a live task: jobs never sent and stages whose worker went silent are sent again (or failed
+after ``max_revivals``); heartbeats keep long stages alive; a stage another live runner holds is left to it.
+On SQLite and PostgreSQL, with the broker replaced by a recorder (the real queue is in test_queue.py)."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from kombu.exceptions import OperationalError
+
+from service import runner
+from service.db import session_scope
+from service.errors import JobError, ServiceUnavailableError
+from service.jobs import JobOptions, get_job, set_state, stage_result, start_stage, submit_job
+from service.models import JobState, utcnow
+from service.reaper import reap
+from service.settings import Settings
+from service.submit import retry, send
+
+SHA = "b" * 40
+
+
+@pytest.fixture
+def world(database_url: str, monkeypatch: pytest.MonkeyPatch):
+    sent: list[int] = []
+    broker = {"up": True}
+
+    def enqueue(job_id: int, parts: list[str], *, packages_only: bool) -> str:
+        if not broker["up"]:
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        sent.append(job_id)
+        return f"task-{job_id}-{len(sent)}"
+
+    monkeypatch.setattr("service.submit.enqueue", enqueue)
+    settings = Settings(database_url=database_url, broker_url="redis://user:pw@127.0.0.1:6379/0",
+                        heartbeat_interval=0.05, heartbeat_timeout=60, max_revivals=2)
+    return {"settings": settings, "sent": sent, "broker": broker, "url": database_url}
+
+
+def _job(url: str, *, bits: int = 6) -> int:
+    with session_scope(url) as session:
+        return submit_job(session, source_repo="org/model", source_sha=SHA,
+                          options=JobOptions(namespace="org", bits=bits)).job.id
+
+
+def _age(url: str, job_id: int, seconds: float) -> None:
+    """Make a job look recorded (and its running stages last heard of) ``seconds`` ago."""
+    with session_scope(url) as session:
+        job = get_job(session, job_id)
+        job.created_at = utcnow() - timedelta(seconds=seconds)
+        job.enqueued_at = None if job.task_id is None else job.created_at
+        for result in job.stages:
+            result.heartbeat_at = result.started_at = job.created_at
+
+
+def test_a_job_the_broker_never_took_is_recorded_then_sent_by_the_reaper(world) -> None:
+    url, settings = world["url"], world["settings"]
+    job_id = _job(url)
+    world["broker"]["up"] = False
+    with pytest.raises(ServiceUnavailableError, match=f"job {job_id} is recorded") as caught:
+        send(job_id, JobOptions(namespace="org"), settings=settings)
+    assert "pw" not in caught.value.one_line() and "redis://127.0.0.1:6379" in caught.value.one_line()
+    assert reap(settings=settings) == []  # not stuck yet: recorded less than heartbeat_timeout ago
+    _age(url, job_id, 120)
+    world["broker"]["up"] = True
+    done = reap(settings=settings)
+    assert [(r.job_id, r.action) for r in done] == [(job_id, "sent again")]
+    assert "never reached the queue" in done[0].reason
+    with session_scope(url) as session:
+        job = get_job(session, job_id)
+        assert job.task_id == f"task-{job_id}-1" and job.revivals == 1 and job.state == "queued"
+        assert any("sent again" in e.message for e in job.events)
+    assert reap(settings=settings) == []  # it has a task now
+
+
+def test_a_stage_whose_worker_went_silent_is_sent_again_and_a_live_one_is_not(world) -> None:
+    url, settings = world["url"], world["settings"]
+    silent, alive = _job(url, bits=6), _job(url, bits=4)
+    for job_id in (silent, alive):
+        with session_scope(url) as session:
+            job = get_job(session, job_id)
+            job.task_id = "first"
+            set_state(session, job, JobState.RUNNING)
+            start_stage(session, stage_result(session, job, "convert", "shared"), runner="first")
+    _age(url, silent, 300)
+    done = reap(settings=settings)
+    assert [(r.job_id, r.action) for r in done] == [(silent, "sent again")]
+    assert "went silent during convert shared" in done[0].reason
+    with session_scope(url) as session:
+        stage = get_job(session, silent).stages[0]
+        assert stage.state == "pending" and stage.error.startswith("interrupted:")
+        assert get_job(session, alive).stages[0].state == "running"
+    assert world["sent"] == [silent]
+
+
+def test_a_job_stuck_again_and_again_fails_with_its_reason(world) -> None:
+    url, settings = world["url"], world["settings"]
+    job_id = _job(url)
+    for _ in range(settings.max_revivals):
+        _age(url, job_id, 600)
+        with session_scope(url) as session:
+            get_job(session, job_id).task_id = None
+        assert reap(settings=settings)[0].action == "sent again"
+    _age(url, job_id, 600)
+    with session_scope(url) as session:
+        get_job(session, job_id).task_id = None
+    assert reap(settings=settings)[0].action == "failed"
+    with session_scope(url) as session:
+        job = get_job(session, job_id)
+        assert job.state == "failed" and job.error.startswith("stuck: it never reached the queue")
+
+
+def test_while_the_broker_is_down_the_reaper_keeps_the_job_for_its_next_pass(world) -> None:
+    url, settings = world["url"], world["settings"]
+    job_id = _job(url)
+    _age(url, job_id, 600)
+    world["broker"]["up"] = False
+    assert [r.action for r in reap(settings=settings)] == ["not sent"]
+    with session_scope(url) as session:
+        assert get_job(session, job_id).state == "queued"
+    world["broker"]["up"] = True
+    _age(url, job_id, 600)
+    assert [r.action for r in reap(settings=settings)] == ["sent again"]
+
+
+def test_retry_revives_a_stuck_job_and_refuses_a_live_one(world) -> None:
+    url, settings = world["url"], world["settings"]
+    job_id = _job(url)
+    with session_scope(url) as session:
+        job = get_job(session, job_id)
+        job.task_id = "first"
+        set_state(session, job, JobState.RUNNING)
+        start_stage(session, stage_result(session, job, "fetch"), runner="first")
+    with pytest.raises(JobError, match="alive"):
+        retry(job_id, settings=settings)
+    _age(url, job_id, 600)
+    retry(job_id, settings=settings)
+    assert world["sent"] == [job_id]
+    with session_scope(url) as session:
+        assert get_job(session, job_id).stages[0].state == "pending"
+
+
+def test_heartbeats_keep_a_long_stage_alive_and_another_runner_leaves_it_alone(world, monkeypatch) -> None:
+    url, settings = world["url"], world["settings"]
+    job_id = _job(url)
+    seen: dict[str, str] = {}
+
+    def slow_fetch(spec, part, settings_):
+        if "second" in seen:  # the second delivery ran the stage itself: the check below fails
+            return {}, None
+        seen["second"] = "running"
+        time.sleep(0.5)
+        # meanwhile a second delivery of the same stage (another chain) finds it held by a live runner
+        seen["second"] = runner.run_stage(job_id, "fetch", settings=settings, runner="second")
+        with session_scope(url) as session:
+            result = get_job(session, job_id).stages[0]
+            seen["beats"] = (result.heartbeat_at - result.started_at).total_seconds()
+        return {}, None
+
+    monkeypatch.setitem(runner.STAGES, "fetch", slow_fetch)
+    assert runner.run_stage(job_id, "fetch", settings=settings, runner="first") == "succeeded"
+    assert seen["second"] == runner.ELSEWHERE
+    assert seen["beats"] > 0.2  # stamped while the stage ran
