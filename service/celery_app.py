@@ -6,14 +6,16 @@ Queues: ``default`` (merge, package), ``convert`` (fetch, convert: any OS with c
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from celery import Celery
 from celery.schedules import crontab
 
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 
 
-def make_app() -> Celery:
-    settings = get_settings()
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
     app = Celery("coreml_publisher", broker=settings.broker_url, backend=settings.broker_url,
                  include=["service.tasks"])
     app.conf.update(
@@ -43,9 +45,17 @@ def make_app() -> Celery:
 app = make_app()
 
 
-def stage_signature(stage: str, *args):
-    """The signature of a stage's task by name (``coreml_publisher.<stage>``, see ``service.tasks``)."""
-    return app.signature(f"coreml_publisher.{stage}", args=args, immutable=True)
+@lru_cache(maxsize=4)
+def _app_for(broker_url: str) -> Celery:
+    return app if broker_url == app.conf.broker_url else make_app(get_settings().model_copy(
+        update={"broker_url": broker_url}))
+
+
+def stage_signature(stage: str, *args, settings: Settings | None = None):
+    """The signature of a stage's task by name (``coreml_publisher.<stage>``, see ``service.tasks``), bound to
+    the broker of ``settings`` (default: this process's)."""
+    sender = _app_for(settings.broker_url) if settings is not None else app
+    return sender.signature(f"coreml_publisher.{stage}", args=args, immutable=True)
 
 
 def macos_worker_alive(timeout: float = 1.0) -> bool:

@@ -12,9 +12,9 @@ import json
 import logging
 import socket
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, not_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -191,6 +191,24 @@ def start_stage(session: Session, result: StageResult, *, runner: str | None = N
     result.worker_host = socket.gethostname()
     result.error = None
     session.flush()
+
+
+def claim_stage(session: Session, result: StageResult, *, runner: str, timeout: float) -> bool:
+    """Take a stage to run it, atomically: refused while another runner holds it with a heartbeat fresher
+    than ``timeout`` seconds (two deliveries of one stage never run it at once)."""
+    now = utcnow()
+    held = and_(StageResult.state == "running", or_(StageResult.runner.is_(None), StageResult.runner != runner),
+                StageResult.heartbeat_at.is_not(None),
+                StageResult.heartbeat_at >= now - timedelta(seconds=timeout))
+    taken = session.execute(
+        update(StageResult).where(StageResult.id == result.id, StageResult.state != "succeeded", not_(held))
+        .values(state="running", runner=runner, started_at=now, heartbeat_at=now, error=None,
+                attempts=StageResult.attempts + 1, worker_host=socket.gethostname())
+        .execution_options(synchronize_session=False))
+    if taken.rowcount != 1:
+        return False
+    session.refresh(result)
+    return True
 
 
 def beat(session: Session, result_id: int) -> None:

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -24,7 +25,7 @@ from service.errors import CoreMLPublishError, HubUnavailableError, JobCancelled
 from service.jobs import (
     JobOptions,
     beat,
-    silent_for,
+    claim_stage,
     finish_stage,
     get_job,
     is_cancelled,
@@ -32,15 +33,13 @@ from service.jobs import (
     record_published,
     set_state,
     stage_result,
-    start_stage,
 )
-from service.models import JobState, utcnow
+from service.models import JobState
 from service.settings import Settings, get_settings
 from service.artifacts import ArtifactStore
 
 log = logging.getLogger(__name__)
 WAITING_FOR_MACOS = "waiting for a macOS worker"
-ELSEWHERE = "elsewhere"  # run_stage's answer when another live runner has the stage
 
 
 @dataclass(frozen=True)
@@ -65,29 +64,30 @@ def run_stage(job_id: int, stage: str, part: str = "", *, settings: Settings | N
     """Run one stage of a job and record it; returns the stage's final state.
 
     ``runner`` names this delivery of the stage (a Celery task id; the same when a task is redelivered).
-    A stage another live runner is running (heartbeats fresh) is left to it: returns ``ELSEWHERE``.
+    While another live runner holds the stage (heartbeats fresh), this one waits for its outcome, and takes
+    the stage over if that runner goes silent.
     Raises the stage's error after recording it (so a task queue stops the job's chain);
     HubUnavailableError is left for the caller to retry and does not fail the job.
     """
     settings = settings or get_settings()
     runner = runner or f"local-{os.getpid()}"
-    with session_scope(settings.database_url) as session:
-        job = get_job(session, job_id)
-        if job.state in (JobState.CANCELLED.value, JobState.FAILED.value, JobState.SUCCEEDED.value):
-            return job.state
-        result = stage_result(session, job, stage, part)
-        if result.state == "succeeded":
-            return "succeeded"
-        if result.state == "running" and result.runner != runner \
-                and silent_for(result, utcnow()) <= settings.heartbeat_timeout:
-            return ELSEWHERE
-        if job.state != JobState.RUNNING.value:
-            set_state(session, job, JobState.RUNNING)
-        start_stage(session, result, runner=runner)
-        record_event(session, job.id, f"{stage}{' ' + part if part else ''} started on {result.worker_host}",
-                     stage=stage)
-        spec = JobSpec(job.id, job.source_repo, job.source_sha or "", JobOptions.from_dict(job.options))
-        result_id = result.id
+    while True:
+        with session_scope(settings.database_url) as session:
+            job = get_job(session, job_id)
+            if job.state in (JobState.CANCELLED.value, JobState.FAILED.value, JobState.SUCCEEDED.value):
+                return job.state
+            result = stage_result(session, job, stage, part)
+            if result.state == "succeeded":
+                return "succeeded"
+            if claim_stage(session, result, runner=runner, timeout=settings.heartbeat_timeout):
+                if job.state != JobState.RUNNING.value:
+                    set_state(session, job, JobState.RUNNING)
+                record_event(session, job.id, f"{stage}{' ' + part if part else ''} started on "
+                             f"{result.worker_host}", stage=stage)
+                spec = JobSpec(job.id, job.source_repo, job.source_sha or "", JobOptions.from_dict(job.options))
+                result_id = result.id
+                break
+        time.sleep(min(settings.heartbeat_interval, 5.0))  # another runner has it: wait for its outcome
     try:
         with heartbeats(result_id, settings):
             figures, uri = STAGES[stage](spec, part, settings)

@@ -91,7 +91,7 @@ def send(job_id: int, options: JobOptions, *, settings: Settings) -> str:
     the reaper (or the next submit of the same job) sends it once the broker is back.
     """
     try:
-        task_id = enqueue(job_id, options.parts(), packages_only=options.packages_only)
+        task_id = enqueue(job_id, options.parts(), packages_only=options.packages_only, settings=settings)
     except Exception as e:  # kombu/redis connection errors: their classes vary with the transport
         if not _broker_error(e):
             raise
@@ -122,14 +122,17 @@ def _where(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}"
 
 
-def enqueue(job_id: int, parts: list[str], *, packages_only: bool) -> str:
+def enqueue(job_id: int, parts: list[str], *, packages_only: bool, settings: Settings | None = None) -> str:
     """Send a job's stages: fetch, the convert parts in parallel, then merge, compile/package, publish.
 
     Call after the job's row is committed.  Returns the Celery id of the chain.
     """
     from celery import chain, chord
 
-    from service.celery_app import stage_signature as stage  # loaded only by what sends work
+    from service.celery_app import stage_signature  # loaded only by what sends work
+
+    def stage(name: str, *args):
+        return stage_signature(name, *args, settings=settings)
 
     finish = stage("package", job_id) if packages_only else stage("compile", job_id)
     flow = chain(stage("fetch", job_id), chord([stage("convert", job_id, p) for p in parts], stage("merge", job_id)),

@@ -1,14 +1,13 @@
 """Celery tasks: one per stage, thin wrappers of ``service.runner.run_stage`` that take ids only.
 
 Only transient Hub errors are retried (with backoff and jitter); conversion and validation failures are
-final and already recorded on the job when the task fails.  A stage another live worker is running is left
-to it: the task ends without result, so its chain stops there (the other chain goes on).
+final and already recorded on the job when the task fails.  A stage another live worker is running is
+waited for (see ``run_stage``), so two chains of one job (the reaper's and a redelivered one) both go on.
 """
 
 from __future__ import annotations
 
 from celery import Task
-from celery.exceptions import Ignore
 
 from service.celery_app import app, macos_worker_alive
 from workers.errors import HubUnavailableError
@@ -18,13 +17,10 @@ RETRY = dict(autoretry_for=(HubUnavailableError,), retry_backoff=True, retry_bac
 
 
 def _run(task: Task, job_id: int, stage: str, part: str = "") -> str:
-    from service.runner import ELSEWHERE, run_stage
+    from service.runner import run_stage
 
-    state = run_stage(job_id, stage, part, runner=task.request.id,
-                      macos_worker_alive=macos_worker_alive if stage == "merge" else None)
-    if state == ELSEWHERE:
-        raise Ignore()
-    return state
+    return run_stage(job_id, stage, part, runner=task.request.id,
+                     macos_worker_alive=macos_worker_alive if stage == "merge" else None)
 
 
 @app.task(name="coreml_publisher.fetch", **RETRY)

@@ -1,8 +1,11 @@
-"""Helpers for tests: reading and damaging saved packages the way a broken disk or writer would."""
+"""Helpers for tests: reading and damaging saved packages the way a broken disk or writer would; waiting for
+processes the tests start."""
 
 from __future__ import annotations
 
+import socket
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +104,24 @@ def scale_constants(package: Path, op_types: tuple[str, ...], inputs: tuple[str,
             changed.append(const.outputs[0].name)
     weights.write_bytes(bytes(raw))
     return changed
+
+
+def wait_for(predicate, timeout: float, what: str, logs: tuple[Path, ...] = ()):
+    """``predicate()``'s first true value, polled every half second; fails after ``timeout`` seconds, with the
+    ends of ``logs``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    tails = "".join(f"\n--- {log.parent.name}/{log.name}\n{log.read_text(errors='replace')[-3000:]}"
+                    for log in logs if log.exists())
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tails}")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on (yet) on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

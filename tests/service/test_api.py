@@ -223,3 +223,22 @@ def test_a_job_from_the_api_publishes_with_its_sources_visibility(
         spec = runner.JobSpec(job.id, job.source_repo, job.source_sha, JobOptions.from_dict(job.options))
     runner._publish(spec, "", settings)
     assert published == [published_private, published_private]
+
+
+def test_twenty_identical_submits_at_once_make_one_job(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.db import session_scope
+    from service.jobs import list_jobs
+
+    sent: list[int] = []
+    monkeypatch.setattr("workers.resolve.resolve_source", lambda source, **_: type("S", (), {"sha": "c" * 40})())
+    monkeypatch.setattr("service.submit.enqueue", lambda job_id, *a, **k: sent.append(job_id) or f"task-{job_id}")
+    client = TestClient(create_api(Settings(database_url=database_url, broker_url="redis://127.0.0.1:1/0",
+                                            default_namespace="studio")))
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(lambda _: client.post("/jobs", json={"repo": "studio/tiny-sd"}), range(20)))
+    assert sorted(a.status_code for a in answers) == [200] * 19 + [201]
+    assert len({a.json()["id"] for a in answers}) == 1 and len(sent) == 1
+    with session_scope(database_url) as session:
+        assert len(list_jobs(session)) == 1

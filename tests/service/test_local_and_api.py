@@ -46,7 +46,7 @@ def test_local_mode_runs_every_stage_without_a_broker(hub_with_source: str, data
 
 def test_http_api(hub_with_source: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[tuple] = []
-    monkeypatch.setattr("service.submit.enqueue", lambda job_id, parts, packages_only: sent.append((job_id, parts)) or "task")
+    monkeypatch.setattr("service.submit.enqueue", lambda job_id, parts, **_: sent.append((job_id, parts)) or "task")
     settings = Settings(database_url=database_url, hub_endpoint=hub_with_source, default_namespace="studio",
                         api_token="secret", broker_url="redis://127.0.0.1:1/0")
     client = TestClient(create_api(settings))

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +24,8 @@ from service.db import session_scope, upgrade
 from service.jobs import get_job
 from tests.conftest import _postgres_database
 from tests.service.test_cli import run
+from tests.helpers import free_port as _free_port
+from tests.helpers import wait_for as _wait
 
 pytestmark = [pytest.mark.slow,  # real worker processes, a conversion
               pytest.mark.timeout(360)]  # a backstop: every wait below is bounded, and the whole run takes ~1.5 min
@@ -37,22 +38,8 @@ AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_
 HOSTS = {"convert-host": "convert", "publish-host": "default,publish"}
 
 
-def _wait(predicate, timeout: float, what: str, logs: tuple[Path, ...] = ()):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    tails = "".join(f"\n--- {log.parent.name}/{log.name}\n{log.read_text(errors='replace')[-3000:]}"
-                    for log in logs if log.exists())
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tails}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _listening(port: int) -> bool:

@@ -15,18 +15,11 @@ from service.db import session_scope, upgrade
 from service.jobs import get_job
 from tests.conftest import DOUBLES, _postgres_database
 from tests.service.test_cli import run
+from tests.helpers import wait_for as _wait
 
 REDIS = "redis://127.0.0.1:6379/9"
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +65,8 @@ def service(tmp_path_factory: pytest.TempPathFactory):
             yield {"env": env, "db": url, "hub": hub, "start_worker": start_worker, "root": root, "workers": workers}
         finally:
             for process in workers:
-                os.killpg(process.pid, signal.SIGTERM)
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGTERM)
             for process in workers:
                 try:
                     process.wait(timeout=20)
@@ -170,7 +164,7 @@ def _kill_the_linux_worker_then_reap(service, job_id: int, during: str) -> None:
     from service.reaper import reap
     from service.settings import Settings
 
-    linux = [p for p in service["workers"] if p.poll() is None][0]  # the first worker: every Linux queue
+    linux = [p for p in service["workers"] if p.poll() is None and "--queues" not in p.args][0]  # every Linux queue
     os.killpg(linux.pid, signal.SIGKILL)
     linux.wait(timeout=30)
     service["start_worker"]()

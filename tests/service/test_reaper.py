@@ -4,6 +4,7 @@ On SQLite and PostgreSQL, with the broker replaced by a recorder (the real queue
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 
@@ -27,7 +28,7 @@ def world(database_url: str, monkeypatch: pytest.MonkeyPatch):
     sent: list[int] = []
     broker = {"up": True}
 
-    def enqueue(job_id: int, parts: list[str], *, packages_only: bool) -> str:
+    def enqueue(job_id: int, parts: list[str], *, packages_only: bool, settings=None) -> str:
         if not broker["up"]:
             raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
         sent.append(job_id)
@@ -142,24 +143,42 @@ def test_retry_revives_a_stuck_job_and_refuses_a_live_one(world) -> None:
         assert get_job(session, job_id).stages[0].state == "pending"
 
 
-def test_heartbeats_keep_a_long_stage_alive_and_another_runner_leaves_it_alone(world, monkeypatch) -> None:
+def test_heartbeats_keep_a_long_stage_alive_and_a_second_delivery_waits_for_it(world, monkeypatch) -> None:
     url, settings = world["url"], world["settings"]
     job_id = _job(url)
-    seen: dict[str, str] = {}
+    calls: list[str] = []
+    second: dict[str, str] = {}
 
     def slow_fetch(spec, part, settings_):
-        if "second" in seen:  # the second delivery ran the stage itself: the check below fails
-            return {}, None
-        seen["second"] = "running"
-        time.sleep(0.5)
-        # meanwhile a second delivery of the same stage (another chain) finds it held by a live runner
-        seen["second"] = runner.run_stage(job_id, "fetch", settings=settings, runner="second")
-        with session_scope(url) as session:
-            result = get_job(session, job_id).stages[0]
-            seen["beats"] = (result.heartbeat_at - result.started_at).total_seconds()
+        calls.append("run")
+        if len(calls) == 1:  # meanwhile a second delivery of the same stage (another chain) arrives
+            thread = threading.Thread(target=lambda: second.update(
+                state=runner.run_stage(job_id, "fetch", settings=settings, runner="second")))
+            thread.start()
+            second["thread"] = thread
+            time.sleep(0.6)
+            with session_scope(url) as session:
+                result = get_job(session, job_id).stages[0]
+                second["beats"] = (result.heartbeat_at - result.started_at).total_seconds()
         return {}, None
 
     monkeypatch.setitem(runner.STAGES, "fetch", slow_fetch)
     assert runner.run_stage(job_id, "fetch", settings=settings, runner="first") == "succeeded"
-    assert seen["second"] == runner.ELSEWHERE
-    assert seen["beats"] > 0.2  # stamped while the stage ran
+    second["thread"].join(timeout=30)
+    assert second["state"] == "succeeded" and calls == ["run"]  # it waited for the first, and did not run it
+    assert second["beats"] > 0.2  # stamped while the stage ran
+
+
+def test_a_stage_held_by_a_silent_runner_is_taken_over(world, monkeypatch) -> None:
+    url, settings = world["url"], world["settings"]
+    job_id = _job(url)
+    with session_scope(url) as session:
+        job = get_job(session, job_id)
+        set_state(session, job, JobState.RUNNING)
+        start_stage(session, stage_result(session, job, "fetch"), runner="dead")
+    _age(url, job_id, 600)
+    monkeypatch.setitem(runner.STAGES, "fetch", lambda spec, part, settings_: ({}, None))
+    assert runner.run_stage(job_id, "fetch", settings=settings, runner="new") == "succeeded"
+    with session_scope(url) as session:
+        stage = get_job(session, job_id).stages[0]
+        assert stage.runner == "new" and stage.attempts == 2

@@ -7,9 +7,7 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
@@ -17,6 +15,8 @@ from urllib.request import Request, urlopen
 import pytest
 
 from tests.conftest import _postgres_database
+from tests.helpers import free_port as _free_port
+from tests.helpers import wait_for as _wait
 
 pytestmark = pytest.mark.slow  # real API and worker processes, a conversion
 
@@ -28,20 +28,8 @@ REDIS = "redis://127.0.0.1:6379/12"  # not the db test_queue flushes
 SOURCE = "studio/tiny-secret"
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _http(method: str, url: str, body: dict | None = None, token: str | None = None) -> tuple[int, object]:

@@ -35,7 +35,7 @@ def world(devhub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     database = f"sqlite:///{tmp_path / 'jobs.db'}"
     upgrade(database)
     sent: list[int] = []
-    monkeypatch.setattr("service.submit.enqueue", lambda job_id, parts, packages_only: sent.append(job_id) or "task")
+    monkeypatch.setattr("service.submit.enqueue", lambda job_id, parts, **_: sent.append(job_id) or "task")
     monkeypatch.setenv("HF_TOKEN", "alice-token")
     settings = Settings(database_url=database, hub_endpoint=url, default_namespace="studio", api_token="api",
                         webhook_secret="hook-secret", broker_url="redis://127.0.0.1:1/0")
