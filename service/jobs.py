@@ -245,13 +245,29 @@ def stuck_reason(job: Job, *, now: datetime, timeout: float) -> str | None:
     return None
 
 
-def revive_job(session: Session, job: Job, reason: str) -> None:
-    """Make a stuck job runnable again: its silent stages back to pending, the job queued (the caller sends it)."""
+def sent_before_restart(job: Job, broker_started_at: datetime | None) -> str | None:
+    """Why an unfinished job's queued work may be gone: it was sent before the broker last started (a broker
+    without persistence forgets queued messages and chord state), or None."""
+    if broker_started_at is None or job.task_id is None or job.state not in (
+            JobState.QUEUED.value, JobState.RUNNING.value, JobState.WAITING.value):
+        return None
+    if aware(job.enqueued_at or job.created_at) < broker_started_at:
+        return "it was sent before the broker restarted, which may have lost its queued work"
+    return None
+
+
+def revive_job(session: Session, job: Job, reason: str, *, timeout: float | None = None) -> None:
+    """Make a stuck job runnable again (the caller sends it): stages silent longer than ``timeout`` seconds back
+    to pending; stages whose runners are alive, and every running stage when ``timeout`` is None, are left to
+    their runners (a second delivery waits for them)."""
+    now = utcnow()
     for result in job.stages:
-        if result.state == "running":
+        if result.state == "running" and timeout is not None and silent_for(result, now) > timeout:
             result.state, result.error, result.runner = "pending", f"interrupted: {reason}", None
-    job.state, job.error, job.finished_at = JobState.QUEUED.value, None, None
-    job.task_id, job.enqueued_at = None, utcnow()
+    if not any(result.state == "running" for result in job.stages):
+        job.state = JobState.QUEUED.value
+    job.error, job.finished_at = None, None
+    job.task_id, job.enqueued_at = None, now
     job.revivals += 1
     record_event(session, job.id, f"sent again: {reason}", level="warning")
     session.flush()

@@ -1,8 +1,10 @@
 """The reaper: finds jobs with no live task and sends them again, or fails them after ``max_revivals``.
 
-A job is stuck when it was recorded but never reached the queue (the broker was down at submit), or when a
-running stage's heartbeats stopped (its worker was killed as a whole, its host lost power).  Stages are
-idempotent and skip themselves once done, so sending a job again resumes it where it stopped.  The scheduler
+A job is stuck when it was recorded but never reached the queue (the broker was down at submit), when a
+running stage's heartbeats stopped (its worker was killed as a whole, its host lost power), or when it was
+sent before the broker last restarted (a Redis without persistence forgets queued messages and chord
+state).  Stages are idempotent and skip themselves once done, and a second delivery of a running stage waits
+for it, so sending a job again resumes it where it stopped.  The scheduler
 runs a pass every minute; ``coreml-publish reap`` runs one by hand.
 """
 
@@ -10,13 +12,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import select
 
 from service.db import session_scope
 from service.errors import ServiceUnavailableError
-from service.jobs import JobOptions, record_event, revive_job, set_state, stuck_reason
+from service.jobs import JobOptions, record_event, revive_job, sent_before_restart, set_state, stuck_reason
 from service.models import Job, JobState, utcnow
 from service.settings import Settings, get_settings
 from service.submit import send
@@ -31,16 +33,38 @@ class Reaped:
     reason: str
 
 
+def broker_started_at(url: str) -> datetime | None:
+    """When the broker (Redis) last started, rounded late (its uptime counts whole seconds) so that work sent
+    in that second counts as sent before; None for other brokers or when it does not answer."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        uptime = int(client.info("server")["uptime_in_seconds"])
+        client.close()
+    except Exception as e:  # the broker is down: nothing to compare with this pass
+        log.warning("cannot ask the broker when it started: %s", e.__class__.__name__)
+        return None
+    return utcnow() - timedelta(seconds=uptime - 1)
+
+
 def reap(*, settings: Settings | None = None, now: datetime | None = None) -> list[Reaped]:
     """One pass over the unfinished jobs; returns what it did to each stuck one."""
     settings = settings or get_settings()
     now = now or utcnow()
+    restarted = broker_started_at(settings.broker_url)
     done, resend = [], []
     with session_scope(settings.database_url) as session:
-        query = select(Job).where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value])) \
+        unfinished = [JobState.QUEUED.value, JobState.RUNNING.value, JobState.WAITING.value]
+        query = select(Job).where(Job.state.in_(unfinished)) \
             .order_by(Job.id).with_for_update(skip_locked=True)  # two reapers never take the same job
         for job in session.scalars(query):
             reason = stuck_reason(job, now=now, timeout=settings.heartbeat_timeout)
+            timeout: float | None = settings.heartbeat_timeout
+            if reason is None:
+                reason, timeout = sent_before_restart(job, restarted), None
             if reason is None:
                 continue
             if job.revivals >= settings.max_revivals:
@@ -49,7 +73,7 @@ def reap(*, settings: Settings | None = None, now: datetime | None = None) -> li
                 record_event(session, job.id, f"failed by the reaper: {reason}", level="error")
                 done.append(Reaped(job.id, "failed", reason))
                 continue
-            revive_job(session, job, reason)
+            revive_job(session, job, reason, timeout=timeout)
             resend.append((job.id, JobOptions.from_dict(job.options), reason))
     for job_id, options, reason in resend:
         try:

@@ -61,7 +61,7 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
         if not submitted.created and not local:  # the same job again: if it is stuck, this revives it
             revived = stuck_reason(submitted.job, now=utcnow(), timeout=settings.heartbeat_timeout)
             if revived:
-                revive_job(session, submitted.job, f"submitted again after {revived}")
+                revive_job(session, submitted.job, f"submitted again after {revived}", timeout=settings.heartbeat_timeout)
                 submitted.notes.append(f"it was stuck ({revived}) and is sent again")
         if local and submitted.created:
             record_sent(session, job_id, LOCAL)
@@ -77,7 +77,7 @@ def retry(job_id: int, *, settings: Settings | None = None) -> None:
         job = get_job(session, job_id)
         reason = stuck_reason(job, now=utcnow(), timeout=settings.heartbeat_timeout)
         if reason:
-            revive_job(session, job, f"retried after {reason}")
+            revive_job(session, job, f"retried after {reason}", timeout=settings.heartbeat_timeout)
         else:
             retry_job(session, job_id)
         options = JobOptions.from_dict(job.options)

@@ -182,3 +182,34 @@ def test_a_stage_held_by_a_silent_runner_is_taken_over(world, monkeypatch) -> No
     with session_scope(url) as session:
         stage = get_job(session, job_id).stages[0]
         assert stage.runner == "new" and stage.attempts == 2
+
+
+def test_work_sent_before_the_broker_restarted_is_sent_again_and_live_stages_are_left_alone(world, monkeypatch) -> None:
+    url, settings = world["url"], world["settings"]
+    before, after = _job(url, bits=6), _job(url, bits=4)
+    with session_scope(url) as session:
+        for job_id in (before, after):
+            job = get_job(session, job_id)
+            job.task_id = "first"
+            set_state(session, job, JobState.RUNNING)
+            start_stage(session, stage_result(session, job, "convert", "shared"), runner="alive")
+        get_job(session, before).enqueued_at = utcnow() - timedelta(seconds=30)
+        get_job(session, after).enqueued_at = utcnow()
+    monkeypatch.setattr("service.reaper.broker_started_at", lambda url: utcnow() - timedelta(seconds=10))
+    done = reap(settings=settings)
+    assert [(r.job_id, r.action) for r in done] == [(before, "sent again")]
+    assert "broker restarted" in done[0].reason
+    with session_scope(url) as session:
+        job = get_job(session, before)
+        assert job.stages[0].state == "running" and job.stages[0].runner == "alive"  # its runner goes on
+        assert job.state == "running" and job.task_id == f"task-{before}-1"
+    assert reap(settings=settings) == []  # sent after the restart now
+
+
+def test_the_broker_start_time_comes_from_redis() -> None:
+    from service.reaper import broker_started_at
+
+    started = broker_started_at("redis://127.0.0.1:6379/0")
+    assert started is not None and started <= utcnow()
+    assert broker_started_at("redis://127.0.0.1:1/0") is None  # nothing listens: no comparison this pass
+    assert broker_started_at("amqp://guest@127.0.0.1//") is None

@@ -1,0 +1,100 @@
+"""A broker restarted mid-job, without persistence: its queued messages and chord state are gone, the reaper
+sends the job again, and it finishes with one commit per repo.  A private redis-server (not the shared one),
+a real worker, PostgreSQL and the dev Hub."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi
+
+from service.reaper import reap
+from service.settings import Settings
+from tests.conftest import _postgres_database
+from tests.helpers import free_port, wait_for
+from tests.service.test_cli import run
+from tests.service.test_queue import _job, _job_id
+
+pytestmark = pytest.mark.slow
+
+
+def _redis(port: int, root: Path) -> subprocess.Popen:
+    process = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(root)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: run_ping(port), 30, "redis-server")
+    return process
+
+
+def run_ping(port: int) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis(port=port, socket_timeout=1).ping())
+    except redis.exceptions.ConnectionError:
+        return False
+
+
+def test_a_broker_restarted_mid_job_loses_its_queue_and_the_reaper_resumes_the_job(tmp_path: Path) -> None:
+    from service.db import upgrade
+    from service.devtools.devhub.server import running_devhub
+    from service.devtools.devhub.store import Store
+    from service.devtools.tiny import build_tiny_pipeline
+
+    port = free_port()
+    broker = f"redis://127.0.0.1:{port}/0"
+    url, drop = _postgres_database(f"coreml_publish_restart_{os.getpid()}")
+    upgrade(url)
+    Store(tmp_path / "hub").add_token("alice", token="alice-token", orgs=["studio"])
+    processes: list[subprocess.Popen] = [_redis(port, tmp_path)]
+    try:
+        with running_devhub(tmp_path / "hub") as hub:
+            api = HfApi(endpoint=hub, token="alice-token")
+            api.create_repo("studio/tiny-restart")
+            api.upload_folder(repo_id="studio/tiny-restart",
+                              folder_path=str(build_tiny_pipeline(tmp_path / "tiny", style="sd2", seed=5)))
+            env = {"HF_ENDPOINT": hub, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token",
+                   "COREML_PUBLISH_DATABASE_URL": url, "COREML_PUBLISH_BROKER_URL": broker,
+                   "COREML_PUBLISH_ARTIFACT_STORE": str(tmp_path / "artifacts"),
+                   "COREML_PUBLISH_DEFAULT_NAMESPACE": "studio", "COREML_PUBLISH_SCRATCH": str(tmp_path / "scratch"),
+                   "COREML_PUBLISH_HEARTBEAT_INTERVAL": "1"}
+            log = tmp_path / "worker.log"
+            processes.append(subprocess.Popen(["coreml-publish", "worker"], stdout=log.open("w"),
+                                              stderr=subprocess.STDOUT, start_new_session=True,
+                                              env={**os.environ, **env}))
+            wait_for(lambda: "ready." in log.read_text(), 90, "the worker", (log,))
+            result = run("submit", "studio/tiny-restart", "--packages-only", "--bits", "0", "--attention", "original",
+                         env=env)
+            job_id = _job_id(result.stdout)
+            service = {"db": url}
+            # one convert part runs while the other waits in the queue (one worker, one task at a time)
+            wait_for(lambda: "running" in [s for (stage, _), s in _job(service, job_id)[1].items()
+                                           if stage == "convert"], 180, "a running convert part", (log,))
+            os.killpg(processes[0].pid, signal.SIGKILL)
+            processes[0].wait(timeout=30)
+            processes[0] = _redis(port, tmp_path)  # empty: the queued part and the chord's state are gone
+            wait_for(lambda: "running" not in _job(service, job_id)[1].values(), 180, "the running part to end",
+                     (log,))
+            settings = Settings(database_url=url, broker_url=broker)
+            done = wait_for(lambda: [r for r in reap(settings=settings) if r.job_id == job_id], 30, "the reaper")
+            assert done[0].action == "sent again" and "broker restarted" in done[0].reason
+            wait_for(lambda: _job(service, job_id)[0] in ("succeeded", "failed"), 240, "the job to finish", (log,))
+            state, stages, published, error = _job(service, job_id)
+            assert state == "succeeded", error
+            assert published == ["studio/coreml-tiny-restart"]
+            commits = [c for c in api.list_repo_commits(published[0]) if c.title != "initial commit"]
+            assert len(commits) == 1
+    finally:
+        for process in reversed(processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        drop()
