@@ -11,6 +11,7 @@ Stages, with the queue that serves them::
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -102,7 +103,7 @@ def run_stage(job_id: int, stage: str, part: str = "", *, settings: Settings | N
             record_event(session, job_id, f"{stage}: {e.one_line()} (will retry)", stage=stage, level="warning")
         raise
     except Exception as e:
-        reason = e.one_line() if isinstance(e, CoreMLPublishError) else f"{e.__class__.__name__}: {e}"
+        reason = failure_reason(e, job_id)
         figures = _report_figures(e.report) if isinstance(e, ValidationError) and e.report is not None else None
         with session_scope(settings.database_url) as session:
             job = get_job(session, job_id)
@@ -134,6 +135,20 @@ def run_local(job_id: int, *, settings: Settings | None = None) -> None:
     for stage, part in stage_sequence(options):
         if run_stage(job_id, stage, part, settings=settings) in ("cancelled", JobState.CANCELLED.value):
             return
+
+
+def failure_reason(error: BaseException, job_id: int) -> str:
+    """One line for a failed stage: the library's own, a full disk said as such, else the exception."""
+    if isinstance(error, CoreMLPublishError):
+        return error.one_line()
+    cause: BaseException | None = error
+    while cause is not None:  # a full disk often reaches us wrapped by the library that was writing
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            where = f" holding {cause.filename}" if cause.filename else ""
+            return (f"no space left on the device{where}. Free space (or point COREML_PUBLISH_ARTIFACT_STORE and "
+                    f"COREML_PUBLISH_SCRATCH elsewhere), then `coreml-publish retry {job_id}`.")
+        cause = cause.__cause__ or cause.__context__
+    return f"{error.__class__.__name__}: {error}"
 
 
 @contextmanager

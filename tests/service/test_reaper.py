@@ -213,3 +213,37 @@ def test_the_broker_start_time_comes_from_redis() -> None:
     assert started is not None and started <= utcnow()
     assert broker_started_at("redis://127.0.0.1:1/0") is None  # nothing listens: no comparison this pass
     assert broker_started_at("amqp://guest@127.0.0.1//") is None
+
+
+def test_a_full_disk_fails_the_stage_with_one_line_and_retry_resumes(world, monkeypatch, tmp_path) -> None:
+    """The artifact store on a 1 MB tmpfs (a real ENOSPC), then room again: the job fails saying so, and
+    `retry` (here run in-process) finishes it."""
+    import shutil
+    import subprocess
+
+    url, settings = world["url"], world["settings"]
+    disk = tmp_path / "store"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("this machine cannot mount a small tmpfs (needs root)")
+    try:
+        job_id = _job(url)
+
+        def save(spec, part, settings_):
+            with open(disk / "artifact.bin", "wb") as f:
+                f.write(b"\0" * 2_000_000)
+            return {}, str(disk / "artifact.bin")
+
+        monkeypatch.setitem(runner.STAGES, "fetch", save)
+        with pytest.raises(OSError):
+            runner.run_stage(job_id, "fetch", settings=settings)
+        with session_scope(url) as session:
+            job = get_job(session, job_id)
+            assert job.state == "failed" and "\n" not in job.error
+            assert job.error.startswith("fetch: no space left on the device") and f"retry {job_id}" in job.error
+        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+        retry(job_id, settings=settings)
+        assert runner.run_stage(job_id, "fetch", settings=settings) == "succeeded"
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+        shutil.rmtree(disk, ignore_errors=True)
