@@ -110,7 +110,7 @@ def test_concurrent_duplicate_submits_make_one_job(service) -> None:
     env = {**os.environ, **service["env"], "COLUMNS": "200"}
     processes = [subprocess.Popen(["coreml-publish", "submit", "studio/tiny-sd", "--packages-only", "--bits", "1",
                                    "--attention", "original"], stdout=subprocess.PIPE, text=True, env=env)
-                 for _ in range(3)]
+                 for _ in range(20)]
     outputs = [p.communicate(timeout=120)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes)
     assert len({_job_id(o) for o in outputs}) == 1

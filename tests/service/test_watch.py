@@ -72,6 +72,15 @@ def test_sweep_submits_once_and_again_only_for_a_new_toolchain(world, monkeypatc
         assert row["last_seen_sha"] == head and row["next_check_at"].startswith("2026-11-29T03:00")
 
 
+def test_two_schedulers_sweeping_at_the_same_minute_submit_one_job(world) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda _: sweep(now=NIGHT, settings=world["settings"]), range(2)))
+    assert sorted(r.outcome for sweep_results in results for r in sweep_results) == ["submitted", "unchanged"]
+    assert len(_jobs(world)) == 1 and len(world["sent"]) == 1
+
+
 def test_a_deleted_source_is_marked_not_retried(world) -> None:
     world["api"].delete_repo("studio/tiny-sd")
     assert [r.outcome for r in sweep(now=NIGHT, settings=world["settings"])] == ["gone"]
