@@ -177,16 +177,23 @@ def heartbeats(result_id: int, settings: Settings) -> Iterator[None]:
 # --- the stages ---------------------------------------------------------------------------------------
 
 def _events(spec: JobSpec, settings: Settings):
-    """Engine progress → job log; stops the work when the job was cancelled."""
+    """Engine progress → job log; stops the work when the job was cancelled.  A database away for a moment
+    costs a log line, not the conversion."""
+    from sqlalchemy.exc import OperationalError
+
     def on_event(event) -> None:
-        with session_scope(settings.database_url) as session:
-            if is_cancelled(session, spec.id):
-                raise JobCancelled(f"job {spec.id} was cancelled")
-            if event.status in ("done", "failed"):
-                label = ", ".join(x for x in (event.variant, event.precision) if x)
-                seconds = f" {event.seconds:.1f} s" if event.seconds is not None else ""
-                record_event(session, spec.id, f"{event.stage} {event.component}"
-                             f"{f' ({label})' if label else ''} {event.status}{seconds}", stage=event.stage)
+        try:
+            with session_scope(settings.database_url) as session:
+                if is_cancelled(session, spec.id):
+                    raise JobCancelled(f"job {spec.id} was cancelled")
+                if event.status in ("done", "failed"):
+                    label = ", ".join(x for x in (event.variant, event.precision) if x)
+                    seconds = f" {event.seconds:.1f} s" if event.seconds is not None else ""
+                    record_event(session, spec.id, f"{event.stage} {event.component}"
+                                 f"{f' ({label})' if label else ''} {event.status}{seconds}", stage=event.stage)
+        except OperationalError as e:
+            log.warning("job %s: progress not recorded, the database did not answer (%s)", spec.id,
+                        e.__class__.__name__)
     return on_event
 
 
