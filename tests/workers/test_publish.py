@@ -87,7 +87,7 @@ def test_a_concurrent_push_is_retried_from_the_new_head(trees, devhub) -> None:
 def test_transient_errors_are_retried(trees, devhub) -> None:
     from urllib.request import Request, urlopen
 
-    body = json.dumps({"route": "commit", "status": 503, "count": 2}).encode()
+    body = json.dumps({"route": "commit", "status": 503, "count": 3}).encode()
     urlopen(Request(f"{devhub[0]}/_devhub/faults", body, {"Content-Type": "application/json"}))
     result = _publish(trees[0], devhub)
     assert result.changed and "README.md" in HfApi(endpoint=devhub[0]).list_repo_files(result.repo_id)
