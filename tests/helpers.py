@@ -125,3 +125,51 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop_processes(processes) -> None:
+    """SIGTERM each live process group the tests started, then SIGKILL those that do not end in 20 s."""
+    import os
+    import signal
+    import subprocess
+
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def tiny_source(hub: str, repo_id: str, folder: Path, *, seed: int):
+    """Build a tiny SD2 pipeline in ``folder`` and push it to ``repo_id`` on the dev Hub as alice; returns the
+    client."""
+    from huggingface_hub import HfApi
+
+    from service.devtools.tiny import build_tiny_pipeline
+
+    api = HfApi(endpoint=hub, token="alice-token")
+    api.create_repo(repo_id)
+    api.upload_folder(repo_id=repo_id, folder_path=str(build_tiny_pipeline(folder, style="sd2", seed=seed)))
+    return api
+
+
+def service_env(hub: str, database_url: str, broker_url: str, root: Path) -> dict[str, str]:
+    """The environment of the service's processes in process tests: one dev Hub, database, broker and store."""
+    return {"HF_ENDPOINT": hub, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token",
+            "COREML_PUBLISH_DATABASE_URL": database_url, "COREML_PUBLISH_BROKER_URL": broker_url,
+            "COREML_PUBLISH_ARTIFACT_STORE": str(root / "artifacts"), "COREML_PUBLISH_DEFAULT_NAMESPACE": "studio",
+            "COREML_PUBLISH_SCRATCH": str(root / "scratch"), "COREML_PUBLISH_HEARTBEAT_INTERVAL": "1"}
+
+
+def start_worker(env: dict[str, str], log: Path, *args: str):
+    """A `coreml-publish worker` in its own process group, logging to ``log``, once it is ready."""
+    import os
+    import subprocess
+
+    process = subprocess.Popen(["coreml-publish", "worker", *args], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                               start_new_session=True, env={**os.environ, **env})
+    wait_for(lambda: "ready." in log.read_text(errors="replace"), 90, "the worker", (log,))
+    return process

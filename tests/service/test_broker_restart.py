@@ -10,12 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from huggingface_hub import HfApi
 
 from service.reaper import reap
 from service.settings import Settings
 from tests.conftest import _postgres_database
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, service_env, start_worker, stop_processes, tiny_source, wait_for
 from tests.service.test_cli import run
 from tests.service.test_queue import _job, _job_id
 
@@ -43,7 +42,6 @@ def test_a_broker_restarted_mid_job_loses_its_queue_and_the_reaper_resumes_the_j
     from service.db import upgrade
     from service.devtools.devhub.server import running_devhub
     from service.devtools.devhub.store import Store
-    from service.devtools.tiny import build_tiny_pipeline
 
     port = free_port()
     broker = f"redis://127.0.0.1:{port}/0"
@@ -53,20 +51,10 @@ def test_a_broker_restarted_mid_job_loses_its_queue_and_the_reaper_resumes_the_j
     processes: list[subprocess.Popen] = [_redis(port, tmp_path)]
     try:
         with running_devhub(tmp_path / "hub") as hub:
-            api = HfApi(endpoint=hub, token="alice-token")
-            api.create_repo("studio/tiny-restart")
-            api.upload_folder(repo_id="studio/tiny-restart",
-                              folder_path=str(build_tiny_pipeline(tmp_path / "tiny", style="sd2", seed=5)))
-            env = {"HF_ENDPOINT": hub, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token",
-                   "COREML_PUBLISH_DATABASE_URL": url, "COREML_PUBLISH_BROKER_URL": broker,
-                   "COREML_PUBLISH_ARTIFACT_STORE": str(tmp_path / "artifacts"),
-                   "COREML_PUBLISH_DEFAULT_NAMESPACE": "studio", "COREML_PUBLISH_SCRATCH": str(tmp_path / "scratch"),
-                   "COREML_PUBLISH_HEARTBEAT_INTERVAL": "1"}
+            api = tiny_source(hub, "studio/tiny-restart", tmp_path / "tiny", seed=5)
+            env = service_env(hub, url, broker, tmp_path)
             log = tmp_path / "worker.log"
-            processes.append(subprocess.Popen(["coreml-publish", "worker"], stdout=log.open("w"),
-                                              stderr=subprocess.STDOUT, start_new_session=True,
-                                              env={**os.environ, **env}))
-            wait_for(lambda: "ready." in log.read_text(), 90, "the worker", (log,))
+            processes.append(start_worker(env, log))
             result = run("submit", "studio/tiny-restart", "--packages-only", "--bits", "0", "--attention", "original",
                          env=env)
             job_id = _job_id(result.stdout)
@@ -89,12 +77,5 @@ def test_a_broker_restarted_mid_job_loses_its_queue_and_the_reaper_resumes_the_j
             commits = [c for c in api.list_repo_commits(published[0]) if c.title != "initial commit"]
             assert len(commits) == 1
     finally:
-        for process in reversed(processes):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+        stop_processes(list(reversed(processes)))
         drop()

@@ -7,16 +7,14 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from huggingface_hub import HfApi
 
 from service.reaper import reap
 from service.settings import Settings
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, service_env, start_worker, stop_processes, tiny_source, wait_for
 from tests.service.test_cli import run
 from tests.service.test_queue import _job, _job_id
 
@@ -59,7 +57,6 @@ def test_a_database_restarted_mid_job_does_not_lose_the_job(private_postgres, tm
     from service.db import upgrade
     from service.devtools.devhub.server import running_devhub
     from service.devtools.devhub.store import Store
-    from service.devtools.tiny import build_tiny_pipeline
 
     data, port = private_postgres
     url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
@@ -69,19 +66,10 @@ def test_a_database_restarted_mid_job_does_not_lose_the_job(private_postgres, tm
     worker = None
     with running_devhub(tmp_path / "hub") as hub:
         try:
-            api = HfApi(endpoint=hub, token="alice-token")
-            api.create_repo("studio/tiny-pg")
-            api.upload_folder(repo_id="studio/tiny-pg",
-                              folder_path=str(build_tiny_pipeline(tmp_path / "tiny", style="sd2", seed=6)))
-            env = {"HF_ENDPOINT": hub, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token",
-                   "COREML_PUBLISH_DATABASE_URL": url, "COREML_PUBLISH_BROKER_URL": REDIS,
-                   "COREML_PUBLISH_ARTIFACT_STORE": str(tmp_path / "artifacts"),
-                   "COREML_PUBLISH_DEFAULT_NAMESPACE": "studio", "COREML_PUBLISH_SCRATCH": str(tmp_path / "scratch"),
-                   "COREML_PUBLISH_HEARTBEAT_INTERVAL": "1"}
+            api = tiny_source(hub, "studio/tiny-pg", tmp_path / "tiny", seed=6)
+            env = service_env(hub, url, REDIS, tmp_path)
             log = tmp_path / "worker.log"
-            worker = subprocess.Popen(["coreml-publish", "worker"], stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                      start_new_session=True, env={**os.environ, **env})
-            wait_for(lambda: "ready." in log.read_text(), 90, "the worker", (log,))
+            worker = start_worker(env, log)
             job_id = _job_id(run("submit", "studio/tiny-pg", "--packages-only", "--bits", "0", "--attention",
                                  "original", env=env).stdout)
             service = {"db": url}
@@ -100,12 +88,7 @@ def test_a_database_restarted_mid_job_does_not_lose_the_job(private_postgres, tm
             assert published == ["studio/coreml-tiny-pg"]
             assert len([c for c in api.list_repo_commits(published[0]) if c.title != "initial commit"]) == 1
         finally:
-            if worker is not None and worker.poll() is None:
-                os.killpg(worker.pid, signal.SIGTERM)
-                try:
-                    worker.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(worker.pid, signal.SIGKILL)
+            stop_processes([worker] if worker is not None else [])
             from service.db import engine_for
 
             engine_for(url).dispose()

@@ -15,6 +15,7 @@ from service.db import session_scope, upgrade
 from service.jobs import get_job
 from tests.conftest import DOUBLES, _postgres_database
 from tests.service.test_cli import run
+from tests.helpers import stop_processes
 from tests.helpers import wait_for as _wait
 
 REDIS = "redis://127.0.0.1:6379/9"
@@ -64,14 +65,7 @@ def service(tmp_path_factory: pytest.TempPathFactory):
         try:
             yield {"env": env, "db": url, "hub": hub, "start_worker": start_worker, "root": root, "workers": workers}
         finally:
-            for process in workers:
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGTERM)
-            for process in workers:
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+            stop_processes(workers)
             drop()
 
 
