@@ -16,6 +16,10 @@ is the only part that differs between layouts:
 
 The traced graph is kept lean on purpose: the softmax scale is folded into the query weights (no op at
 all), and heads and chunks come from one ``split`` each instead of a slice per head.
+
+In the SPLIT_EINSUM layouts the time embedding is also carried as (B, C, 1, 1), like Apple's converter
+does: ``time_embedding`` and every ResNet's ``time_emb_proj`` are 1x1 convolutions over views of the
+linear weights, so the program has no ``linear`` op left.  ORIGINAL keeps diffusers' time path.
 """
 
 from __future__ import annotations
@@ -231,11 +235,94 @@ class SpatialTransformer(nn.Module):
         return (x + hidden_states,)
 
 
+_ELEMENTWISE = (nn.SiLU, nn.Mish, nn.GELU, nn.ReLU)  # what diffusers' get_activation builds
+_TIME_BLOCKS = {"CrossAttnDownBlock2D", "DownBlock2D", "UNetMidBlock2DCrossAttn", "CrossAttnUpBlock2D",
+                "UpBlock2D"}  # blocks whose forward passes ``temb`` to their ``resnets`` and nowhere else
+
+
+def _elementwise(act: nn.Module | None, what: str) -> nn.Module | None:
+    if act is not None and not isinstance(act, _ELEMENTWISE):
+        raise UnsupportedModelError(f"{what} {type(act).__name__} is not supported in split_einsum layouts",
+                                    source="unet")
+    return act
+
+
+class ChannelTimestepEmbedding(nn.Module):
+    """diffusers ``TimestepEmbedding`` (no ``cond_proj``) taking (B, C), returning (B, C_out, 1, 1)."""
+
+    def __init__(self, embedding: nn.Module) -> None:
+        super().__init__()
+        if type(embedding).__name__ != "TimestepEmbedding" or getattr(embedding, "cond_proj", None) is not None:
+            raise UnsupportedModelError("time embedding variant (timestep_cond) not supported in split_einsum "
+                                        "layouts", source="unet")
+        self.linear_1 = Conv1x1(embedding.linear_1)
+        self.act = _elementwise(embedding.act, "time embedding activation")
+        self.linear_2 = Conv1x1(embedding.linear_2)
+        self.post_act = _elementwise(embedding.post_act, "time embedding activation")
+
+    def forward(self, sample: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        if condition is not None:
+            raise UnsupportedModelError("timestep_cond is not supported in split_einsum layouts", source="unet")
+        x = self.linear_1(sample.reshape(*sample.shape, 1, 1))
+        x = self.linear_2(x if self.act is None else self.act(x))
+        return x if self.post_act is None else self.post_act(x)
+
+
+class ChannelResnetBlock(nn.Module):
+    """diffusers ``ResnetBlock2D`` ("default" time embedding norm, no up/down) taking ``temb`` as (B, C, 1, 1).
+
+    Every layer but ``time_emb_proj`` (a 1x1 conv over a view of its weight) is the original's, shared.
+    """
+
+    def __init__(self, resnet: nn.Module) -> None:
+        super().__init__()
+        kind = type(resnet).__name__
+        norm = getattr(resnet, "time_embedding_norm", None)
+        problem = (kind if kind != "ResnetBlock2D" else f"time_embedding_norm={norm!r}" if norm != "default"
+                   else "no time_emb_proj" if resnet.time_emb_proj is None
+                   else "up/down sampling" if resnet.upsample is not None or resnet.downsample is not None
+                   else None)
+        if problem:
+            raise UnsupportedModelError(f"ResNet with {problem} is not supported in split_einsum layouts",
+                                        source="unet")
+        self.norm1, self.conv1, self.norm2 = resnet.norm1, resnet.conv1, resnet.norm2
+        self.time_emb_proj = Conv1x1(resnet.time_emb_proj)
+        self.dropout, self.conv2, self.conv_shortcut = resnet.dropout, resnet.conv2, resnet.conv_shortcut
+        self.nonlinearity = _elementwise(resnet.nonlinearity, "ResNet activation")
+        self.skip_time_act = bool(resnet.skip_time_act)
+        self.output_scale_factor = float(resnet.output_scale_factor)
+
+    def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        h = self.conv1(self.nonlinearity(self.norm1(input_tensor)))
+        h = h + self.time_emb_proj(temb if self.skip_time_act else self.nonlinearity(temb))
+        h = self.conv2(self.dropout(self.nonlinearity(self.norm2(h))))
+        x = input_tensor if self.conv_shortcut is None else self.conv_shortcut(input_tensor)
+        return x + h if self.output_scale_factor == 1.0 else (x + h) / self.output_scale_factor
+
+
+def channel_time_path(unet: nn.Module) -> None:
+    """Carry ``unet``'s time embedding as (B, C, 1, 1) through 1x1 convolutions (in place, weights shared).
+
+    Raises UnsupportedModelError when something else consumes the embedding (class or added embeddings,
+    blocks other than SD's five kinds): those would need the (B, C) layout.
+    """
+    extra = [n for n in ("class_embedding", "add_embedding") if getattr(unet, n, None) is not None]
+    blocks = [b for b in (*unet.down_blocks, unet.mid_block, *unet.up_blocks) if b is not None]
+    extra += sorted({type(b).__name__ for b in blocks} - _TIME_BLOCKS)
+    if extra:
+        raise UnsupportedModelError(f"not supported in split_einsum layouts: {', '.join(extra)}", source="unet")
+    _elementwise(unet.time_embed_act, "time embedding activation")
+    unet.time_embedding = ChannelTimestepEmbedding(unet.time_embedding)
+    for block in blocks:
+        block.resnets = nn.ModuleList(ChannelResnetBlock(r) for r in block.resnets)
+
+
 def export_unet(unet: nn.Module, attention: Attention) -> nn.Module:
     """A structural copy of ``unet`` using ``attention``; weights are shared, not copied.
 
-    The copy's forward takes ``encoder_hidden_states`` as (B, C_ctx, 1, S).
-    Raises UnsupportedModelError for transformer features this layout does not implement.
+    The copy's forward takes ``encoder_hidden_states`` as (B, C_ctx, 1, S); in the SPLIT_EINSUM layouts its
+    time embedding is (B, C, 1, 1) throughout (see ``channel_time_path``).
+    Raises UnsupportedModelError for transformer or time-path features this layout does not implement.
     """
     memo = {id(t): t for t in list(unet.parameters()) + list(unet.buffers())}
     model = copy.deepcopy(unet, memo)
@@ -247,4 +334,6 @@ def export_unet(unet: nn.Module, attention: Attention) -> nn.Module:
                 replaced += 1
     if replaced == 0:
         raise UnsupportedModelError("the UNet has no Transformer2DModel blocks to convert", source="unet")
+    if attention is not Attention.ORIGINAL:
+        channel_time_path(model)
     return model.eval()

@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.attention import QUERY_CHUNK, SpatialTransformer, export_unet, original_attention, split_einsum_attention
+from torch import nn
+
+from workers.attention import (
+    QUERY_CHUNK,
+    ChannelResnetBlock,
+    Conv1x1,
+    SpatialTransformer,
+    export_unet,
+    original_attention,
+    split_einsum_attention,
+)
+from workers.errors import UnsupportedModelError
 from workers.layout import Attention
 from workers.validate import psnr
 
@@ -44,7 +55,7 @@ def test_remainder_chunk_is_not_dropped() -> None:
     assert torch.allclose(out[..., 512:], expected[..., 512:], atol=1e-5)
 
 
-def _unet(style: str):
+def _unet(style: str, **config):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -54,7 +65,7 @@ def _unet(style: str):
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D") if sd2 else ("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D") if sd2 else ("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=64 if sd2 else 32, attention_head_dim=(2, 4) if sd2 else 4,
-        use_linear_projection=sd2, norm_num_groups=32,
+        use_linear_projection=sd2, norm_num_groups=32, **config,
     ).eval()
 
 
@@ -86,8 +97,60 @@ def test_export_shares_weights_instead_of_copying() -> None:
     assert transformers[0].proj_in.weight.data_ptr() in originals
     new = [p for p in exported.parameters() if p.data_ptr() not in originals]
     assert all(p.dim() == 4 for p in new)  # the query weights
+    # the time path's 1x1 convs are views of the linear weights, under the same parameter names
+    resnets = [m for m in exported.modules() if isinstance(m, ChannelResnetBlock)]
+    assert len(resnets) == sum(type(m).__name__ == "ResnetBlock2D" for m in unet.modules())
+    params = dict(unet.named_parameters())
+    time_path = [(n, p) for n, p in exported.named_parameters() if "time_emb" in n]
+    assert len(time_path) == 2 * (2 + len(resnets))  # weight and bias of time_embedding.linear_1/2, time_emb_proj
+    for name, p in time_path:
+        assert p.data_ptr() == params[name].data_ptr() and p.numel() == params[name].numel(), name
+    assert exported.time_embedding.linear_1.weight.dim() == 4 and resnets[0].time_emb_proj.weight.dim() == 4
     # the diffusers UNet itself is left untouched
     assert not any(isinstance(m, SpatialTransformer) for m in unet.modules())
+    assert isinstance(unet.time_embedding.linear_1, nn.Linear)
+
+
+@pytest.mark.parametrize("config", [{"resnet_time_scale_shift": "scale_shift"}, {"time_cond_proj_dim": 8},
+                                    {"class_embed_type": "timestep"}])
+def test_split_einsum_refuses_time_conditioning_it_does_not_implement(config: dict) -> None:
+    unet = _unet("sd1", **config)
+    export_unet(unet, Attention.ORIGINAL)  # diffusers' own time path: unchanged
+    with pytest.raises(UnsupportedModelError, match="split_einsum"):
+        export_unet(unet, Attention.SPLIT_EINSUM)
+
+
+@pytest.mark.parametrize("attention", list(Attention))
+def test_split_einsum_programs_have_no_linear_ops(attention: Attention) -> None:
+    """Converted tiny SD1 UNet: in split_einsum layouts the time embedding and every ResNet's time_emb_proj
+    are 1x1 convs, so no `linear` op is left; ORIGINAL keeps diffusers' linear layers."""
+    from collections import Counter
+
+    from workers.convert import convert_module
+    from workers.geometry import TensorSpec
+    from workers.readback import load_program
+    from workers.specs import UNetSpec
+
+    unet = _unet("sd1")
+    size, ctx = unet.config.sample_size, unet.config.cross_attention_dim
+    inputs = [TensorSpec("sample", (2, 4, size, size), "float16", ""), TensorSpec("timestep", (2,), "float16", ""),
+              TensorSpec("encoder_hidden_states", (2, ctx, 1, 77), "float16", "")]
+    outputs = [TensorSpec("noise_pred", (2, 4, size, size), "float32", "")]
+    gen = torch.Generator().manual_seed(0)
+    example = {"sample": torch.randn(2, 4, size, size, generator=gen), "timestep": torch.tensor([981.0, 981.0]),
+               "encoder_hidden_states": torch.randn(2, ctx, 1, 77, generator=gen)}
+    export = UNetSpec().export_module({"unet": unet}, attention)
+    model = convert_module(export, example, inputs, outputs, component="unet", target="iOS17")
+    ops = Counter(op.op_type for op in load_program(model).functions["main"].operations)
+    time_linears = 2 + sum(type(m).__name__ == "ResnetBlock2D" for m in unet.modules())
+    convs = sum(isinstance(m, (nn.Conv2d, Conv1x1)) for m in export.modules())
+    if attention is Attention.ORIGINAL:
+        assert ops["linear"] == time_linears == sum(isinstance(m, nn.Linear) for m in export.modules())
+    else:
+        assert ops["linear"] == 0 and not any(isinstance(m, nn.Linear) for m in export.modules())
+        assert convs == sum(isinstance(m, (nn.Conv2d, Conv1x1)) for m in export_unet(unet, Attention.ORIGINAL)
+                            .modules()) + time_linears
+    assert ops["conv"] == convs
 
 
 def _attention_calls(unet, sample_size: int) -> list[tuple[int, int, int]]:
