@@ -18,12 +18,10 @@ from datetime import date
 import yaml
 
 from workers.layout import COMPILED_NAMES, compiled_file_name, package_file_name
+from workers.targets import os_name
 
 log = logging.getLogger(__name__)
 TAGS = ["stable-diffusion", "text-to-image", "core-ml", "coreml-publisher"]
-_OS = {"iOS15": "iOS 15 / macOS 12", "macOS12": "macOS 12 / iOS 15", "iOS16": "iOS 16 / macOS 13",
-       "macOS13": "macOS 13 / iOS 16", "iOS17": "iOS 17 / macOS 14", "macOS14": "macOS 14 / iOS 17",
-       "iOS18": "iOS 18 / macOS 15", "macOS15": "macOS 15 / iOS 18"}
 _VARIANT_USE = {
     "original": "attention as in the original model: fastest on Mac GPUs",
     "split_einsum": "attention split per head for the Apple Neural Engine",
@@ -110,12 +108,15 @@ def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str, varia
     meta["tags"] = TAGS + (["stable-diffusion-diffusers"] if sd1 else []) + (["palettized"] if kind == "palettized" else [])
     packages = [p for p in report["packages"] if p["repo"] == report["repos"][kind]]
     bits = options.get("bits")
-    os_text = _OS.get(options["deployment_target"], options["deployment_target"])
+    target = repo_target(report, kind)
+    os_text = os_name(target)
     source_label = f"[{base}](/{base})" if base else f"`{source['id']}`"  # Hub-relative links work on any Hub
     group = options.get("group_size") or 0
     palette = f", one palette per {group} output channels" if group else ""
-    what = (f"{bits}-bit palettized weights{palette} (the VAE stays float16)" if kind == "palettized"
-            else "float16 weights")
+    kept = [c for c in COMPILED_NAMES if c in {p["component"] for p in packages} and c.startswith(("vae", "safety"))]
+    kept_text = " and ".join(dict.fromkeys("the VAE" if c.startswith("vae") else "the safety checker" for c in kept))
+    what = (f"{bits}-bit palettized weights{palette}" + (f" ({kept_text} stay float16)" if kept_text else "")
+            if kind == "palettized" else "float16 weights")
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
              f"# Core ML {source['id'].split('/')[-1]} ({'palettized' if kind == 'palettized' else 'float16'})", "",
              f"{source_label} converted to Core ML with {what}, for Apple's Swift "
@@ -154,7 +155,7 @@ def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str, varia
               f"- Source: {source_label}" + (f" at commit `{source['sha']}`" if source.get("sha") else ""),
               f"- Converter: {toolchain['converter']}; coremltools {toolchain['coremltools']}, torch "
               f"{toolchain['torch']}, diffusers {toolchain['diffusers']}, transformers {toolchain['transformers']}",
-              f"- Deployment target: {options['deployment_target']}; UNet batch {options['batch_size']}, latent "
+              f"- Deployment target: {target}, {os_text}{_older_copies(packages, target)}; UNet batch {options['batch_size']}, latent "
               f"{report['geometry']['latent_height']}×{report['geometry']['latent_width']} "
               f"({report['geometry']['latent_height'] * report['geometry']['vae_scale_factor']}×"
               f"{report['geometry']['latent_width'] * report['geometry']['vae_scale_factor']} px)",
@@ -185,6 +186,25 @@ def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str, varia
             lines += ["## Original model card", "", f"Carried over from {source_label}.", "",
                       sanitize_markdown(body, demote_headings=True), ""]
     return "\n".join(lines)
+
+
+def repo_target(report: dict, kind: str) -> str:
+    """The deployment target a repo's packages need: the newest among them (float16 or palettized)."""
+    targets = report["options"].get("targets") or {}
+    return targets.get(kind) or report["options"].get("deployment_target") or "iOS17"  # reports before targets
+
+
+def _older_copies(packages: list[dict], target: str) -> str:
+    """A note naming the float16 copies (VAE, safety checker) in a repo whose other packages need a newer OS."""
+    from workers.targets import SPEC_VERSIONS
+
+    older = {p["component"]: p["target"] for p in packages
+             if p.get("target") and SPEC_VERSIONS[p["target"]] < SPEC_VERSIONS[target]}
+    if not older:
+        return ""
+    names = sorted(older, key=list(COMPILED_NAMES).index)
+    oldest = min(older.values(), key=SPEC_VERSIONS.__getitem__)
+    return f" ({', '.join(names)}: float16 copies written for {os_name(oldest)}, which load there too)"
 
 
 def _where_measured(packages: list[dict]) -> str:

@@ -12,22 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.errors import ConversionError, OptionsError
+from workers.errors import ConversionError
 from workers.geometry import TensorSpec
+from workers.targets import deployment_target
 
-DEPLOYMENT_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
-DEFAULT_DEPLOYMENT_TARGET = "iOS17"
 _DTYPES = {"float16": np.float16, "float32": np.float32}
-
-
-def deployment_target(name: str):
-    """The coremltools target for a name like ``iOS17`` (raises OptionsError for unknown names)."""
-    import coremltools as ct
-
-    if name not in DEPLOYMENT_TARGETS:
-        raise OptionsError(f"unknown deployment target {name!r}",
-                           hint=f"Use one of {', '.join(DEPLOYMENT_TARGETS)}.")
-    return getattr(ct.target, name)
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from workers.errors import OptionsError, ValidationError
-from workers.convert import (
-    DEFAULT_DEPLOYMENT_TARGET,
-    PackageMetadata,
-    apply_metadata,
-    convert_module,
-    deployment_target,
-    save_package,
-)
+from workers.convert import PackageMetadata, apply_metadata, convert_module, save_package
 from workers.layout import (
     CHECK_DATA_DIR,
     DEFAULT_ATTENTIONS,
@@ -41,6 +34,7 @@ from workers.report import Check, Event, PackageResult, Report, precision_label
 from workers.resolve import Source
 from workers.geometry import Geometry, read_geometry
 from workers.specs import COMPONENT_ORDER, SPECS, ComponentSpec, resolve_outputs
+from workers.targets import target_for
 from workers.readback import Accounting, account_parameters, load_read_back, read_package
 from workers.validate import ValidationBars, coreml_check, psnr_check, program_check, run_module, save_check_data, structure_check
 from workers.versions import converter_id, toolchain
@@ -55,7 +49,7 @@ class ConvertOptions:
     components: tuple[str, ...] | None = None  # None: every component the source has
     latent_size: tuple[int, int] | None = None
     batch_size: int = 2
-    deployment_target: str = DEFAULT_DEPLOYMENT_TARGET
+    deployment_target: str | None = None  # None: each precision's own (see workers.targets)
     bars: ValidationBars = field(default_factory=ValidationBars)
     seed: int = 0
     group_size: int = 0  # palettize with one palette per this many output channels (iOS18); 0: per tensor
@@ -66,9 +60,9 @@ class ConvertOptions:
             raise OptionsError("no attention layout selected", hint="Pass --attention original,split_einsum_v2.")
         if len(set(self.attentions)) != len(self.attentions):
             raise OptionsError("an attention layout is listed twice", hint="List each layout once.")
-        deployment_target(self.deployment_target)
+        self.target(palettized=False)
         if self.bits is not None:
-            check_bits(self.bits, self.deployment_target, self.group_size)
+            check_bits(self.bits, self.target(palettized=True), self.group_size)
         elif self.group_size:
             raise OptionsError("--group-size needs palettized packages, and --bits 0 makes none",
                                hint="Pass --bits 6 (or another width), or drop --group-size.")
@@ -76,6 +70,10 @@ class ConvertOptions:
         if unknown:
             raise OptionsError(f"unknown components: {', '.join(unknown)}",
                                hint=f"Choose from {', '.join(COMPONENT_ORDER)}.")
+
+    def target(self, *, palettized: bool) -> str:
+        """The deployment target of float16 or palettized packages (raises OptionsError for unknown ones)."""
+        return target_for(self.deployment_target, palettized=palettized, group_size=self.group_size)
 
 
 def package_size(path: Path) -> int:
@@ -136,6 +134,8 @@ class _Run:
                      "components": list(options.components) if options.components else None,
                      "latent_size": list(options.latent_size) if options.latent_size else None,
                      "batch_size": options.batch_size, "deployment_target": options.deployment_target,
+                     "targets": {"float16": options.target(palettized=False),
+                                 "palettized": options.target(palettized=True)},
                      "bars": asdict(options.bars), "seed": options.seed, "group_size": options.group_size},
             geometry=geometry.to_dict(), toolchain=toolchain(),
             repos={"float16": self.fp16_repo, "palettized": self.palettized_repo},
@@ -163,7 +163,7 @@ class _Run:
             source_id=self.source.id, source_sha=self.source.sha, component=spec.name,
             attention=attention.value if attention else None, precision=precision,
             converter=self.converter, license=self.source.license, description=spec.description,
-            deployment_target=self.options.deployment_target)
+            deployment_target=self.options.target(palettized=precision != "float16"))
 
     def package_path(self, repo: str, attention: Attention, component: str) -> Path:
         return packages_dir(self.out, repo, attention) / package_file_name(self.source.id, component)
@@ -235,7 +235,8 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
         label = attention.value if spec.depends_on_attention else None  # None: shared by all layouts
         exports[attention] = export = spec.export_module(modules, attention)
         result = PackageResult(run.fp16_repo, attention.value, spec.name, "float16",
-                               run.rel(run.package_path(run.fp16_repo, attention, spec.name)))
+                               run.rel(run.package_path(run.fp16_repo, attention, spec.name)),
+                               target=options.target(palettized=False))
         if spec.depends_on_attention:
             ours = run_module(export, io.check, [t.name for t in outputs])
             result.checks.append(psnr_check("psnr_layout", "torch", io.reference, ours, spec.compared(g),
@@ -243,7 +244,7 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
         started = time.perf_counter()
         with run.stage("convert", spec.name, label, "float16"):
             model = convert_module(export, io.trace, io.inputs, outputs, component=spec.name,
-                                   target=options.deployment_target, variant=label)
+                                   target=options.target(palettized=False), variant=label)
             apply_metadata(model, run.metadata(spec, attention if label else None, "float16"), io.inputs, outputs)
             save_package(model, run.out / result.path)
             del model
@@ -262,7 +263,7 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
         _record(run, result, path, spec, layouts)
     for attention in layouts:
         result = results[attention]
-        if result.status == "passed" and spec.in_palettized_repo and options.bits is not None:
+        if result.status == "passed" and options.bits is not None:
             label = attention.value if spec.depends_on_attention else None
             _palettized(run, spec, attention, label, result, exports[attention], io, layouts)
 
@@ -274,16 +275,17 @@ def _palettized(run: _Run, spec: ComponentSpec, attention: Attention, label: str
     if not spec.palettize:  # Apple keeps these float16 in palettized repos
         link_package(run.out / float16.path, path)
         copy = PackageResult(run.palettized_repo, attention.value, spec.name, "float16", run.rel(path),
-                             float16.size_bytes, 0.0, float16.path, list(float16.checks))
+                             float16.size_bytes, 0.0, float16.path, float16.target, list(float16.checks))
         _record(run, copy, path, spec, layouts)
         return
     precision = precision_label(run.options.bits, run.options.group_size)
     result = PackageResult(run.palettized_repo, attention.value, spec.name, precision, run.rel(path),
+                           target=run.options.target(palettized=True),
                            checks=[c for c in float16.checks if c.name == "psnr_layout"])
     started = time.perf_counter()
     with run.stage("palettize", spec.name, label, precision):
         model = palettize_package(run.out / float16.path, bits=run.options.bits, component=spec.name,
-                                  group_size=run.options.group_size)
+                                  group_size=run.options.group_size, target=run.options.target(palettized=True))
         apply_metadata(model, run.metadata(spec, attention if label else None, precision), io.inputs, io.outputs)
         save_package(model, path)
         del model
@@ -308,11 +310,11 @@ def _record(run: _Run, result: PackageResult, path: Path, spec: ComponentSpec,
         if other in layouts:
             continue
         repo = run.fp16_repo if result.repo == run.fp16_repo else run.palettized_repo
-        target = run.package_path(repo, other, spec.name)
-        link_package(path, target)
+        copy = run.package_path(repo, other, spec.name)
+        link_package(path, copy)
         run.report.packages.append(PackageResult(
-            repo, other.value, spec.name, result.precision, run.rel(target), result.size_bytes, 0.0,
-            result.path, list(result.checks)))
+            repo, other.value, spec.name, result.precision, run.rel(copy), result.size_bytes, 0.0,
+            result.path, result.target, list(result.checks)))
 
 
 def _validate(run: _Run, spec: ComponentSpec, path: Path, export, io: _Inputs, *, bits: int | None,

@@ -37,16 +37,18 @@ def check_bits(bits: int, target: str, group_size: int = 0) -> None:
                            hint=f"Use one of {', '.join(map(str, SUPPORTED_BITS))}.")
     if target not in _LUT_TARGETS:
         raise OptionsError(f"palettized weights need iOS16 / macOS13 or newer, not {target}",
-                           hint="Pass --deployment-target iOS17 (the default), or --bits 0 for float16 only.")
+                           hint="Leave out --deployment-target (palettized packages default to iOS17), "
+                                "or pass --bits 0 for float16 only.")
     if bits == 6 and target not in _SIX_BIT_TARGETS:
         raise OptionsError(f"6-bit palettized weights need iOS17 / macOS14 or newer, not {target}",
-                           hint="Pass --deployment-target iOS17, or another --bits.")
+                           hint="Leave out --deployment-target (palettized packages default to iOS17), "
+                                "or pass another --bits.")
     if group_size < 0:
         raise OptionsError(f"--group-size must not be negative, not {group_size}",
                            hint="Use 0 for one palette per tensor, or a channel count such as 16.")
     if group_size and target not in _GROUPED_TARGETS:
         raise OptionsError(f"one palette per channel group needs iOS18 / macOS15, not {target}",
-                           hint="Pass --deployment-target iOS18, or --group-size 0.")
+                           hint="Pass --deployment-target iOS18 or leave it out, or pass --group-size 0.")
 
 
 def histogram_kmeans(weight: np.ndarray, nbits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -69,17 +71,19 @@ def histogram_kmeans(weight: np.ndarray, nbits: int) -> tuple[np.ndarray, np.nda
 
 
 def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str = "",
-                      threshold: int = WEIGHT_THRESHOLD, group_size: int = 0):
+                      threshold: int = WEIGHT_THRESHOLD, group_size: int = 0, target: str | None = None):
     """Palettize every weight of a saved float16 package to ``bits`` bits (optimal 1-D k-means).
 
     One palette per tensor (Apple's format), or with ``group_size`` one per that many output channels
     (iOS 18 / macOS 15; a tensor whose channel count it does not divide keeps one palette per tensor).
+    With ``target`` newer than the package's, the program is first moved to it (:func:`workers.targets.retarget`).
     Returns the new coremltools MLModel (unsaved).  Raises ConversionError.
     """
     import coremltools as ct
     from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
 
     from workers.readback import load_program, nonfinite_constants, unpalettized_weights
+    from workers.targets import retarget
 
     def palettizer(granularity: str) -> OpPalettizerConfig:
         return OpPalettizerConfig(mode="custom", lut_function=partial(histogram_kmeans, nbits=bits),
@@ -91,6 +95,8 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
         return names
 
     model = ct.models.MLModel(str(package), skip_model_load=True)
+    if target:
+        model = retarget(model, target, component=component)
     config = OptimizationConfig(
         global_config=palettizer("per_grouped_channel" if group_size else "per_tensor"),
         op_type_configs={"gather": None},  # embedding tables stay float16, as Apple's are

@@ -57,6 +57,7 @@ class PackageResult:
     size_bytes: int = 0
     seconds: float = 0.0
     shared_from: str | None = None  # the package this one is a copy of (layout-independent components)
+    target: str | None = None  # the deployment target it is written for (workers.targets)
     checks: list[Check] = field(default_factory=list)
 
     @property

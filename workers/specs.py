@@ -82,7 +82,6 @@ class ComponentSpec:
     name: ClassVar[str]
     needs: ClassVar[tuple[str, ...]]  # diffusers sub-folders holding its weights
     palettize: ClassVar[bool] = True  # Apple keeps the VAE in float16 in palettized repos
-    in_palettized_repo: ClassVar[bool] = True
     input_dtype: ClassVar[str] = "float16"
     compared_outputs: ClassVar[tuple[str, ...] | None] = None  # None: every output
     description: ClassVar[str]
@@ -281,8 +280,7 @@ class VAEEncoderSpec(ComponentSpec):
 class SafetyCheckerSpec(ComponentSpec):
     name = "safety_checker"
     needs = ("safety_checker",)
-    in_palettized_repo = False
-    palettize = False
+    palettize = False  # float16 in the palettized repo too, as Apple's (a copy, not converted twice)
     compared_outputs = ("concept_scores",)
     description = "Safety checker: flags and blanks images close to unsafe concepts."
 

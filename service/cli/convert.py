@@ -19,13 +19,14 @@ def convert(
     revision: str = typer.Option(None, help="Hub branch, tag or commit (default: main); pinned to its sha."),
     attention: str = typer.Option("original,split_einsum_v2", help=ATTENTION_HELP),
     bits: int = typer.Option(6, help="Palettization bits: 1, 2, 4, 6 or 8; 0 for float16 packages only."),
-    group_size: int = typer.Option(0, help="One palette per this many output channels (needs "
-                                           "--deployment-target iOS18 or macOS15); 0: one per tensor, as Apple's."),
+    group_size: int = typer.Option(0, help="One palette per this many output channels (palettized packages "
+                                           "then need iOS18/macOS15); 0: one per tensor, as Apple's."),
     components: str = typer.Option(None, help=COMPONENTS_HELP),
     latent_size: tuple[int, int] = typer.Option((0, 0), metavar="H W",
                                                 help="Latent height and width (default: the UNet's sample_size)."),
     batch_size: int = typer.Option(2, help="UNet batch: 2 for classifier-free guidance, or 1."),
-    deployment_target: str = typer.Option("iOS17", help="Minimum OS: iOS15-iOS18 or macOS12-macOS15 (palettized weights need iOS16/macOS13+)."),
+    deployment_target: str = typer.Option(None, help="Minimum OS of every package: iOS15-iOS18 or macOS12-macOS15 "
+                                                     "(default: float16 macOS13/iOS16, palettized iOS17/macOS14)."),
     source_id: str = typer.Option(None, help="For a local folder: the Hub id it holds (used in file names)."),
     allow_pickle: bool = typer.Option(False, help="Load .bin/.ckpt weights (runs code from the file: trusted sources only)."),
 ) -> None:

@@ -57,7 +57,8 @@ def _expected_tree(repo: str, model_version: str, float16: list[str], palettized
 def test_sd1_tree_has_apples_names(sd1_conversion) -> None:
     out, report = sd1_conversion
     four = ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
-    assert _tree(out) == _expected_tree("tiny-sd1", "tests_tiny-sd1", four + ["safety_checker"], four)
+    # the palettized repo carries the safety checker too (a float16 copy), as Apple's palettized SD 1.x repos do
+    assert _tree(out) == _expected_tree("tiny-sd1", "tests_tiny-sd1", four + ["safety_checker"], four + ["safety_checker"])
     assert report.passed and all(p.status == "passed" for p in report.packages)
 
 
@@ -98,12 +99,30 @@ def test_metadata_says_where_each_package_comes_from(sd1_conversion) -> None:
     assert meta["precision"] == "palettized-6bit"
     assert meta["converter"].startswith("coreml-publisher ")
     assert meta["deployment_target"] == "iOS17"
+    float16 = out / "coreml-tiny-sd1/split_einsum_v2/packages/Stable_Diffusion_version_tests_tiny-sd1_unet.mlpackage"
+    assert ct.models.MLModel(str(float16), skip_model_load=True).user_defined_metadata["deployment_target"] == "iOS16"
     assert model.license == "creativeml-openrail-m"
     spec = model.get_spec()
     assert all(f.shortDescription for f in spec.description.input)
     assert all(f.shortDescription for f in spec.description.output)
     text = out / "coreml-tiny-sd1/original/packages/Stable_Diffusion_version_tests_tiny-sd1_text_encoder.mlpackage"
     assert ct.models.MLModel(str(text), skip_model_load=True).user_defined_metadata["attention_implementation"] == "any"
+
+
+def test_float16_packages_are_for_macos13_and_palettized_ones_for_ios17(sd1_conversion) -> None:
+    """ML program specification 7 (macOS 13 / iOS 16, Apple's float16 repos) and 8 (iOS 17 / macOS 14, 6-bit);
+    the float16 copies in the palettized repo (VAE, safety checker) keep 7.  Metadata and report agree."""
+    import coremltools as ct
+
+    out, report = sd1_conversion
+    expected = {"float16": ("iOS16", 7), "palettized-6bit": ("iOS17", 8)}
+    assert len(report.packages) == 20  # 2 repos x 2 layouts x 5 components
+    for package in report.packages:
+        model = ct.models.MLModel(str(out / package.path), skip_model_load=True)
+        target, version = expected[package.precision]
+        assert model.get_spec().specificationVersion == version, package.path
+        assert model.user_defined_metadata["deployment_target"] == package.target == target, package.path
+    assert report.options["targets"] == {"float16": "iOS16", "palettized": "iOS17"}
 
 
 def test_palettized_packages_hold_lookup_tables_and_the_vae_stays_float16(sd1_conversion) -> None:
@@ -141,7 +160,7 @@ def test_report_json_records_provenance_and_every_figure(sd1_conversion) -> None
     assert {"converter", "coremltools", "torch", "diffusers"} <= set(data["toolchain"])
     assert data["repos"] == {"float16": "coreml-tiny-sd1", "palettized": "coreml-tiny-sd1-palettized"}
     assert data["geometry"]["vae_scale_factor"] == 2
-    assert len(data["packages"]) == 18
+    assert len(data["packages"]) == 20  # the palettized repo holds the safety checker too
     for package in data["packages"]:
         checks = {c["name"]: c for c in package["checks"]}
         assert package["status"] == "passed" and package["size_bytes"] > 0
@@ -197,7 +216,7 @@ def test_one_palette_per_channel_group(sd2_pipeline: Path, tmp_path: Path) -> No
 
     source = resolve_source(str(sd2_pipeline))
     options = ConvertOptions(components=("text_encoder",), bits=4, attentions=(Attention.ORIGINAL,),
-                             group_size=16, deployment_target="iOS18")
+                             group_size=16)  # grouped palettes make the palettized packages iOS18 by default
     report = convert_pipeline(source, tmp_path, options)
     pal = [p for p in report.packages if p.precision == "palettized-4bit-group16"]
     assert len(pal) == 1 and pal[0].status == "passed"
@@ -206,6 +225,19 @@ def test_one_palette_per_channel_group(sd2_pipeline: Path, tmp_path: Path) -> No
                      if op.op_type.startswith("constexpr_lut_to_dense")})
     assert groups == [1, 4]  # 64 channels in 4 groups of 16; the 37-channel MLP weights: one palette
     assert read_package(tmp_path / pal[0].path).lut_sizes == {16}
+    versions = {p.precision: ct.models.MLModel(str(tmp_path / p.path), skip_model_load=True).get_spec().specificationVersion
+                for p in report.packages}
+    assert versions == {"float16": 7, "palettized-4bit-group16": 9}
+
+
+def test_deployment_target_overrides_both_precisions(sd2_pipeline: Path, tmp_path: Path) -> None:
+    import coremltools as ct
+
+    options = ConvertOptions(components=("text_encoder",), attentions=(Attention.ORIGINAL,), deployment_target="macOS14")
+    report = convert_pipeline(resolve_source(str(sd2_pipeline)), tmp_path, options)
+    assert {p.precision: (p.target, ct.models.MLModel(str(tmp_path / p.path), skip_model_load=True)
+                          .get_spec().specificationVersion) for p in report.packages} == {
+        "float16": ("macOS14", 8), "palettized-6bit": ("macOS14", 8)}
 
 
 @pytest.mark.parametrize("options, message", [
@@ -215,7 +247,7 @@ def test_one_palette_per_channel_group(sd2_pipeline: Path, tmp_path: Path) -> No
     (dict(deployment_target="iOS99"), "unknown deployment target"),
     (dict(attentions=()), "no attention layout"),
     (dict(components=("unet", "refiner")), "unknown components: refiner"),
-    (dict(group_size=16), "one palette per channel group needs iOS18"),
+    (dict(group_size=16, deployment_target="iOS17"), "one palette per channel group needs iOS18"),
     (dict(group_size=-1, deployment_target="iOS18"), "--group-size must not be negative"),
     (dict(group_size=16, bits=None, deployment_target="iOS18"), "--group-size needs palettized packages"),
 ])

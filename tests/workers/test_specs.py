@@ -58,4 +58,3 @@ def test_specs_declare_apples_component_names() -> None:
     assert list(SPECS) == ["text_encoder", "unet", "vae_decoder", "vae_encoder", "safety_checker"]
     assert [s.name for s in SPECS.values() if s.depends_on_attention] == ["unet"]
     assert [s.name for s in SPECS.values() if s.palettize] == ["text_encoder", "unet"]
-    assert [s.name for s in SPECS.values() if not s.in_palettized_repo] == ["safety_checker"]
