@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from service.errors import JobError, JobNotFoundError, OptionsError
 from service.models import Job, JobEvent, JobState, PublishedRepo, StageResult, Trigger, utcnow
 from workers.layout import Attention, depends_on_attention, sort_attentions
-from workers.palettize import SUPPORTED_BITS
+from workers.palettize import SUPPORTED_BITS, check_bits
+from workers.targets import check_target, target_for
 from workers.versions import toolchain
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ class JobOptions:
     private: bool | None = None  # None: the same visibility as the source repo, read when publishing
     packages_only: bool = False
     components: tuple[str, ...] | None = None
+    deployment_target: str | None = None  # None: each precision's own (float16 macOS13/iOS16, palettized iOS17)
+    chunk_unet: bool = False  # float16 UNets also as UnetChunk1/UnetChunk2 (iOS)
+    chunks_only: bool = False  # the chunks instead of the whole float16 UNet
 
     def __post_init__(self) -> None:
         if not self.namespace:
@@ -57,6 +61,12 @@ class JobOptions:
         if self.bits is not None and self.bits not in SUPPORTED_BITS:
             raise OptionsError(f"--bits {self.bits} is not supported",
                                hint=f"Use one of {', '.join(map(str, SUPPORTED_BITS))}, or 0 for float16 only.")
+        if self.deployment_target is not None:
+            check_target(self.deployment_target)
+        if self.bits is not None:
+            check_bits(self.bits, target_for(self.deployment_target, palettized=True))
+        if self.chunks_only and not self.chunk_unet:
+            raise OptionsError("--chunks-only needs --chunk-unet", hint="Pass --chunk-unet --chunks-only.")
         object.__setattr__(self, "attentions", sort_attentions(self.attentions))
         if self.components is not None:
             object.__setattr__(self, "components", tuple(sorted(set(self.components))))

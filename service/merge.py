@@ -46,7 +46,8 @@ def merge_outputs(parts: list[Path], out: Path) -> dict:
             shutil.copy2(data, out / CHECK_DATA_DIR / data.name)
         merged["timings"].update({f"{part.name}/{k}": v for k, v in report["timings"].items()})
         attentions += [a for a in report["options"]["attentions"] if a not in attentions]
-    merged["options"] = dict(first["options"], attentions=list(sort_attentions(attentions)), components=None)
+    merged["options"] = dict(first["options"], attentions=list(sort_attentions(attentions)), components=None,
+                             **{flag: any(r["options"].get(flag) for r in reports) for flag in ("chunk_unet", "chunks_only")})
     merged["passed"] = True
     write_json(out / REPORT_FILE, merged)
     return merged

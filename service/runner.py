@@ -228,9 +228,11 @@ def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     out = store.path(spec.id, "parts", part)
     shutil.rmtree(out, ignore_errors=True)
-    report = convert_pipeline(source, out, ConvertOptions(attentions=attentions, bits=options.bits,
-                                                          components=components, bars=settings.validation_bars()),
-                              on_event=_events(spec, settings))
+    chunk = options.chunk_unet and "unet" in components
+    report = convert_pipeline(source, out, ConvertOptions(
+        attentions=attentions, bits=options.bits, components=components, bars=settings.validation_bars(),
+        deployment_target=options.deployment_target, chunk_unet=chunk, chunks_only=chunk and options.chunks_only),
+        on_event=_events(spec, settings))
     return _report_figures(report), store.push(spec.id, "parts", part)
 
 
@@ -285,6 +287,7 @@ def _publish(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
     from workers.package import load_trees
 
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
+    trees = load_trees(store.pull(spec.id, "out"))  # refuses an incomplete tree before anything is published
     figures = {}
     private = spec.options.private
     if private is None:  # follow the source: a private model's conversion must not become public
@@ -293,7 +296,7 @@ def _publish(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
             record_event(session, spec.id, f"publishing {'private' if private else 'public'} repos, as "
                          f"{spec.source_repo} is {'private (or not visible)' if private else 'public'}",
                          stage="publish")
-    for tree in load_trees(store.pull(spec.id, "out")):
+    for tree in trees:
         result = publish_tree(tree, namespace=spec.options.namespace, source_sha=spec.source_sha,
                               private=private, endpoint=settings.hub_endpoint)
         with session_scope(settings.database_url) as session:

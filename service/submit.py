@@ -28,13 +28,17 @@ LOCAL = "local"  # the task id of jobs run in the submitting process (`submit --
 
 
 def requested_options(*, namespace: str | None, attentions: Iterable[str], bits: int | None,
-                      private: bool | None = None, packages_only: bool = False,
+                      private: bool | None = None, packages_only: bool = False, deployment_target: str | None = None,
+                      chunk_unet: bool = False, chunks_only: bool = False,
                       settings: Settings | None = None) -> JobOptions:
     """Options as a user asks for them: the service's namespace when none is given, 0 bits meaning float16 only,
-    ``private=None`` publishing with the source repo's own visibility."""
+    ``private=None`` publishing with the source repo's own visibility, no deployment target meaning each
+    precision's own."""
     settings = settings or get_settings()
     return JobOptions(namespace=namespace or settings.default_namespace or "", attentions=tuple(attentions),
-                      bits=bits or None, private=private, packages_only=packages_only)
+                      bits=bits or None, private=private, packages_only=packages_only,
+                      deployment_target=deployment_target or None, chunk_unet=chunk_unet or chunks_only,
+                      chunks_only=chunks_only)
 
 
 def create_job(*, source_repo: str, options: JobOptions, revision: str | None = None,

@@ -13,11 +13,12 @@ import gc
 import os
 import shutil
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
+from workers.chunk import CHUNK_COMPONENTS, chunk_features, chunk_unet, validate_chunks
 from workers.errors import OptionsError, ValidationError
 from workers.convert import PackageMetadata, apply_metadata, convert_module, save_package
 from workers.layout import (
@@ -29,14 +30,14 @@ from workers.layout import (
     repo_names,
 )
 from workers.outdir import check_output_dir
-from workers.palettize import DEFAULT_BITS, WEIGHT_THRESHOLD, check_bits, palettize_package
+from workers.palettize import DEFAULT_BITS, check_bits, palettize_package
 from workers.report import Check, Event, PackageResult, Report, precision_label
 from workers.resolve import Source
 from workers.geometry import Geometry, read_geometry
 from workers.specs import COMPONENT_ORDER, SPECS, ComponentSpec, resolve_outputs
 from workers.targets import target_for
-from workers.readback import Accounting, account_parameters, load_read_back, read_package
-from workers.validate import ValidationBars, coreml_check, psnr_check, program_check, run_module, save_check_data, structure_check
+from workers.readback import Accounting
+from workers.validate import ValidationBars, psnr_check, run_module, save_check_data, validate_package
 from workers.versions import converter_id, toolchain
 
 
@@ -53,6 +54,8 @@ class ConvertOptions:
     bars: ValidationBars = field(default_factory=ValidationBars)
     seed: int = 0
     group_size: int = 0  # palettize with one palette per this many output channels (iOS18); 0: per tensor
+    chunk_unet: bool = False  # also cut each float16 UNet into UnetChunk1/UnetChunk2 (iOS)
+    chunks_only: bool = False  # ship the chunks instead of the whole float16 UNet
 
     def check(self) -> None:
         """Raise OptionsError for inconsistent options."""
@@ -66,6 +69,10 @@ class ConvertOptions:
         elif self.group_size:
             raise OptionsError("--group-size needs palettized packages, and --bits 0 makes none",
                                hint="Pass --bits 6 (or another width), or drop --group-size.")
+        if self.chunks_only and not self.chunk_unet:
+            raise OptionsError("--chunks-only needs --chunk-unet", hint="Pass --chunk-unet --chunks-only.")
+        if self.chunk_unet and self.components is not None and "unet" not in self.components:
+            raise OptionsError("--chunk-unet needs the unet component", hint="Add unet to --components.")
         unknown = sorted(set(self.components or ()) - set(SPECS))
         if unknown:
             raise OptionsError(f"unknown components: {', '.join(unknown)}",
@@ -136,7 +143,8 @@ class _Run:
                      "batch_size": options.batch_size, "deployment_target": options.deployment_target,
                      "targets": {"float16": options.target(palettized=False),
                                  "palettized": options.target(palettized=True)},
-                     "bars": asdict(options.bars), "seed": options.seed, "group_size": options.group_size},
+                     "bars": asdict(options.bars), "seed": options.seed, "group_size": options.group_size,
+                     "chunk_unet": options.chunk_unet, "chunks_only": options.chunks_only},
             geometry=geometry.to_dict(), toolchain=toolchain(),
             repos={"float16": self.fp16_repo, "palettized": self.palettized_repo},
         )
@@ -158,11 +166,14 @@ class _Run:
         self.report.timings[key] = seconds
         self.on_event(Event(stage, component, "done", variant, precision, seconds))
 
-    def metadata(self, spec: ComponentSpec, attention: Attention | None, precision: str) -> PackageMetadata:
+    def metadata(self, spec: ComponentSpec, attention: Attention | None, precision: str, *,
+                 component: str | None = None) -> PackageMetadata:
         return PackageMetadata(
-            source_id=self.source.id, source_sha=self.source.sha, component=spec.name,
+            source_id=self.source.id, source_sha=self.source.sha, component=component or spec.name,
             attention=attention.value if attention else None, precision=precision,
-            converter=self.converter, license=self.source.license, description=spec.description,
+            converter=self.converter, license=self.source.license,
+            description=spec.description + (f" ({component.replace('unet_', '').replace('chunk', 'chunk ')} of 2)"
+                                            if component else ""),
             deployment_target=self.options.target(palettized=precision != "float16"))
 
     def package_path(self, repo: str, attention: Attention, component: str) -> Path:
@@ -261,11 +272,47 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
         with run.stage("validate", spec.name, label, "float16"):
             result.checks += _validate(run, spec, path, exports[attention], io, bits=None, float16=result.path)
         _record(run, result, path, spec, layouts)
+        if spec.name == "unet" and options.chunk_unet and result.status == "passed":
+            _chunks(run, spec, attention, result, io)
     for attention in layouts:
         result = results[attention]
         if result.status == "passed" and options.bits is not None:
             label = attention.value if spec.depends_on_attention else None
             _palettized(run, spec, attention, label, result, exports[attention], io, layouts)
+    if spec.name == "unet" and options.chunks_only:  # the palettized UNets are made: the chunks replace it
+        for result in results.values():
+            chunked = all(p.status == "passed" for p in run.report.packages
+                          if p.variant == result.variant and p.component in CHUNK_COMPONENTS)
+            if result.status == "passed" and chunked:
+                shutil.rmtree(run.out / result.path, ignore_errors=True)
+                run.report.packages.remove(result)
+
+
+def _chunks(run: _Run, spec: ComponentSpec, attention: Attention, whole: PackageResult, io: _Inputs) -> None:
+    """UnetChunk1 and UnetChunk2 of one validated float16 UNet package, saved and validated together."""
+    label, paths = attention.value, []
+    started = time.perf_counter()
+    with run.stage("chunk", spec.name, label, "float16"):
+        chunks = chunk_unet(run.out / whole.path, component=spec.name)
+        for component, model in zip(CHUNK_COMPONENTS, (chunks.first, chunks.second)):
+            paths.append(run.package_path(run.fp16_repo, attention, component))
+            apply_metadata(model, run.metadata(spec, attention, "float16", component=component),
+                           *chunk_features(model, io.inputs, io.outputs))
+            save_package(model, paths[-1])
+        del chunks, model
+    seconds = (time.perf_counter() - started) / 2
+    g = run.geometry
+    with run.stage("validate", "unet_chunks", label, "float16"):
+        checks = validate_chunks(run.out / whole.path, *paths, io.check, io.reference, spec.compared(g),
+                                 run.options.bars.shipped(None))
+    for component, path, chunk_checks in zip(CHUNK_COMPONENTS, paths, checks):
+        result = PackageResult(run.fp16_repo, label, component, "float16", run.rel(path), seconds=seconds,
+                               target=whole.target, checks=chunk_checks)
+        if result.status == "failed":
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            result.size_bytes = package_size(path)
+        run.report.packages.append(result)
 
 
 def _palettized(run: _Run, spec: ComponentSpec, attention: Attention, label: str | None,
@@ -328,35 +375,6 @@ def _validate(run: _Run, spec: ComponentSpec, path: Path, export, io: _Inputs, *
     if bits is None:  # parameters are found in the float16 package; the palettized one is held to those names
         run.accountings[float16] = accounting
     return checks
-
-
-def validate_package(spec: ComponentSpec, geometry: Geometry, bars: ValidationBars, path: Path, export,
-                     io: _Inputs, *, bits: int | None, float16: Accounting | None,
-                     stage: Callable[[str], Any] | None = None) -> tuple[list[Check], Accounting]:
-    """Structure, weights, the executed program, the torch read-back and Core ML for one saved package.
-
-    ``float16`` is where the parameters were found in the float16 package a palettized one was made from
-    (None for a float16 package).  The program runs while the package is loaded; then its weights are
-    read into ``export`` (in place) and the package is released before the module runs.  ``stage(name)``
-    is entered around the program's execution (``execute``), to time and follow it.
-    """
-    compared = spec.compared(geometry)
-    try:
-        contents = read_package(path, threshold=WEIGHT_THRESHOLD)
-    except Exception as e:  # a damaged package fails coremltools' reader in many ways; it fails its checks
-        return [Check("structure", "failed", "package",
-                      detail=f"the package cannot be read ({e.__class__.__name__}: {e})".splitlines()[0])], Accounting()
-    checks = [structure_check(contents, io.inputs, io.outputs, bits)]
-    accounting, weights_check = account_parameters(export, contents.weights, float16, palettized=bits is not None)
-    checks.append(weights_check)
-    with (stage or (lambda name: nullcontext()))("execute"):
-        checks.append(program_check(contents, io.check, io.reference, compared, bars.shipped(bits)))
-    load_read_back(export, contents.weights, accounting)
-    contents.release()  # the program's weights go before the module runs
-    candidate = run_module(export, io.check, [t.name for t in io.outputs])
-    checks.append(psnr_check("psnr_torch", "torch", io.reference, candidate, compared, bars.for_bits(bits)))
-    checks.append(coreml_check(path, io.check, io.inputs, io.reference, compared, bars.shipped(bits)))
-    return checks, accounting
 
 
 def component_inputs(spec: ComponentSpec, geometry: Geometry, modules: dict, seed: int) -> _Inputs:

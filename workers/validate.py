@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import math
 import platform
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -28,9 +29,13 @@ from torch import nn
 
 from workers.bars import PALETTIZED_BARS, ValidationBars  # noqa: F401 (re-exported: part of this API)
 from workers.layout import CHECK_DATA_DIR
-from workers.readback import PackageContents
+from workers.palettize import WEIGHT_THRESHOLD
+from workers.readback import Accounting, PackageContents, account_parameters, load_read_back, read_package
 from workers.report import Check
-from workers.geometry import TensorSpec
+from workers.geometry import Geometry, TensorSpec
+
+if TYPE_CHECKING:
+    from workers.specs import ComponentSpec
 
 
 
@@ -191,3 +196,32 @@ def compiled_check(model: Path, data: CheckData, threshold: float, compute_units
     worst = next((c for c in checks if c.failed), None) or min(checks, key=lambda c: c.value)
     detail = "; ".join(f"{units}: {c.detail}" for units, c in zip(compute_units, checks))
     return Check("psnr_coreml", worst.status, "coreml", worst.value, threshold, detail)
+
+
+def validate_package(spec: ComponentSpec, geometry: Geometry, bars: ValidationBars, path: Path, export,
+                     io: Any, *, bits: int | None, float16: Accounting | None,
+                     stage: Callable[[str], Any] | None = None) -> tuple[list[Check], Accounting]:
+    """Structure, weights, the executed program, the torch read-back and Core ML for one saved package.
+
+    ``float16`` is where the parameters were found in the float16 package a palettized one was made from
+    (None for a float16 package).  The program runs while the package is loaded; then its weights are
+    read into ``export`` (in place) and the package is released before the module runs.  ``stage(name)``
+    is entered around the program's execution (``execute``), to time and follow it.
+    """
+    compared = spec.compared(geometry)
+    try:
+        contents = read_package(path, threshold=WEIGHT_THRESHOLD)
+    except Exception as e:  # a damaged package fails coremltools' reader in many ways; it fails its checks
+        return [Check("structure", "failed", "package",
+                      detail=f"the package cannot be read ({e.__class__.__name__}: {e})".splitlines()[0])], Accounting()
+    checks = [structure_check(contents, io.inputs, io.outputs, bits)]
+    accounting, weights_check = account_parameters(export, contents.weights, float16, palettized=bits is not None)
+    checks.append(weights_check)
+    with (stage or (lambda name: nullcontext()))("execute"):
+        checks.append(program_check(contents, io.check, io.reference, compared, bars.shipped(bits)))
+    load_read_back(export, contents.weights, accounting)
+    contents.release()  # the program's weights go before the module runs
+    candidate = run_module(export, io.check, [t.name for t in io.outputs])
+    checks.append(psnr_check("psnr_torch", "torch", io.reference, candidate, compared, bars.for_bits(bits)))
+    checks.append(coreml_check(path, io.check, io.inputs, io.reference, compared, bars.shipped(bits)))
+    return checks, accounting

@@ -31,6 +31,14 @@ class JobRequest(BaseModel):
     private: bool | None = Field(None, description="Publish private (true) or public (false) repos; null, the "
                                                    "default: the same visibility as the source repo")
     packages_only: bool = Field(False, description="Publish .mlpackage files only (no macOS worker needed)")
+    deployment_target: str | None = Field(None, max_length=16, description="Minimum OS of every package (iOS15-iOS18, "
+                                          "macOS12-macOS15); null: float16 macOS13/iOS16, palettized iOS17/macOS14")
+    chunk_unet: bool = Field(False, description="Also ship each float16 UNet as UnetChunk1/UnetChunk2 (iOS)")
+    chunks_only: bool = Field(False, description="Ship the UNet chunks instead of the whole float16 UNet")
+
+    def option_values(self) -> dict:
+        """The fields that become the job's options (see ``service.submit.requested_options``)."""
+        return self.model_dump(exclude={"repo", "revision"})
 
     @field_validator("repo", "namespace", "revision")
     @classmethod

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
+from service.cli import options as shared
 from service.cli.output import EventPrinter, comma_list, report_table, stdout, summary
 
-ATTENTION_HELP = "Comma-separated attention layouts: original (Mac GPU), split_einsum_v2 (Neural Engine), split_einsum."
 COMPONENTS_HELP = "Comma-separated components (default: all the source has): " \
                   "text_encoder,unet,vae_decoder,vae_encoder,safety_checker."
 
@@ -17,16 +17,17 @@ def convert(
     source: str = typer.Argument(..., help="A local diffusers folder, or a Hub repo id such as org/name."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created if missing)."),
     revision: str = typer.Option(None, help="Hub branch, tag or commit (default: main); pinned to its sha."),
-    attention: str = typer.Option("original,split_einsum_v2", help=ATTENTION_HELP),
-    bits: int = typer.Option(6, help="Palettization bits: 1, 2, 4, 6 or 8; 0 for float16 packages only."),
+    attention: str = shared.ATTENTION,
+    bits: int = shared.BITS,
     group_size: int = typer.Option(0, help="One palette per this many output channels (palettized packages "
                                            "then need iOS18/macOS15); 0: one per tensor, as Apple's."),
     components: str = typer.Option(None, help=COMPONENTS_HELP),
     latent_size: tuple[int, int] = typer.Option((0, 0), metavar="H W",
                                                 help="Latent height and width (default: the UNet's sample_size)."),
     batch_size: int = typer.Option(2, help="UNet batch: 2 for classifier-free guidance, or 1."),
-    deployment_target: str = typer.Option(None, help="Minimum OS of every package: iOS15-iOS18 or macOS12-macOS15 "
-                                                     "(default: float16 macOS13/iOS16, palettized iOS17/macOS14)."),
+    deployment_target: str = shared.DEPLOYMENT_TARGET,
+    chunk_unet: bool = shared.CHUNK_UNET,
+    chunks_only: bool = shared.CHUNKS_ONLY,
     source_id: str = typer.Option(None, help="For a local folder: the Hub id it holds (used in file names)."),
     allow_pickle: bool = typer.Option(False, help="Load .bin/.ckpt weights (runs code from the file: trusted sources only)."),
 ) -> None:
@@ -61,6 +62,8 @@ def convert(
         batch_size=batch_size,
         deployment_target=deployment_target,
         group_size=group_size,
+        chunk_unet=chunk_unet or chunks_only,
+        chunks_only=chunks_only,
         bars=get_settings().validation_bars(),
     )
     options.check()

@@ -8,6 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from service.cli import options as shared
 from service.cli.output import comma_list, console, stdout
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -19,8 +20,11 @@ def submit(
     repo: str = typer.Argument(..., help="Hub repo id of a Stable Diffusion 1.x/2.x diffusers pipeline."),
     revision: str = typer.Option(None, help="Branch, tag or commit (default: main); pinned to its sha."),
     namespace: str = typer.Option(None, help="Where to publish (default: COREML_PUBLISH_DEFAULT_NAMESPACE)."),
-    attention: str = typer.Option("original,split_einsum_v2", help="Comma-separated attention layouts."),
-    bits: int = typer.Option(6, help="Palettization bits (1, 2, 4, 6, 8); 0 for float16 only."),
+    attention: str = shared.ATTENTION,
+    bits: int = shared.BITS,
+    deployment_target: str = shared.DEPLOYMENT_TARGET,
+    chunk_unet: bool = shared.CHUNK_UNET,
+    chunks_only: bool = shared.CHUNKS_ONLY,
     private: bool | None = typer.Option(None, "--private/--public",
                                         help="Publish private or public repos (default: as the source repo is)."),
     packages_only: bool = typer.Option(False, help="Publish .mlpackage files only (no macOS worker needed)."),
@@ -37,7 +41,8 @@ def submit(
     settings = get_settings()
     settings.check_production()
     options = requested_options(namespace=namespace, attentions=comma_list(attention), bits=bits, private=private,
-                                packages_only=packages_only, settings=settings)
+                                packages_only=packages_only, deployment_target=deployment_target,
+                                chunk_unet=chunk_unet, chunks_only=chunks_only, settings=settings)
     with console.status(f"resolving {repo}…"):
         submitted = create_job(source_repo=repo, options=options, revision=revision, local=local)
     job = submitted.job

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from service.cli import options as shared
 from service.cli.output import comma_list, stdout
 
 watch_app = typer.Typer(help="Repos whose Core ML versions are kept current (nightly sweep and Hub webhooks).",
@@ -15,8 +16,11 @@ watch_app = typer.Typer(help="Repos whose Core ML versions are kept current (nig
 def add(
     repo: str = typer.Argument(..., help="Hub repo id to watch."),
     namespace: str = typer.Option(None, help="Where to publish (default: COREML_PUBLISH_DEFAULT_NAMESPACE)."),
-    attention: str = typer.Option("original,split_einsum_v2", help="Comma-separated attention layouts."),
-    bits: int = typer.Option(6, help="Palettization bits; 0 for float16 only."),
+    attention: str = shared.ATTENTION,
+    bits: int = shared.BITS,
+    deployment_target: str = shared.DEPLOYMENT_TARGET,
+    chunk_unet: bool = shared.CHUNK_UNET,
+    chunks_only: bool = shared.CHUNKS_ONLY,
     private: bool | None = typer.Option(None, "--private/--public",
                                         help="Publish private or public repos (default: as the source repo is)."),
     packages_only: bool = typer.Option(False, help="Publish .mlpackage files only."),
@@ -27,7 +31,8 @@ def add(
     from service.watch import add_watch
 
     options = requested_options(namespace=namespace, attentions=comma_list(attention), bits=bits, private=private,
-                                packages_only=packages_only)
+                                packages_only=packages_only, deployment_target=deployment_target,
+                                chunk_unet=chunk_unet, chunks_only=chunks_only)
     with session_scope() as session:
         add_watch(session, repo_id=repo, options=options)
     stdout.print(f"Watching {repo}; the next sweep converts its current commit.")
