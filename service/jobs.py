@@ -28,6 +28,9 @@ from workers.versions import toolchain
 log = logging.getLogger(__name__)
 
 
+_KEYED_WHEN_SET = ("deployment_target", "chunk_unet", "chunks_only")
+
+
 @dataclass(frozen=True)
 class JobOptions:
     """What a job produces and where it publishes; normalised so equal requests compare equal."""
@@ -72,8 +75,16 @@ class JobOptions:
             object.__setattr__(self, "components", tuple(sorted(set(self.components))))
 
     def key(self) -> str:
-        """Canonical text of the options, part of the dedupe key."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        """Canonical text of the options, part of the dedupe key.
+
+        Options added since jobs were first recorded appear only when set, so a request that does not use
+        them keeps the key it always had (and finds the jobs recorded before them).
+        """
+        values = asdict(self)
+        for name in _KEYED_WHEN_SET:
+            if values[name] == JobOptions.__dataclass_fields__[name].default:
+                del values[name]
+        return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, data: dict) -> "JobOptions":

@@ -90,9 +90,13 @@ def zip_name(repo_name: str, variant: str) -> str:
     return f"{repo_name}_{variant}_compiled.zip"
 
 
-def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str, variants: list[str], compiled: bool,
-                upstream: str | None = None, today: date | None = None) -> str:
-    """The README.md of the float16 (``kind="float16"``) or palettized repo described by ``report``."""
+def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str | None, variants: list[str],
+                compiled: bool, upstream: str | None = None, today: date | None = None) -> str:
+    """The README.md of the float16 (``kind="float16"``) or palettized repo described by ``report``.
+
+    ``sibling_id`` is the other repo of the pair when it is published in the same run; None (no palettized
+    repo with ``--bits 0``, or its tree absent) and the card does not mention it.
+    """
     source = report["source"]
     options = report["options"]
     toolchain = report["toolchain"]
@@ -122,8 +126,9 @@ def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str, varia
              f"{source_label} converted to Core ML with {what}, for Apple's Swift "
              "[`StableDiffusion`](https://github.com/apple/ml-stable-diffusion) package and the apps built on it. "
              f"Needs {os_text} or later.", ""]
-    other = "palettized" if kind == "float16" else "float16"
-    lines += [f"The {other} version is [{sibling_id}](/{sibling_id}).", ""]
+    if sibling_id:
+        other = "palettized" if kind == "float16" else "float16"
+        lines += [f"The {other} version is [{sibling_id}](/{sibling_id}).", ""]
     lines += ["## Variants", "", "```", "README.md"]
     if compiled:
         lines += [zip_name(repo_name, v) for v in variants]

@@ -9,6 +9,7 @@ from workers.card import zip_name
 from workers.layout import Attention
 
 KINDS = ("compiled", "packages", "zip")
+VARIANTS = tuple(a.value for a in Attention)  # the variant folders (and zips) a published repo may hold
 
 
 def download_variant(repo_id: str, out: Path, *, variant: str = Attention.SPLIT_EINSUM_V2.value,
@@ -27,8 +28,8 @@ def download_variant(repo_id: str, out: Path, *, variant: str = Attention.SPLIT_
         RevisionNotFoundError,
     )
 
-    if variant not in {a.value for a in Attention}:
-        raise OptionsError(f"unknown variant {variant!r}", hint="Use original or split_einsum_v2.")
+    if variant not in VARIANTS:
+        raise OptionsError(f"unknown variant {variant!r}", hint=f"Use one of {', '.join(VARIANTS)}.")
     if kind not in KINDS:
         raise OptionsError(f"unknown kind {kind!r}", hint="Use compiled, packages or zip.")
     try:

@@ -10,7 +10,9 @@
   honouring ``Retry-After`` (bounded); transport errors (timeouts, refused connections) are retried too;
   any other client error (400, 401, 403, 404, ...) stops at once with a one-line error naming the repo
   and the token to check;
-* a tag ``source-<sha>`` marks the commit that holds the conversion of that source commit.
+* a tag ``source-<sha>`` marks the commit that holds the conversion of that source commit;
+* a tree with an incomplete variant (no text encoder, UNet or VAE decoder, or, compiled, their resources
+  and the tokenizer files) is refused before any Hub call.
 
 The token comes from huggingface_hub's standard places (``HF_TOKEN``, the login cache) and is never
 printed or logged.
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from workers.errors import TRANSIENT_STATUS, CoreMLPublishError, HubUnavailableError, PublishError
-from workers.package import RepoTree
+from workers.package import RepoTree, check_tree
 
 T = TypeVar("T")
 IGNORED = (".partial", ".tmp")
@@ -199,9 +201,14 @@ def _remove_unused(api, repo_id: str, retry: dict) -> None:
 def publish_tree(tree: RepoTree, *, namespace: str, source_sha: str | None, private: bool = False,
                  endpoint: str | None = None, token: str | None = None, attempts: int = 5,
                  base_delay: float = 1.0, on_step: Callable[[str], None] | None = None) -> Published:
-    """Create or update ``namespace/<tree.name>`` so that it holds exactly ``tree.folder``'s files."""
+    """Create or update ``namespace/<tree.name>`` so that it holds exactly ``tree.folder``'s files.
+
+    A tree with an incomplete variant is refused (OptionsError, :func:`workers.package.check_tree`) before
+    the Hub is asked anything.
+    """
     from huggingface_hub import HfApi
 
+    check_tree(tree, namespace=namespace)
     api = HfApi(endpoint=endpoint, token=token)
     repo_id = f"{namespace}/{tree.name}"
     retry = dict(attempts=attempts, base_delay=base_delay)

@@ -7,6 +7,9 @@ from pathlib import Path
 import typer
 
 from service.cli.output import console, stdout
+from workers.layout import Attention
+
+VARIANTS = ", ".join(a.value for a in Attention)  # the variant folders a repo may hold
 
 
 def publish(
@@ -22,12 +25,15 @@ def publish(
 
     Compiles every package to .mlmodelc (needs macOS with Xcode), zips each variant, writes the model card,
     and pushes each repo as one commit. Uses the token in HF_TOKEN or the huggingface_hub login cache.
+    Refuses a variant without text_encoder, unet (or both UNet chunks) or vae_decoder: convert without
+    --components for a complete one. Without a palettized repo (--bits 0) only the float16 one is made.
     """
     from workers.publish import publish_tree
     from workers.compile import require_compiler
-    from workers.package import load_report, package_output
+    from workers.package import check_output, load_report, package_output
 
     report = load_report(out)
+    check_output(report, out, namespace=namespace)  # before anything else: an incomplete variant is never published
     compiler = None if packages_only else require_compiler()
     if private is None:
         private = _follow_source(report["source"])
@@ -60,7 +66,9 @@ def _follow_source(source: dict) -> bool:
 def download(
     repo: str = typer.Argument(..., help="A published repo id, e.g. org/coreml-stable-diffusion-2-1-base-palettized."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to download into."),
-    variant: str = typer.Option("split_einsum_v2", help="original (Mac GPU) or split_einsum_v2 (Neural Engine)."),
+    variant: str = typer.Option(Attention.SPLIT_EINSUM_V2.value,
+                                help=f"One of {VARIANTS}: original for Mac GPUs, split_einsum* for the Neural "
+                                     "Engine (split_einsum_v2 where the repo has it)."),
     compiled: bool = typer.Option(False, "--compiled", help="The compiled resources (default)."),
     packages: bool = typer.Option(False, "--packages", help="The .mlpackage files."),
     zip_: bool = typer.Option(False, "--zip", help="The variant's zip, as apps download it."),

@@ -43,3 +43,28 @@ def test_publish_without_xcrun_says_to_use_a_mac_or_packages_only(sd2_conversion
     result = run("publish", str(sd2_conversion[0]), "--namespace", "studio")  # no double on PATH
     assert result.returncode == 1
     assert "xcrun coremlcompiler is not available" in result.stderr and "--packages-only" in result.stderr
+
+
+def test_publish_refuses_a_conversion_of_some_components_only(sd1_pipeline: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    converted = run("convert", str(sd1_pipeline), "-o", str(out), "--components", "safety_checker",
+                    "--attention", "original")
+    assert converted.returncode == 0, converted.stderr
+    # no Hub and the compiler double: the refusal comes before either is used
+    published = run("publish", str(out), "--namespace", "studio",
+                    env={"HF_ENDPOINT": "http://127.0.0.1:1", "PATH": f"{DOUBLES}{os.pathsep}{os.environ['PATH']}"})
+    assert published.returncode == 2
+    assert published.stderr.startswith("Error: studio/coreml-tiny-sd1 (variant original) ")
+    assert "missing: text_encoder; unet (or both unet_chunk1 and unet_chunk2); vae_decoder. Convert again without " \
+           "--components" in " ".join(published.stderr.split())
+    assert published.stderr.count("\n") == 1 and not published.stdout
+    assert not list(out.glob("*/README.md")) and not list(out.glob("*/*.zip"))
+
+
+def test_download_takes_every_variant_name() -> None:
+    shown = run("download", "--help")
+    assert shown.returncode == 0 and "original, split_einsum, split_einsum_v2" in " ".join(shown.stdout.split())
+    refused = run("download", "studio/coreml-x", "--variant", "split_einsum_v3", "-o", "/nonexistent",
+                  env={"HF_ENDPOINT": "http://127.0.0.1:1"})
+    assert refused.returncode == 2
+    assert "unknown variant 'split_einsum_v3'. Use one of original, split_einsum, split_einsum_v2." in refused.stderr

@@ -179,3 +179,11 @@ def test_the_published_card_is_sanitised_and_its_license_is_a_short_id(caplog: p
     huge = render_card(_report({"nested": ["x"] * 1000}), **kwargs)
     assert split_front_matter(huge)[0]["license"] == "unknown" and "license" in caplog.text
     assert split_front_matter(render_card(_report(None), **kwargs))[0]["license"] == "other"
+
+
+def test_a_card_without_a_sibling_mentions_none() -> None:
+    kwargs = dict(kind="float16", repo_id="studio/coreml-model", variants=["original"], compiled=False)
+    assert "The palettized version is [studio/coreml-model-palettized](/studio/coreml-model-palettized)." in \
+        render_card(_report("mit"), sibling_id="studio/coreml-model-palettized", **kwargs)
+    card = render_card(_report("mit"), sibling_id=None, **kwargs)
+    assert "palettized" not in card.lower() and "version is" not in card

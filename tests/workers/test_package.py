@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard
 
 from service.errors import OptionsError
 from workers.card import render_card
-from workers.package import package_output, write_zip
+from workers.package import check_complete, check_output, package_output, write_zip
 
 
 @pytest.fixture
@@ -49,6 +49,7 @@ def test_compiled_trees_zips_and_cards(output: Path, xcrun_double) -> None:
         assert {n.split("/")[0] for n in names} == {archive.stem}
         assert f"{archive.stem}/Unet.mlmodelc/coremldata.bin" in names and f"{archive.stem}/merges.txt" in names
     card = ModelCard.load(pal / "README.md")
+    assert "The float16 version is [studio/coreml-tiny-sd2](/studio/coreml-tiny-sd2)." in card.text
     assert card.data.base_model == "tests/tiny-sd2"  # the --source-id the conversion was given
     assert card.data.base_model_relation == "quantized"
     assert "base_model_relation" not in ModelCard.load(output / "coreml-tiny-sd2" / "README.md").data.to_dict()
@@ -158,3 +159,117 @@ def test_real_core_ml_predicts_with_every_compiled_model(output: Path) -> None:
     for package in report["packages"]:
         check = {c["name"]: c for c in package["checks"]}["psnr_coreml"]
         assert check["status"] == "passed" and "CPU_AND_GPU" in check["detail"], package["path"]
+
+
+# --- complete variants only ------------------------------------------------------------------------------
+
+def _variant_report(*components: str, failed: tuple[str, ...] = ()) -> dict:
+    """A report (as report.json holds it) whose float16 repo has ``components`` in its original variant."""
+    return {"repos": {"float16": "coreml-x", "palettized": "coreml-x-palettized"}, "packages": [
+        {"repo": "coreml-x", "variant": "original", "component": c, "precision": "float16",
+         "path": f"coreml-x/original/packages/Stable_Diffusion_version_x_{c}.mlpackage",
+         "status": "failed" if c in failed else "passed", "checks": []} for c in components]}
+
+
+def _compiled(folder: Path, *names: str) -> Path:
+    """A compiled folder holding ``names`` (.mlmodelc folders with a file, other names as files)."""
+    for name in names:
+        if name.endswith(".mlmodelc"):
+            (folder / name).mkdir(parents=True)
+            (folder / name / "coremldata.bin").write_bytes(b"x")
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text("{}")
+    return folder
+
+
+@pytest.mark.parametrize(("components", "missing"), [
+    (("unet", "vae_decoder", "vae_encoder"), "text_encoder"),
+    (("text_encoder", "vae_decoder", "vae_encoder"), "unet (or both unet_chunk1 and unet_chunk2)"),
+    (("text_encoder", "unet_chunk1", "vae_decoder"), "unet_chunk2 to go with unet_chunk1 (or unet)"),
+    (("text_encoder", "unet_chunk2", "vae_decoder"), "unet_chunk1 to go with unet_chunk2 (or unet)"),
+    (("text_encoder", "unet", "vae_encoder"), "vae_decoder"),
+    (("safety_checker",), "text_encoder; unet (or both unet_chunk1 and unet_chunk2); vae_decoder"),
+])
+def test_a_variant_without_what_the_swift_pipeline_loads_is_refused(components, missing) -> None:
+    with pytest.raises(OptionsError) as caught:
+        check_complete(_variant_report(*components), "coreml-x", "original", namespace="studio")
+    assert caught.value.message.startswith("studio/coreml-x (variant original) ")
+    assert caught.value.message.endswith(f"nothing is published; missing: {missing}")
+    assert "--components" in caught.value.hint and "\n" not in caught.value.one_line()
+
+
+def test_a_package_that_failed_validation_counts_as_missing() -> None:
+    report = _variant_report("text_encoder", "unet", "vae_decoder", failed=("unet",))
+    with pytest.raises(OptionsError, match=r"missing: unet \(failed validation\) \(or both unet_chunk1 and "
+                                           r"unet_chunk2\)$") as caught:
+        check_complete(report, "coreml-x", "original")
+    assert "report.json" in caught.value.hint
+
+
+def test_unet_chunks_stand_for_the_whole_unet_and_compiled_variants_need_their_resources(tmp_path: Path) -> None:
+    report = _variant_report("text_encoder", "unet_chunk1", "unet_chunk2", "vae_decoder")
+    check_complete(report, "coreml-x", "original")  # packages: complete
+    compiled = _compiled(tmp_path / "compiled", "TextEncoder.mlmodelc", "UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc",
+                         "VAEDecoder.mlmodelc", "vocab.json", "merges.txt")
+    check_complete(report, "coreml-x", "original", compiled_dir=compiled)  # compiled: complete
+    for name in ("vocab.json", "merges.txt", "UnetChunk2.mlmodelc", "VAEDecoder.mlmodelc"):
+        moved = compiled / name
+        moved.rename(tmp_path / name)
+        with pytest.raises(OptionsError) as caught:
+            check_complete(report, "coreml-x", "original", compiled_dir=compiled, namespace="studio")
+        assert caught.value.message.endswith(f"missing: compiled/{name}"), name
+        assert "studio/coreml-x (variant original)" in caught.value.message
+        assert "--packages-only" in caught.value.hint
+        (tmp_path / name).rename(moved)
+
+
+def _drop_components(output: Path, *components: str) -> None:
+    report = json.loads((output / "report.json").read_text())
+    report["packages"] = [p for p in report["packages"] if p["component"] not in components]
+    (output / "report.json").write_text(json.dumps(report))
+
+
+def test_packaging_refuses_an_incomplete_conversion_before_any_work(output: Path, xcrun_double) -> None:
+    _drop_components(output, "text_encoder")  # as if converted with --components unet,vae_decoder,vae_encoder
+    with pytest.raises(OptionsError) as caught:
+        package_output(output, namespace="studio", compiled=True, compiler=("xcrun", "coremlcompiler"))
+    assert caught.value.message.startswith("studio/coreml-tiny-sd2 (variant original) ")
+    assert caught.value.message.endswith("missing: text_encoder")
+    assert not list(output.glob("*/README.md")) and not list(output.glob("*/*.zip"))
+    assert not list(output.glob("*/*/compiled"))
+
+
+def test_a_variant_with_unet_chunks_instead_of_the_whole_unet_is_packaged(output: Path, xcrun_double) -> None:
+    report = json.loads((output / "report.json").read_text())
+    packages = []
+    for package in report["packages"]:  # the whole unet's package stands in for both chunks
+        if package["component"] == "unet":
+            packages += [{**package, "component": "unet_chunk1"}, {**package, "component": "unet_chunk2"}]
+        else:
+            packages.append(package)
+    report["packages"] = packages
+    (output / "report.json").write_text(json.dumps(report))
+    trees = package_output(output, namespace="studio", compiled=True, compiler=("xcrun", "coremlcompiler"))
+    assert len(trees) == 2
+    archive = output / "coreml-tiny-sd2" / "coreml-tiny-sd2_original_compiled.zip"
+    names = {n.split("/")[1] for n in zipfile.ZipFile(archive).namelist()}
+    assert {"UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc", "TextEncoder.mlmodelc", "vocab.json"} <= names
+    assert "Unet.mlmodelc" not in names
+    report["packages"] = [p for p in packages if p["component"] != "unet_chunk2"]
+    (output / "report.json").write_text(json.dumps(report))
+    with pytest.raises(OptionsError, match=r"missing: unet_chunk2 to go with unet_chunk1 \(or unet\)$"):
+        check_output(report, output, namespace="studio")
+
+
+def test_a_float16_only_run_links_no_palettized_repo(output: Path) -> None:
+    report = json.loads((output / "report.json").read_text())  # as `convert --bits 0` writes it
+    report["options"]["bits"] = None
+    report["packages"] = [p for p in report["packages"] if p["repo"] == report["repos"]["float16"]]
+    (output / "report.json").write_text(json.dumps(report))
+    shutil.rmtree(output / report["repos"]["palettized"])
+    trees = package_output(output, namespace="studio", compiled=False)
+    assert [t.kind for t in trees] == ["float16"]
+    card = (output / "coreml-tiny-sd2" / "README.md").read_text()
+    assert "palettized" not in card.lower()
+    assert "studio/coreml-tiny-sd2" in card  # its own repo is named

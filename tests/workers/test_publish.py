@@ -12,7 +12,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, hf_hub_downloa
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from workers.download import download_variant
-from service.errors import PublishError, SourceNotFoundError
+from service.errors import OptionsError, PublishError, SourceNotFoundError
 from workers.publish import publish_tree, with_retries
 from workers.package import package_output
 
@@ -132,16 +132,37 @@ def test_retry_helper_gives_up_after_its_attempts() -> None:
 
 # --- failures: what is retried, what is not, and what a failed first publish leaves behind -------------
 
+COMPLETE = ("text_encoder", "unet", "vae_decoder")
+
+
+def _small_tree(folder: Path, components=COMPLETE, *, variant: str = "original", compiled: bool = False):
+    """A repo tree of a few small files standing for ``components``' packages (and compiled resources, with
+    the variant's zip): publishing it needs no conversion."""
+    from workers.card import zip_name
+    from workers.layout import compiled_file_name
+    from workers.package import RepoTree, write_zip
+
+    (folder / variant / "packages").mkdir(parents=True)
+    (folder / "README.md").write_text("---\nlicense: mit\n---\n\n# small\n")
+    for component in components:
+        package = folder / variant / "packages" / f"Stable_Diffusion_version_small_{component}.mlpackage"
+        package.mkdir()
+        (package / "Manifest.json").write_text(f'{{"component": "{component}"}}\n')
+        if compiled:
+            (folder / variant / "compiled" / compiled_file_name(component)).mkdir(parents=True)
+            (folder / variant / "compiled" / compiled_file_name(component) / "coremldata.bin").write_bytes(b"x")
+    if compiled:
+        (folder / variant / "compiled" / "vocab.json").write_text("{}")
+        (folder / variant / "compiled" / "merges.txt").write_text("#version: 0.2\n")
+        archive = folder / zip_name(folder.name, variant)
+        write_zip(folder / variant / "compiled", archive, archive.stem)
+    return RepoTree(kind="float16", name=folder.name, folder=folder, variants=(variant,), compiled=compiled)
+
+
 @pytest.fixture
 def small_tree(tmp_path: Path):
-    """A two-file repo tree: publishing it needs no conversion."""
-    from workers.package import RepoTree
-
-    folder = tmp_path / "coreml-small"
-    (folder / "original" / "packages").mkdir(parents=True)
-    (folder / "README.md").write_text("---\nlicense: mit\n---\n\n# small\n")
-    (folder / "original" / "packages" / "weights.txt").write_text("weights\n")
-    return RepoTree(kind="float16", name="coreml-small", folder=folder, variants=("original",), compiled=False)
+    """A small complete repo tree of packages."""
+    return _small_tree(tmp_path / "coreml-small")
 
 
 def _fault(devhub, route: str, status: int, count: int) -> None:
@@ -179,7 +200,7 @@ def test_a_first_publish_failing_after_its_retries_leaves_no_repo(small_tree, de
 
 def test_a_failed_update_keeps_the_repo_that_existed(small_tree, devhub) -> None:
     first = _publish(small_tree, devhub)
-    (small_tree.folder / "original" / "packages" / "weights.txt").write_text("new weights\n")
+    (small_tree.folder / "README.md").write_text("---\nlicense: mit\n---\n\n# small, again\n")
     _fault(devhub, "commit", 401, 1)
     with pytest.raises(PublishError, match="refused the token"):
         _publish(small_tree, devhub)
@@ -251,3 +272,65 @@ def test_the_source_visibility_is_read_from_the_hub(devhub) -> None:
     assert source_private("studio/closed", endpoint=devhub[0], token="bob-token") is True
     with pytest.raises(HubUnavailableError):
         source_private("studio/open", endpoint="http://127.0.0.1:1", attempts=1)
+
+
+# --- complete variants only: the last guard before the Hub ----------------------------------------------
+
+NO_HUB = "http://127.0.0.1:1"  # nothing listens: a refusal must come before any Hub call
+
+
+@pytest.mark.parametrize(("components", "missing"), [
+    (("unet", "vae_decoder"), "text_encoder"),
+    (("text_encoder", "vae_decoder"), "unet (or both unet_chunk1 and unet_chunk2)"),
+    (("text_encoder", "unet_chunk1", "vae_decoder"), "unet_chunk2 to go with unet_chunk1 (or unet)"),
+    (("text_encoder", "unet"), "vae_decoder"),
+])
+def test_an_incomplete_tree_is_refused_before_any_hub_call(tmp_path: Path, components, missing) -> None:
+    tree = _small_tree(tmp_path / "coreml-small", components)
+    with pytest.raises(OptionsError) as caught:
+        publish_tree(tree, namespace="studio", source_sha=SHA, endpoint=NO_HUB, attempts=1)
+    assert caught.value.message.startswith("studio/coreml-small (variant original) ")
+    assert caught.value.message.endswith(f"missing: {missing}")
+
+
+@pytest.mark.parametrize("name", ["vocab.json", "merges.txt", "Unet.mlmodelc"])
+def test_a_compiled_tree_without_its_tokenizer_or_a_compiled_model_is_refused(tmp_path: Path, name) -> None:
+    tree = _small_tree(tmp_path / "coreml-small", compiled=True)
+    gone = tree.folder / "original" / "compiled" / name
+    if gone.is_dir():
+        shutil.rmtree(gone)
+    else:
+        gone.unlink()
+    with pytest.raises(OptionsError, match=f"missing: compiled/{name}$"):
+        publish_tree(tree, namespace="studio", source_sha=SHA, endpoint=NO_HUB, attempts=1)
+
+
+def test_a_tree_with_chunks_instead_of_the_whole_unet_passes_the_guard(tmp_path: Path) -> None:
+    from workers.package import check_tree
+
+    check_tree(_small_tree(tmp_path / "coreml-small", ("text_encoder", "unet_chunk1", "unet_chunk2", "vae_decoder"),
+                           compiled=True))
+
+
+def test_a_package_the_report_beside_the_tree_failed_counts_as_missing(tmp_path: Path) -> None:
+    tree = _small_tree(tmp_path / "coreml-small")
+    (tmp_path / "report.json").write_text(json.dumps({"repos": {"float16": "coreml-small"}, "packages": [
+        {"repo": "coreml-small", "variant": "original", "component": "vae_decoder", "status": "failed",
+         "checks": []}]}))
+    with pytest.raises(OptionsError, match=r"missing: vae_decoder \(failed validation\)$"):
+        publish_tree(tree, namespace="studio", source_sha=SHA, endpoint=NO_HUB, attempts=1)
+
+
+def test_the_split_einsum_variant_downloads_like_the_others(tmp_path: Path, devhub) -> None:
+    tree = _small_tree(tmp_path / "coreml-small", compiled=True, variant="split_einsum")
+    _publish(tree, devhub)
+    archive = download_variant("studio/coreml-small", tmp_path / "zip", variant="split_einsum", kind="zip",
+                               endpoint=devhub[0], token="alice-token")
+    assert archive.name == "coreml-small_split_einsum_compiled.zip"
+    assert {n.split("/")[0] for n in zipfile.ZipFile(archive).namelist()} == {"coreml-small_split_einsum_compiled"}
+    compiled = download_variant("studio/coreml-small", tmp_path / "dl", variant="split_einsum", endpoint=devhub[0],
+                                token="alice-token")
+    assert (compiled / "Unet.mlmodelc").is_dir() and compiled == tmp_path / "dl" / "split_einsum" / "compiled"
+    with pytest.raises(OptionsError, match="unknown variant 'split_einsum_v3'") as caught:
+        download_variant("studio/coreml-small", tmp_path, variant="split_einsum_v3", endpoint=NO_HUB)
+    assert caught.value.hint == "Use one of original, split_einsum, split_einsum_v2."
