@@ -11,7 +11,8 @@ from html.parser import HTMLParser
 import pytest
 import yaml
 
-from workers.card import card_license, render_card, safe_url, sanitize_markdown, split_front_matter
+from workers.card import card_license, render_card, split_front_matter
+from workers.sanitize import safe_url, sanitize_markdown
 
 ATTACKS = """\
 # Hello
