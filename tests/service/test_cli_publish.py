@@ -38,6 +38,53 @@ def test_from_a_hub_repo_to_a_published_variant(devhub, tmp_path: Path) -> None:
     assert fetched.returncode == 0 and (tmp_path / "zip" / "coreml-tiny-sd_original_compiled.zip").is_file()
 
 
+def _spec_versions(repo: Path) -> dict[str, int]:
+    """Component -> ML program specification version of a downloaded repo's packages."""
+    import coremltools as ct
+
+    return {p.name.removeprefix("Stable_Diffusion_version_studio_tiny-sd1_").removesuffix(".mlpackage"):
+            ct.models.MLModel(str(p), skip_model_load=True).get_spec().specificationVersion
+            for p in repo.glob("*/packages/*.mlpackage")}
+
+
+def test_split_einsum_chunks_and_safety_checker_published_through_the_hub(devhub, tmp_path: Path) -> None:
+    """SD 1.x with a safety checker, the split_einsum variant and UNet chunks: every name the apps load, the
+    float16 repo written for macOS 13 / iOS 16 and the palettized one for iOS 17, both with the checker."""
+    url = devhub[0]
+    hub = {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token",
+           "PATH": f"{DOUBLES}{os.pathsep}{os.environ['PATH']}"}
+    made = run("tiny-pipeline", str(tmp_path / "tiny"), "--style", "sd1", "--push", "studio/tiny-sd1", env=hub)
+    assert made.returncode == 0, made.stderr
+    converted = run("convert", "studio/tiny-sd1", "-o", str(tmp_path / "out"), "--attention", "split_einsum",
+                    "--chunk-unet", env=hub)
+    assert converted.returncode == 0, converted.stderr
+    published = run("publish", str(tmp_path / "out"), "--namespace", "studio", env=hub)
+    assert published.returncode == 0, published.stderr
+    repos = {}
+    for name in ("coreml-tiny-sd1", "coreml-tiny-sd1-palettized"):
+        repos[name] = Path(snapshot_download(f"studio/{name}", endpoint=url, token="alice-token",
+                                             local_dir=tmp_path / name))
+    compiled = {name: sorted(p.name for p in (folder / "split_einsum" / "compiled").iterdir())
+                for name, folder in repos.items()}
+    assert compiled["coreml-tiny-sd1"] == [
+        "SafetyChecker.mlmodelc", "TextEncoder.mlmodelc", "Unet.mlmodelc", "UnetChunk1.mlmodelc",
+        "UnetChunk2.mlmodelc", "VAEDecoder.mlmodelc", "VAEEncoder.mlmodelc", "merges.txt", "vocab.json"]
+    assert compiled["coreml-tiny-sd1-palettized"] == [
+        "SafetyChecker.mlmodelc", "TextEncoder.mlmodelc", "Unet.mlmodelc", "VAEDecoder.mlmodelc",
+        "VAEEncoder.mlmodelc", "merges.txt", "vocab.json"]
+    assert _spec_versions(repos["coreml-tiny-sd1"]) == {c: 7 for c in (
+        "text_encoder", "unet", "unet_chunk1", "unet_chunk2", "vae_decoder", "vae_encoder", "safety_checker")}
+    assert _spec_versions(repos["coreml-tiny-sd1-palettized"]) == {
+        "text_encoder": 8, "unet": 8, "vae_decoder": 7, "vae_encoder": 7, "safety_checker": 7}
+    card = (repos["coreml-tiny-sd1-palettized"] / "README.md").read_text()
+    assert "Needs macOS 14 / iOS 17 or later" in card and "safety checker stay float16" in card
+    assert "Needs macOS 13 / iOS 16 or later" in (repos["coreml-tiny-sd1"] / "README.md").read_text()
+    fetched = run("download", "studio/coreml-tiny-sd1", "--variant", "split_einsum", "--zip", "-o",
+                  str(tmp_path / "zip"), env=hub)
+    assert fetched.returncode == 0, fetched.stderr
+    assert (tmp_path / "zip" / "coreml-tiny-sd1_split_einsum_compiled.zip").is_file()
+
+
 @pytest.mark.skipif(platform.system() == "Darwin", reason="a Mac may have the real xcrun")
 def test_publish_without_xcrun_says_to_use_a_mac_or_packages_only(sd2_conversion, tmp_path: Path) -> None:
     result = run("publish", str(sd2_conversion[0]), "--namespace", "studio")  # no double on PATH
