@@ -163,6 +163,13 @@ def chunk_features(model, unet_inputs: list, unet_outputs: list) -> tuple[list, 
     return specs(spec.input), specs(spec.output)
 
 
+def input_names(package: Path) -> list[str]:
+    """The declared input features of a saved package, in order."""
+    import coremltools as ct
+
+    return [f.name for f in ct.utils.load_spec(str(package)).description.input]
+
+
 def weight_file_bytes(package: Path) -> int:
     """Size of a package's weight file (0 when it has none)."""
     return sum(f.stat().st_size for f in package.glob("Data/com.apple.CoreML/weights/*") if f.is_file())

@@ -193,9 +193,28 @@ def compiled_check(model: Path, data: CheckData, threshold: float, compute_units
     predict = predict or _coreml_predict
     checks = [psnr_check("psnr_coreml", "coreml", data.reference, predict(model, data.inputs, units),
                          data.compared, threshold) for units in compute_units]
+    return _worst(checks, compute_units, threshold)
+
+
+def _worst(checks: list[Check], compute_units: list[str], threshold: float) -> Check:
     worst = next((c for c in checks if c.failed), None) or min(checks, key=lambda c: c.value)
     detail = "; ".join(f"{units}: {c.detail}" for units, c in zip(compute_units, checks))
     return Check("psnr_coreml", worst.status, "coreml", worst.value, threshold, detail)
+
+
+def compiled_chain_check(first: Path, second: Path, second_inputs: list[str], data: CheckData, threshold: float,
+                         compute_units: list[str], predict=None) -> Check:
+    """Core ML's prediction through compiled UNet chunks, fed as the Swift pipeline feeds them (chunk 1's
+    outputs merged with the UNet's inputs, by name), against the whole UNet's float32 reference."""
+    predict = predict or _coreml_predict
+    checks = []
+    for units in compute_units:
+        fed = {**data.inputs, **predict(first, data.inputs, units)}
+        result = predict(second, {name: fed[name] for name in second_inputs}, units)
+        checks.append(psnr_check("psnr_coreml", "coreml", data.reference, result, data.compared, threshold))
+    check = _worst(checks, compute_units, threshold)
+    check.detail = f"chunk 1 → chunk 2: {check.detail}"
+    return check
 
 
 def validate_package(spec: ComponentSpec, geometry: Geometry, bars: ValidationBars, path: Path, export,

@@ -114,3 +114,32 @@ def test_chunk_options_that_contradict_are_refused(sd1_pipeline: Path, tmp_path:
                                                    message: str) -> None:
     with pytest.raises(OptionsError, match=message):
         convert_pipeline(resolve_source(str(sd1_pipeline)), tmp_path / "out", ConvertOptions(**options))
+
+
+@pytest.mark.parametrize("damage, status", [(1.0, "passed"), (-1.0, "failed")])
+def test_compiled_chunks_are_predicted_chained_as_swift_feeds_them(chunked, tmp_path: Path, damage: float,
+                                                                   status: str) -> None:
+    """On macOS Core ML predicts through UnetChunk1 → UnetChunk2 (here its double) against the UNet's reference."""
+    import json
+
+    from tests.workers.test_package import core_ml_double
+    from workers.errors import ValidationError
+    from workers.package import check_compiled
+
+    out = Path(shutil.copytree(chunked[0], tmp_path / "out"))
+    report = json.loads((out / "report.json").read_text())
+    compiled = out / "coreml-tiny-sd1" / "split_einsum_v2" / "compiled"
+    for name in ("Unet", "UnetChunk1", "UnetChunk2"):
+        (compiled / f"{name}.mlmodelc").mkdir(parents=True)
+    calls: list = []
+    try:
+        check_compiled(out, report, "coreml-tiny-sd1", "split_einsum_v2", compiled,
+                       predict=core_ml_double(out, damage=damage, calls=calls))
+    except ValidationError as e:
+        assert status == "failed" and "unet_chunk2 (split_einsum_v2, float16) compiled psnr_coreml" in str(e.failures)
+    figures = {p["component"]: {c["name"]: c for c in p["checks"]}["psnr_coreml"] for p in report["packages"]
+               if p["variant"] == "split_einsum_v2"}
+    assert figures["unet_chunk1"] == figures["unet_chunk2"]
+    assert figures["unet_chunk2"]["status"] == status and "chunk 1 → chunk 2" in figures["unet_chunk2"]["detail"]
+    # each compute unit once for the whole UNet and once per chunk, not twice for the pair
+    assert sorted(c[2] for c in calls) == sorted(["unet", "unet_chunk1", "unet_chunk2"] * 2)
