@@ -124,6 +124,18 @@ def test_visibility_follows_the_source_unless_chosen(jobs_client: TestClient, se
     assert watch.status_code == 201 and jobs_client.get("/watches").json()[0]["options"]["private"] is stored
 
 
+def test_deployment_target_and_chunks_are_job_and_watch_options(jobs_client: TestClient) -> None:
+    sent = {"repo": "org/model", "namespace": "studio", "deployment_target": "macOS14", "chunks_only": True}
+    answer = jobs_client.post("/jobs", json=sent)
+    assert answer.status_code == 201, answer.text
+    options = answer.json()["options"]
+    assert (options["deployment_target"], options["chunk_unet"], options["chunks_only"]) == ("macOS14", True, True)
+    watch = jobs_client.post("/watches", json=sent)
+    assert watch.status_code == 201 and jobs_client.get("/watches").json()[0]["options"]["chunk_unet"] is True
+    refused = jobs_client.post("/jobs", json={**sent, "deployment_target": "iOS16"})
+    assert refused.status_code == 422 and "6-bit palettized weights need iOS17" in refused.text
+
+
 def test_explicit_visibility_keeps_its_dedupe_key() -> None:
     from service.jobs import JobOptions
 

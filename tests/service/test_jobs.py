@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -43,6 +44,24 @@ def test_options_are_normalised_so_equal_requests_dedupe() -> None:
         JobOptions(namespace="org", attentions=("flash",))
     with pytest.raises(OptionsError, match="--bits 3"):
         JobOptions(namespace="org", bits=3)
+
+
+def test_deployment_target_and_chunk_options_are_checked_and_keyed_only_when_set() -> None:
+    from service.submit import requested_options
+
+    plain = JobOptions(namespace="org")
+    chunked = requested_options(namespace="org", attentions=("original",), bits=6, chunks_only=True)
+    assert chunked.chunk_unet and chunked.chunks_only  # --chunks-only implies --chunk-unet
+    assert '"chunk_unet":true' in chunked.key() and "chunk" not in plain.key() and "deployment" not in plain.key()
+    assert JobOptions.from_dict(json.loads(chunked.key())) == chunked
+    assert '"deployment_target":"macOS14"' in JobOptions(namespace="org", deployment_target="macOS14").key()
+    with pytest.raises(OptionsError, match="unknown deployment target 'iOS99'"):
+        JobOptions(namespace="org", deployment_target="iOS99")
+    with pytest.raises(OptionsError, match="6-bit palettized weights need iOS17 / macOS14 or newer, not iOS16"):
+        JobOptions(namespace="org", deployment_target="iOS16")
+    assert JobOptions(namespace="org", deployment_target="iOS16", bits=None).deployment_target == "iOS16"
+    with pytest.raises(OptionsError, match="--chunks-only needs --chunk-unet"):
+        JobOptions(namespace="org", chunks_only=True)
 
 
 def test_same_source_sha_and_options_is_one_job(database_url: str) -> None:
