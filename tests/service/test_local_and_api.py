@@ -32,7 +32,7 @@ def test_local_mode_runs_every_stage_without_a_broker(hub_with_source: str, data
            "COREML_PUBLISH_DATABASE_URL": database_url, "COREML_PUBLISH_BROKER_URL": "redis://127.0.0.1:1/0",
            "COREML_PUBLISH_ARTIFACT_STORE": str(tmp_path / "artifacts"), "COREML_PUBLISH_SCRATCH": str(tmp_path)}
     result = run("submit", "studio/tiny-sd", "--local", "--packages-only", "--namespace", "studio", "--bits", "0",
-                 "--attention", "split_einsum_v2", env=env)
+                 "--attention", "split_einsum_v2", "--chunks-only", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     with session_scope(database_url) as session:
         job = list_jobs(session)[0]
@@ -42,6 +42,9 @@ def test_local_mode_runs_every_stage_without_a_broker(hub_with_source: str, data
     files = HfApi(endpoint=hub_with_source).list_repo_files("studio/coreml-tiny-sd")
     assert "split_einsum_v2/packages/Stable_Diffusion_version_studio_tiny-sd_safety_checker.mlpackage/Manifest.json" \
         in files
+    # the UNet part was cut into chunks by its worker, merged, and shipped instead of the whole UNet
+    unets = sorted({f.split("/")[2] for f in files if "_unet" in f})
+    assert unets == [f"Stable_Diffusion_version_studio_tiny-sd_unet_chunk{i}.mlpackage" for i in (1, 2)]
 
 
 def test_http_api(hub_with_source: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
