@@ -194,38 +194,42 @@ def _interface_problems(whole: list, first: list, first_out: list, second: list,
     return problems
 
 
-def validate_chunks(whole: Path, first: Path, second: Path, inputs: dict, reference: dict,
-                    compared: list[str], threshold: float) -> tuple[list, list]:
+def validate_chunks(whole: Path | None, first: Path, second: Path, inputs: dict, reference: dict,
+                    compared: list[str], threshold: float, *, features: tuple[list, list] | None = None
+                    ) -> tuple[list, list]:
     """The checks of both saved chunks: interface, weight balance, and chunk 1 → chunk 2 executed.
 
     Chained through the program executor the chunks must give exactly what the whole UNet's program
     gives (``chain``), and reach ``threshold`` dB against the float32 ``reference`` (``psnr_program``).
-    Returns the checks of chunk 1 and of chunk 2.
+    Without the ``whole`` package (chunks shipped instead of it) the UNet's ``features`` (inputs, outputs as
+    read from a package) stand for its interface, the chunks' weights are held to half of their sum, and
+    there is no ``chain`` check.  Returns the checks of chunk 1 and of chunk 2.
     """
     from workers.executor import ProgramError, execute_program
     from workers.readback import read_package
     from workers.report import Check
-    from workers.validate import psnr_check
 
-    total = weight_file_bytes(whole)
+    sizes = [weight_file_bytes(path) for path in (first, second)]
+    total = weight_file_bytes(whole) if whole is not None else sum(sizes)
     balance = []
-    for path in (first, second):
-        share = weight_file_bytes(path) / (total / 2) - 1 if total else 0.0
-        status = "passed" if abs(share) <= BALANCE else "failed"
-        balance.append(Check("balance", status, "package", round(100 * share, 1), 100 * BALANCE,
-                             f"weights {weight_file_bytes(path) / 1e6:.1f} MB, {share:+.1%} from half of "
-                             f"{total / 1e6:.1f} MB"))
-    contents = read_package(whole)
-    features, outputs = contents.inputs, contents.outputs
+    for size in sizes:
+        share = size / (total / 2) - 1 if total else 0.0
+        balance.append(Check("balance", "passed" if abs(share) <= BALANCE else "failed", "package",
+                             round(100 * share, 1), 100 * BALANCE,
+                             f"weights {size / 1e6:.1f} MB, {share:+.1%} from half of {total / 1e6:.1f} MB"))
+    expected = None
     try:
-        expected = execute_program(contents.program, inputs, constants=contents.expanded)
-        contents.release()
+        if whole is not None:
+            contents = read_package(whole)
+            features = contents.inputs, contents.outputs
+            expected = execute_program(contents.program, inputs, constants=contents.expanded)
+            contents.release()
         one = read_package(first)
         first_in, first_out = one.inputs, one.outputs
         fed = {**inputs, **execute_program(one.program, {k: inputs[k] for k, *_ in one.inputs})}
         one.release()
         two = read_package(second)
-        problems = _interface_problems(features, first_in, first_out, two.inputs, two.outputs, outputs)
+        problems = _interface_problems(features[0], first_in, first_out, two.inputs, two.outputs, features[1])
         chained = execute_program(two.program, {k: fed[k] for k, *_ in two.inputs if k in fed})
         two.release()
     except (ProgramError, KeyError) as e:
@@ -233,11 +237,20 @@ def validate_chunks(whole: Path, first: Path, second: Path, inputs: dict, refere
         return [balance[0], failed], [balance[1], failed]
     structure = Check("structure", "failed" if problems else "passed", "package",
                       detail="; ".join(problems) or f"{len(first_in)} inputs → {len(first_out)} values → "
-                                                     f"{', '.join(n for n, *_ in outputs)}")
-    differ = [k for k in expected if not np.array_equal(expected[k], chained.get(k))]
-    chain = Check("chain", "failed" if differ else "passed", "program",
-                  detail=f"{', '.join(differ)} differ from the whole UNet's program" if differ
-                  else "chunk 1 → chunk 2 gives exactly the whole UNet's program output")
+                                                     f"{', '.join(n for n, *_ in features[1])}")
+    checks = [structure]
+    if expected is not None:
+        differ = [k for k in expected if not np.array_equal(expected[k], chained.get(k))]
+        checks.append(Check("chain", "failed" if differ else "passed", "program",
+                            detail=f"{', '.join(differ)} differ from the whole UNet's program" if differ
+                            else "chunk 1 → chunk 2 gives exactly the whole UNet's program output"))
+    figure = _chained_figure(reference, chained, compared, threshold)
+    return [structure, balance[0], *checks[1:], figure], [structure, balance[1], *checks[1:], figure]
+
+
+def _chained_figure(reference: dict, chained: dict, compared: list[str], threshold: float):
+    from workers.validate import psnr_check
+
     figure = psnr_check("psnr_program", "program", reference, chained, compared, threshold)
     figure.detail = f"chunk 1 → chunk 2: {figure.detail}"
-    return [structure, balance[0], chain, figure], [structure, balance[1], chain, figure]
+    return figure

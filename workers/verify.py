@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import Callable
 
 from workers.errors import OptionsError
-from workers.engine import component_inputs, release_memory, validate_package
+from workers.chunk import CHUNK_COMPONENTS, validate_chunks
+from workers.engine import component_inputs, release_memory
 from workers.report import Check, Event, PackageResult, Report, precision_bits, write_json
 from workers.layout import REPORT_FILE, Attention
 from workers.resolve import Source
 from workers.geometry import Geometry
 from workers.specs import COMPONENT_ORDER, SPECS
 from workers.readback import Accounting
-from workers.validate import ValidationBars, psnr_check, run_module
+from workers.validate import ValidationBars, psnr_check, run_module, validate_package
 
 
 def read_report(out: Path) -> Report:
@@ -91,8 +92,9 @@ def verify_output(out: Path, source: Source, bars: ValidationBars | None = None,
     if not present:
         raise OptionsError(f"{out} holds none of the packages its {REPORT_FILE} lists",
                            hint="Point at the folder convert wrote, or at a downloaded repo with its report.json.")
-    for component in COMPONENT_ORDER:
-        packages = [p for p in present if p.component == component]
+    for component in COMPONENT_ORDER:  # UNet chunks are checked with the UNet, chained
+        packages = [p for p in present if p.component == component
+                    or (component == "unet" and p.component in CHUNK_COMPONENTS)]
         if packages:
             _verify_component(out, source, SPECS[component], geometry, bars, seed, packages, report, notify)
             release_memory()
@@ -112,6 +114,8 @@ def _verify_component(out: Path, source: Source, spec, geometry: Geometry, bars:
             ours = run_module(export, io.check, [t.name for t in io.outputs])
             layout_checks[variant] = psnr_check("psnr_layout", "torch", io.reference, ours,
                                                 spec.compared(geometry), bars.layout)
+    chunks = [p for p in packages if p.component in CHUNK_COMPONENTS]
+    packages = [p for p in packages if p.component not in CHUNK_COMPONENTS]
     accountings: dict[str, Accounting] = {}
     palettized = [p for p in packages if p.precision != "float16"]
     for package in [p for p in packages if p.precision == "float16"] + palettized:
@@ -132,3 +136,29 @@ def _verify_component(out: Path, source: Source, spec, geometry: Geometry, bars:
         package.checks = checks
         notify(Event("validate", spec.name, "failed" if package.status == "failed" else "done", **label,
                      detail="; ".join(package.failures())))
+    _verify_chunks(out, spec, geometry, bars, chunks, packages, io, notify)
+
+
+def _verify_chunks(out: Path, spec, geometry: Geometry, bars: ValidationBars, chunks: list[PackageResult],
+                   unets: list[PackageResult], io, notify: Callable[[Event], None]) -> None:
+    """Both chunks of each variant, chained; against the whole float16 UNet's program when the tree has it."""
+    for variant in dict.fromkeys(p.variant for p in chunks):
+        pair = {p.component: p for p in chunks if p.variant == variant}
+        label = dict(variant=variant, precision="float16")
+        notify(Event("validate", "unet_chunks", "start", **label))
+        paths = [package_location(out, pair[c]) if c in pair else None for c in CHUNK_COMPONENTS]
+        whole = next((package_location(out, p) for p in unets if p.variant == variant and p.precision == "float16"
+                      and package_location(out, p).exists()), None)
+        if all(path is not None and path.exists() for path in paths):
+            features = ([(t.name, tuple(t.shape), t.dtype) for t in io.inputs],
+                        [(t.name, tuple(t.shape), t.dtype) for t in io.outputs])
+            found = validate_chunks(whole, *paths, io.check, io.reference, spec.compared(geometry),
+                                    bars.shipped(None), features=features)
+        else:
+            missing = Check("structure", "failed", "package", detail="the other chunk of the pair is missing")
+            found = ([missing], [missing])
+        for component, checks in zip(CHUNK_COMPONENTS, found):
+            if component in pair:
+                pair[component].checks = checks
+        failed = any(p.status == "failed" for p in pair.values())
+        notify(Event("validate", "unet_chunks", "failed" if failed else "done", **label))

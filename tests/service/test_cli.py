@@ -47,8 +47,10 @@ def test_bad_sources_get_one_line(tmp_path: Path, args: list[str], code: int, me
     (["--bits", "3"], "Error: --bits 3 is not supported. Use one of 1, 2, 4, 6, 8."),
     (["--attention", "flash"], "Error: --attention: 'flash' is not a valid Attention"),
     (["--deployment-target", "iOS14"], "unknown deployment target 'iOS14'"),
-    (["--group-size", "16"], "Error: one palette per channel group needs iOS18 / macOS15, not iOS17. "
-                             "Pass --deployment-target iOS18"),
+    (["--group-size", "16", "--deployment-target", "iOS17"],
+     "Error: one palette per channel group needs iOS18 / macOS15, not iOS17. Pass --deployment-target iOS18 or "
+     "leave it out"),
+    (["--chunks-only", "--components", "vae_decoder"], "Error: --chunk-unet needs the unet component"),
 ])
 def test_bad_options_get_one_line_before_any_work(sd2_pipeline: Path, tmp_path: Path, args: list[str],
                                                   message: str) -> None:

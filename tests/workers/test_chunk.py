@@ -143,3 +143,21 @@ def test_compiled_chunks_are_predicted_chained_as_swift_feeds_them(chunked, tmp_
     assert figures["unet_chunk2"]["status"] == status and "chunk 1 → chunk 2" in figures["unet_chunk2"]["detail"]
     # each compute unit once for the whole UNet and once per chunk, not twice for the pair
     assert sorted(c[2] for c in calls) == sorted(["unet", "unet_chunk1", "unet_chunk2"] * 2)
+
+
+def test_validate_rechecks_chunks_with_or_without_the_whole_unet(chunked, sd1_pipeline: Path, tmp_path: Path) -> None:
+    """`coreml-publish validate`: chunks are re-checked chained; a damaged chunk 2 fails, and a pair shipped
+    without its whole UNet (--chunks-only) is held to the UNet's interface and reference."""
+    from workers.verify import verify_output
+
+    out = Path(shutil.copytree(chunked[0], tmp_path / "out"))
+    packages = _packages(out, chunked[1], "original")
+    shutil.rmtree(packages["unet"])  # as --chunks-only ships it
+    negate_largest_weight(_packages(out, chunked[1], "split_einsum_v2")["unet_chunk2"])
+    report = verify_output(out, resolve_source(str(sd1_pipeline)))
+    checks = {(p.variant, p.component): {c.name: c.status for c in p.checks} for p in report.packages}
+    assert checks[("original", "unet_chunk2")] == {"structure": "passed", "balance": "passed",
+                                                   "psnr_program": "passed"}
+    assert checks[("original", "unet")]["structure"] == "failed"  # the whole UNet is gone from this tree
+    assert checks[("split_einsum_v2", "unet_chunk2")]["chain"] == "failed"
+    assert checks[("split_einsum_v2", "unet")]["psnr_program"] == "passed"
