@@ -2,6 +2,7 @@
 
     python bench/full_size.py                       # SD 1.5, then SD 2.1-base
     python bench/full_size.py --model sd15 --attention split_einsum_v2 --bits 0
+    python bench/full_size.py --model sd15 --chunk-unet          # also the UNet chunks for iOS
 
 Builds, in code and with random weights, pipelines with the exact architectures of SD 1.5 and SD 2.1-base
 (nothing is downloaded), saves them as diffusers folders, and runs the conversion engine on them exactly as
@@ -137,7 +138,8 @@ def build(model: str, folder: Path, seed: int = 0) -> None:
                   title=f"Random {title} pipeline", license="creativeml-openrail-m")
 
 
-def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memory: Memory) -> Run:
+def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memory: Memory,
+              chunk_unet: bool = False) -> Run:
     from service.errors import ValidationError
     from workers.engine import ConvertOptions, Event, convert_pipeline
     from workers.resolve import resolve_local
@@ -164,7 +166,7 @@ def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memor
                   flush=True)
 
     source = resolve_local(source_dir, source_id=f"bench/{model}")
-    options = ConvertOptions(attentions=attentions, bits=bits, components=COMPONENTS)
+    options = ConvertOptions(attentions=attentions, bits=bits, components=COMPONENTS, chunk_unet=chunk_unet)
     started = time.perf_counter()
     try:
         report = convert_pipeline(source, out, options, on_event=on_event)
@@ -269,6 +271,7 @@ def main() -> None:
     parser.add_argument("--model", default="sd15,sd21-base", help="comma-separated: sd15, sd21-base")
     parser.add_argument("--attention", default="original,split_einsum_v2", help="comma-separated layouts")
     parser.add_argument("--bits", type=int, default=6, help="palettization bits; 0 for float16 only")
+    parser.add_argument("--chunk-unet", action="store_true", help="also cut each float16 UNet into two chunks")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
@@ -283,7 +286,7 @@ def main() -> None:
     runs = []
     for model in models:
         print(f"{MODELS[model]}: building and converting in {work}", flush=True)
-        run = run_model(model, work, attentions, args.bits or None, memory)
+        run = run_model(model, work, attentions, args.bits or None, memory, chunk_unet=args.chunk_unet)
         runs.append(run)
         print_run(run, REFERENCE if model == "sd15" else None)
     if not memory.can_reset:

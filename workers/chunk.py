@@ -16,6 +16,7 @@ saved program.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,14 @@ def _second_chunk(program, index: int):
     return program
 
 
+def _serialize(program, target):
+    """An unsaved MLModel of a chunk's program, as it is (no graph passes: it was optimised as the whole UNet)."""
+    import coremltools as ct
+
+    return ct.convert(program, convert_to="mlprogram", minimum_deployment_target=target,
+                      pass_pipeline=ct.PassPipeline.EMPTY, compute_precision=ct.precision.FLOAT32, skip_model_load=True)
+
+
 def chunk_unet(package: Path, *, component: str = "unet") -> Chunks:
     """Cut the saved UNet package in two (see the module docstring).  Raises ConversionError."""
     import coremltools as ct
@@ -132,12 +141,14 @@ def chunk_unet(package: Path, *, component: str = "unet") -> Chunks:
         index = split_index(list(program.functions["main"].operations))
         cut = list(program.functions["main"].operations)[index].name
         first, boundary = _first_chunk(program, index)
-        models = []
-        for chunk in (first, _second_chunk(load_program(model), index)):
-            models.append(ct.convert(chunk, convert_to="mlprogram", minimum_deployment_target=target,
-                                     pass_pipeline=ct.PassPipeline.EMPTY, compute_precision=ct.precision.FLOAT32,
-                                     skip_model_load=True))
-            del chunk
+        del program
+        models = [_serialize(first, target)]
+        del first
+        gc.collect()  # one program in memory at a time: each holds the weights it keeps
+        second = _second_chunk(load_program(model), index)
+        models.append(_serialize(second, target))
+        del second
+        gc.collect()
     except Exception as e:  # coremltools raises many types; name the component and chain the cause
         raise ConversionError(f"cutting {component} into chunks failed: {e.__class__.__name__}: {e}",
                               component=component) from e

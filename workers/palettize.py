@@ -76,7 +76,9 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
 
     One palette per tensor (Apple's format), or with ``group_size`` one per that many output channels
     (iOS 18 / macOS 15; a tensor whose channel count it does not divide keeps one palette per tensor).
-    With ``target`` newer than the package's, the program is first moved to it (:func:`workers.targets.retarget`).
+    With ``target`` newer than the package's, the program is moved to it (:func:`workers.targets.retarget`):
+    after palettizing, when the palettized weights take a third of the float16 ones' memory, except for
+    grouped palettes, which exist only from iOS 18 on and so need the move first.
     Returns the new coremltools MLModel (unsaved).  Raises ConversionError.
     """
     import coremltools as ct
@@ -95,7 +97,7 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
         return names
 
     model = ct.models.MLModel(str(package), skip_model_load=True)
-    if target:
+    if target and group_size:
         model = retarget(model, target, component=component)
     config = OptimizationConfig(
         global_config=palettizer("per_grouped_channel" if group_size else "per_tensor"),
@@ -109,7 +111,7 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
             if rest:
                 model = palettize_weights(model, OptimizationConfig(
                     op_name_configs={name: palettizer("per_tensor") for name in rest}))
-        return model
     except Exception as e:  # coremltools raises many types; name the component and chain the cause
         raise ConversionError(f"palettizing {component} to {bits} bits failed: {e}",
                               component=component) from e
+    return retarget(model, target, component=component) if target else model

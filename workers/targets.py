@@ -10,6 +10,8 @@ operation, into what a direct conversion for that target gives (a test compares 
 
 from __future__ import annotations
 
+import gc
+
 from workers.errors import ConversionError, OptionsError
 
 DEPLOYMENT_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15")
@@ -95,6 +97,8 @@ def retarget(model, target: str, *, component: str = ""):
     except Exception as e:  # coremltools raises many types; name the component and chain the cause
         raise ConversionError(f"moving {component or 'the package'} to {target} failed: "
                               f"{e.__class__.__name__}: {e}", component=component or "package") from e
+    del program
+    gc.collect()  # the program's operations reference each other: free its weights before the next step loads them
     for key, value in model.user_defined_metadata.items():  # coremltools' own keys name the original source
         moved.user_defined_metadata[key] = value
     return moved
