@@ -18,7 +18,7 @@ import yaml
 
 from workers.sanitize import sanitize_markdown
 from workers.layout import COMPILED_NAMES, compiled_file_name, package_file_name
-from workers.targets import os_name
+from workers.targets import SPEC_VERSIONS, os_name
 
 log = logging.getLogger(__name__)
 TAGS = ["stable-diffusion", "text-to-image", "core-ml", "coreml-publisher"]
@@ -200,8 +200,6 @@ def repo_target(report: dict, kind: str) -> str:
 
 def _older_copies(packages: list[dict], target: str) -> str:
     """A note naming the float16 copies (VAE, safety checker) in a repo whose other packages need a newer OS."""
-    from workers.targets import SPEC_VERSIONS
-
     older = {p["component"]: p["target"] for p in packages
              if p.get("target") and SPEC_VERSIONS[p["target"]] < SPEC_VERSIONS[target]}
     if not older:

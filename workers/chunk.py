@@ -30,12 +30,10 @@ BALANCE = 0.10  # each chunk's weights within this fraction of half the whole UN
 
 @dataclass
 class Chunks:
-    """The two chunk programs (unsaved coremltools MLModels) and where the UNet was cut."""
+    """The two chunk programs (unsaved coremltools MLModels)."""
 
     first: object
     second: object
-    cut: str  # name of the last operation in chunk 1
-    boundary: list[str]  # chunk 1's outputs = chunk 2's inputs beyond the UNet's own, in program order
 
 
 def _weight_bytes(op) -> int:
@@ -90,7 +88,7 @@ def _first_chunk(program, index: int):
                 outputs.append(var)
     function.set_outputs(outputs)
     PASS_REGISTRY["common::dead_code_elimination"](program)
-    return program, [v.name for v in outputs]
+    return program
 
 
 def _second_chunk(program, index: int):
@@ -139,11 +137,8 @@ def chunk_unet(package: Path, *, component: str = "unet") -> Chunks:
     try:
         program = load_program(model)
         index = split_index(list(program.functions["main"].operations))
-        cut = list(program.functions["main"].operations)[index].name
-        first, boundary = _first_chunk(program, index)
+        models = [_serialize(_first_chunk(program, index), target)]
         del program
-        models = [_serialize(first, target)]
-        del first
         gc.collect()  # one program in memory at a time: each holds the weights it keeps
         second = _second_chunk(load_program(model), index)
         models.append(_serialize(second, target))
@@ -155,7 +150,7 @@ def chunk_unet(package: Path, *, component: str = "unet") -> Chunks:
     for chunk in models:  # coremltools' own keys name the original source
         for key, value in model.user_defined_metadata.items():
             chunk.user_defined_metadata[key] = value
-    return Chunks(models[0], models[1], cut, boundary)
+    return Chunks(models[0], models[1])
 
 
 def chunk_features(model, unet_inputs: list, unet_outputs: list) -> tuple[list, list]:
