@@ -253,6 +253,7 @@ def _report_figures(report) -> dict:
 
 def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
     from service.merge import merge_outputs
+    from workers.package import source_tokenizer
 
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     parts = [store.pull(spec.id, "parts", p) for p in spec.options.parts()]
@@ -261,7 +262,8 @@ def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | No
     report = merge_outputs(parts, out)
     # the tokenizer and card travel with the output, so a macOS worker elsewhere can bundle them
     source = _source(spec, settings)
-    shutil.copytree(source.path / "tokenizer", out / "_source" / "tokenizer", dirs_exist_ok=True)
+    tokenizer = source_tokenizer(source.path)
+    shutil.copytree(tokenizer, out / "_source" / tokenizer.name, dirs_exist_ok=True)
     if (source.path / "README.md").is_file():
         shutil.copy(source.path / "README.md", out / "_source" / "README.md")
     return {"packages": len(report["packages"])}, store.push(spec.id, "out")

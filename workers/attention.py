@@ -17,8 +17,8 @@ is the only part that differs between layouts:
 The traced graph is kept lean on purpose: the softmax scale is folded into the query weights (no op at
 all), and heads and chunks come from one ``split`` each instead of a slice per head.
 
-In the SPLIT_EINSUM layouts the time embedding is also carried as (B, C, 1, 1), like Apple's converter
-does: ``time_embedding`` and every ResNet's ``time_emb_proj`` are 1x1 convolutions over views of the
+In the SPLIT_EINSUM layouts the time embedding (with SDXL's added embedding) is also carried as
+(B, C, 1, 1), like Apple's converter does: ``time_embedding`` and every ResNet's ``time_emb_proj`` are 1x1 convolutions over views of the
 linear weights, so the program has no ``linear`` op left.  ORIGINAL keeps diffusers' time path.
 """
 
@@ -303,16 +303,22 @@ class ChannelResnetBlock(nn.Module):
 def channel_time_path(unet: nn.Module) -> None:
     """Carry ``unet``'s time embedding as (B, C, 1, 1) through 1x1 convolutions (in place, weights shared).
 
-    Raises UnsupportedModelError when something else consumes the embedding (class or added embeddings,
-    blocks other than SD's five kinds): those would need the (B, C) layout.
+    SDXL's added embedding (``addition_embed_type="text_time"``: pooled text and micro-conditioning through
+    a second ``TimestepEmbedding``, summed with the time embedding) is carried the same way.
+    Raises UnsupportedModelError when something else consumes the embedding (class or other added
+    embeddings, blocks other than SD's five kinds): those would need the (B, C) layout.
     """
-    extra = [n for n in ("class_embedding", "add_embedding") if getattr(unet, n, None) is not None]
+    text_time = getattr(unet.config, "addition_embed_type", None) == "text_time"
+    extra = [n for n in ("class_embedding", "add_embedding") if getattr(unet, n, None) is not None
+             and not (n == "add_embedding" and text_time)]
     blocks = [b for b in (*unet.down_blocks, unet.mid_block, *unet.up_blocks) if b is not None]
     extra += sorted({type(b).__name__ for b in blocks} - _TIME_BLOCKS)
     if extra:
         raise UnsupportedModelError(f"not supported in split_einsum layouts: {', '.join(extra)}", source="unet")
     _elementwise(unet.time_embed_act, "time embedding activation")
     unet.time_embedding = ChannelTimestepEmbedding(unet.time_embedding)
+    if text_time:
+        unet.add_embedding = ChannelTimestepEmbedding(unet.add_embedding)
     for block in blocks:
         block.resnets = nn.ModuleList(ChannelResnetBlock(r) for r in block.resnets)
 

@@ -108,7 +108,9 @@ def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str | None
         if kind == "palettized":
             meta["base_model_relation"] = "quantized"
     meta["pipeline_tag"] = "text-to-image"
-    meta["tags"] = TAGS + (["stable-diffusion-diffusers"] if sd1 else []) + (["palettized"] if kind == "palettized" else [])
+    xl = (report["geometry"].get("time_ids") or 0) > 0
+    meta["tags"] = TAGS + (["stable-diffusion-diffusers"] if sd1 else []) + (["stable-diffusion-xl"] if xl else []) \
+        + (["palettized"] if kind == "palettized" else [])
     packages = [p for p in report["packages"] if p["repo"] == report["repos"][kind]]
     bits = options.get("bits")
     target = repo_target(report, kind)
@@ -116,14 +118,13 @@ def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str | None
     source_label = f"[{base}](/{base})" if base else f"`{source['id']}`"  # Hub-relative links work on any Hub
     group = options.get("group_size") or 0
     palette = f", one palette per {group} output channels" if group else ""
-    kept = [c for c in COMPILED_NAMES if c in {p["component"] for p in packages} and c.startswith(("vae", "safety"))]
-    kept_text = " and ".join(dict.fromkeys("the VAE" if c.startswith("vae") else "the safety checker" for c in kept))
-    what = (f"{bits}-bit palettized weights{palette}" + (f" ({kept_text} stay float16)" if kept_text else "")
-            if kind == "palettized" else "float16 weights")
+    what = (f"{bits}-bit palettized weights{palette}{_kept(packages)}" if kind == "palettized"
+            else f"float16 weights{_kept(packages, only='float32')}")
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
              f"# Core ML {source['id'].split('/')[-1]} ({'palettized' if kind == 'palettized' else 'float16'})", "",
              f"{source_label} converted to Core ML with {what}, for Apple's Swift "
-             "[`StableDiffusion`](https://github.com/apple/ml-stable-diffusion) package and the apps built on it. "
+             "[`StableDiffusion`](https://github.com/apple/ml-stable-diffusion) package"
+             + (" (`StableDiffusionXLPipeline`)" if xl else "") + " and the apps built on it. "
              f"Needs {os_text} or later.", ""]
     if sibling_id:
         other = "palettized" if kind == "float16" else "float16"
@@ -190,6 +191,23 @@ def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str | None
             lines += ["## Original model card", "", f"Carried over from {source_label}.", "",
                       sanitize_markdown(body, demote_headings=True), ""]
     return "\n".join(lines)
+
+
+def _kept(packages: list[dict], only: str | None = None) -> str:
+    """`` (the VAE and the safety checker stay float16)``: the packages a repo keeps unpalettized, by precision
+    (an SDXL VAE stays float32: it overflows in float16); with ``only``, those of that precision alone."""
+    kept: dict[str, list[str]] = {}
+    for c in COMPILED_NAMES:
+        found = next((p["precision"] for p in packages if p["component"] == c), None)
+        if found and not found.startswith("palettized") and c.startswith(("vae", "safety")) \
+                and only in (None, found):
+            label = "the VAE" if c.startswith("vae") else "the safety checker"
+            if label not in kept.setdefault(found, []):
+                kept[found].append(label)
+    parts = [f"{' and '.join(labels)} {'stays' if len(labels) == 1 else 'stay'} {precision}"
+             + (": it overflows in float16" if precision == "float32" else "")
+             for precision, labels in kept.items()]
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def repo_target(report: dict, kind: str) -> str:

@@ -147,13 +147,24 @@ class SourceSizes:
     safety_image_size: int
     unet_levels: tuple[tuple[int, int, bool], ...]  # per level: channels, heads, has attention
     vae_channels: tuple[int, ...]
+    # SDXL: the hidden width of each text encoder the UNet reads (0: absent, as in a refiner), the pooled
+    # text embedding and the number of micro-conditioning values (6 base, 5 refiner); all 0 for SD 1.x/2.x
+    text_widths: tuple[int, int] = (0, 0)
+    text_embeds_dim: int = 0
+    time_ids: int = 0
+    vae_float32: bool = False  # the SDXL VAE overflows in float16: converted in float32 unless it says otherwise
+
+    @property
+    def xl(self) -> bool:
+        return self.time_ids > 0
 
 
 def check_configs(root: Path) -> SourceSizes:
-    """Read and check the configs of ``root``'s UNet, VAE, text encoder, tokenizer and (when present)
+    """Read and check the configs of ``root``'s UNet, VAE, text encoder(s), tokenizer(s) and (when present)
     safety checker and feature extractor; refuse architectures the specs cannot describe and sizes far
-    beyond any Stable Diffusion model.  Raises SourceError, UnsupportedModelError."""
-    unet, vae, text = Config.read(root, "unet"), Config.read(root, "vae"), Config.read(root, "text_encoder")
+    beyond any Stable Diffusion model.  SDXL (a ``text_time`` UNet) reads ``text_encoder_2`` and, unless it
+    is a refiner, ``text_encoder``.  Raises SourceError, UnsupportedModelError."""
+    unet, vae = Config.read(root, "unet"), Config.read(root, "vae")
     source = str(root)
     name = unet.get("_class_name")
     if name != "UNet2DConditionModel":
@@ -167,16 +178,22 @@ def check_configs(root: Path) -> SourceSizes:
     if unet.integer("out_channels", 4, high=MAX_CHANNELS) != 4:
         raise UnsupportedModelError(f"a UNet with {unet.get('out_channels')} output channels is not supported",
                                     source=source, hint="Pick a text-to-image Stable Diffusion model.")
-    if unet.get("addition_embed_type") or unet.get("class_embed_type"):
-        raise UnsupportedModelError("UNets with added conditioning (SDXL-style) are not supported yet",
-                                    source=source, hint="Pick a Stable Diffusion 1.x/2.x model.")
+    added = unet.get("addition_embed_type")
+    if unet.get("class_embed_type") or added not in (None, "text_time"):
+        what = f"class_embed_type {_short(unet.get('class_embed_type'))}" if unet.get("class_embed_type") \
+            else f"addition_embed_type {_short(added)}"
+        raise UnsupportedModelError(f"UNets with {what} are not supported", source=source,
+                                    hint="Pick a Stable Diffusion 1.x/2.x or SDXL model.")
     if isinstance(unet.get("cross_attention_dim"), (list, tuple)):
         raise UnsupportedModelError("per-block cross_attention_dim is not supported", source=source)
     context = unet.integer("cross_attention_dim", 1280, high=MAX_CHANNELS)
-    hidden = text.integer("hidden_size", 512, high=MAX_CHANNELS)
-    if hidden != context:
+    xl = added == "text_time"
+    encoders = _text_encoders(root, xl)
+    widths = [text.integer("hidden_size", 512, high=MAX_CHANNELS) for text in encoders.values()]
+    if sum(widths) != context:
+        label = " + ".join(f"{key} {w}" for key, w in zip(encoders, widths))
         raise UnsupportedModelError(
-            f"text encoder width {hidden} does not match the UNet's context {context}",
+            f"text encoder width {label} does not match the UNet's context {context}",
             source=source, hint="The source's text encoder and UNet do not belong together.")
     sample_value = unet.get("sample_size", 64)
     if isinstance(sample_value, (list, tuple)):
@@ -196,18 +213,62 @@ def check_configs(root: Path) -> SourceSizes:
         raise UnsupportedModelError(f"the VAE's {vae.get('latent_channels')} latent channels do not match the "
                                     f"UNet's {in_channels}", source=source,
                                     hint="The source's VAE and UNet do not belong together.")
+    upcast = vae.get("force_upcast", True)
+    if not isinstance(upcast, bool):
+        raise vae.wrong("force_upcast", upcast, "true or false")
     _refuse_parameters(vae, "VAE", _vae_parameters(vae_channels, vae_layers),
                        f"block_out_channels {vae_channels}, layers_per_block {vae_layers}")
-    sequence, vocab = _text(root, text, hidden)
+    texts = {key: _text(root, text, width, "tokenizer" + key[len("text_encoder"):])
+             for (key, text), width in zip(encoders.items(), widths)}
+    if len({sequence for sequence, _ in texts.values()}) > 1:
+        raise UnsupportedModelError(f"the text encoders' sequence lengths differ ({texts})", source=source,
+                                    hint="The source's tokenizers do not belong together.")
+    sequence = next(iter(texts.values()))[0]
+    vocab = min(v for _, v in texts.values())  # the ids sampled for checks fit every encoder
     safety_image_size = _safety(root)
+    text_embeds_dim, time_ids = _added_conditioning(unet, encoders) if xl else (0, 0)
+    if time_ids == 6 and "text_encoder" not in encoders:  # a refiner's UNet takes 5 (its aesthetic score)
+        raise SourceError("an SDXL base UNet needs text_encoder, and the source has none", source=source,
+                          hint="Add the first text encoder, or pick a refiner (its UNet takes an aesthetic score).")
     sizes = SourceSizes(sample=sample, down_factor=2 ** (len(unet_levels) - 1), latent_channels=in_channels,
                         vae_scale_factor=2 ** (len(vae_channels) - 1), context_dim=context,
                         sequence_length=sequence, vocab_size=vocab, safety_image_size=safety_image_size,
-                        unet_levels=unet_levels, vae_channels=tuple(vae_channels))
+                        unet_levels=unet_levels, vae_channels=tuple(vae_channels),
+                        text_widths=(dict(zip(encoders, widths)).get("text_encoder", 0),
+                                     dict(zip(encoders, widths)).get("text_encoder_2", 0)),
+                        text_embeds_dim=text_embeds_dim, time_ids=time_ids, vae_float32=xl and upcast)
     needed, where = largest_activation(sizes, sample, batch_size=2)
     if needed > MAX_ACTIVATION_BYTES:
         raise unet.too_much_memory("sample_size", sample_value, needed, where)
     return sizes
+
+
+XL_ENCODERS = ("text_encoder", "text_encoder_2")  # the order SDXL concatenates their hidden states in
+
+
+def _text_encoders(root: Path, xl: bool) -> dict[str, Config]:
+    """The text encoders' configs the UNet's context is made of: SD 1.x/2.x's one; SDXL's two (the
+    refiner's second only)."""
+    if not xl:
+        return {"text_encoder": Config.read(root, "text_encoder")}
+    if not (root / "text_encoder_2" / "config.json").is_file():
+        raise SourceError("an SDXL UNet (addition_embed_type text_time) needs text_encoder_2, and the source "
+                          "has none", source=str(root), hint="Pick a complete SDXL diffusers repo.")
+    return {key: Config.read(root, key) for key in XL_ENCODERS if (root / key / "config.json").is_file()}
+
+
+def _added_conditioning(unet: Config, encoders: dict[str, Config]) -> tuple[int, int]:
+    """SDXL's pooled text embedding width (the second encoder's projection) and micro-conditioning count."""
+    second = encoders["text_encoder_2"]
+    pooled = second.integer("projection_dim", 1280, high=MAX_CHANNELS)
+    per_value = unet.integer("addition_time_embed_dim", 256, high=MAX_CHANNELS)
+    total = unet.integer("projection_class_embeddings_input_dim", pooled + 6 * per_value, high=MAX_CHANNELS * 8)
+    count, rest = divmod(total - pooled, per_value)
+    if rest or count not in (5, 6):
+        raise unet.wrong("projection_class_embeddings_input_dim", total,
+                         f"the pooled text width {pooled} plus 6 (base) or 5 (refiner) times "
+                         f"addition_time_embed_dim {per_value}")
+    return pooled, count
 
 
 def _unet_levels(unet: Config, context: int) -> tuple[tuple[int, int, bool], ...]:
@@ -249,8 +310,8 @@ def _refuse_parameters(config: Config, what: str, parameters: float, detail: str
                  "Diffusion model's.")
 
 
-def _text(root: Path, text: Config, hidden: int) -> tuple[int, int]:
-    """The sequence length and vocabulary size of the text encoder (and tokenizer)."""
+def _text(root: Path, text: Config, hidden: int, tokenizer: str = "tokenizer") -> tuple[int, int]:
+    """The sequence length and vocabulary size of a text encoder (and its tokenizer folder)."""
     vocab = text.integer("vocab_size", 49408, high=MAX_VOCAB)
     positions = text.integer("max_position_embeddings", 77, high=MAX_POSITIONS)
     width = text.integer("intermediate_size", 2048, high=MAX_WIDTH)
@@ -263,13 +324,13 @@ def _text(root: Path, text: Config, hidden: int) -> tuple[int, int]:
     if heads * positions**2 * 4 > MAX_ACTIVATION_BYTES:
         raise text.too_much_memory("max_position_embeddings", positions, heads * positions**2 * 4, "self-attention")
     sequence = positions
-    if (root / "tokenizer" / "tokenizer_config.json").is_file():
-        tokenizer = Config.read(root, "tokenizer", "tokenizer_config.json")
-        limit = tokenizer.get("model_max_length", positions)
+    if (root / tokenizer / "tokenizer_config.json").is_file():
+        config = Config.read(root, tokenizer, "tokenizer_config.json")
+        limit = config.get("model_max_length", positions)
         if not _number(limit) or math.isnan(limit):
-            raise tokenizer.wrong("model_max_length", limit, "a number")
+            raise config.wrong("model_max_length", limit, "a number")
         if limit < 1:
-            raise tokenizer.wrong("model_max_length", limit, "at least 1")
+            raise config.wrong("model_max_length", limit, "at least 1")
         sequence = int(min(limit, positions))  # tokenizers often say 1e30: "no limit of my own"
     return sequence, vocab
 

@@ -84,8 +84,9 @@ def trace(module: nn.Module, example: tuple[torch.Tensor, ...], component: str) 
 
 def convert_module(module: nn.Module, example: dict[str, torch.Tensor], inputs: list[TensorSpec],
                    outputs: list[TensorSpec], *, component: str, target: str,
-                   variant: str | None = None):
-    """Trace and convert to a float16 ML program (not compiled: works on Linux).
+                   variant: str | None = None, precision: str = "float16"):
+    """Trace and convert to a float16 (or, with ``precision="float32"``, float32) ML program (not compiled:
+    works on Linux).
 
     Returns the coremltools MLModel (unsaved).  Raises ConversionError.
     """
@@ -99,7 +100,7 @@ def convert_module(module: nn.Module, example: dict[str, torch.Tensor], inputs: 
             minimum_deployment_target=deployment_target(target),
             inputs=[ct.TensorType(name=t.name, shape=t.shape, dtype=_DTYPES[t.dtype]) for t in inputs],
             outputs=[ct.TensorType(name=t.name, dtype=_DTYPES[t.dtype]) for t in outputs],
-            compute_precision=ct.precision.FLOAT16,
+            compute_precision=ct.precision.FLOAT16 if precision == "float16" else ct.precision.FLOAT32,
             skip_model_load=True,
         )
     except Exception as e:  # coremltools raises many types; name the component and chain the cause

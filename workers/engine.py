@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -31,10 +31,10 @@ from workers.layout import (
 )
 from workers.outdir import check_output_dir
 from workers.palettize import DEFAULT_BITS, check_bits, palettize_package
-from workers.report import Check, Event, PackageResult, Report, precision_label
+from workers.report import Check, Event, PackageResult, Report, precision_bits, precision_label
 from workers.resolve import Source
 from workers.geometry import Geometry, read_geometry
-from workers.specs import COMPONENT_ORDER, SPECS, ComponentSpec, resolve_outputs
+from workers.specs import COMPONENT_ORDER, SPECS, ComponentSpec, resolve_outputs, spec_for
 from workers.targets import target_for
 from workers.readback import Accounting
 from workers.validate import ValidationBars, psnr_check, run_module, save_check_data, validate_package
@@ -56,6 +56,7 @@ class ConvertOptions:
     group_size: int = 0  # palettize with one palette per this many output channels (iOS18); 0: per tensor
     chunk_unet: bool = False  # also cut each float16 UNet into UnetChunk1/UnetChunk2 (iOS)
     chunks_only: bool = False  # ship the chunks instead of the whole float16 UNet
+    xl: bool = False  # an SDXL pipeline: set by the engine from the source's configs (targets iOS 17 at least)
 
     def check(self) -> None:
         """Raise OptionsError for inconsistent options."""
@@ -80,7 +81,7 @@ class ConvertOptions:
 
     def target(self, *, palettized: bool) -> str:
         """The deployment target of float16 or palettized packages (raises OptionsError for unknown ones)."""
-        return target_for(self.deployment_target, palettized=palettized, group_size=self.group_size)
+        return target_for(self.deployment_target, palettized=palettized, group_size=self.group_size, xl=self.xl)
 
 
 def package_size(path: Path) -> int:
@@ -174,7 +175,7 @@ class _Run:
             converter=self.converter, license=self.source.license,
             description=spec.description + (f" ({component.replace('unet_', '').replace('chunk', 'chunk ')} of 2)"
                                             if component else ""),
-            deployment_target=self.options.target(palettized=precision != "float16"))
+            deployment_target=self.options.target(palettized=precision_bits(precision) is not None))
 
     def package_path(self, repo: str, attention: Attention, component: str) -> Path:
         return packages_dir(self.out, repo, attention) / package_file_name(self.source.id, component)
@@ -198,6 +199,9 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
     if source.path is None:
         raise OptionsError(f"{source.id} has not been fetched", hint="Call fetch_source first.")
     geometry = read_geometry(source.path, latent_size=options.latent_size, batch_size=options.batch_size)
+    if geometry.xl:
+        options = replace(options, xl=True)
+        options.check()  # an override older than SDXL's targets is refused before any work
     components = select_components(source, options.components)
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(source, out, options, geometry, on_event)
@@ -207,7 +211,7 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
     started = time.perf_counter()
     try:
         for name in components:
-            _convert_component(run, SPECS[name])
+            _convert_component(run, spec_for(name, geometry))
             release_memory()
     finally:
         run.report.timings["total"] = time.perf_counter() - started
@@ -245,7 +249,8 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
     for attention in layouts:
         label = attention.value if spec.depends_on_attention else None  # None: shared by all layouts
         exports[attention] = export = spec.export_module(modules, attention)
-        result = PackageResult(run.fp16_repo, attention.value, spec.name, "float16",
+        precision = spec.precision(g)  # float16, or float32 for a VAE that overflows in float16
+        result = PackageResult(run.fp16_repo, attention.value, spec.name, precision,
                                run.rel(run.package_path(run.fp16_repo, attention, spec.name)),
                                target=options.target(palettized=False))
         if spec.depends_on_attention:
@@ -253,10 +258,10 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
             result.checks.append(psnr_check("psnr_layout", "torch", io.reference, ours, spec.compared(g),
                                             options.bars.layout))
         started = time.perf_counter()
-        with run.stage("convert", spec.name, label, "float16"):
+        with run.stage("convert", spec.name, label, precision):
             model = convert_module(export, io.trace, io.inputs, outputs, component=spec.name,
-                                   target=options.target(palettized=False), variant=label)
-            apply_metadata(model, run.metadata(spec, attention if label else None, "float16"), io.inputs, outputs)
+                                   target=options.target(palettized=False), variant=label, precision=precision)
+            apply_metadata(model, run.metadata(spec, attention if label else None, precision), io.inputs, outputs)
             save_package(model, run.out / result.path)
             del model
         result.seconds = time.perf_counter() - started
@@ -269,7 +274,7 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
         label = attention.value if spec.depends_on_attention else None
         result = results[attention]
         path = run.out / result.path
-        with run.stage("validate", spec.name, label, "float16"):
+        with run.stage("validate", spec.name, label, result.precision):
             result.checks += _validate(run, spec, path, exports[attention], io, bits=None, float16=result.path)
         _record(run, result, path, spec, layouts)
         if spec.name == "unet" and options.chunk_unet and result.status == "passed":
@@ -321,7 +326,7 @@ def _palettized(run: _Run, spec: ComponentSpec, attention: Attention, label: str
     path = run.package_path(run.palettized_repo, attention, spec.name)
     if not spec.palettize:  # Apple keeps these float16 in palettized repos
         link_package(run.out / float16.path, path)
-        copy = PackageResult(run.palettized_repo, attention.value, spec.name, "float16", run.rel(path),
+        copy = PackageResult(run.palettized_repo, attention.value, spec.name, float16.precision, run.rel(path),
                              float16.size_bytes, 0.0, float16.path, float16.target, list(float16.checks))
         _record(run, copy, path, spec, layouts)
         return

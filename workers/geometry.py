@@ -1,6 +1,6 @@
 """The sizes of a pipeline: every shape the specs need, read from a source folder's configs (no torch).
 
-``read_geometry`` also refuses what the specs cannot describe (inpainting UNets, SDXL-style conditioning,
+``read_geometry`` also refuses what the specs cannot describe (inpainting UNets, class conditioning,
 mismatched text encoders), malformed config values and sizes no Stable Diffusion model has, before any
 module is built (the checks are in :mod:`workers.configs`).
 """
@@ -37,6 +37,16 @@ class Geometry:
     sequence_length: int
     safety_image_size: int
     vocab_size: int
+    # SDXL (see workers.configs.SourceSizes): 0 for SD 1.x/2.x
+    text_encoder_dim: int = 0  # hidden width of text_encoder (0: none, an SDXL refiner)
+    text_encoder_2_dim: int = 0
+    text_embeds_dim: int = 0  # the UNet's ``text_embeds`` input
+    time_ids: int = 0  # the UNet's ``time_ids`` input: 6 (base) or 5 (refiner)
+    vae_precision: str = "float16"  # "float32" for a VAE that overflows in float16 (the original SDXL one)
+
+    @property
+    def xl(self) -> bool:
+        return self.time_ids > 0
 
     @property
     def image_height(self) -> int:
@@ -86,4 +96,6 @@ def read_geometry(path: Path, *, latent_size: tuple[int, int] | None = None,
     return Geometry(batch_size=batch_size, latent_height=h, latent_width=w, latent_channels=sizes.latent_channels,
                     vae_scale_factor=sizes.vae_scale_factor, context_dim=sizes.context_dim,
                     sequence_length=sizes.sequence_length, safety_image_size=sizes.safety_image_size,
-                    vocab_size=sizes.vocab_size)
+                    vocab_size=sizes.vocab_size, text_encoder_dim=sizes.text_widths[0],
+                    text_encoder_2_dim=sizes.text_widths[1], text_embeds_dim=sizes.text_embeds_dim,
+                    time_ids=sizes.time_ids, vae_precision="float32" if sizes.vae_float32 else "float16")

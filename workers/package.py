@@ -7,7 +7,7 @@ step, macOS) next to the packages, one deterministic zip per variant, and the mo
     OUT/<repo-name>/<repo-name>_<variant>_compiled.zip
     OUT/<repo-name>/<variant>/{compiled,packages}/...
 
-Only complete variants are packaged and published: :data:`REQUIRED_COMPONENTS` and the tokenizer files,
+Only complete variants are packaged and published: :func:`required_components` and the tokenizer files,
 checked by :func:`missing_parts` for every caller (:func:`check_complete` on a report, :func:`check_tree`
 on a tree on disk).
 """
@@ -33,12 +33,43 @@ STORED_SUFFIXES = (".bin",)  # weights do not compress; storing them keeps zippi
 
 # What the Swift pipeline loads from every published variant.  Each requirement is met by any one of its
 # alternatives, an alternative being package components that must all be there: the UNet whole, or in
-# two chunks.  Other components (vae_encoder, safety_checker) are optional.
+# two chunks.  Other components (vae_encoder, safety_checker, an SDXL refiner UNet) are optional.
 REQUIRED_COMPONENTS: dict[str, tuple[tuple[str, ...], ...]] = {
     "text_encoder": (("text_encoder",),),
     "unet": (("unet",), ("unet_chunk1", "unet_chunk2")),
     "vae_decoder": (("vae_decoder",),),
 }
+# Swift's StableDiffusionXLPipeline: TextEncoder2 always; TextEncoder unless the UNet is a refiner's
+XL_REQUIRED_COMPONENTS = {"text_encoder": REQUIRED_COMPONENTS["text_encoder"],
+                          "text_encoder_2": (("text_encoder_2",),),
+                          **{k: v for k, v in REQUIRED_COMPONENTS.items() if k != "text_encoder"}}
+REFINER_REQUIRED_COMPONENTS = {k: v for k, v in XL_REQUIRED_COMPONENTS.items() if k != "text_encoder"}
+PIPELINES = ("sd", "sdxl", "sdxl-refiner")
+
+
+def required_components(pipeline: str = "sd") -> dict[str, tuple[tuple[str, ...], ...]]:
+    """The requirements of a variant of an SD 1.x/2.x (``sd``), SDXL base or SDXL refiner pipeline."""
+    return {"sd": REQUIRED_COMPONENTS, "sdxl": XL_REQUIRED_COMPONENTS,
+            "sdxl-refiner": REFINER_REQUIRED_COMPONENTS}[pipeline]
+
+
+def pipeline_of(report: dict, components: Iterable[str] = ()) -> str:
+    """Which pipeline a conversion report (its geometry's ``time_ids``) describes; without a report, what the
+    components say (a second text encoder without a first: a refiner)."""
+    time_ids = (report.get("geometry") or {}).get("time_ids")
+    if time_ids is not None:
+        return {0: "sd", 6: "sdxl"}.get(time_ids, "sdxl-refiner")
+    components = set(components)
+    if "text_encoder_2" not in components:
+        return "sd"
+    return "sdxl" if "text_encoder" in components else "sdxl-refiner"
+
+
+def source_tokenizer(source_dir: Path) -> Path:
+    """The tokenizer folder whose vocab.json and merges.txt ship: ``tokenizer``, or a refiner's ``tokenizer_2``
+    (SDXL's two share the vocabulary; the Swift pipeline pads the second with ``!`` itself)."""
+    first = source_dir / "tokenizer"
+    return first if first.is_dir() or not (source_dir / "tokenizer_2").is_dir() else source_dir / "tokenizer_2"
 TOKENIZER_FILES = ("vocab.json", "merges.txt")  # in every compiled folder, beside the .mlmodelc resources
 
 
@@ -118,7 +149,7 @@ def package_output(out: Path, *, namespace: str, compiled: bool, compiler: tuple
     check_output(report, out, namespace=namespace)  # before any work: an incomplete variant is never packaged
     step = on_step or (lambda message: None)
     source_dir = source_dir or Path(report["source"]["path"] or "")
-    tokenizer = source_dir / "tokenizer"
+    tokenizer = source_tokenizer(source_dir)
     if compiled and not tokenizer.is_dir():
         raise SourceError(f"the source's tokenizer folder {tokenizer} is gone", source=report["source"]["id"],
                           hint="Convert again so the source is available, then publish.")
@@ -226,19 +257,19 @@ def load_trees(out: Path) -> list[RepoTree]:
 # --- complete variants only -------------------------------------------------------------------------------
 
 def missing_parts(components: Iterable[str], *, failed: Iterable[str] = (),
-                  compiled: Iterable[str] | None = None) -> list[str]:
+                  compiled: Iterable[str] | None = None, pipeline: str = "sd") -> list[str]:
     """What one variant lacks to be published: the completeness rule, for reports and trees alike.
 
     ``components`` are the variant's usable packages (present, not failed); ``failed`` its packages that
     failed validation (they count as missing and are named as such); ``compiled`` the names in its compiled
     folder, or None for a packages-only variant.  Returns one phrase per missing piece (empty: complete):
-    every requirement of REQUIRED_COMPONENTS, then, compiled, each present required component's
+    every requirement of ``required_components(pipeline)``, then, compiled, each present required component's
     ``.mlmodelc`` and the tokenizer files.
     """
     have, failed = set(components), set(failed) - set(components)
     missing: list[str] = []
     wanted: list[str] = []  # the required components there, whose compiled resources must be there too
-    for alternatives in REQUIRED_COMPONENTS.values():
+    for alternatives in required_components(pipeline).values():
         met = [alternative for alternative in alternatives if have.issuperset(alternative)]
         if met:
             wanted += [c for alternative in met for c in alternative]
@@ -270,15 +301,16 @@ def _lacking(alternatives: tuple[tuple[str, ...], ...], have: set[str], failed: 
 
 
 def _require_complete(repo: str, variant: str, components: set[str], *, failed: set[str] = frozenset(),
-                      compiled: set[str] | None = None, namespace: str | None = None) -> None:
+                      compiled: set[str] | None = None, namespace: str | None = None, pipeline: str = "sd") -> None:
     """The one error for an incomplete variant (:func:`missing_parts`): repo, variant and every missing
     piece on one line, and what to do about it."""
-    missing = missing_parts(components, failed=failed, compiled=compiled)
+    missing = missing_parts(components, failed=failed, compiled=compiled, pipeline=pipeline)
     if not missing:
         return
-    unmet = [alternatives[0][0] for alternatives in REQUIRED_COMPONENTS.values()
+    required = required_components(pipeline)
+    unmet = [alternatives[0][0] for alternatives in required.values()
              if not any(components.issuperset(alternative) for alternative in alternatives)]
-    if failed & {c for alternatives in REQUIRED_COMPONENTS.values() for a in alternatives for c in a}:
+    if failed & {c for alternatives in required.values() for a in alternatives for c in a}:
         hint = "Fix the failures report.json lists and convert again, then publish."
     elif unmet:
         hint = (f"Convert again without --components, or with --components that includes {', '.join(unmet)}, "
@@ -302,7 +334,8 @@ def check_complete(report: dict, repo: str, variant: str, *, out: Path | None = 
               if not _failed(p) and (out is None or (out / p["path"]).is_dir())}
     failed = {p["component"] for p in packages if _failed(p)}
     compiled = None if compiled_dir is None else _compiled_names(compiled_dir)
-    _require_complete(repo, variant, usable, failed=failed - usable, compiled=compiled, namespace=namespace)
+    _require_complete(repo, variant, usable, failed=failed - usable, compiled=compiled, namespace=namespace,
+                      pipeline=pipeline_of(report))
 
 
 def check_output(report: dict, out: Path, *, namespace: str | None = None) -> None:
@@ -326,7 +359,7 @@ def check_tree(tree: RepoTree, *, namespace: str | None = None) -> None:
         components = _package_components(tree.folder / variant / "packages")
         compiled = _compiled_names(tree.folder / variant / "compiled") if tree.compiled else None
         _require_complete(tree.name, variant, components - failed, failed=failed, compiled=compiled,
-                          namespace=namespace)
+                          namespace=namespace, pipeline=pipeline_of(report, components))
 
 
 def _failed(package: dict) -> bool:

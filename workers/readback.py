@@ -147,8 +147,8 @@ def account_parameters(module: nn.Module, weights: dict[str, np.ndarray], float1
                        *, palettized: bool = False) -> tuple[Accounting, Check]:
     """Find every parameter of ``module`` in a package's constants, or show it folded as an identity.
 
-    For a float16 package (``float16`` is None) each parameter is looked up by its traced name, then by
-    identical float16 content (coremltools renames constants it reshapes or folds, and stores equal
+    For a float16 (or float32) package (``float16`` is None) each parameter is looked up by its traced name,
+    then by identical content in the package's precision (coremltools renames constants it reshapes or folds, and stores equal
     tensors once), and otherwise accepted as folded only when it is an identity (a scale of ones, a
     shift of zeros: coremltools drops the operation, so no constant remains).  A palettized package is
     checked against its own constants: each parameter must be there under the name the float16 package
@@ -177,9 +177,11 @@ def account_parameters(module: nn.Module, weights: dict[str, np.ndarray], float1
         if name in accounting.mapping:
             continue
         if float16 is None:  # by content: equal tensors all map to coremltools' one copy
-            rounded = p.detach().half().numpy().ravel()
-            same = [k for k in by_size.get(rounded.size, ()) if weights[k].dtype == np.float16
-                    and np.array_equal(weights[k].ravel(), rounded)]
+            # in the package's precision: float16, or float32 (an SDXL VAE)
+            rounded = {np.dtype(np.float16): p.detach().half().numpy().ravel(),
+                       np.dtype(np.float32): p.detach().float().numpy().ravel()}
+            same = [k for k in by_size.get(p.numel(), ()) if weights[k].dtype in rounded
+                    and np.array_equal(weights[k].ravel(), rounded[weights[k].dtype])]
             match = next((k for k in same if k not in claimed), same[0] if same else None)
             if match is None and palettized:
                 match = _nearest(p, [k for k in by_size.get(p.numel(), ()) if k not in claimed], weights)

@@ -136,5 +136,6 @@ def precision_label(bits: int | None, group_size: int = 0) -> str:
 
 
 def precision_bits(precision: str) -> int | None:
-    """The bit width a package's precision label names (``palettized-6bit-group16`` → 6); None for float16."""
-    return None if precision == "float16" else int(precision.split("-")[1].removesuffix("bit"))
+    """The bit width a package's precision label names (``palettized-6bit-group16`` → 6); None for float16
+    and float32 (an SDXL VAE)."""
+    return int(precision.split("-")[1].removesuffix("bit")) if precision.startswith("palettized") else None

@@ -26,11 +26,14 @@ from workers.errors import (
 )
 from workers.safetensors_check import check_weight_files
 
-SUPPORTED_PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"})
+SD_PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"})
+# SDXL base (and fine-tunes, Turbo) and refiner repos (an img2img pipeline, usually without text_encoder)
+XL_PIPELINES = frozenset({"StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"})
+SUPPORTED_PIPELINES = SD_PIPELINES | XL_PIPELINES
 # Pipelines people commonly try; named so the refusal can say what the source is.
 KNOWN_UNSUPPORTED = {
-    "StableDiffusionXLPipeline": "SDXL",
-    "StableDiffusionXLImg2ImgPipeline": "SDXL refiner",
+    "StableDiffusionXLInpaintPipeline": "SDXL inpainting",
+    "StableDiffusionXLControlNetPipeline": "SDXL ControlNet",
     "StableDiffusion3Pipeline": "Stable Diffusion 3",
     "FluxPipeline": "FLUX",
     "StableDiffusionInpaintPipeline": "Stable Diffusion inpainting",
@@ -43,15 +46,17 @@ KNOWN_UNSUPPORTED = {
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 # diffusers components that hold weights, and the package components that need them
-WEIGHT_COMPONENTS = ("text_encoder", "unet", "vae", "safety_checker")
+WEIGHT_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae", "safety_checker")
 REQUIRED_COMPONENTS = ("text_encoder", "tokenizer", "unet", "vae")
-DEFAULT_MAX_BYTES = 30 * 1024**3  # the weights a conversion downloads; far above any SD 1.x/2.x pipeline
+# SDXL: text_encoder (with tokenizer) too, except in a refiner (checked with the UNet's config)
+XL_REQUIRED_COMPONENTS = ("text_encoder_2", "tokenizer_2", "unet", "vae")
+DEFAULT_MAX_BYTES = 30 * 1024**3  # the weights a conversion downloads; SDXL base's float32 ones are 14 GB
 # one part of a repo id, as the Hub allows it: ASCII letters, digits, "-", "_", "."; 1-96 characters, not
 # starting or ending with "-" or "." (and, checked below, no "--" or "..", not ending with ".git")
 _REPO_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
 _REPO_ID = re.compile(rf"(?:{_REPO_PART}/)?{_REPO_PART}", re.ASCII)
 # the files the conversion reads from a CLIP tokenizer folder: either pair, or tokenizer.json alone
-TOKENIZER_FILES = (("tokenizer/vocab.json", "tokenizer/merges.txt"), ("tokenizer/tokenizer.json",))
+TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("tokenizer.json",))
 _VARIANT_FILE = re.compile(r"^[^.]+\.(?P<variant>[A-Za-z0-9_]+)\.safetensors$")
 
 
@@ -80,7 +85,8 @@ class Source:
 
     def download_patterns(self) -> list[str]:
         """The files a fetch needs: index, configs, tokenizer, chosen weights, card. Nothing else."""
-        patterns = ["model_index.json", "README.md", "tokenizer/*", "scheduler/*.json"]
+        patterns = ["model_index.json", "README.md", "scheduler/*.json"]
+        patterns += [f"{tokenizer}/*" for tokenizer in ("tokenizer", "tokenizer_2") if tokenizer in self.components]
         for component in self.components:
             patterns.append(f"{component}/*.json")
             patterns.extend(self.weight_files.get(component, ()))
@@ -273,7 +279,7 @@ def _read_model_index(path: Path, *, source: str, files: list[str]) -> dict:
 def _components(index: dict, source: str) -> tuple[str, ...]:
     """The components model_index.json lists with a (library, class) pair; refuses malformed entries of
     the components a conversion uses (others, unused, only count when well formed)."""
-    used = {*REQUIRED_COMPONENTS, *WEIGHT_COMPONENTS, "feature_extractor"}
+    used = {*REQUIRED_COMPONENTS, *XL_REQUIRED_COMPONENTS, *WEIGHT_COMPONENTS, "feature_extractor"}
     present = []
     for key, value in index.items():
         if key.startswith("_") or not (isinstance(value, list) or key in used):
@@ -308,18 +314,23 @@ def _check(index: dict, files: list[str], *, source: str, allow_pickle: bool,
         raise UnsupportedModelError(
             f"{source}: {label} is not supported yet; supported: "
             + ", ".join(sorted(SUPPORTED_PIPELINES)), source=source,
-            hint="Pick a Stable Diffusion 1.x/2.x diffusers repo.")
+            hint="Pick a Stable Diffusion 1.x/2.x or SDXL diffusers repo.")
     present = _components(index, source)
-    missing = [c for c in REQUIRED_COMPONENTS if c not in present]
+    xl = cls in XL_PIPELINES
+    required = XL_REQUIRED_COMPONENTS + (("text_encoder", "tokenizer") if "text_encoder" in present else ()) \
+        if xl else REQUIRED_COMPONENTS
+    missing = [c for c in required if c not in present]
     if missing:
         raise SourceError(f"{source}: model_index.json lacks {', '.join(missing)}", source=source,
-                          hint="A Stable Diffusion pipeline needs text_encoder, tokenizer, unet and vae.")
-    if not any(f.startswith("tokenizer/") for f in files):
-        raise SourceError(f"{source}: model_index.json lists a tokenizer, but there is no tokenizer folder",
-                          source=source, hint="Add the CLIP tokenizer's files (vocab.json, merges.txt) to tokenizer/.")
-    if not any(all(f in files for f in names) for names in TOKENIZER_FILES):
-        raise SourceError(f"{source}: the tokenizer folder lacks vocab.json and merges.txt (or tokenizer.json)",
-                          source=source, hint="Add the CLIP tokenizer's files to tokenizer/ in the source.")
+                          hint=f"A{'n SDXL' if xl else ' Stable Diffusion'} pipeline needs {', '.join(required)}.")
+    for tokenizer in (t for t in ("tokenizer", "tokenizer_2") if t in required):
+        if not any(f.startswith(f"{tokenizer}/") for f in files):
+            raise SourceError(f"{source}: model_index.json lists a {tokenizer}, but there is no {tokenizer} folder",
+                              source=source,
+                              hint=f"Add the CLIP tokenizer's files (vocab.json, merges.txt) to {tokenizer}/.")
+        if not any(all(f"{tokenizer}/{f}" in files for f in names) for names in TOKENIZER_FILES):
+            raise SourceError(f"{source}: the {tokenizer} folder lacks vocab.json and merges.txt (or tokenizer.json)",
+                              source=source, hint=f"Add the CLIP tokenizer's files to {tokenizer}/ in the source.")
     wanted = [c for c in WEIGHT_COMPONENTS if c in present
               and (c != "safety_checker" or need_safety_checker)]
     weight_files: dict[str, tuple[str, ...]] = {}
@@ -351,7 +362,7 @@ def _check(index: dict, files: list[str], *, source: str, allow_pickle: bool,
     if total > max_bytes:
         raise SourceError(f"{source} is too large: {total / 1e9:.1f} GB of weights to convert, the limit is "
                           f"{max_bytes / 1e9:.1f} GB", source=source,
-                          hint="Stable Diffusion 1.x/2.x pipelines are far smaller; raise the limit only if "
+                          hint="Stable Diffusion pipelines (SDXL: 14 GB) are smaller; raise the limit only if "
                                "this source is what you expect (COREML_PUBLISH_MAX_SOURCE_GB).")
     if pickles and not allow_pickle:
         raise UnsafeWeightsError(
@@ -360,7 +371,7 @@ def _check(index: dict, files: list[str], *, source: str, allow_pickle: bool,
     return {
         "pipeline_class": cls,
         "model_index": index,
-        "components": tuple(wanted) + ("tokenizer",),
+        "components": tuple(wanted) + tuple(t for t in ("tokenizer", "tokenizer_2") if t in required),
         "weight_files": weight_files,
         "weight_variant": weight_variant,
         "use_safetensors": not pickles,

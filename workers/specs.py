@@ -9,6 +9,13 @@ Core ML interface contract the Swift ``StableDiffusion`` package relies on:
 | unet           | sample (B,4,h,w), timestep (B,), encoder_hidden_states (B,C,1,S), fp16 | noise_pred (B,4,h,w) fp32 |
 | vae_decoder    | z (1,4,h,w) fp16                                          | image (1,3,fh,fw) fp32          |
 | vae_encoder    | x (1,3,fh,fw) fp16                                        | latent (1,8,h,w) fp32           |
+
+SDXL (Apple's Swift ``StableDiffusionXLPipeline``): both text encoders (``text_encoder``, ``text_encoder_2``)
+output ``hidden_embeds`` (the penultimate layer's hidden states) and ``pooled_outputs``; the UNet also takes
+``text_embeds`` (B, P) and ``time_ids`` (B, 6; a refiner's 5), fp16; a VAE that overflows in float16 (the
+original SDXL one) is converted in float32, with float32 inputs.  :func:`spec_for` picks the SDXL text
+encoder spec; the others read the difference from the geometry.
+
 | safety_checker | clip_input (1,3,224,224), images (1,H,W,3), adjustment (1,) | filtered_images, has_nsfw_concepts, concept_scores |
 """
 
@@ -85,6 +92,10 @@ class ComponentSpec:
     input_dtype: ClassVar[str] = "float16"
     compared_outputs: ClassVar[tuple[str, ...] | None] = None  # None: every output
     description: ClassVar[str]
+
+    def precision(self, g: Geometry) -> str:
+        """The precision the component is converted in: float16 unless it overflows there."""
+        return "float16"
 
     @property
     def depends_on_attention(self) -> bool:
@@ -167,6 +178,56 @@ class TextEncoderSpec(ComponentSpec):
         return {"input_ids": ids.float()}  # token ids as floats, as the Swift pipeline feeds them
 
 
+class XLTextEncoderSpec(TextEncoderSpec):
+    """SDXL's first text encoder (CLIP ViT-L): the penultimate layer's hidden states, and its pooled output
+    (which the Swift pipeline does not use; kept so both encoders have one interface)."""
+
+    description = "SDXL's first CLIP text encoder: token ids to the penultimate layer's hidden states."
+
+    def width(self, g: Geometry) -> int:
+        return g.text_encoder_dim
+
+    def pooled_width(self, g: Geometry) -> int:
+        return g.text_encoder_dim
+
+    def outputs(self, g):
+        return [
+            TensorSpec("hidden_embeds", (1, g.sequence_length, self.width(g)), "float32",
+                       "The penultimate layer's hidden states of the text encoder"),
+            TensorSpec("pooled_outputs", (1, self.pooled_width(g)), "float32",
+                       "The pooled text embedding (the second encoder's is the UNet's text_embeds)"),
+        ]
+
+    def export_module(self, modules, attention):
+        key = self.name
+
+        def forward(self, input_ids):
+            out = getattr(self, key)(input_ids.to(torch.int64), output_hidden_states=True, return_dict=True)
+            pooled = out.text_embeds if "text_embeds" in out else out.pooler_output
+            return out.hidden_states[-2], pooled
+
+        return _Wrapper(forward, **{key: modules[key]}).eval()
+
+
+class TextEncoder2Spec(XLTextEncoderSpec):
+    name = "text_encoder_2"
+    needs = ("text_encoder_2",)
+    description = "SDXL's second CLIP text encoder: hidden states and the pooled, projected text embedding."
+
+    def width(self, g: Geometry) -> int:
+        return g.text_encoder_2_dim
+
+    def pooled_width(self, g: Geometry) -> int:
+        return g.text_embeds_dim
+
+    def load(self, path, variants, use_safetensors):
+        from transformers import CLIPTextModelWithProjection
+
+        return {"text_encoder_2": _load(CLIPTextModelWithProjection, path, "text_encoder_2",
+                                        use_safetensors=use_safetensors, variant=variants.get("text_encoder_2"),
+                                        attn_implementation="eager")}
+
+
 class UNetSpec(ComponentSpec):
     name = "unet"
     needs = ("unet",)
@@ -184,7 +245,13 @@ class UNetSpec(ComponentSpec):
                        "Output embeddings from the associated text_encoder model to condition to generated "
                        f"image on text. A maximum of {g.sequence_length} tokens are allowed; longer text is "
                        "truncated. Shorter text does not reduce computation."),
-        ]
+        ] + ([
+            TensorSpec("text_embeds", (b, g.text_embeds_dim), "float16",
+                       "The pooled text embedding of the second text encoder"),
+            TensorSpec("time_ids", (b, g.time_ids), "float16",
+                       "The micro-conditioning: original size, crop top-left and target size (a refiner: "
+                       "original size, crop top-left and aesthetic score)"),
+        ] if g.xl else [])
 
     def outputs(self, g):
         return [TensorSpec("noise_pred", (g.batch_size, g.latent_channels, g.latent_height, g.latent_width),
@@ -198,14 +265,15 @@ class UNetSpec(ComponentSpec):
                               variant=variants.get("unet"))}
 
     def reference(self, modules):
-        def forward(self, sample, timestep, context):
-            return (self.unet(sample, timestep, context.squeeze(2).transpose(1, 2), return_dict=False)[0],)
+        def forward(self, sample, timestep, context, *added):
+            return (self.unet(sample, timestep, context.squeeze(2).transpose(1, 2), return_dict=False,
+                              added_cond_kwargs=_added(added))[0],)
 
         return _Wrapper(forward, unet=modules["unet"]).eval()
 
     def export_module(self, modules, attention):
-        def forward(self, sample, timestep, context):
-            return (self.unet(sample, timestep, context, return_dict=False)[0],)
+        def forward(self, sample, timestep, context, *added):
+            return (self.unet(sample, timestep, context, return_dict=False, added_cond_kwargs=_added(added))[0],)
 
         return _Wrapper(forward, unet=export_unet(modules["unet"], attention)).eval()
 
@@ -214,7 +282,17 @@ class UNetSpec(ComponentSpec):
         inputs = {t.name: torch.randn(t.shape, generator=gen) for t in self.inputs(g)}
         # a timestep a scheduler emits (an integer below 1,000: exact in float16), drawn like the rest
         inputs["timestep"] = torch.randint(1, 1000, (1,), generator=gen).float().expand(g.batch_size).clone()
+        if g.xl:  # what the Swift pipeline feeds: sizes in pixels, crops, a base's target size or a refiner's score
+            side = float(g.image_height)
+            values = [side, float(g.image_width), 0.0, 0.0] + ([side, float(g.image_width)] if g.time_ids == 6
+                                                               else [6.0])
+            inputs["time_ids"] = torch.tensor(values).expand(g.batch_size, g.time_ids).clone()
         return inputs
+
+
+def _added(added: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor] | None:
+    """SDXL's added conditioning, fed after the three SD inputs in the spec's order."""
+    return {"text_embeds": added[0], "time_ids": added[1]} if added else None
 
 
 class VAEDecoderSpec(ComponentSpec):
@@ -223,8 +301,11 @@ class VAEDecoderSpec(ComponentSpec):
     palettize = False
     description = "VAE decoder: post_quant_conv and decoder, latent (already scaled) to image."
 
+    def precision(self, g):
+        return g.vae_precision
+
     def inputs(self, g):
-        return [TensorSpec("z", (1, g.latent_channels, g.latent_height, g.latent_width), "float16",
+        return [TensorSpec("z", (1, g.latent_channels, g.latent_height, g.latent_width), g.vae_precision,
                            "The denoised latent embeddings from the unet model after the last step of "
                            "reverse diffusion, divided by the VAE scaling factor")]
 
@@ -253,8 +334,11 @@ class VAEEncoderSpec(ComponentSpec):
     palettize = False
     description = "VAE encoder: image to the latent distribution's mean and log-variance."
 
+    def precision(self, g):
+        return g.vae_precision
+
     def inputs(self, g):
-        return [TensorSpec("x", (1, 3, g.image_height, g.image_width), "float16",
+        return [TensorSpec("x", (1, 3, g.image_height, g.image_width), g.vae_precision,
                            "An image normalized to range [-1, 1], for image-to-image and in-painting")]
 
     def outputs(self, g):
@@ -370,9 +454,16 @@ class SafetyCheckerSpec(ComponentSpec):
 
 SPECS: dict[str, ComponentSpec] = {
     spec.name: spec
-    for spec in (TextEncoderSpec(), UNetSpec(), VAEDecoderSpec(), VAEEncoderSpec(), SafetyCheckerSpec())
+    for spec in (TextEncoderSpec(), TextEncoder2Spec(), UNetSpec(), VAEDecoderSpec(), VAEEncoderSpec(),
+                 SafetyCheckerSpec())
 }
 COMPONENT_ORDER = tuple(SPECS)
+_XL_SPECS: dict[str, ComponentSpec] = {"text_encoder": XLTextEncoderSpec()}
+
+
+def spec_for(component: str, g: Geometry) -> ComponentSpec:
+    """The spec of ``component`` for a pipeline of geometry ``g`` (SDXL's first text encoder differs)."""
+    return _XL_SPECS.get(component, SPECS[component]) if g.xl else SPECS[component]
 
 
 def resolve_outputs(spec: ComponentSpec, g: Geometry, modules: dict[str, nn.Module]) -> list[TensorSpec]:

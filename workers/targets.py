@@ -18,6 +18,7 @@ DEPLOYMENT_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", 
 FLOAT16_TARGET = "iOS16"  # = macOS13, specification 7: Apple's converter's default
 PALETTIZED_TARGET = "iOS17"  # = macOS14, specification 8: where Apple publishes 6-bit models
 GROUPED_PALETTE_TARGET = "iOS18"  # = macOS15: one palette per group of output channels
+XL_TARGET = "iOS17"  # = macOS14: the Swift package's StableDiffusionXLPipeline needs it
 SPEC_VERSIONS = {"iOS15": 6, "macOS12": 6, "iOS16": 7, "macOS13": 7, "iOS17": 8, "macOS14": 8,
                  "iOS18": 9, "macOS15": 9}
 OS_NAMES = {6: "macOS 12 / iOS 15", 7: "macOS 13 / iOS 16", 8: "macOS 14 / iOS 17", 9: "macOS 15 / iOS 18"}
@@ -48,12 +49,16 @@ def os_name(target: str) -> str:
     return OS_NAMES[SPEC_VERSIONS[check_target(target)]]
 
 
-def target_for(override: str | None, *, palettized: bool, group_size: int = 0) -> str:
-    """The deployment target of a package: ``override`` when given, else the precision's default."""
+def target_for(override: str | None, *, palettized: bool, group_size: int = 0, xl: bool = False) -> str:
+    """The deployment target of a package: ``override`` when given, else the precision's default; an SDXL
+    pipeline's (``xl``) are never older than iOS 17 / macOS 14 (raises OptionsError for an older override)."""
     if override:
+        if xl and SPEC_VERSIONS[check_target(override)] < SPEC_VERSIONS[XL_TARGET]:
+            raise OptionsError(f"SDXL models need macOS 14 / iOS 17 or newer, not --deployment-target {override}",
+                               hint="Pass --deployment-target iOS17 (or newer), or leave it out.")
         return check_target(override)
     if not palettized:
-        return FLOAT16_TARGET
+        return XL_TARGET if xl else FLOAT16_TARGET
     return GROUPED_PALETTE_TARGET if group_size else PALETTIZED_TARGET
 
 

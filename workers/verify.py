@@ -117,8 +117,8 @@ def _verify_component(out: Path, source: Source, spec, geometry: Geometry, bars:
     chunks = [p for p in packages if p.component in CHUNK_COMPONENTS]
     packages = [p for p in packages if p.component not in CHUNK_COMPONENTS]
     accountings: dict[str, Accounting] = {}
-    palettized = [p for p in packages if p.precision != "float16"]
-    for package in [p for p in packages if p.precision == "float16"] + palettized:
+    palettized = [p for p in packages if precision_bits(p.precision) is not None]
+    for package in [p for p in packages if precision_bits(p.precision) is None] + palettized:
         bits = precision_bits(package.precision)
         label = dict(variant=package.variant, precision=package.precision)
         notify(Event("validate", spec.name, "start", **label))

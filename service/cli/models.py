@@ -11,7 +11,8 @@ from service.cli.output import stdout
 
 def tiny_pipeline(
     out: Path = typer.Argument(..., help="Folder to write the diffusers pipeline to."),
-    style: str = typer.Option("sd1", help="sd1 (SD 1.x architecture, with safety checker) or sd2."),
+    style: str = typer.Option("sd1", help="sd1 (SD 1.x architecture, with safety checker), sd2, sdxl (base) or "
+                                          "sdxl-refiner."),
     seed: int = typer.Option(0, help="Seed of the random weights."),
     push: str = typer.Option(None, metavar="REPO", help="Also upload it to this Hub repo (e.g. one on the dev Hub)."),
     private: bool = typer.Option(False, help="With --push: create the repo as private."),
@@ -22,7 +23,7 @@ def tiny_pipeline(
     from workers.outdir import check_output_dir
 
     if style not in STYLES:
-        raise OptionsError(f"--style must be one of {', '.join(STYLES)}, not {style!r}", hint="Use sd1 or sd2.")
+        raise OptionsError(f"--style must be one of {', '.join(STYLES)}, not {style!r}", hint="Use sd1, sd2, sdxl or sdxl-refiner.")
     check_output_dir(out)
     if out.exists() and any(out.iterdir()):
         raise OptionsError(f"{out} exists and is not empty", hint="Pick a new folder.")

@@ -1,8 +1,10 @@
 """Tiny random Stable Diffusion pipelines built in code, for trying the tool and for tests.
 
 They have the real architectures' structure (SD 1.x: fixed head count, conv projections, safety checker;
-SD 2.x: linear projections, per-block head counts, no safety checker) at a few hundred kilobytes,
-so a full conversion takes minutes on a laptop CPU and nothing is downloaded.
+SD 2.x: linear projections, per-block head counts, no safety checker; SDXL: two text encoders, added
+text/time conditioning, per-block transformer depths, a float32 VAE; the SDXL refiner: the second encoder
+only and an aesthetic score) at a few hundred kilobytes, so a full conversion takes minutes on a laptop CPU
+and nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-STYLES = ("sd1", "sd2")
+STYLES = ("sd1", "sd2", "sdxl", "sdxl-refiner")
+XL_STYLES = ("sdxl", "sdxl-refiner")
 _SPECIAL = ("<|startoftext|>", "<|endoftext|>")
 
 
@@ -28,8 +31,9 @@ def _bytes_to_unicode() -> dict[int, str]:
     return chars
 
 
-def write_tokenizer(folder: Path, *, max_length: int = 77) -> None:
-    """A small but valid CLIP BPE tokenizer: byte alphabet, a few merges, CLIP's special tokens."""
+def write_tokenizer(folder: Path, *, max_length: int = 77, pad: str = _SPECIAL[1]) -> None:
+    """A small but valid CLIP BPE tokenizer: byte alphabet, a few merges, CLIP's special tokens (SDXL's
+    second tokenizer pads with ``!``)."""
     folder.mkdir(parents=True, exist_ok=True)
     alphabet = list(_bytes_to_unicode().values())
     merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("c", "a"), ("ca", "t</w>")]
@@ -38,10 +42,10 @@ def write_tokenizer(folder: Path, *, max_length: int = 77) -> None:
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": max_length,
-              "bos_token": _SPECIAL[0], "eos_token": _SPECIAL[1], "pad_token": _SPECIAL[1],
+              "bos_token": _SPECIAL[0], "eos_token": _SPECIAL[1], "pad_token": pad,
               "unk_token": _SPECIAL[1], "do_lower_case": True}
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
-    special = {"bos_token": _SPECIAL[0], "eos_token": _SPECIAL[1], "pad_token": _SPECIAL[1],
+    special = {"bos_token": _SPECIAL[0], "eos_token": _SPECIAL[1], "pad_token": pad,
                "unk_token": _SPECIAL[1]}
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
 
@@ -61,6 +65,9 @@ def build_tiny_pipeline(out: Path, *, style: str = "sd1", seed: int = 0, sample_
 
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}")
+    if style in XL_STYLES:
+        return build_tiny_xl_pipeline(out, refiner=style == "sdxl-refiner", seed=seed, sample_size=sample_size,
+                                      license=license, initial_norms=initial_norms)
     sd2 = style == "sd2"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,6 +106,79 @@ def build_tiny_pipeline(out: Path, *, style: str = "sd1", seed: int = 0, sample_
     return save_pipeline(out, unet=unet, vae=vae, text_encoder=text_encoder, scheduler=scheduler,
                          safety_checker=_safety_checker(context) if with_checker else None,
                          title=f"Tiny random {style.upper()} pipeline", license=license)
+
+
+def build_tiny_xl_pipeline(out: Path, *, refiner: bool = False, seed: int = 0, sample_size: int | None = None,
+                           license: str = "openrail++", initial_norms: bool = False,
+                           float16_vae: bool = False) -> Path:
+    """Write a tiny random ``StableDiffusionXLPipeline`` (or, with ``refiner``, a refiner's
+    ``StableDiffusionXLImg2ImgPipeline``: the second text encoder only, an aesthetic score) to ``out``.
+
+    The two text encoders have different widths (32 and 48), so a mix-up cannot go unnoticed; the VAE says
+    ``force_upcast`` (converted in float32, as the original SDXL VAE) unless ``float16_vae``.
+    """
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    widths = (0 if refiner else 32, 48)
+    sample = sample_size or 16
+    unet = UNet2DConditionModel(
+        sample_size=sample, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 2),
+        cross_attention_dim=sum(widths), addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=widths[1] + (5 if refiner else 6) * 8, norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32, block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=2 * sample, scaling_factor=0.13025, force_upcast=not float16_vae,
+    )
+
+    def text_config(width: int) -> CLIPTextConfig:
+        return CLIPTextConfig(bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=width,
+                              intermediate_size=37, num_attention_heads=4, num_hidden_layers=3, vocab_size=1000,
+                              max_position_embeddings=77, projection_dim=width, hidden_act="gelu",
+                              layer_norm_eps=1e-5)
+
+    encoders = {"text_encoder_2": CLIPTextModelWithProjection(text_config(widths[1]))}
+    if not refiner:
+        encoders["text_encoder"] = CLIPTextModel(text_config(widths[0]))
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    if not initial_norms:
+        randomize_norms(unet, vae, *encoders.values())
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    scheduler.save_pretrained(out / "scheduler")
+    for key, model in encoders.items():
+        model.save_pretrained(out / key, safe_serialization=True)
+        write_tokenizer(out / key.replace("text_encoder", "tokenizer"), pad="!" if key == "text_encoder_2" else _SPECIAL[1])
+    index = {
+        "_class_name": "StableDiffusionXLImg2ImgPipeline" if refiner else "StableDiffusionXLPipeline",
+        "_diffusers_version": _diffusers_version(),
+        "force_zeros_for_empty_prompt": not refiner,
+        "scheduler": ["diffusers", type(scheduler).__name__],
+        "text_encoder": [None, None] if refiner else ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": [None, None] if refiner else ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "feature_extractor": [None, None], "image_encoder": [None, None],
+    }
+    if refiner:
+        index["requires_aesthetics_score"] = True
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+    title = "Tiny random SDXL refiner" if refiner else "Tiny random SDXL pipeline"
+    (out / "README.md").write_text(
+        f"---\nlicense: {license}\ntags:\n- stable-diffusion-xl\n- text-to-image\n---\n\n"
+        f"# {title}\n\nRandom weights, for testing conversions.\n")
+    return out
 
 
 def save_pipeline(out: Path, *, unet, vae, text_encoder, scheduler, safety_checker=None,

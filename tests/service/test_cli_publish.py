@@ -115,3 +115,44 @@ def test_download_takes_every_variant_name() -> None:
                   env={"HF_ENDPOINT": "http://127.0.0.1:1"})
     assert refused.returncode == 2
     assert "unknown variant 'split_einsum_v3'. Use one of original, split_einsum, split_einsum_v2." in refused.stderr
+
+
+def test_sdxl_base_published_through_the_hub_with_the_swift_xl_names(devhub, tmp_path: Path) -> None:
+    """A tiny SDXL pipeline with defaults: both text encoders, the UNet's added inputs, the float32 VAE, every
+    package for iOS 17 / macOS 14, in both repos and both default layouts."""
+    import coremltools as ct
+
+    url = devhub[0]
+    hub = {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token",
+           "PATH": f"{DOUBLES}{os.pathsep}{os.environ['PATH']}"}
+    made = run("tiny-pipeline", str(tmp_path / "tiny"), "--style", "sdxl", "--push", "studio/tiny-sdxl", env=hub)
+    assert made.returncode == 0, made.stderr
+    converted = run("convert", "studio/tiny-sdxl", "-o", str(tmp_path / "out"), env=hub)
+    assert converted.returncode == 0, converted.stderr
+    published = run("publish", str(tmp_path / "out"), "--namespace", "studio", env=hub)
+    assert published.returncode == 0, published.stderr
+    names = ["TextEncoder.mlmodelc", "TextEncoder2.mlmodelc", "Unet.mlmodelc", "VAEDecoder.mlmodelc",
+             "VAEEncoder.mlmodelc", "merges.txt", "vocab.json"]
+    for name in ("coreml-tiny-sdxl", "coreml-tiny-sdxl-palettized"):
+        repo = Path(snapshot_download(f"studio/{name}", endpoint=url, token="alice-token", local_dir=tmp_path / name))
+        for variant in ("original", "split_einsum_v2"):
+            assert sorted(p.name for p in (repo / variant / "compiled").iterdir()) == names
+        features = {}
+        for package in repo.glob("original/packages/*.mlpackage"):
+            spec = ct.models.MLModel(str(package), skip_model_load=True).get_spec()
+            assert spec.specificationVersion == 8, package.name
+            component = package.name.removeprefix("Stable_Diffusion_version_studio_tiny-sdxl_").removesuffix(".mlpackage")
+            features[component] = {f.name: (tuple(f.type.multiArrayType.shape), f.type.multiArrayType.dataType)
+                                   for f in (*spec.description.input, *spec.description.output)}
+        f16, f32 = ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT16, ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
+        assert features["text_encoder"] == {"input_ids": ((1, 77), f32), "hidden_embeds": ((1, 77, 32), f32),
+                                            "pooled_outputs": ((1, 32), f32)}
+        assert features["text_encoder_2"] == {"input_ids": ((1, 77), f32), "hidden_embeds": ((1, 77, 48), f32),
+                                              "pooled_outputs": ((1, 48), f32)}
+        assert features["unet"] == {"sample": ((2, 4, 16, 16), f16), "timestep": ((2,), f16),
+                                    "encoder_hidden_states": ((2, 80, 1, 77), f16), "text_embeds": ((2, 48), f16),
+                                    "time_ids": ((2, 6), f16), "noise_pred": ((2, 4, 16, 16), f32)}
+        assert features["vae_decoder"] == {"z": ((1, 4, 16, 16), f32), "image": ((1, 3, 32, 32), f32)}
+        card = (repo / "README.md").read_text()
+        assert "Needs macOS 14 / iOS 17 or later" in card and "StableDiffusionXLPipeline" in card
+        assert "the VAE stays float32: it overflows in float16" in card

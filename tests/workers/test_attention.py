@@ -84,6 +84,34 @@ def test_layouts_match_diffusers_unet_at_60_db(style: str, attention: Attention)
     assert psnr(expected.numpy(), ours.numpy()) >= 60
 
 
+@pytest.mark.parametrize("time_ids", [6, 5])  # SDXL base, refiner
+@pytest.mark.parametrize("attention", list(Attention))
+def test_sdxl_added_conditioning_matches_diffusers_in_every_layout(attention: Attention, time_ids: int) -> None:
+    """text_embeds and time_ids through SDXL's add_embedding: (B, C, 1, 1) in the split_einsum layouts too."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, layers_per_block=1, block_out_channels=(32, 64), norm_num_groups=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=80, attention_head_dim=(2, 4), use_linear_projection=True,
+        transformer_layers_per_block=(1, 2), addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=48 + time_ids * 8).eval()
+    gen = torch.Generator().manual_seed(1)
+    sample, timestep = torch.randn(2, 4, 16, 16, generator=gen), torch.tensor([981.0, 981.0])
+    context = torch.randn(2, 80, 1, 77, generator=gen)
+    added = {"text_embeds": torch.randn(2, 48, generator=gen),
+             "time_ids": torch.tensor([32.0, 32.0, 0.0, 0.0, 32.0, 32.0][:time_ids]).expand(2, time_ids)}
+    with torch.no_grad():
+        expected = unet(sample, timestep, context.squeeze(2).transpose(1, 2), added_cond_kwargs=added).sample
+        no_added = unet(sample, timestep, context.squeeze(2).transpose(1, 2),
+                        added_cond_kwargs={"text_embeds": added["text_embeds"] * 0,
+                                           "time_ids": added["time_ids"]}).sample
+        ours = export_unet(unet, attention)(sample, timestep, context, added_cond_kwargs=added).sample
+    assert psnr(expected.numpy(), ours.numpy()) >= 60
+    assert psnr(expected.numpy(), no_added.numpy()) < 40  # the added inputs matter: the check can fail
+
+
 def test_export_shares_weights_instead_of_copying() -> None:
     unet = _unet("sd2")
     exported = export_unet(unet, Attention.SPLIT_EINSUM_V2)

@@ -188,20 +188,25 @@ _CLIP_L = {"hidden_size": 768, "intermediate_size": 3072, "max_position_embeddin
            "num_hidden_layers": 12, "vocab_size": 49408}
 _SAFETY = {"projection_dim": 768, "vision_config": {"hidden_size": 1024, "intermediate_size": 4096,
                                                     "num_attention_heads": 16, "num_hidden_layers": 24, "patch_size": 14}}
+_SDXL_UNET = _SD15_UNET | {
+    "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280], "cross_attention_dim": 2048,
+    "sample_size": 128, "transformer_layers_per_block": [1, 2, 10], "use_linear_projection": True,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "addition_embed_type": "text_time", "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816}
 REAL = {
     "sd15": (_SD15_UNET, _CLIP_L, (64, 64, 8, 768)),
     "sd21": (_SD15_UNET | {"attention_head_dim": [5, 10, 20, 20], "cross_attention_dim": 1024, "sample_size": 96,
                            "use_linear_projection": True},
              _CLIP_L | {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
                         "num_hidden_layers": 23}, (96, 96, 8, 1024)),
-    # SDXL's sizes (its added conditioning is refused by another check, dropped here)
-    "sdxl": (_SD15_UNET | {"attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280],
-                           "cross_attention_dim": 2048, "sample_size": 128, "transformer_layers_per_block": [1, 2, 10],
-                           "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-                           "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"]},
-             _CLIP_L | {"hidden_size": 2048, "intermediate_size": 5120, "num_attention_heads": 16,
-                        "num_hidden_layers": 32}, (128, 128, 8, 2048)),
+    "sdxl": (_SDXL_UNET, _CLIP_L, (128, 128, 8, 2048)),
 }
+# SDXL's second text encoder (OpenCLIP bigG) and its tokenizer
+_XL_FILES = {"text_encoder_2/config.json": _CLIP_L | {"hidden_size": 1280, "intermediate_size": 5120,
+                                                      "num_attention_heads": 20, "num_hidden_layers": 32,
+                                                      "projection_dim": 1280},
+             "tokenizer_2/tokenizer_config.json": {"model_max_length": 77}}
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -210,6 +215,8 @@ def test_real_pipeline_configs_pass(tmp_path: Path, name: str) -> None:
     files = {"unet/config.json": unet, "vae/config.json": _SD_VAE, "text_encoder/config.json": text,
              "safety_checker/config.json": _SAFETY, "feature_extractor/preprocessor_config.json": {"crop_size": 224},
              "tokenizer/tokenizer_config.json": {"model_max_length": 1e30}}  # "no limit of my own"
+    if name == "sdxl":
+        files |= _XL_FILES
     for file, data in files.items():
         (tmp_path / file).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / file).write_text(json.dumps(data))

@@ -68,7 +68,7 @@ def test_variant_files_beside_plain_ones_are_not_fetched(source: Path) -> None:
     assert "unet/diffusion_pytorch_model.fp16.safetensors" not in resolved.download_patterns()
 
 
-@pytest.mark.parametrize("cls, label", [("StableDiffusionXLPipeline", "SDXL"),
+@pytest.mark.parametrize("cls, label", [("StableDiffusionXLInpaintPipeline", "SDXL inpainting"),
                                         ("StableDiffusion3Pipeline", "Stable Diffusion 3"),
                                         ("SomeCustomPipeline", "SomeCustomPipeline")])
 def test_other_pipelines_are_not_supported_yet_naming_the_class(source: Path, cls: str, label: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import OptionsError, UnsupportedModelError
+from service.errors import OptionsError, SourceError, UnsupportedModelError
 from workers.geometry import read_geometry
 from workers.specs import SPECS
 
@@ -41,12 +41,18 @@ def _edited(source: Path, tmp: Path, component: str, **changes) -> Path:
 
 @pytest.mark.parametrize("changes, message", [
     ({"in_channels": 9}, "9 input channels"),
-    ({"addition_embed_type": "text_time"}, "added conditioning"),
+    ({"class_embed_type": "timestep"}, "class_embed_type 'timestep' are not supported"),
+    ({"addition_embed_type": "image"}, "addition_embed_type 'image' are not supported"),
     ({"_class_name": "UNet2DModel"}, "UNet2DModel is not supported"),
 ])
 def test_unsupported_unets_are_refused(sd1_pipeline: Path, tmp_path: Path, changes: dict, message: str) -> None:
     with pytest.raises(UnsupportedModelError, match=message):
         read_geometry(_edited(sd1_pipeline, tmp_path, "unet", **changes))
+
+
+def test_an_sdxl_unet_without_the_second_text_encoder_is_refused(sd1_pipeline: Path, tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="an SDXL UNet .* needs text_encoder_2, and the source has none"):
+        read_geometry(_edited(sd1_pipeline, tmp_path, "unet", addition_embed_type="text_time"))
 
 
 def test_mismatched_text_encoder_is_refused(sd1_pipeline: Path, tmp_path: Path) -> None:
@@ -55,6 +61,6 @@ def test_mismatched_text_encoder_is_refused(sd1_pipeline: Path, tmp_path: Path) 
 
 
 def test_specs_declare_apples_component_names() -> None:
-    assert list(SPECS) == ["text_encoder", "unet", "vae_decoder", "vae_encoder", "safety_checker"]
+    assert list(SPECS) == ["text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder", "safety_checker"]
     assert [s.name for s in SPECS.values() if s.depends_on_attention] == ["unet"]
-    assert [s.name for s in SPECS.values() if s.palettize] == ["text_encoder", "unet"]
+    assert [s.name for s in SPECS.values() if s.palettize] == ["text_encoder", "text_encoder_2", "unet"]
