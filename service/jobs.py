@@ -28,7 +28,7 @@ from workers.versions import toolchain
 log = logging.getLogger(__name__)
 
 
-_KEYED_WHEN_SET = ("deployment_target", "chunk_unet", "chunks_only")
+_KEYED_WHEN_SET = ("deployment_target", "chunk_unet", "chunks_only", "vae", "refiner")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ class JobOptions:
     deployment_target: str | None = None  # None: each precision's own (float16 macOS13/iOS16, palettized iOS17)
     chunk_unet: bool = False  # float16 UNets also as UnetChunk1/UnetChunk2 (iOS)
     chunks_only: bool = False  # the chunks instead of the whole float16 UNet
+    vae: str | None = None  # a Hub VAE repo converted instead of the source's (--vae)
+    refiner: str | None = None  # an SDXL refiner repo whose UNet ships beside the base's (--refiner)
 
     def __post_init__(self) -> None:
         if not self.namespace:
@@ -70,6 +72,13 @@ class JobOptions:
             check_bits(self.bits, target_for(self.deployment_target, palettized=True))
         if self.chunks_only and not self.chunk_unet:
             raise OptionsError("--chunks-only needs --chunk-unet", hint="Pass --chunk-unet --chunks-only.")
+        from workers.resolve import looks_like_repo_id
+
+        for name in ("vae", "refiner"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not looks_like_repo_id(value) or "/" not in value):
+                raise OptionsError(f"--{name} {str(value)[:100]!r} is not a Hub repo id",
+                                   hint=f"Jobs take --{name} as org/name (convert takes local folders too).")
         object.__setattr__(self, "attentions", sort_attentions(self.attentions))
         if self.components is not None:
             object.__setattr__(self, "components", tuple(sorted(set(self.components))))

@@ -203,7 +203,8 @@ def _source(spec: JobSpec, settings: Settings, *, need_safety_checker: bool = Tr
 
     source = resolve_source(spec.source_repo, revision=spec.source_sha, endpoint=settings.hub_endpoint,
                             max_bytes=int(settings.max_source_gb * 1e9),
-                            need_safety_checker=need_safety_checker)
+                            need_safety_checker=need_safety_checker, vae=spec.options.vae,
+                            refiner=spec.options.refiner)
     return fetch_source(source, endpoint=settings.hub_endpoint)
 
 
@@ -224,7 +225,8 @@ def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
                            and (options.components is None or c in options.components))
         attentions = tuple(Attention(a) for a in options.attentions)
     else:
-        components, attentions = ("unet",), (Attention(part.removeprefix("unet-")),)
+        components = tuple(c for c in select_components(source, None) if depends_on_attention(c))  # + refiner
+        attentions = (Attention(part.removeprefix("unet-")),)
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     out = store.path(spec.id, "parts", part)
     shutil.rmtree(out, ignore_errors=True)

@@ -29,8 +29,8 @@ LOCAL = "local"  # the task id of jobs run in the submitting process (`submit --
 
 def requested_options(*, namespace: str | None, attentions: Iterable[str], bits: int | None,
                       private: bool | None = None, packages_only: bool = False, deployment_target: str | None = None,
-                      chunk_unet: bool = False, chunks_only: bool = False,
-                      settings: Settings | None = None) -> JobOptions:
+                      chunk_unet: bool = False, chunks_only: bool = False, vae: str | None = None,
+                      refiner: str | None = None, settings: Settings | None = None) -> JobOptions:
     """Options as a user asks for them: the service's namespace when none is given, 0 bits meaning float16 only,
     ``private=None`` publishing with the source repo's own visibility, no deployment target meaning each
     precision's own."""
@@ -38,7 +38,7 @@ def requested_options(*, namespace: str | None, attentions: Iterable[str], bits:
     return JobOptions(namespace=namespace or settings.default_namespace or "", attentions=tuple(attentions),
                       bits=bits or None, private=private, packages_only=packages_only,
                       deployment_target=deployment_target or None, chunk_unet=chunk_unet or chunks_only,
-                      chunks_only=chunks_only)
+                      chunks_only=chunks_only, vae=vae or None, refiner=refiner or None)
 
 
 def create_job(*, source_repo: str, options: JobOptions, revision: str | None = None,
@@ -56,7 +56,8 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
                            hint="Jobs take org/name; convert a local folder with `coreml-publish convert`.")
     source = resolve_source(source_repo, revision=revision, endpoint=settings.hub_endpoint,
                             max_bytes=int(settings.max_source_gb * 1e9),
-                            need_safety_checker=options.components is None or "safety_checker" in options.components)
+                            need_safety_checker=options.components is None or "safety_checker" in options.components,
+                            vae=options.vae, refiner=options.refiner)
     with session_scope(settings.database_url) as session:
         submitted = submit_job(session, source_repo=source_repo, source_sha=source.sha, options=options,
                                revision=revision, trigger=trigger)

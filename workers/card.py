@@ -158,6 +158,7 @@ def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str | None
         lines.append(f'hf_hub_download("{repo_id}", "{zip_name(repo_name, variants[-1])}", local_dir="{repo_name}")')
     lines += ["```", "", "## Provenance", "",
               f"- Source: {source_label}" + (f" at commit `{source['sha']}`" if source.get("sha") else ""),
+              *_extra_sources(source),
               f"- Converter: {toolchain['converter']}; coremltools {toolchain['coremltools']}, torch "
               f"{toolchain['torch']}, diffusers {toolchain['diffusers']}, transformers {toolchain['transformers']}",
               f"- Deployment target: {target}, {os_text}{_older_copies(packages, target)}; UNet batch {options['batch_size']}, latent "
@@ -191,6 +192,17 @@ def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str | None
             lines += ["## Original model card", "", f"Carried over from {source_label}.", "",
                       sanitize_markdown(body, demote_headings=True), ""]
     return "\n".join(lines)
+
+
+def _extra_sources(source: dict) -> list[str]:
+    """Provenance lines of the sources a conversion took components from besides its own (--vae, --refiner)."""
+    lines = []
+    for kind, text in (("vae", "VAE (instead of the source's)"), ("refiner", "Refiner UNet (`UnetRefiner`)")):
+        extra = source.get(kind)
+        if extra:
+            label = f"[{extra['repo_id']}](/{extra['repo_id']})" if extra.get("repo_id") else f"`{extra['id']}`"
+            lines.append(f"- {text}: {label}" + (f" at commit `{extra['sha']}`" if extra.get("sha") else ""))
+    return lines
 
 
 def _kept(packages: list[dict], only: str | None = None) -> str:

@@ -153,6 +153,8 @@ class SourceSizes:
     text_embeds_dim: int = 0
     time_ids: int = 0
     vae_float32: bool = False  # the SDXL VAE overflows in float16: converted in float32 unless it says otherwise
+    # an SDXL refiner's UNet shipped beside a base's (``refiner/``): its context, pooled width and time_ids
+    refiner: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def xl(self) -> bool:
@@ -230,13 +232,15 @@ def check_configs(root: Path) -> SourceSizes:
     if time_ids == 6 and "text_encoder" not in encoders:  # a refiner's UNet takes 5 (its aesthetic score)
         raise SourceError("an SDXL base UNet needs text_encoder, and the source has none", source=source,
                           hint="Add the first text encoder, or pick a refiner (its UNet takes an aesthetic score).")
+    refiner = _refiner(root, time_ids, encoders, widths) if (root / "refiner" / "config.json").is_file() else (0, 0, 0)
     sizes = SourceSizes(sample=sample, down_factor=2 ** (len(unet_levels) - 1), latent_channels=in_channels,
                         vae_scale_factor=2 ** (len(vae_channels) - 1), context_dim=context,
                         sequence_length=sequence, vocab_size=vocab, safety_image_size=safety_image_size,
                         unet_levels=unet_levels, vae_channels=tuple(vae_channels),
                         text_widths=(dict(zip(encoders, widths)).get("text_encoder", 0),
                                      dict(zip(encoders, widths)).get("text_encoder_2", 0)),
-                        text_embeds_dim=text_embeds_dim, time_ids=time_ids, vae_float32=xl and upcast)
+                        text_embeds_dim=text_embeds_dim, time_ids=time_ids, vae_float32=xl and upcast,
+                        refiner=refiner)
     needed, where = largest_activation(sizes, sample, batch_size=2)
     if needed > MAX_ACTIVATION_BYTES:
         raise unet.too_much_memory("sample_size", sample_value, needed, where)
@@ -255,6 +259,30 @@ def _text_encoders(root: Path, xl: bool) -> dict[str, Config]:
         raise SourceError("an SDXL UNet (addition_embed_type text_time) needs text_encoder_2, and the source "
                           "has none", source=str(root), hint="Pick a complete SDXL diffusers repo.")
     return {key: Config.read(root, key) for key in XL_ENCODERS if (root / key / "config.json").is_file()}
+
+
+def _refiner(root: Path, time_ids: int, encoders: dict[str, Config], widths: list[int]) -> tuple[int, int, int]:
+    """A refiner UNet (``refiner/``) beside an SDXL base: conditioned by the base's second text encoder."""
+    config = Config.read(root, "refiner")
+    source = str(root)
+    if time_ids != 6:
+        raise UnsupportedModelError("--refiner goes with an SDXL base model, and this source is not one",
+                                    source=source, hint="Drop --refiner, or convert an SDXL base model.")
+    if config.get("_class_name") != "UNet2DConditionModel" or config.get("addition_embed_type") != "text_time":
+        raise UnsupportedModelError("the --refiner UNet is not an SDXL UNet", source=source,
+                                    hint="Pass an SDXL refiner repo.")
+    context = config.integer("cross_attention_dim", 1280, high=MAX_CHANNELS)
+    second = dict(zip(encoders, widths))["text_encoder_2"]
+    if context != second:
+        raise UnsupportedModelError(f"the --refiner UNet's context {context} does not match the base's second "
+                                    f"text encoder ({second})", source=source,
+                                    hint="Pass the refiner made for this base model.")
+    _unet_levels(config, context)  # its sizes, checked as the base's
+    pooled, count = _added_conditioning(config, encoders)
+    if count != 5:
+        raise UnsupportedModelError("the --refiner UNet takes a base's 6 time_ids, not a refiner's 5",
+                                    source=source, hint="Pass an SDXL refiner, not a base model.")
+    return context, pooled, count
 
 
 def _added_conditioning(unet: Config, encoders: dict[str, Config]) -> tuple[int, int]:

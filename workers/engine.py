@@ -135,9 +135,7 @@ class _Run:
         self.converter = converter_id()
         self.accountings: dict[str, Accounting] = {}  # float16 package -> where its parameters are
         self.report = Report(
-            source={"id": source.id, "repo_id": source.repo_id, "revision": source.revision,
-                    "sha": source.sha, "path": str(source.path), "pipeline_class": source.pipeline_class,
-                    "license": source.license},
+            source=source.provenance(),
             options={"attentions": [a.value for a in options.attentions], "bits": options.bits,
                      "components": list(options.components) if options.components else None,
                      "latent_size": list(options.latent_size) if options.latent_size else None,

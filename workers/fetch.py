@@ -1,10 +1,13 @@
 """Fetch step: download exactly the files a resolved Hub source needs, pinned to its commit sha, and check
 the weights before any conversion work: links staying inside the download, safetensors headers, and
-(for every source, local ones too) no NaN or infinite values."""
+(for every source, local ones too) no NaN or infinite values.  A source with extra sources (``--vae``,
+``--refiner``) comes back as one composed folder of links (:func:`compose`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import tempfile
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
 
 from workers.errors import HubUnavailableError
 from workers.resolve import Source, network_errors, source_files
@@ -24,7 +27,43 @@ def fetch_source(source: Source, *, local_dir: Path | None = None, cache_dir: Pa
     assert source.path is not None
     if check_values:
         check_finite_values(source.path, _weights(source), source=source.id)
-    return source
+    if not source.extras:
+        return source
+    extras = tuple((kind, fetch_source(extra, cache_dir=cache_dir, token=token, endpoint=endpoint,
+                                       check_values=check_values,
+                                       local_dir=local_dir.with_name(f"{local_dir.name}.{kind}") if local_dir else None))
+                   for kind, extra in source.extras)
+    return compose(replace(source, extras=extras))
+
+
+# where each extra source's component goes in a composed folder, and the folder it comes from
+_EXTRA_FOLDERS = {"vae": "vae", "refiner": "refiner"}
+
+
+def compose(source: Source) -> Source:
+    """One folder that reads as a single source: the source's own files, with the extra sources' components
+    linked in (``vae/``: the ``--vae`` one, replacing the source's; ``refiner/``: the refiner's UNet).
+
+    The folder holds links only, in a fresh temporary folder; the sources stay where they were fetched.
+    """
+    assert source.path is not None
+    folder = Path(tempfile.mkdtemp(prefix=f"coreml-publish-{source.name}-"))
+    taken = {_EXTRA_FOLDERS[kind] for kind, _ in source.extras}
+    for entry in sorted(source.path.iterdir()):
+        if entry.name not in taken:
+            (folder / entry.name).symlink_to(entry.absolute(), target_is_directory=entry.is_dir())
+    weight_files, variants = dict(source.weight_files), dict(source.weight_variant)
+    components = list(source.components)
+    for kind, extra in source.extras:
+        assert extra.path is not None and extra.subfolder is not None
+        name, (component,) = _EXTRA_FOLDERS[kind], extra.weight_files
+        (folder / name).symlink_to((extra.path / extra.subfolder).absolute(), target_is_directory=True)
+        weight_files[name] = tuple(f"{name}/{PurePosixPath(f).name}" for f in extra.weight_files[component])
+        variants[name] = extra.weight_variant[component]
+        if name not in components:
+            components.append(name)
+    return replace(source, path=folder, weight_files=weight_files, weight_variant=variants,
+                   components=tuple(components), origin=source.path)
 
 
 def _weights(source: Source) -> list[str]:

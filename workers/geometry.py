@@ -43,6 +43,9 @@ class Geometry:
     text_embeds_dim: int = 0  # the UNet's ``text_embeds`` input
     time_ids: int = 0  # the UNet's ``time_ids`` input: 6 (base) or 5 (refiner)
     vae_precision: str = "float16"  # "float32" for a VAE that overflows in float16 (the original SDXL one)
+    refiner_context_dim: int = 0  # an SDXL refiner shipped beside the base (its UNet's context, pooled width and
+    refiner_text_embeds_dim: int = 0  # time_ids); 0: none
+    refiner_time_ids: int = 0
 
     @property
     def xl(self) -> bool:
@@ -98,4 +101,6 @@ def read_geometry(path: Path, *, latent_size: tuple[int, int] | None = None,
                     sequence_length=sizes.sequence_length, safety_image_size=sizes.safety_image_size,
                     vocab_size=sizes.vocab_size, text_encoder_dim=sizes.text_widths[0],
                     text_encoder_2_dim=sizes.text_widths[1], text_embeds_dim=sizes.text_embeds_dim,
-                    time_ids=sizes.time_ids, vae_precision="float32" if sizes.vae_float32 else "float16")
+                    time_ids=sizes.time_ids, vae_precision="float32" if sizes.vae_float32 else "float16",
+                    refiner_context_dim=sizes.refiner[0], refiner_text_embeds_dim=sizes.refiner[1],
+                    refiner_time_ids=sizes.refiner[2])

@@ -22,7 +22,7 @@ class Attention(str, enum.Enum):
 DEFAULT_ATTENTIONS: tuple[Attention, ...] = (Attention.ORIGINAL, Attention.SPLIT_EINSUM_V2)
 
 # components converted once per attention layout; every other component is shared by all layouts
-PER_LAYOUT_COMPONENTS = frozenset({"unet"})
+PER_LAYOUT_COMPONENTS = frozenset({"unet", "refiner"})
 
 
 def depends_on_attention(component: str) -> bool:
@@ -42,6 +42,7 @@ COMPILED_NAMES: dict[str, str] = {
     "unet": "Unet",
     "unet_chunk1": "UnetChunk1",
     "unet_chunk2": "UnetChunk2",
+    "refiner": "UnetRefiner",
     "vae_decoder": "VAEDecoder",
     "vae_encoder": "VAEEncoder",
     "safety_checker": "SafetyChecker",

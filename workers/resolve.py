@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from workers.card import card_license, license_id
 from workers.configs import check_configs, read_json
@@ -19,6 +20,7 @@ from workers.errors import (
     TRANSIENT_STATUS,
     GatedSourceError,
     HubUnavailableError,
+    OptionsError,
     SourceError,
     SourceNotFoundError,
     UnsafeWeightsError,
@@ -77,6 +79,12 @@ class Source:
     license: str | None = None
     private: bool | None = None  # the Hub repo's visibility; None for local folders
     path: Path | None = None  # local folder holding the files (after fetch, for Hub sources)
+    # a source of one component only (``--vae``): the folder inside the repo holding it ("" for the root)
+    subfolder: str | None = None
+    # other sources this conversion takes components from: "vae" (a VAE replacing the source's) and
+    # "refiner" (an SDXL refiner's UNet, shipped as UnetRefiner); fetch links them into one folder
+    extras: tuple[tuple[str, "Source"], ...] = ()
+    origin: Path | None = None  # a composed source's own folder (``path`` is then the folder of links)
 
     @property
     def name(self) -> str:
@@ -85,6 +93,9 @@ class Source:
 
     def download_patterns(self) -> list[str]:
         """The files a fetch needs: index, configs, tokenizer, chosen weights, card. Nothing else."""
+        if self.subfolder is not None:  # one component: its config and weights
+            return ["README.md", f"{self.subfolder}/config.json".lstrip("/"),
+                    *(f for names in self.weight_files.values() for f in names)]
         patterns = ["model_index.json", "README.md", "scheduler/*.json"]
         patterns += [f"{tokenizer}/*" for tokenizer in ("tokenizer", "tokenizer_2") if tokenizer in self.components]
         for component in self.components:
@@ -96,6 +107,18 @@ class Source:
 
     def with_path(self, path: Path) -> "Source":
         return replace(self, path=path)
+
+    def extra(self, kind: str) -> "Source | None":
+        return dict(self.extras).get(kind)
+
+    def provenance(self) -> dict:
+        """What a report records of this source (and of each extra one)."""
+        found = {"id": self.id, "repo_id": self.repo_id, "revision": self.revision, "sha": self.sha,
+                 "path": str(self.origin or self.path), "pipeline_class": self.pipeline_class,
+                 "license": self.license}
+        for kind, extra in self.extras:
+            found[kind] = extra.provenance()
+        return found
 
 
 def looks_like_repo_id(text: str) -> bool:
@@ -114,13 +137,34 @@ def resolve_source(
     token: str | None = None,
     endpoint: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    vae: str | None = None,
+    refiner: str | None = None,
 ) -> Source:
     """Resolve a local folder or a Hub repo id into a checked :class:`Source`.
 
-    ``max_bytes`` bounds the size of the weights the conversion would read.
+    ``max_bytes`` bounds the size of the weights the conversion would read.  ``vae`` (a VAE repo or folder,
+    see :func:`resolve_vae`) replaces the source's VAE; ``refiner`` (an SDXL refiner, see
+    :func:`resolve_refiner`) adds its UNet to an SDXL base's packages.  Both are resolved here too.
 
     Raises SourceNotFoundError, UnsupportedModelError, UnsafeWeightsError, GatedSourceError, SourceError.
     """
+    found = _resolve_main(source, revision=revision, source_id=source_id, allow_pickle=allow_pickle,
+                          need_safety_checker=need_safety_checker, token=token, endpoint=endpoint,
+                          max_bytes=max_bytes)
+    extras = []
+    if refiner:
+        if found.pipeline_class not in XL_PIPELINES:
+            raise OptionsError(f"--refiner needs an SDXL base source, and {found.id} is a {found.pipeline_class}",
+                               hint="Drop --refiner, or convert an SDXL base model.")
+        extras.append(("refiner", resolve_refiner(refiner, allow_pickle=allow_pickle, token=token,
+                                                  endpoint=endpoint, max_bytes=max_bytes)))
+    if vae:
+        extras.append(("vae", resolve_vae(vae, allow_pickle=allow_pickle, token=token, endpoint=endpoint)))
+    return replace(found, extras=tuple(extras)) if extras else found
+
+
+def _resolve_main(source: str, *, revision: str | None, source_id: str | None, allow_pickle: bool,
+                  need_safety_checker: bool, token: str | None, endpoint: str | None, max_bytes: int) -> Source:
     path = Path(source).expanduser()
     if path.exists():
         if revision:
@@ -205,15 +249,9 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
                 need_safety_checker: bool = True, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
     """Ask the Hub about a repo, pin the revision to a commit sha and check the file list."""
     from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
     api = HfApi(endpoint=endpoint, token=token)
-    try:
+    with _hub_errors(repo_id, revision):
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
         files = [s.rfilename for s in info.siblings or []]
         sizes = {s.rfilename: s.size for s in info.siblings or [] if s.size is not None}
@@ -221,6 +259,27 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
             _raise_not_diffusers(repo_id, files)
         index_path = hf_hub_download(repo_id, "model_index.json", revision=info.sha, token=token,
                                      endpoint=endpoint)
+    index = _read_model_index(Path(index_path), source=repo_id, files=files)
+    card = info.card_data
+    license_ = license_id(card.get("license")) if card is not None else None
+    checked = _check(index, files, source=repo_id, allow_pickle=allow_pickle,
+                     need_safety_checker=need_safety_checker, sizes=sizes, max_bytes=max_bytes)
+    return Source(id=repo_id, repo_id=repo_id, revision=revision or "main", sha=info.sha,
+                  license=license_, private=bool(info.private), **checked)
+
+
+@contextmanager
+def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
+    """Hub refusals and network trouble around Hub calls for ``repo_id``, as this step's one-line errors."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        yield
     except GatedRepoError as e:
         raise GatedSourceError(f"{repo_id} is gated", source=repo_id) from e
     except RevisionNotFoundError as e:
@@ -238,13 +297,73 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
     except network_errors() as e:  # connection refused, DNS, timeouts
         raise HubUnavailableError(f"cannot reach the Hub for {repo_id}: {e.__class__.__name__}",
                                   source=repo_id, hint="Check your network and HF_ENDPOINT.") from e
-    index = _read_model_index(Path(index_path), source=repo_id, files=files)
+
+
+def resolve_vae(ref: str, *, allow_pickle: bool = False, token: str | None = None,
+                endpoint: str | None = None) -> Source:
+    """``--vae``: a VAE to convert instead of the source's, from a local folder or a Hub repo (pinned to its
+    sha) holding an ``AutoencoderKL`` at its root (as float16-fixed SDXL VAEs are published) or in ``vae/``.
+
+    Raises SourceNotFoundError, SourceError (no VAE there), UnsafeWeightsError, HubUnavailableError.
+    """
+    from huggingface_hub import HfApi, hf_hub_download
+
+    path = Path(ref).expanduser()
+    info = None
+    if path.is_dir():
+        files = list(source_files(path.resolve(), source=ref))
+    elif ref.startswith((".", "/", "~")) or not looks_like_repo_id(ref):
+        raise SourceNotFoundError(f"--vae {ref!r} is neither a local folder nor a valid Hub repo id", source=ref,
+                                  hint="Pass a VAE repo id such as madebyollin/sdxl-vae-fp16-fix, or a folder.")
+    else:
+        with _hub_errors(ref, None):
+            info = HfApi(endpoint=endpoint, token=token).model_info(ref)
+            files = [s.rfilename for s in info.siblings or []]
+    folder = "" if "config.json" in files else "vae" if "vae/config.json" in files else None
+    if folder is None:
+        raise SourceError(f"--vae {ref} holds no VAE: no config.json at its root or in vae/", source=ref,
+                          hint="Pass a repo or folder with a diffusers AutoencoderKL (config.json and weights).")
+    config_file = f"{folder}/config.json".lstrip("/")
+    if info is None:
+        config = read_json(path / config_file, label=f"--vae {config_file}", source=ref)
+    else:
+        with _hub_errors(ref, None):
+            config = read_json(Path(hf_hub_download(ref, config_file, revision=info.sha, token=token,
+                                                    endpoint=endpoint)), label=f"--vae {config_file}", source=ref)
+    if config.get("_class_name") != "AutoencoderKL":
+        raise UnsupportedModelError(f"--vae {ref} is not an AutoencoderKL VAE (its config's _class_name is "
+                                    f"{str(config.get('_class_name'))[:60]})", source=ref,
+                                    hint="Pass a diffusers AutoencoderKL VAE.")
+    weights, variant, pickled = _component_weights("vae", folder, files, ref)
+    if pickled:  # loaded beside the source's own components, which are read as safetensors
+        raise UnsafeWeightsError(f"--vae {ref} has only pickle weights ({', '.join(pickled)}); --vae takes "
+                                 "safetensors weights only", source=ref, files=pickled)
+    common = dict(pipeline_class="AutoencoderKL", model_index={}, components=("vae",),
+                  weight_files={"vae": weights}, weight_variant={"vae": variant}, use_safetensors=not pickled,
+                  subfolder=folder)
+    if info is None:
+        return Source(id=path.resolve().name, path=path.resolve(), license=_card_license(path / "README.md"),
+                      **common)
     card = info.card_data
-    license_ = license_id(card.get("license")) if card is not None else None
-    checked = _check(index, files, source=repo_id, allow_pickle=allow_pickle,
-                     need_safety_checker=need_safety_checker, sizes=sizes, max_bytes=max_bytes)
-    return Source(id=repo_id, repo_id=repo_id, revision=revision or "main", sha=info.sha,
-                  license=license_, private=bool(info.private), **checked)
+    return Source(id=ref, repo_id=ref, revision="main", sha=info.sha, private=bool(info.private),
+                  license=license_id(card.get("license")) if card is not None else None, **common)
+
+
+def resolve_refiner(ref: str, *, allow_pickle: bool = False, token: str | None = None,
+                    endpoint: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
+    """``--refiner``: an SDXL refiner repo or folder whose UNet ships beside the base's as UnetRefiner (only
+    its UNet is fetched; the base's second text encoder conditions it).  Raises as :func:`resolve_source`."""
+    found = resolve_source(ref, allow_pickle=allow_pickle, token=token, endpoint=endpoint,
+                           need_safety_checker=False, max_bytes=max_bytes)
+    if not found.use_safetensors:
+        raise UnsafeWeightsError(f"--refiner {ref} has only pickle weights; --refiner takes safetensors weights only",
+                                 source=ref, files=list(found.weight_files["unet"]))
+    if found.pipeline_class not in XL_PIPELINES:
+        raise UnsupportedModelError(f"--refiner {ref} is a {found.pipeline_class}, not an SDXL refiner",
+                                    source=ref, hint="Pass an SDXL refiner repo such as "
+                                                     "stabilityai/stable-diffusion-xl-refiner-1.0.")
+    return replace(found, components=("unet",), weight_files={"unet": found.weight_files["unet"]},
+                   weight_variant={"unet": found.weight_variant["unet"]}, subfolder="unet")
 
 
 def network_errors() -> tuple[type[BaseException], ...]:
@@ -304,6 +423,25 @@ def _card_license(readme: Path) -> str | None:
     return card_license(readme.read_text(errors="replace"))
 
 
+def _component_weights(component: str, folder: str, files: list[str], source: str
+                       ) -> tuple[tuple[str, ...], str | None, list[str]]:
+    """The weight files of one component in ``folder`` (repo-relative; "" for the root), their diffusers
+    variant and which of them are pickle: plain safetensors, else the fp16 variant, else pickle files."""
+    in_folder = [f for f in files if PurePosixPath(f).parent.as_posix() == (folder or ".")]
+    safetensors = sorted(f for f in in_folder if f.endswith(".safetensors"))
+    plain = [f for f in safetensors if not _VARIANT_FILE.match(PurePosixPath(f).name) or "-of-" in f]
+    if plain:
+        return tuple(plain) + tuple(f for f in in_folder if f.endswith(".safetensors.index.json")), None, []
+    fp16 = [f for f in safetensors if PurePosixPath(f).name.split(".")[-2] == "fp16"]
+    if fp16:
+        return tuple(fp16), "fp16", []
+    found = sorted(f for f in in_folder if f.endswith(PICKLE_SUFFIXES))
+    if not found:
+        raise SourceError(f"{source}: no weights found for {component}", source=source,
+                          hint=f"Add {folder + '/' if folder else ''}*.safetensors to the source.")
+    return tuple(found), None, found
+
+
 def _check(index: dict, files: list[str], *, source: str, allow_pickle: bool,
            need_safety_checker: bool, sizes: dict[str, int] | None = None,
            max_bytes: int = DEFAULT_MAX_BYTES) -> dict:
@@ -337,27 +475,9 @@ def _check(index: dict, files: list[str], *, source: str, allow_pickle: bool,
     weight_variant: dict[str, str | None] = {}
     pickles: list[str] = []
     for component in wanted:
-        in_folder = [f for f in files if PurePosixPath(f).parent.as_posix() == component]
-        safetensors = sorted(f for f in in_folder if f.endswith(".safetensors"))
-        plain = [f for f in safetensors if not _VARIANT_FILE.match(PurePosixPath(f).name)
-                 or "-of-" in f]
-        if plain:
-            weight_files[component] = tuple(plain) + tuple(
-                f for f in in_folder if f.endswith(".safetensors.index.json"))
-            weight_variant[component] = None
-            continue
-        fp16 = [f for f in safetensors if PurePosixPath(f).name.split(".")[-2] == "fp16"]
-        if fp16:
-            weight_files[component] = tuple(fp16)
-            weight_variant[component] = "fp16"
-            continue
-        found = sorted(f for f in in_folder if f.endswith(PICKLE_SUFFIXES))
-        if not found:
-            raise SourceError(f"{source}: no weights found for {component}", source=source,
-                              hint=f"Add {component}/*.safetensors to the source.")
-        pickles.extend(found)
-        weight_files[component] = tuple(found)
-        weight_variant[component] = None
+        weight_files[component], weight_variant[component], pickled = _component_weights(
+            component, component, files, source)
+        pickles.extend(pickled)
     total = sum((sizes or {}).get(f, 0) for names in weight_files.values() for f in names)
     if total > max_bytes:
         raise SourceError(f"{source} is too large: {total / 1e9:.1f} GB of weights to convert, the limit is "

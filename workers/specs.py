@@ -22,6 +22,7 @@ encoder spec; the others read the difference from the geometry.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -290,6 +291,31 @@ class UNetSpec(ComponentSpec):
         return inputs
 
 
+class RefinerSpec(UNetSpec):
+    """An SDXL refiner's UNet shipped beside a base's (``--refiner``): Swift's ``UnetRefiner``, taking the second
+    text encoder's hidden states and a refiner's five time_ids."""
+
+    name = "refiner"
+    needs = ("refiner",)
+    description = "SDXL refiner UNet: the last denoising steps, conditioned on the second text encoder."
+
+    def _own(self, g: Geometry) -> Geometry:
+        return replace(g, context_dim=g.refiner_context_dim, text_embeds_dim=g.refiner_text_embeds_dim,
+                       time_ids=g.refiner_time_ids)
+
+    def inputs(self, g):
+        return super().inputs(self._own(g))
+
+    def sample_inputs(self, g, seed):
+        return super().sample_inputs(self._own(g), seed)
+
+    def load(self, path, variants, use_safetensors):
+        from diffusers import UNet2DConditionModel
+
+        return {"unet": _load(UNet2DConditionModel, path, "refiner", use_safetensors=use_safetensors,
+                              variant=variants.get("refiner"))}
+
+
 def _added(added: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor] | None:
     """SDXL's added conditioning, fed after the three SD inputs in the spec's order."""
     return {"text_embeds": added[0], "time_ids": added[1]} if added else None
@@ -454,7 +480,7 @@ class SafetyCheckerSpec(ComponentSpec):
 
 SPECS: dict[str, ComponentSpec] = {
     spec.name: spec
-    for spec in (TextEncoderSpec(), TextEncoder2Spec(), UNetSpec(), VAEDecoderSpec(), VAEEncoderSpec(),
+    for spec in (TextEncoderSpec(), TextEncoder2Spec(), UNetSpec(), RefinerSpec(), VAEDecoderSpec(), VAEEncoderSpec(),
                  SafetyCheckerSpec())
 }
 COMPONENT_ORDER = tuple(SPECS)

@@ -21,7 +21,7 @@ from workers.report import Check, Event, PackageResult, Report, precision_bits, 
 from workers.layout import REPORT_FILE, Attention
 from workers.resolve import Source
 from workers.geometry import Geometry
-from workers.specs import COMPONENT_ORDER, SPECS
+from workers.specs import COMPONENT_ORDER, spec_for
 from workers.readback import Accounting
 from workers.validate import ValidationBars, psnr_check, run_module, validate_package
 
@@ -96,7 +96,7 @@ def verify_output(out: Path, source: Source, bars: ValidationBars | None = None,
         packages = [p for p in present if p.component == component
                     or (component == "unet" and p.component in CHUNK_COMPONENTS)]
         if packages:
-            _verify_component(out, source, SPECS[component], geometry, bars, seed, packages, report, notify)
+            _verify_component(out, source, spec_for(component, geometry), geometry, bars, seed, packages, report, notify)
             release_memory()
     write_json(out / REPORT_FILE, report.to_dict())
     report.packages = present  # what was checked; the file keeps every package

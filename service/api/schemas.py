@@ -9,7 +9,8 @@ MAX_NAMESPACE = 96
 MAX_REPO = 2 * MAX_NAMESPACE + 1
 MAX_REVISION = 255
 _LIMITS = {"repo": (MAX_REPO, "is not a Hub repo id"), "namespace": (MAX_NAMESPACE, "is not a valid Hub namespace"),
-           "revision": (MAX_REVISION, "is not a branch, tag or commit")}
+           "revision": (MAX_REVISION, "is not a branch, tag or commit"), "vae": (MAX_REPO, "is not a Hub repo id"),
+           "refiner": (MAX_REPO, "is not a Hub repo id")}
 
 
 def _shown(value: str) -> str:
@@ -19,7 +20,7 @@ def _shown(value: str) -> str:
 class JobRequest(BaseModel):
     """A job to submit, or a repo to watch with the options its jobs get."""
 
-    repo: str = Field(..., description="Hub repo id of a Stable Diffusion 1.x/2.x diffusers pipeline",
+    repo: str = Field(..., description="Hub repo id of a Stable Diffusion 1.x/2.x or SDXL diffusers pipeline",
                       json_schema_extra={"maxLength": MAX_REPO})
     revision: str | None = Field(None, description="Branch, tag or commit; pinned to its sha",
                                  json_schema_extra={"maxLength": MAX_REVISION})
@@ -35,12 +36,16 @@ class JobRequest(BaseModel):
                                           "macOS12-macOS15); null: float16 macOS13/iOS16, palettized iOS17/macOS14")
     chunk_unet: bool = Field(False, description="Also ship each float16 UNet as UnetChunk1/UnetChunk2 (iOS)")
     chunks_only: bool = Field(False, description="Ship the UNet chunks instead of the whole float16 UNet")
+    vae: str | None = Field(None, description="A Hub VAE repo converted instead of the source's (e.g. a "
+                                              "float16-safe SDXL VAE)", json_schema_extra={"maxLength": MAX_REPO})
+    refiner: str | None = Field(None, description="SDXL: a refiner repo whose UNet ships as UnetRefiner",
+                                json_schema_extra={"maxLength": MAX_REPO})
 
     def option_values(self) -> dict:
         """The fields that become the job's options (see ``service.submit.requested_options``)."""
         return self.model_dump(exclude={"repo", "revision"})
 
-    @field_validator("repo", "namespace", "revision")
+    @field_validator("repo", "namespace", "revision", "vae", "refiner")
     @classmethod
     def _bounded(cls, value: str | None, info) -> str | None:
         """Lengths are checked here, so the error names what is wrong and never repeats a huge value."""

@@ -10,7 +10,7 @@ from service.cli import options as shared
 from service.cli.output import EventPrinter, comma_list, report_table, stdout, summary
 
 COMPONENTS_HELP = "Comma-separated components (default: all the source has): " \
-                  "text_encoder,unet,vae_decoder,vae_encoder,safety_checker."
+                  "text_encoder,text_encoder_2,unet,refiner,vae_decoder,vae_encoder,safety_checker."
 
 
 def convert(
@@ -28,10 +28,12 @@ def convert(
     deployment_target: str = shared.DEPLOYMENT_TARGET,
     chunk_unet: bool = shared.CHUNK_UNET,
     chunks_only: bool = shared.CHUNKS_ONLY,
+    vae: str = shared.VAE,
+    refiner: str = shared.REFINER,
     source_id: str = typer.Option(None, help="For a local folder: the Hub id it holds (used in file names)."),
     allow_pickle: bool = typer.Option(False, help="Load .bin/.ckpt weights (runs code from the file: trusted sources only)."),
 ) -> None:
-    """Convert a Stable Diffusion 1.x/2.x pipeline into float16 and palettized Core ML packages.
+    """Convert a Stable Diffusion 1.x/2.x or SDXL pipeline into float16 and palettized Core ML packages.
 
     Writes OUT/coreml-<name>/{original,split_einsum_v2}/packages/*.mlpackage, the same under
     OUT/coreml-<name>-palettized/, and OUT/report.json; every package is validated against the torch
@@ -73,7 +75,7 @@ def convert(
         resolved = resolve_source(source, revision=revision, source_id=source_id, allow_pickle=allow_pickle,
                                   max_bytes=int(get_settings().max_source_gb * 1e9),
                                   need_safety_checker=options.components is None
-                                  or "safety_checker" in options.components)
+                                  or "safety_checker" in options.components, vae=vae, refiner=refiner)
         printer.status.update(f"fetching {resolved.id}…")
         fetched = fetch_source(resolved)
         report = convert_pipeline(fetched, out, options, on_event=printer)
@@ -109,15 +111,18 @@ def validate(
 
     recorded = read_report(out).source
     local = Path(recorded["path"]) if recorded.get("path") else None
+    # the VAE and refiner the conversion took: their Hub repo, else the folder they were read from
+    extras = {kind: recorded[kind].get("repo_id") or recorded[kind].get("path")
+              for kind in ("vae", "refiner") if isinstance(recorded.get(kind), dict)}
     printer = EventPrinter()
     try:
         if source is None and local is not None and local.is_dir():
-            resolved = resolve_source(str(local), source_id=recorded["id"], allow_pickle=allow_pickle)
+            resolved = resolve_source(str(local), source_id=recorded["id"], allow_pickle=allow_pickle, **extras)
         else:
             resolved = resolve_source(source or recorded["repo_id"] or recorded["id"],
                                       revision=None if source else recorded.get("sha"),
                                       source_id=recorded["id"], allow_pickle=allow_pickle,
-                                      max_bytes=int(get_settings().max_source_gb * 1e9))
+                                      max_bytes=int(get_settings().max_source_gb * 1e9), **extras)
         printer.status.update(f"fetching {resolved.id}…")
         report = verify_output(out, fetch_source(resolved), get_settings().validation_bars(), on_event=printer)
     finally:

@@ -17,7 +17,7 @@ JOB_ID_HELP = "Job number (see `coreml-publish jobs`)."
 
 
 def submit(
-    repo: str = typer.Argument(..., help="Hub repo id of a Stable Diffusion 1.x/2.x diffusers pipeline."),
+    repo: str = typer.Argument(..., help="Hub repo id of a Stable Diffusion 1.x/2.x or SDXL diffusers pipeline."),
     revision: str = typer.Option(None, help="Branch, tag or commit (default: main); pinned to its sha."),
     namespace: str = typer.Option(None, help="Where to publish (default: COREML_PUBLISH_DEFAULT_NAMESPACE)."),
     attention: str = shared.ATTENTION,
@@ -25,6 +25,8 @@ def submit(
     deployment_target: str = shared.DEPLOYMENT_TARGET,
     chunk_unet: bool = shared.CHUNK_UNET,
     chunks_only: bool = shared.CHUNKS_ONLY,
+    vae: str = shared.VAE,
+    refiner: str = shared.REFINER,
     private: bool | None = typer.Option(None, "--private/--public",
                                         help="Publish private or public repos (default: as the source repo is)."),
     packages_only: bool = typer.Option(False, help="Publish .mlpackage files only (no macOS worker needed)."),
@@ -42,7 +44,8 @@ def submit(
     settings.check_production()
     options = requested_options(namespace=namespace, attentions=comma_list(attention), bits=bits, private=private,
                                 packages_only=packages_only, deployment_target=deployment_target,
-                                chunk_unet=chunk_unet, chunks_only=chunks_only, settings=settings)
+                                chunk_unet=chunk_unet, chunks_only=chunks_only, vae=vae, refiner=refiner,
+                                settings=settings)
     with console.status(f"resolving {repo}…"):
         submitted = create_job(source_repo=repo, options=options, revision=revision, local=local)
     job = submitted.job

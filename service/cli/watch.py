@@ -21,6 +21,8 @@ def add(
     deployment_target: str = shared.DEPLOYMENT_TARGET,
     chunk_unet: bool = shared.CHUNK_UNET,
     chunks_only: bool = shared.CHUNKS_ONLY,
+    vae: str = shared.VAE,
+    refiner: str = shared.REFINER,
     private: bool | None = typer.Option(None, "--private/--public",
                                         help="Publish private or public repos (default: as the source repo is)."),
     packages_only: bool = typer.Option(False, help="Publish .mlpackage files only."),
@@ -32,7 +34,7 @@ def add(
 
     options = requested_options(namespace=namespace, attentions=comma_list(attention), bits=bits, private=private,
                                 packages_only=packages_only, deployment_target=deployment_target,
-                                chunk_unet=chunk_unet, chunks_only=chunks_only)
+                                chunk_unet=chunk_unet, chunks_only=chunks_only, vae=vae, refiner=refiner)
     with session_scope() as session:
         add_watch(session, repo_id=repo, options=options)
     stdout.print(f"Watching {repo}; the next sweep converts its current commit.")

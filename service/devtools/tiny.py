@@ -118,7 +118,7 @@ def build_tiny_xl_pipeline(out: Path, *, refiner: bool = False, seed: int = 0, s
     ``force_upcast`` (converted in float32, as the original SDXL VAE) unless ``float16_vae``.
     """
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     out = Path(out)
@@ -133,11 +133,7 @@ def build_tiny_xl_pipeline(out: Path, *, refiner: bool = False, seed: int = 0, s
         cross_attention_dim=sum(widths), addition_embed_type="text_time", addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=widths[1] + (5 if refiner else 6) * 8, norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32, block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        sample_size=2 * sample, scaling_factor=0.13025, force_upcast=not float16_vae,
-    )
+    vae = _xl_vae(sample, float16_safe=float16_vae)
 
     def text_config(width: int) -> CLIPTextConfig:
         return CLIPTextConfig(bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=width,
@@ -179,6 +175,29 @@ def build_tiny_xl_pipeline(out: Path, *, refiner: bool = False, seed: int = 0, s
         f"---\nlicense: {license}\ntags:\n- stable-diffusion-xl\n- text-to-image\n---\n\n"
         f"# {title}\n\nRandom weights, for testing conversions.\n")
     return out
+
+
+def _xl_vae(sample: int, *, float16_safe: bool):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=32, block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=2 * sample, scaling_factor=0.13025, force_upcast=not float16_safe,
+    )
+
+
+def build_tiny_vae(out: Path, *, seed: int = 0, sample_size: int = 16, float16_safe: bool = True) -> Path:
+    """Write a tiny random SDXL-shaped VAE as float16-fixed SDXL VAEs are published: ``config.json`` and
+    safetensors weights at the folder's root (``force_upcast`` false unless ``float16_safe`` is False)."""
+    import torch
+
+    torch.manual_seed(seed)
+    vae = _xl_vae(sample_size, float16_safe=float16_safe)
+    randomize_norms(vae)
+    vae.save_pretrained(out, safe_serialization=True)
+    (Path(out) / "README.md").write_text("---\nlicense: mit\n---\n\n# Tiny random SDXL VAE\n")
+    return Path(out)
 
 
 def save_pipeline(out: Path, *, unet, vae, text_encoder, scheduler, safety_checker=None,

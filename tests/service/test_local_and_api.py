@@ -93,3 +93,59 @@ def test_insecure_api_settings_are_refused() -> None:
     with pytest.raises(OptionsError, match="no API token is set"):  # in production, loopback too
         Settings(**production).check_api("127.0.0.1")
     Settings(**production, api_token="t").check_api("127.0.0.1")
+
+
+def test_sdxl_job_with_a_vae_and_a_refiner_publishes_one_repo_with_the_swift_names(devhub, tmp_path: Path) -> None:
+    """`submit --local --vae --refiner`: the refiner's UNet as UnetRefiner and the float16-safe VAE in float16,
+    in the base's repo, through the dev Hub and the compiler double; the card names both sources."""
+    import os
+
+    import coremltools as ct
+
+    from service.devtools.tiny import build_tiny_vae
+    from tests.conftest import DOUBLES
+
+    url, _ = devhub
+    api = HfApi(endpoint=url, token="alice-token")
+    for repo, folder in (("studio/tiny-sdxl", build_tiny_pipeline(tmp_path / "base", style="sdxl", seed=1)),
+                         ("studio/tiny-refiner", build_tiny_pipeline(tmp_path / "refiner", style="sdxl-refiner", seed=2)),
+                         ("studio/tiny-vae-fp16", build_tiny_vae(tmp_path / "vae", seed=3))):
+        api.create_repo(repo)
+        api.upload_folder(repo_id=repo, folder_path=str(folder))
+    from service.db import upgrade
+
+    database = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(database)
+    env = {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token",
+           "COREML_PUBLISH_DATABASE_URL": database, "COREML_PUBLISH_BROKER_URL": "redis://127.0.0.1:1/0",
+           "COREML_PUBLISH_ARTIFACT_STORE": str(tmp_path / "artifacts"), "COREML_PUBLISH_SCRATCH": str(tmp_path),
+           "PATH": f"{DOUBLES}{os.pathsep}{os.environ['PATH']}"}
+    result = run("submit", "studio/tiny-sdxl", "--local", "--namespace", "studio", "--bits", "0", "--attention",
+                 "split_einsum", "--vae", "studio/tiny-vae-fp16", "--refiner", "studio/tiny-refiner", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with session_scope(database) as session:
+        job = list_jobs(session)[0]
+        assert job.state == "succeeded" and job.options["vae"] == "studio/tiny-vae-fp16"
+    repo = Path(snapshot(url, "studio/coreml-tiny-sdxl", tmp_path / "published"))
+    assert sorted(p.name for p in (repo / "split_einsum" / "compiled").iterdir()) == [
+        "TextEncoder.mlmodelc", "TextEncoder2.mlmodelc", "Unet.mlmodelc", "UnetRefiner.mlmodelc",
+        "VAEDecoder.mlmodelc", "VAEEncoder.mlmodelc", "merges.txt", "vocab.json"]
+    packages = repo / "split_einsum" / "packages"
+    refiner = ct.models.MLModel(str(packages / "Stable_Diffusion_version_studio_tiny-sdxl_refiner.mlpackage"),
+                                skip_model_load=True).get_spec()
+    assert {f.name: tuple(f.type.multiArrayType.shape) for f in refiner.description.input} == {
+        "sample": (2, 4, 16, 16), "timestep": (2,), "encoder_hidden_states": (2, 48, 1, 77),
+        "text_embeds": (2, 48), "time_ids": (2, 5)}
+    decoder = ct.models.MLModel(str(packages / "Stable_Diffusion_version_studio_tiny-sdxl_vae_decoder.mlpackage"),
+                                skip_model_load=True).get_spec()
+    assert decoder.description.input[0].type.multiArrayType.dataType == \
+        ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT16  # the float16-safe VAE: float16, not float32
+    card = (repo / "README.md").read_text()
+    assert "- VAE (instead of the source's): [studio/tiny-vae-fp16](/studio/tiny-vae-fp16) at commit `" in card
+    assert "- Refiner UNet (`UnetRefiner`): [studio/tiny-refiner](/studio/tiny-refiner) at commit `" in card
+
+
+def snapshot(url: str, repo: str, folder: Path) -> str:
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo, endpoint=url, token="alice-token", local_dir=folder)

@@ -36,8 +36,27 @@ def contract(b: int, h: int, w: int, ctx: int, f: int, concepts: int = 17) -> di
     }
 
 
+def xl_contract(b: int, h: int, w: int, widths: tuple[int, int], pooled: int, time_ids: int, f: int,
+                vae: str = F32) -> dict:
+    """SDXL's additions to the contract (Apple's StableDiffusionXLPipeline), written out literally."""
+    encoder = [("input_ids", (1, 77), F32)]
+    unet = [("sample", (b, 4, h, w), F16), ("timestep", (b,), F16), ("encoder_hidden_states", (b, sum(widths), 1, 77), F16),
+            ("text_embeds", (b, pooled), F16), ("time_ids", (b, time_ids), F16)]
+    found = {
+        "text_encoder_2": (encoder, [("hidden_embeds", (1, 77, widths[1]), F32), ("pooled_outputs", (1, pooled), F32)]),
+        "unet": (unet, [("noise_pred", (b, 4, h, w), F32)]),
+        "vae_decoder": ([("z", (1, 4, h, w), vae)], [("image", (1, 3, f * h, f * w), F32)]),
+        "vae_encoder": ([("x", (1, 3, f * h, f * w), vae)], [("latent", (1, 8, h, w), F32)]),
+    }
+    if widths[0]:
+        found["text_encoder"] = (encoder, [("hidden_embeds", (1, 77, widths[0]), F32),
+                                           ("pooled_outputs", (1, widths[0]), F32)])
+    return found
+
+
 def test_every_registered_spec_is_in_the_contract_test() -> None:
-    assert set(contract(2, 8, 8, 32, 8)) == set(SPECS)
+    # the refiner spec is the UNet's with a refiner's sizes (checked in the SDXL job test)
+    assert set(contract(2, 8, 8, 32, 8)) | set(xl_contract(2, 8, 8, (32, 48), 48, 6, 8)) | {"refiner"} == set(SPECS)
 
 
 def _tree(out: Path) -> set[str]:
@@ -246,7 +265,7 @@ def test_deployment_target_overrides_both_precisions(sd2_pipeline: Path, tmp_pat
     (dict(bits=4, deployment_target="iOS15"), "palettized weights need iOS16"),
     (dict(deployment_target="iOS99"), "unknown deployment target"),
     (dict(attentions=()), "no attention layout"),
-    (dict(components=("unet", "refiner")), "unknown components: refiner"),
+    (dict(components=("unet", "upscaler")), "unknown components: upscaler"),
     (dict(group_size=16, deployment_target="iOS17"), "one palette per channel group needs iOS18"),
     (dict(group_size=-1, deployment_target="iOS18"), "--group-size must not be negative"),
     (dict(group_size=16, bits=None, deployment_target="iOS18"), "--group-size needs palettized packages"),
@@ -277,3 +296,22 @@ def test_float16_only_and_batch_one(sd2_pipeline: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "coreml-tiny-sd2-palettized").exists()
     # the earlier run's VAE decoder is gone: a re-run replaces the trees instead of mixing runs
     assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.glob("*/*/packages/*")] == [report.packages[0].path]
+
+
+def test_an_sdxl_refiner_alone_converts_to_its_own_complete_repo(tmp_path: Path) -> None:
+    """A refiner repo (no first text encoder, five time_ids) meets the XL contract; Swift loads its UNet as a
+    refiner by the time_ids shape, and the variant is complete without TextEncoder."""
+    from service.devtools.tiny import build_tiny_pipeline
+    from workers.package import check_output
+
+    source = resolve_source(str(build_tiny_pipeline(tmp_path / "refiner", style="sdxl-refiner", seed=2)))
+    report = convert_pipeline(source, tmp_path / "out", ConvertOptions(attentions=(Attention.ORIGINAL,), bits=None))
+    assert {p.component for p in report.packages} == {"text_encoder_2", "unet", "vae_decoder", "vae_encoder"}
+    expected = xl_contract(2, 16, 16, (0, 48), 48, 5, 2)
+    for package in report.packages:
+        contents = read_package(tmp_path / "out" / package.path)
+        inputs, outputs = expected[package.component]
+        assert contents.inputs == inputs and contents.outputs == outputs, package.component
+        assert package.target == "iOS17" and package.status == "passed"
+    assert {p.component: p.precision for p in report.packages}["vae_decoder"] == "float32"
+    check_output(json.loads((tmp_path / "out" / "report.json").read_text()), tmp_path / "out")

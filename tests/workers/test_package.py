@@ -199,6 +199,19 @@ def test_a_variant_without_what_the_swift_pipeline_loads_is_refused(components, 
     assert "--components" in caught.value.hint and "\n" not in caught.value.one_line()
 
 
+def test_sdxl_variants_need_the_second_text_encoder_and_the_first_unless_a_refiner() -> None:
+    base = _variant_report("text_encoder", "unet", "vae_decoder")
+    base["geometry"] = {"time_ids": 6}
+    with pytest.raises(OptionsError, match="missing: text_encoder_2$"):
+        check_complete(base, "coreml-x", "original")
+    refiner = _variant_report("text_encoder_2", "unet", "vae_decoder")
+    refiner["geometry"] = {"time_ids": 5}
+    check_complete(refiner, "coreml-x", "original")  # a refiner's UNet needs only the second encoder
+    refiner["geometry"] = {"time_ids": 6}
+    with pytest.raises(OptionsError, match="missing: text_encoder$"):
+        check_complete(refiner, "coreml-x", "original")
+
+
 def test_a_package_that_failed_validation_counts_as_missing() -> None:
     report = _variant_report("text_encoder", "unet", "vae_decoder", failed=("unet",))
     with pytest.raises(OptionsError, match=r"missing: unet \(failed validation\) \(or both unet_chunk1 and "

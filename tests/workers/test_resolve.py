@@ -131,3 +131,54 @@ def test_too_large_sources_are_refused_before_download(source: Path) -> None:
     size = (source / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
     with pytest.raises(SourceError, match="too large: .* GB of weights to convert"):
         resolve_source(str(source), max_bytes=size // 2)
+
+
+# --- SDXL: --vae and --refiner --------------------------------------------------------------------------
+
+def test_a_refiner_needs_an_sdxl_base(source: Path, tmp_path: Path) -> None:
+    from service.devtools.tiny import build_tiny_pipeline
+    from workers.errors import OptionsError
+
+    refiner = build_tiny_pipeline(tmp_path / "refiner", style="sdxl-refiner")
+    with pytest.raises(OptionsError, match="--refiner needs an SDXL base source, and model is a StableDiffusionPipeline"):
+        resolve_source(str(source), refiner=str(refiner))
+
+
+def test_a_base_model_given_as_the_refiner_is_refused(tmp_path: Path) -> None:
+    from service.devtools.tiny import build_tiny_pipeline
+    from workers.fetch import fetch_source
+    from workers.geometry import read_geometry
+
+    base = build_tiny_pipeline(tmp_path / "base", style="sdxl")
+    composed = fetch_source(resolve_source(str(base), refiner=str(base)))
+    assert composed.components[-1] == "refiner" and composed.origin == base.resolve()
+    with pytest.raises(UnsupportedModelError, match=r"the --refiner UNet's context 80 does not match the base's second text encoder \(48\)"):
+        read_geometry(composed.path)
+
+
+def test_a_vae_must_be_an_autoencoder_with_safetensors(source: Path, tmp_path: Path) -> None:
+    from service.devtools.tiny import build_tiny_vae
+
+    with pytest.raises(SourceError, match=r"--vae .* holds no VAE: no config.json at its root or in vae/"):
+        resolve_source(str(source), vae=str(source / "tokenizer"))
+    with pytest.raises(UnsupportedModelError, match="is not an AutoencoderKL VAE .*UNet2DConditionModel"):
+        resolve_source(str(source), vae=str(source / "unet"))
+    vae = build_tiny_vae(tmp_path / "vae")
+    for weights in vae.glob("*.safetensors"):
+        weights.rename(weights.with_suffix(".bin"))
+    with pytest.raises(UnsafeWeightsError, match="--vae takes safetensors weights only"):
+        resolve_source(str(source), vae=str(vae))
+    with pytest.raises(SourceNotFoundError, match="neither a local folder nor a valid Hub repo id"):
+        resolve_source(str(source), vae="not a repo")
+
+
+def test_a_vae_from_a_pipeline_folder_replaces_the_sources(source: Path, tmp_path: Path) -> None:
+    from workers.fetch import fetch_source
+
+    other = Path(shutil.copytree(source, tmp_path / "other"))
+    resolved = resolve_source(str(source), vae=str(other))
+    assert resolved.extra("vae").subfolder == "vae"
+    composed = fetch_source(resolved)
+    assert (composed.path / "vae").resolve() == (other / "vae").resolve()
+    assert (composed.path / "unet").resolve() == (source / "unet").resolve()
+    assert composed.provenance()["vae"]["path"] == str(other.resolve())

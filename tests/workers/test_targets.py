@@ -22,6 +22,13 @@ def test_defaults_per_precision_and_the_override() -> None:
         target_for("iOS99", palettized=False)
 
 
+def test_sdxl_packages_are_never_older_than_ios17() -> None:
+    assert target_for(None, palettized=False, xl=True) == "iOS17"  # Swift's StableDiffusionXLPipeline
+    assert target_for("macOS15", palettized=False, xl=True) == "macOS15"
+    with pytest.raises(OptionsError, match="SDXL models need macOS 14 / iOS 17 or newer, not --deployment-target iOS16"):
+        target_for("iOS16", palettized=False, xl=True)
+
+
 def _canonical(program) -> list:
     """The program's operations in order, constants by content and values by the operation making them.
 
