@@ -3,9 +3,10 @@
     python bench/full_size.py                       # SD 1.5, then SD 2.1-base
     python bench/full_size.py --model sd15 --attention split_einsum_v2 --bits 0
     python bench/full_size.py --model sd15 --chunk-unet          # also the UNet chunks for iOS
+    python bench/full_size.py --model sdxl                       # SDXL base 1.0 (2.6 B-parameter UNet)
 
-Builds, in code and with random weights, pipelines with the exact architectures of SD 1.5 and SD 2.1-base
-(nothing is downloaded), saves them as diffusers folders, and runs the conversion engine on them exactly as
+Builds, in code and with random weights, pipelines with the exact architectures of SD 1.5, SD 2.1-base and
+SDXL base 1.0 (two text encoders, the float32 VAE; nothing is downloaded), saves them as diffusers folders, and runs the conversion engine on them exactly as
 a worker does: both attention layouts, float16 and 6-bit palettized, every package validated against the
 torch original.  The four components Apple publishes are converted (text encoder, UNet, VAE decoder and
 encoder); the safety checker is left out.
@@ -46,7 +47,35 @@ ARCHITECTURES = {
                   dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=23,
                        hidden_act="gelu", projection_dim=512)),
 }
-MODELS = {name: title for name, (title, _, _) in ARCHITECTURES.items()}
+MODELS = {name: title for name, (title, _, _) in ARCHITECTURES.items()} | {"sdxl": "SDXL base 1.0"}
+XL_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
+
+
+def xl_modules():
+    """SDXL base 1.0's UNet, VAE, two text encoders and scheduler (stabilityai's configs), random weights."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=32,
+        block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816)
+    common = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=0, eos_token_id=2)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                        num_hidden_layers=12, hidden_act="quick_gelu", projection_dim=768, **common))
+    text_2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=1280, intermediate_size=5120,
+                                                        num_attention_heads=20, num_hidden_layers=32,
+                                                        hidden_act="gelu", projection_dim=1280, **common))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+        block_out_channels=(128, 256, 512, 512), sample_size=1024, scaling_factor=0.13025, force_upcast=True,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    return unet, vae, text, text_2, scheduler
 
 
 def modules(model: str):
@@ -128,10 +157,16 @@ def build(model: str, folder: Path, seed: int = 0) -> None:
     """Write a full-size random pipeline with ``model``'s architecture to ``folder``."""
     import torch
 
-    from service.devtools.tiny import randomize_norms, save_pipeline
+    from service.devtools.tiny import randomize_norms, save_pipeline, save_xl_pipeline
 
     torch.manual_seed(seed)
     title = MODELS[model]
+    if model == "sdxl":
+        unet, vae, text, text_2, scheduler = xl_modules()
+        randomize_norms(unet, vae, text, text_2)
+        save_xl_pipeline(folder, unet=unet, vae=vae, text_encoder=text, text_encoder_2=text_2, scheduler=scheduler,
+                         title=f"Random {title} pipeline")
+        return
     unet, vae, text, scheduler = modules(model)
     randomize_norms(unet, vae, text)
     save_pipeline(folder, unet=unet, vae=vae, text_encoder=text, scheduler=scheduler,
@@ -166,7 +201,8 @@ def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memor
                   flush=True)
 
     source = resolve_local(source_dir, source_id=f"bench/{model}")
-    options = ConvertOptions(attentions=attentions, bits=bits, components=COMPONENTS, chunk_unet=chunk_unet)
+    options = ConvertOptions(attentions=attentions, bits=bits, chunk_unet=chunk_unet,
+                             components=XL_COMPONENTS if model == "sdxl" else COMPONENTS)
     started = time.perf_counter()
     try:
         report = convert_pipeline(source, out, options, on_event=on_event)
@@ -175,11 +211,11 @@ def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memor
         report = e.report
         run.failures = list(e.failures)
     run.total = time.perf_counter() - started
-    run.peak = max(r.peak for r in run.rows)
+    run.peak = max(r.peak for r in run.rows if r.stage != "build")  # the conversion's (building is the bench's)
     for package in report.packages:
         key = f"{package.repo.split('/')[-1]} {package.variant}"
         run.sizes[key] = run.sizes.get(key, 0) + package.size_bytes
-        if package.precision == "float16" and not package.shared_from and (out / package.path).exists():
+        if package.precision in ("float16", "float32") and not package.shared_from and (out / package.path).exists():
             run.ops[f"{package.component} {package.variant}"] = _op_count(out / package.path)
     shutil.rmtree(source_dir, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
@@ -198,7 +234,8 @@ def print_run(run: Run, reference: dict | None) -> None:
     title = MODELS[run.model]
     print(f"\n{title}: {'passed' if run.passed else 'FAILED'}; conversion {run.total / 60:.1f} min "
           f"(+{run.build_seconds / 60:.1f} min to build the random source, {run.source_bytes / 1e9:.2f} GB); "
-          f"peak RSS {run.peak / 2**30:.2f} GB")
+          f"peak RSS {run.peak / 2**30:.2f} GB (building the source: "
+          f"{next((r.peak for r in run.rows if r.stage == 'build'), 0) / 2**30:.2f} GB)")
     for failure in run.failures:
         print(f"  failed: {failure}")
     print(f"{'stage':<10} {'component':<13} {'variant':<16} {'precision':<17} {'seconds':>8} {'peak RSS GB':>12}")
@@ -206,7 +243,7 @@ def print_run(run: Run, reference: dict | None) -> None:
         print(f"{r.stage:<10} {r.component:<13} {r.variant:<16} {r.precision:<17} {r.seconds:>8.1f} "
               f"{r.peak / 2**30:>12.2f}")
     print("per component (all its stages):")
-    for component in ("pipeline",) + COMPONENTS:
+    for component in ("pipeline",) + XL_COMPONENTS:
         rows = [r for r in run.rows if r.component == component]
         if rows:
             print(f"  {component:<13} {sum(r.seconds for r in rows):>8.1f} s  peak {max(r.peak for r in rows) / 2**30:.2f} GB")
@@ -268,7 +305,7 @@ def main() -> None:
     from workers.layout import Attention
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="sd15,sd21-base", help="comma-separated: sd15, sd21-base")
+    parser.add_argument("--model", default="sd15,sd21-base", help="comma-separated: sd15, sd21-base, sdxl")
     parser.add_argument("--attention", default="original,split_einsum_v2", help="comma-separated layouts")
     parser.add_argument("--bits", type=int, default=6, help="palettization bits; 0 for float16 only")
     parser.add_argument("--chunk-unet", action="store_true", help="also cut each float16 UNet into two chunks")

@@ -214,6 +214,7 @@ def _fetch(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | No
 
 
 def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
+    from workers.chunk import CHUNKED
     from workers.engine import ConvertOptions, convert_pipeline, select_components
     from workers.layout import Attention, depends_on_attention
 
@@ -230,7 +231,7 @@ def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     out = store.path(spec.id, "parts", part)
     shutil.rmtree(out, ignore_errors=True)
-    chunk = options.chunk_unet and "unet" in components
+    chunk = options.chunk_unet and any(c in CHUNKED for c in components)
     report = convert_pipeline(source, out, ConvertOptions(
         attentions=attentions, bits=options.bits, components=components, bars=settings.validation_bars(),
         deployment_target=options.deployment_target, chunk_unet=chunk, chunks_only=chunk and options.chunks_only),

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from workers.chunk import CHUNK_COMPONENTS, chunk_features, chunk_unet, validate_chunks
+from workers.chunk import CHUNKED, chunk_features, chunk_unet, validate_chunks
 from workers.errors import OptionsError, ValidationError
 from workers.convert import PackageMetadata, apply_metadata, convert_module, save_package
 from workers.layout import (
@@ -275,29 +275,30 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
         with run.stage("validate", spec.name, label, result.precision):
             result.checks += _validate(run, spec, path, exports[attention], io, bits=None, float16=result.path)
         _record(run, result, path, spec, layouts)
-        if spec.name == "unet" and options.chunk_unet and result.status == "passed":
+        if spec.name in CHUNKED and options.chunk_unet and result.status == "passed":
             _chunks(run, spec, attention, result, io)
     for attention in layouts:
         result = results[attention]
         if result.status == "passed" and options.bits is not None:
             label = attention.value if spec.depends_on_attention else None
             _palettized(run, spec, attention, label, result, exports[attention], io, layouts)
-    if spec.name == "unet" and options.chunks_only:  # the palettized UNets are made: the chunks replace it
+    if spec.name in CHUNKED and options.chunks_only:  # the palettized UNets are made: the chunks replace it
         for result in results.values():
             chunked = all(p.status == "passed" for p in run.report.packages
-                          if p.variant == result.variant and p.component in CHUNK_COMPONENTS)
+                          if p.variant == result.variant and p.component in CHUNKED[spec.name])
             if result.status == "passed" and chunked:
                 shutil.rmtree(run.out / result.path, ignore_errors=True)
                 run.report.packages.remove(result)
 
 
 def _chunks(run: _Run, spec: ComponentSpec, attention: Attention, whole: PackageResult, io: _Inputs) -> None:
-    """UnetChunk1 and UnetChunk2 of one validated float16 UNet package, saved and validated together."""
+    """UnetChunk1 and UnetChunk2 (a refiner's: UnetRefinerChunk1/2) of one validated float16 UNet package,
+    saved and validated together."""
     label, paths = attention.value, []
     started = time.perf_counter()
     with run.stage("chunk", spec.name, label, "float16"):
         chunks = chunk_unet(run.out / whole.path, component=spec.name)
-        for component, model in zip(CHUNK_COMPONENTS, (chunks.first, chunks.second)):
+        for component, model in zip(CHUNKED[spec.name], (chunks.first, chunks.second)):
             paths.append(run.package_path(run.fp16_repo, attention, component))
             apply_metadata(model, run.metadata(spec, attention, "float16", component=component),
                            *chunk_features(model, io.inputs, io.outputs))
@@ -305,10 +306,10 @@ def _chunks(run: _Run, spec: ComponentSpec, attention: Attention, whole: Package
         del chunks, model
     seconds = (time.perf_counter() - started) / 2
     g = run.geometry
-    with run.stage("validate", "unet_chunks", label, "float16"):
+    with run.stage("validate", f"{spec.name}_chunks", label, "float16"):
         checks = validate_chunks(run.out / whole.path, *paths, io.check, io.reference, spec.compared(g),
                                  run.options.bars.shipped(None))
-    for component, path, chunk_checks in zip(CHUNK_COMPONENTS, paths, checks):
+    for component, path, chunk_checks in zip(CHUNKED[spec.name], paths, checks):
         result = PackageResult(run.fp16_repo, label, component, "float16", run.rel(path), seconds=seconds,
                                target=whole.target, checks=chunk_checks)
         if result.status == "failed":

@@ -43,6 +43,8 @@ COMPILED_NAMES: dict[str, str] = {
     "unet_chunk1": "UnetChunk1",
     "unet_chunk2": "UnetChunk2",
     "refiner": "UnetRefiner",
+    "refiner_chunk1": "UnetRefinerChunk1",
+    "refiner_chunk2": "UnetRefinerChunk2",
     "vae_decoder": "VAEDecoder",
     "vae_encoder": "VAEEncoder",
     "safety_checker": "SafetyChecker",

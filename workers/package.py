@@ -195,31 +195,32 @@ def check_compiled(out: Path, report: dict, repo: str, variant: str, compiled_di
     """
     from workers.report import precision_bits, write_json
     from workers.layout import compiled_file_name
-    from workers.chunk import CHUNK_COMPONENTS, input_names
+    from workers.chunk import CHUNKED, input_names, whole_of
     from workers.validate import (ValidationBars, compiled_chain_check, compiled_check, compute_units_for,
                                   coreml_available, load_check_data)
 
     if predict is None and not coreml_available():
         return
     bars = ValidationBars.from_dict(report["options"]["bars"])
-    failures, chained = [], None
+    failures, chained = [], {}  # per chunked UNet: the chained check of its pair
     for package in report["packages"]:
         if package["repo"] != repo or package["variant"] != variant:
             continue
         component, precision = package["component"], package["precision"]
-        chunk = component in CHUNK_COMPONENTS
-        data = load_check_data(out, "unet" if chunk else component)  # chunks are checked chained, as the UNet
+        whole = whole_of(component)
+        data = load_check_data(out, whole or component)  # chunks are checked chained, as their UNet
         if data is None:
             continue  # converted before check data was kept: nothing to compare with
         (on_step or (lambda m: None))(f"predicting with {repo}/{variant} {component}")
         threshold, units = bars.shipped(precision_bits(precision)), compute_units_for(variant)
-        if chunk:
-            if chained is None:
-                first, second = (compiled_dir / compiled_file_name(c) for c in CHUNK_COMPONENTS)
+        if whole:
+            if whole not in chained:
+                first, second = (compiled_dir / compiled_file_name(c) for c in CHUNKED[whole])
                 second_inputs = input_names(out / next(p["path"] for p in report["packages"] if p["repo"] == repo
-                                                        and p["variant"] == variant and p["component"] == "unet_chunk2"))
-                chained = compiled_chain_check(first, second, second_inputs, data, threshold, units, predict=predict)
-            check = chained
+                                                        and p["variant"] == variant and p["component"] == CHUNKED[whole][1]))
+                chained[whole] = compiled_chain_check(first, second, second_inputs, data, threshold, units,
+                                                      predict=predict)
+            check = chained[whole]
         else:
             check = compiled_check(compiled_dir / compiled_file_name(component), data, threshold, units,
                                    predict=predict)

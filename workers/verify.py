@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from workers.errors import OptionsError
-from workers.chunk import CHUNK_COMPONENTS, validate_chunks
+from workers.chunk import CHUNKED, validate_chunks, whole_of
 from workers.engine import component_inputs, release_memory
 from workers.report import Check, Event, PackageResult, Report, precision_bits, write_json
 from workers.layout import REPORT_FILE, Attention
@@ -92,9 +92,8 @@ def verify_output(out: Path, source: Source, bars: ValidationBars | None = None,
     if not present:
         raise OptionsError(f"{out} holds none of the packages its {REPORT_FILE} lists",
                            hint="Point at the folder convert wrote, or at a downloaded repo with its report.json.")
-    for component in COMPONENT_ORDER:  # UNet chunks are checked with the UNet, chained
-        packages = [p for p in present if p.component == component
-                    or (component == "unet" and p.component in CHUNK_COMPONENTS)]
+    for component in COMPONENT_ORDER:  # UNet chunks are checked with their UNet, chained
+        packages = [p for p in present if p.component == component or whole_of(p.component) == component]
         if packages:
             _verify_component(out, source, spec_for(component, geometry), geometry, bars, seed, packages, report, notify)
             release_memory()
@@ -114,8 +113,8 @@ def _verify_component(out: Path, source: Source, spec, geometry: Geometry, bars:
             ours = run_module(export, io.check, [t.name for t in io.outputs])
             layout_checks[variant] = psnr_check("psnr_layout", "torch", io.reference, ours,
                                                 spec.compared(geometry), bars.layout)
-    chunks = [p for p in packages if p.component in CHUNK_COMPONENTS]
-    packages = [p for p in packages if p.component not in CHUNK_COMPONENTS]
+    chunks = [p for p in packages if whole_of(p.component)]
+    packages = [p for p in packages if not whole_of(p.component)]
     accountings: dict[str, Accounting] = {}
     palettized = [p for p in packages if precision_bits(p.precision) is not None]
     for package in [p for p in packages if precision_bits(p.precision) is None] + palettized:
@@ -145,8 +144,8 @@ def _verify_chunks(out: Path, spec, geometry: Geometry, bars: ValidationBars, ch
     for variant in dict.fromkeys(p.variant for p in chunks):
         pair = {p.component: p for p in chunks if p.variant == variant}
         label = dict(variant=variant, precision="float16")
-        notify(Event("validate", "unet_chunks", "start", **label))
-        paths = [package_location(out, pair[c]) if c in pair else None for c in CHUNK_COMPONENTS]
+        notify(Event("validate", f"{spec.name}_chunks", "start", **label))
+        paths = [package_location(out, pair[c]) if c in pair else None for c in CHUNKED[spec.name]]
         whole = next((package_location(out, p) for p in unets if p.variant == variant and p.precision == "float16"
                       and package_location(out, p).exists()), None)
         if all(path is not None and path.exists() for path in paths):
@@ -157,8 +156,8 @@ def _verify_chunks(out: Path, spec, geometry: Geometry, bars: ValidationBars, ch
         else:
             missing = Check("structure", "failed", "package", detail="the other chunk of the pair is missing")
             found = ([missing], [missing])
-        for component, checks in zip(CHUNK_COMPONENTS, found):
+        for component, checks in zip(CHUNKED[spec.name], found):
             if component in pair:
                 pair[component].checks = checks
         failed = any(p.status == "failed" for p in pair.values())
-        notify(Event("validate", "unet_chunks", "failed" if failed else "done", **label))
+        notify(Event("validate", f"{spec.name}_chunks", "failed" if failed else "done", **label))

@@ -148,20 +148,34 @@ def build_tiny_xl_pipeline(out: Path, *, refiner: bool = False, seed: int = 0, s
                                        steps_offset=1, timestep_spacing="leading")
     if not initial_norms:
         randomize_norms(unet, vae, *encoders.values())
+    title = "Tiny random SDXL refiner" if refiner else "Tiny random SDXL pipeline"
+    return save_xl_pipeline(out, unet=unet, vae=vae, scheduler=scheduler, title=title, license=license,
+                            refiner=refiner, **encoders)
+
+
+def save_xl_pipeline(out: Path, *, unet, vae, scheduler, text_encoder_2, text_encoder=None, refiner: bool = False,
+                     title: str, license: str = "openrail++") -> Path:
+    """Write a diffusers ``StableDiffusionXLPipeline`` folder (or, with ``refiner``, a refiner's
+    ``StableDiffusionXLImg2ImgPipeline`` without the first text encoder) from its modules, one at a time."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(out / "unet", safe_serialization=True)
     vae.save_pretrained(out / "vae", safe_serialization=True)
     scheduler.save_pretrained(out / "scheduler")
+    encoders = {"text_encoder": text_encoder, "text_encoder_2": text_encoder_2}
     for key, model in encoders.items():
-        model.save_pretrained(out / key, safe_serialization=True)
-        write_tokenizer(out / key.replace("text_encoder", "tokenizer"), pad="!" if key == "text_encoder_2" else _SPECIAL[1])
+        if model is not None:
+            model.save_pretrained(out / key, safe_serialization=True)
+            write_tokenizer(out / key.replace("text_encoder", "tokenizer"),
+                            pad="!" if key == "text_encoder_2" else _SPECIAL[1])
     index = {
         "_class_name": "StableDiffusionXLImg2ImgPipeline" if refiner else "StableDiffusionXLPipeline",
         "_diffusers_version": _diffusers_version(),
         "force_zeros_for_empty_prompt": not refiner,
         "scheduler": ["diffusers", type(scheduler).__name__],
-        "text_encoder": [None, None] if refiner else ["transformers", "CLIPTextModel"],
+        "text_encoder": [None, None] if text_encoder is None else ["transformers", "CLIPTextModel"],
         "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "tokenizer": [None, None] if refiner else ["transformers", "CLIPTokenizer"],
+        "tokenizer": [None, None] if text_encoder is None else ["transformers", "CLIPTokenizer"],
         "tokenizer_2": ["transformers", "CLIPTokenizer"],
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
@@ -170,7 +184,6 @@ def build_tiny_xl_pipeline(out: Path, *, refiner: bool = False, seed: int = 0, s
     if refiner:
         index["requires_aesthetics_score"] = True
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
-    title = "Tiny random SDXL refiner" if refiner else "Tiny random SDXL pipeline"
     (out / "README.md").write_text(
         f"---\nlicense: {license}\ntags:\n- stable-diffusion-xl\n- text-to-image\n---\n\n"
         f"# {title}\n\nRandom weights, for testing conversions.\n")

@@ -96,8 +96,9 @@ def test_insecure_api_settings_are_refused() -> None:
 
 
 def test_sdxl_job_with_a_vae_and_a_refiner_publishes_one_repo_with_the_swift_names(devhub, tmp_path: Path) -> None:
-    """`submit --local --vae --refiner`: the refiner's UNet as UnetRefiner and the float16-safe VAE in float16,
-    in the base's repo, through the dev Hub and the compiler double; the card names both sources."""
+    """`submit --local --vae --refiner --chunk-unet`: the refiner's UNet as UnetRefiner (and its chunks) and the
+    float16-safe VAE in float16, in the base's repo, through the dev Hub and the compiler double; the card names
+    both sources."""
     import os
 
     import coremltools as ct
@@ -121,15 +122,17 @@ def test_sdxl_job_with_a_vae_and_a_refiner_publishes_one_repo_with_the_swift_nam
            "COREML_PUBLISH_ARTIFACT_STORE": str(tmp_path / "artifacts"), "COREML_PUBLISH_SCRATCH": str(tmp_path),
            "PATH": f"{DOUBLES}{os.pathsep}{os.environ['PATH']}"}
     result = run("submit", "studio/tiny-sdxl", "--local", "--namespace", "studio", "--bits", "0", "--attention",
-                 "split_einsum", "--vae", "studio/tiny-vae-fp16", "--refiner", "studio/tiny-refiner", env=env)
+                 "split_einsum", "--vae", "studio/tiny-vae-fp16", "--refiner", "studio/tiny-refiner", "--chunk-unet",
+                 env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     with session_scope(database) as session:
         job = list_jobs(session)[0]
         assert job.state == "succeeded" and job.options["vae"] == "studio/tiny-vae-fp16"
     repo = Path(snapshot(url, "studio/coreml-tiny-sdxl", tmp_path / "published"))
     assert sorted(p.name for p in (repo / "split_einsum" / "compiled").iterdir()) == [
-        "TextEncoder.mlmodelc", "TextEncoder2.mlmodelc", "Unet.mlmodelc", "UnetRefiner.mlmodelc",
-        "VAEDecoder.mlmodelc", "VAEEncoder.mlmodelc", "merges.txt", "vocab.json"]
+        "TextEncoder.mlmodelc", "TextEncoder2.mlmodelc", "Unet.mlmodelc", "UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc",
+        "UnetRefiner.mlmodelc", "UnetRefinerChunk1.mlmodelc", "UnetRefinerChunk2.mlmodelc", "VAEDecoder.mlmodelc",
+        "VAEEncoder.mlmodelc", "merges.txt", "vocab.json"]
     packages = repo / "split_einsum" / "packages"
     refiner = ct.models.MLModel(str(packages / "Stable_Diffusion_version_studio_tiny-sdxl_refiner.mlpackage"),
                                 skip_model_load=True).get_spec()
