@@ -226,7 +226,8 @@ def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
                            and (options.components is None or c in options.components))
         attentions = tuple(Attention(a) for a in options.attentions)
     else:
-        components = tuple(c for c in select_components(source, None) if depends_on_attention(c))  # + refiner
+        components = tuple(c for c in select_components(source, None) if depends_on_attention(c)  # UNet, refiner
+                           and (options.components is None or c in options.components))
         attentions = (Attention(part.removeprefix("unet-")),)
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     out = store.path(spec.id, "parts", part)

@@ -171,8 +171,7 @@ class _Run:
             source_id=self.source.id, source_sha=self.source.sha, component=component or spec.name,
             attention=attention.value if attention else None, precision=precision,
             converter=self.converter, license=self.source.license,
-            description=spec.description + (f" ({component.replace('unet_', '').replace('chunk', 'chunk ')} of 2)"
-                                            if component else ""),
+            description=spec.description + (f" (chunk {component[-1]} of 2)" if component else ""),
             deployment_target=self.options.target(palettized=precision_bits(precision) is not None))
 
     def package_path(self, repo: str, attention: Attention, component: str) -> Path:

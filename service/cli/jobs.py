@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from service.cli import options as shared
-from service.cli.output import comma_list, console, stdout
+from service.cli.output import comma_list, console, print_json, print_listing, short_sha, stdout
 
 FINISHED = ("succeeded", "failed", "cancelled")
 MAX_ID = 2**31 - 1  # the job database's integer range
@@ -143,41 +143,72 @@ def _print_status(job) -> None:
         stdout.print(f"  published {p['repo_id']} at {p['commit'][:10]}" + ("" if p["changed"] else " (no changes)"))
 
 
-def status(job_id: int = typer.Argument(..., min=1, max=MAX_ID, help=JOB_ID_HELP)) -> None:
+JSON = typer.Option(False, "--json", help="Print one JSON document with every value whole, for scripts.")
+
+
+def status(job_id: int = typer.Argument(..., min=1, max=MAX_ID, help=JOB_ID_HELP), as_json: bool = JSON) -> None:
     """Show a job: state, each stage with its figures, published repos."""
     from service.db import session_scope
-    from service.jobs import get_job
+    from service.jobs import get_job, job_summary
 
     with session_scope() as session:
-        _print_status(get_job(session, job_id))
+        job = get_job(session, job_id)
+        if as_json:
+            print_json(job_summary(job))
+        else:
+            _print_status(job)
 
 
 def jobs(state: str = typer.Option(None, help="Only jobs in this state."),
-         limit: int = typer.Option(50, min=1, max=500, help="How many, newest first (1-500).")) -> None:
+         limit: int = typer.Option(50, min=1, max=500, help="How many, newest first (1-500)."),
+         as_json: bool = JSON) -> None:
     """List jobs, newest first."""
     from service.db import session_scope
-    from service.jobs import list_jobs
+    from service.jobs import job_summary, list_jobs
 
     table = Table("id", "source", "sha", "state", "trigger", "created", "published")
     with session_scope() as session:
-        for job in list_jobs(session, state=state, limit=limit):
-            table.add_row(str(job.id), job.source_repo, (job.source_sha or "")[:10], job.state, job.trigger,
+        found = list_jobs(session, state=state, limit=limit)
+        if as_json:
+            print_json([job_summary(job) for job in found])
+            return
+        for job in found:
+            table.add_row(str(job.id), job.source_repo, short_sha(job.source_sha), job.state, job.trigger,
                           f"{job.created_at:%Y-%m-%d %H:%M}", ", ".join(p.repo_id for p in job.published))
-    stdout.print(table)
+    print_listing(table)
 
 
 def logs(job_id: int = typer.Argument(..., min=1, max=MAX_ID, help=JOB_ID_HELP),
-         follow_: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job finishes.")) -> None:
+         follow_: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job finishes."),
+         as_json: bool = JSON) -> None:
     """Print a job's log."""
     from service.db import session_scope
+    from service.errors import OptionsError
     from service.jobs import get_job
 
+    if as_json and follow_:
+        raise OptionsError("--json prints the log as one document and --follow keeps printing: pick one",
+                           hint="Use `logs N --follow` to watch a job, `logs N --json` for what it logged so far.")
     with session_scope() as session:
         get_job(session, job_id)
-    if follow_:
+    if as_json:
+        print_json(_events(job_id))
+    elif follow_:
         follow(job_id)
     else:
         _stream(job_id, until=lambda: True)
+
+
+def _events(job_id: int) -> list[dict]:
+    """Every log line of a job, oldest first, as JSON-ready dicts."""
+    from sqlalchemy import select
+
+    from service.db import session_scope
+    from service.models import JobEvent
+
+    with session_scope() as session:
+        return [{"at": e.at.isoformat(), "level": e.level, "stage": e.stage, "message": e.message}
+                for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))]
 
 
 def cancel(job_id: int = typer.Argument(..., min=1, max=MAX_ID, help=JOB_ID_HELP)) -> None:

@@ -1,9 +1,12 @@
-"""Terminal output shared by commands: quiet third-party logs, progress lines, the ✓/✗ table."""
+"""Terminal output shared by commands: quiet third-party logs, progress lines, the ✓/✗ table, listings
+(whole values when piped) and ``--json`` documents."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
 import warnings
 
 from rich.console import Console
@@ -12,6 +15,28 @@ from rich.table import Table
 
 console = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
+
+
+def print_listing(table: Table) -> None:
+    """A listing's table: fitted to a terminal; piped or redirected, every value whole on one line per row
+    (``coreml-publish jobs | grep org/name`` finds the repo, never ``org/tiny…``)."""
+    if stdout.is_terminal:
+        stdout.print(table)
+        return
+    for column in table.columns:
+        column.no_wrap, column.overflow = True, "ignore"
+    Console(highlight=False, width=100_000, soft_wrap=True).print(table)
+
+
+def short_sha(sha: str | None) -> str:
+    """A commit sha as listings show it: its first 10 characters on a terminal, whole when piped."""
+    return (sha or "")[:10] if stdout.is_terminal else (sha or "")
+
+
+def print_json(data: object) -> None:
+    """One JSON document on standard output, every value whole (``--json``)."""
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def comma_list(value: str | None) -> tuple[str, ...]:

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from service.cli import options as shared
-from service.cli.output import comma_list, stdout
+from service.cli.output import comma_list, print_json, print_listing, short_sha, stdout
 
 watch_app = typer.Typer(help="Repos whose Core ML versions are kept current (nightly sweep and Hub webhooks).",
                         no_args_is_help=True)
@@ -41,18 +41,23 @@ def add(
 
 
 @watch_app.command("list")
-def list_() -> None:
+def list_(as_json: bool = typer.Option(False, "--json", help="Print one JSON document with every value whole, "
+                                                             "for scripts.")) -> None:
     """The watched repos: last seen and last published commits, next check, state."""
     from service.db import session_scope
     from service.watch import watch_rows
 
     table = Table("repo", "last seen", "last published", "published at", "next check", "state")
     with session_scope() as session:
-        for row in watch_rows(session):
-            state = row["state"] + (f" ({row['reason']})" if row["reason"] else "")
-            table.add_row(row["repo_id"], (row["last_seen_sha"] or "")[:10], (row["last_published_sha"] or "")[:10],
-                          (row["last_published_at"] or "")[:16], (row["next_check_at"] or "")[:16], state)
-    stdout.print(table)
+        rows = watch_rows(session)
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        state = row["state"] + (f" ({row['reason']})" if row["reason"] else "")
+        table.add_row(row["repo_id"], short_sha(row["last_seen_sha"]), short_sha(row["last_published_sha"]),
+                      (row["last_published_at"] or "")[:16], (row["next_check_at"] or "")[:16], state)
+    print_listing(table)
 
 
 @watch_app.command("remove")

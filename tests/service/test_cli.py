@@ -177,3 +177,33 @@ def test_debug_and_scratch_are_settings_a_dot_env_may_hold(tmp_path: Path) -> No
     result = subprocess.run(["coreml-publish", "convert", "./missing", "-o", "out"], capture_output=True, text=True,
                             timeout=120, cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_listings_keep_whole_values_when_piped_and_json_for_scripts(tmp_path: Path) -> None:
+    """`jobs | grep org/name` finds the repo (no `org/tiny…` at 80 columns); `--json` gives one document."""
+    from service.db import session_scope, upgrade
+    from service.jobs import JobOptions, record_event, submit_job
+    from service.watch import add_watch
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    repo, sha = "a-rather-long-organisation-name/a-rather-long-stable-diffusion-model-name", "0123456789abcdef" * 2 + "01234567"
+    with session_scope(url) as session:
+        job = submit_job(session, source_repo=repo, source_sha=sha, options=JobOptions(namespace="studio")).job
+        record_event(session, job.id, "fetch started", stage="fetch")
+        add_watch(session, repo_id=repo, options=JobOptions(namespace="studio"))
+    env = {"COREML_PUBLISH_DATABASE_URL": url}
+    listed = run("jobs", env=env)
+    assert listed.returncode == 0 and repo in listed.stdout and sha in listed.stdout and "…" not in listed.stdout
+    assert len([line for line in listed.stdout.splitlines() if repo in line]) == 1  # one line per row
+    documents = {name: json.loads(run(*args, env=env).stdout) for name, args in {
+        "jobs": ("jobs", "--json"), "status": ("status", str(job.id), "--json"), "logs": ("logs", str(job.id), "--json"),
+        "watch": ("watch", "list", "--json")}.items()}
+    assert [(j["id"], j["source_repo"], j["source_sha"]) for j in documents["jobs"]] == [(job.id, repo, sha)]
+    assert documents["status"]["state"] == "queued" and documents["status"]["options"]["namespace"] == "studio"
+    assert [(e["stage"], e["message"]) for e in documents["logs"]][-1] == ("fetch", "fetch started")
+    assert [w["repo_id"] for w in documents["watch"]] == [repo]
+    watched = run("watch", "list", env=env)
+    assert repo in watched.stdout and "…" not in watched.stdout
+    both = run("logs", str(job.id), "--json", "--follow", env=env)
+    assert both.returncode == 2 and "--json prints the log as one document and --follow keeps printing" in both.stderr
