@@ -303,14 +303,15 @@ def _publish(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
                          f"{spec.source_repo} is {'private (or not visible)' if private else 'public'}",
                          stage="publish")
     for tree in trees:
+        retried: list[BaseException] = []  # transient Hub errors retried (a metric: coreml_publish_hub_retries)
         result = publish_tree(tree, namespace=spec.options.namespace, source_sha=spec.source_sha,
-                              private=private, endpoint=settings.hub_endpoint)
+                              private=private, endpoint=settings.hub_endpoint, on_retry=retried.append)
         with session_scope(settings.database_url) as session:
             record_published(session, get_job(session, spec.id), repo_id=result.repo_id, commit=result.commit,
                              changed=result.changed, tag=result.tag)
             record_event(session, spec.id, f"published {result.repo_id} at {result.commit[:10]}"
                          + ("" if result.changed else " (no changes)"), stage="publish")
-        figures[result.repo_id] = {"commit": result.commit, "changed": result.changed}
+        figures[result.repo_id] = {"commit": result.commit, "changed": result.changed, "hub_retries": len(retried)}
     return figures, None
 
 

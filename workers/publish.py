@@ -97,14 +97,18 @@ def is_transient(error: BaseException) -> bool:
 
 
 def with_retries(call: Callable[[], T], *, attempts: int = 5, base_delay: float = 1.0,
-                 sleep: Callable[[float], None] = time.sleep) -> T:
-    """Run ``call``, retrying transient Hub errors with exponential backoff and full jitter (or Retry-After)."""
+                 sleep: Callable[[float], None] = time.sleep,
+                 on_retry: Callable[[BaseException], None] | None = None) -> T:
+    """Run ``call``, retrying transient Hub errors with exponential backoff and full jitter (or Retry-After);
+    ``on_retry`` hears of each error that is retried."""
     for attempt in range(1, attempts + 1):
         try:
             return call()
         except Exception as e:  # classified below; anything not transient is raised unchanged
             if not is_transient(e) or attempt == attempts:
                 raise
+            if on_retry is not None:
+                on_retry(e)
             wait = retry_after(e)
             sleep(wait if wait is not None else random.uniform(0, base_delay * 2 ** (attempt - 1)))
     raise AssertionError("unreachable")
@@ -200,7 +204,8 @@ def _remove_unused(api, repo_id: str, retry: dict) -> None:
 
 def publish_tree(tree: RepoTree, *, namespace: str, source_sha: str | None, private: bool = False,
                  endpoint: str | None = None, token: str | None = None, attempts: int = 5,
-                 base_delay: float = 1.0, on_step: Callable[[str], None] | None = None) -> Published:
+                 base_delay: float = 1.0, on_step: Callable[[str], None] | None = None,
+                 on_retry: Callable[[BaseException], None] | None = None) -> Published:
     """Create or update ``namespace/<tree.name>`` so that it holds exactly ``tree.folder``'s files.
 
     A tree with an incomplete variant is refused (OptionsError, :func:`workers.package.check_tree`) before
@@ -211,7 +216,7 @@ def publish_tree(tree: RepoTree, *, namespace: str, source_sha: str | None, priv
     check_tree(tree, namespace=namespace)
     api = HfApi(endpoint=endpoint, token=token)
     repo_id = f"{namespace}/{tree.name}"
-    retry = dict(attempts=attempts, base_delay=base_delay)
+    retry = dict(attempts=attempts, base_delay=base_delay, on_retry=on_retry)
     state = {"created": False, "committed": False}
     try:
         return _push(api, tree, repo_id, source_sha=source_sha, private=private, retry=retry, state=state,

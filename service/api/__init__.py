@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, TimeoutError as PoolTimeoutError
 
-from service.api import health, jobs, watches, webhooks
+from service.api import health, jobs, metrics, watches, webhooks
 from service.errors import (
     CoreMLPublishError,
     HubUnavailableError,
@@ -181,6 +181,6 @@ def create_api(settings: Settings | None = None) -> FastAPI:
                             status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
 
     app.add_middleware(BodyLimit)
-    for module in (jobs, watches, webhooks, health):
+    for module in (jobs, watches, webhooks, health, metrics):
         app.include_router(module.router)
     return app
