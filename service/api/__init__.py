@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, TimeoutError as PoolTimeoutError
 
-from service.api import health, jobs, metrics, watches, webhooks
+from service.api import docs, health, jobs, metrics, watches, webhooks
 from service.errors import (
     CoreMLPublishError,
     HubUnavailableError,
@@ -141,7 +141,8 @@ class BodyLimit:
 
 
 def create_api(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="coreml-publisher", description="Convert Stable Diffusion models to Core ML and publish them.")
+    app = FastAPI(title="coreml-publisher", description="Convert Stable Diffusion models to Core ML and publish them.",
+                  docs_url=None, redoc_url=None)  # served by service.api.docs, with local assets
     app.state.settings = settings or get_settings()
 
     @app.exception_handler(CoreMLPublishError)
@@ -181,6 +182,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
                             status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
 
     app.add_middleware(BodyLimit)
-    for module in (jobs, watches, webhooks, health, metrics):
+    for module in (jobs, watches, webhooks, health, metrics, docs):
         app.include_router(module.router)
+    docs.mount_assets(app)
     return app

@@ -66,3 +66,4 @@ def test_metrics_count_jobs_stages_failures_retries_and_queues(tmp_path: Path) -
     assert samples[("coreml_publish_queue_depth", (("queue", "convert"),))] == 2
     down = TestClient(create_api(Settings(database_url=url, broker_url="redis://127.0.0.1:1/0"))).get("/metrics")
     assert _samples(down.text)[("coreml_publish_broker_up", ())] == 0
+
