@@ -125,7 +125,7 @@ def build_tiny_xl_pipeline(out: Path, *, refiner: bool = False, seed: int = 0, s
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     widths = (0 if refiner else 32, 48)
-    sample = sample_size or 16
+    sample = sample_size or 8  # 64 tokens at the top level: SDXL's structure at a fraction of the time
     unet = UNet2DConditionModel(
         sample_size=sample, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -137,7 +137,7 @@ def build_tiny_xl_pipeline(out: Path, *, refiner: bool = False, seed: int = 0, s
 
     def text_config(width: int) -> CLIPTextConfig:
         return CLIPTextConfig(bos_token_id=0, eos_token_id=2, pad_token_id=1, hidden_size=width,
-                              intermediate_size=37, num_attention_heads=4, num_hidden_layers=3, vocab_size=1000,
+                              intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=1000,
                               max_position_embeddings=77, projection_dim=width, hidden_act="gelu",
                               layer_norm_eps=1e-5)
 
@@ -200,7 +200,7 @@ def _xl_vae(sample: int, *, float16_safe: bool):
     )
 
 
-def build_tiny_vae(out: Path, *, seed: int = 0, sample_size: int = 16, float16_safe: bool = True) -> Path:
+def build_tiny_vae(out: Path, *, seed: int = 0, sample_size: int = 8, float16_safe: bool = True) -> Path:
     """Write a tiny random SDXL-shaped VAE as float16-fixed SDXL VAEs are published: ``config.json`` and
     safetensors weights at the folder's root (``force_upcast`` false unless ``float16_safe`` is False)."""
     import torch

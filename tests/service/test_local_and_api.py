@@ -137,7 +137,7 @@ def test_sdxl_job_with_a_vae_and_a_refiner_publishes_one_repo_with_the_swift_nam
     refiner = ct.models.MLModel(str(packages / "Stable_Diffusion_version_studio_tiny-sdxl_refiner.mlpackage"),
                                 skip_model_load=True).get_spec()
     assert {f.name: tuple(f.type.multiArrayType.shape) for f in refiner.description.input} == {
-        "sample": (2, 4, 16, 16), "timestep": (2,), "encoder_hidden_states": (2, 48, 1, 77),
+        "sample": (2, 4, 8, 8), "timestep": (2,), "encoder_hidden_states": (2, 48, 1, 77),
         "text_embeds": (2, 48), "time_ids": (2, 5)}
     decoder = ct.models.MLModel(str(packages / "Stable_Diffusion_version_studio_tiny-sdxl_vae_decoder.mlpackage"),
                                 skip_model_load=True).get_spec()

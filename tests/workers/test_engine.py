@@ -307,7 +307,7 @@ def test_an_sdxl_refiner_alone_converts_to_its_own_complete_repo(tmp_path: Path)
     source = resolve_source(str(build_tiny_pipeline(tmp_path / "refiner", style="sdxl-refiner", seed=2)))
     report = convert_pipeline(source, tmp_path / "out", ConvertOptions(attentions=(Attention.ORIGINAL,), bits=None))
     assert {p.component for p in report.packages} == {"text_encoder_2", "unet", "vae_decoder", "vae_encoder"}
-    expected = xl_contract(2, 16, 16, (0, 48), 48, 5, 2)
+    expected = xl_contract(2, 8, 8, (0, 48), 48, 5, 2)
     for package in report.packages:
         contents = read_package(tmp_path / "out" / package.path)
         inputs, outputs = expected[package.component]
