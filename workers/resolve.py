@@ -1,8 +1,9 @@
 """Resolve step: find out what a source is and refuse what we cannot convert, before any download.
 
 A source is a local diffusers folder or a Hub repo id (+ revision, pinned here to a commit sha).  The same
-checks run on both: a Stable Diffusion 1.x/2.x diffusers pipeline, safetensors weights for every component
-we need (pickle only when explicitly allowed), never remote code.
+checks run on both: a Stable Diffusion 1.x/2.x or SDXL (base or refiner) diffusers pipeline, safetensors
+weights for every component we need (pickle only when explicitly allowed), never remote code.  A ``--vae``
+and an SDXL ``--refiner`` are resolved with the source (:func:`resolve_vae`, :func:`resolve_refiner`).
 """
 
 from __future__ import annotations
