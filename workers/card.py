@@ -18,6 +18,7 @@ import yaml
 
 from workers.sanitize import sanitize_markdown
 from workers.layout import COMPILED_NAMES, compiled_file_name, package_file_name
+from workers.report import precision_bits
 from workers.targets import SPEC_VERSIONS, os_name
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ def _kept(packages: list[dict], only: str | None = None) -> str:
     kept: dict[str, list[str]] = {}
     for c in COMPILED_NAMES:
         found = next((p["precision"] for p in packages if p["component"] == c), None)
-        if found and not found.startswith("palettized") and c.startswith(("vae", "safety")) \
+        if found and precision_bits(found) is None and c.startswith(("vae", "safety")) \
                 and only in (None, found):
             label = "the VAE" if c.startswith("vae") else "the safety checker"
             if label not in kept.setdefault(found, []):

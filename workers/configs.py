@@ -232,13 +232,13 @@ def check_configs(root: Path) -> SourceSizes:
     if time_ids == 6 and "text_encoder" not in encoders:  # a refiner's UNet takes 5 (its aesthetic score)
         raise SourceError("an SDXL base UNet needs text_encoder, and the source has none", source=source,
                           hint="Add the first text encoder, or pick a refiner (its UNet takes an aesthetic score).")
-    refiner = _refiner(root, time_ids, encoders, widths) if (root / "refiner" / "config.json").is_file() else (0, 0, 0)
+    width_of = dict(zip(encoders, widths))
+    refiner = _refiner(root, time_ids, encoders, width_of) if (root / "refiner" / "config.json").is_file() else (0, 0, 0)
     sizes = SourceSizes(sample=sample, down_factor=2 ** (len(unet_levels) - 1), latent_channels=in_channels,
                         vae_scale_factor=2 ** (len(vae_channels) - 1), context_dim=context,
                         sequence_length=sequence, vocab_size=vocab, safety_image_size=safety_image_size,
                         unet_levels=unet_levels, vae_channels=tuple(vae_channels),
-                        text_widths=(dict(zip(encoders, widths)).get("text_encoder", 0),
-                                     dict(zip(encoders, widths)).get("text_encoder_2", 0)),
+                        text_widths=(width_of.get("text_encoder", 0), width_of.get("text_encoder_2", 0)),
                         text_embeds_dim=text_embeds_dim, time_ids=time_ids, vae_float32=xl and upcast,
                         refiner=refiner)
     needed, where = largest_activation(sizes, sample, batch_size=2)
@@ -261,7 +261,8 @@ def _text_encoders(root: Path, xl: bool) -> dict[str, Config]:
     return {key: Config.read(root, key) for key in XL_ENCODERS if (root / key / "config.json").is_file()}
 
 
-def _refiner(root: Path, time_ids: int, encoders: dict[str, Config], widths: list[int]) -> tuple[int, int, int]:
+def _refiner(root: Path, time_ids: int, encoders: dict[str, Config], width_of: dict[str, int]
+             ) -> tuple[int, int, int]:
     """A refiner UNet (``refiner/``) beside an SDXL base: conditioned by the base's second text encoder."""
     config = Config.read(root, "refiner")
     source = str(root)
@@ -272,7 +273,7 @@ def _refiner(root: Path, time_ids: int, encoders: dict[str, Config], widths: lis
         raise UnsupportedModelError("the --refiner UNet is not an SDXL UNet", source=source,
                                     hint="Pass an SDXL refiner repo.")
     context = config.integer("cross_attention_dim", 1280, high=MAX_CHANNELS)
-    second = dict(zip(encoders, widths))["text_encoder_2"]
+    second = width_of["text_encoder_2"]
     if context != second:
         raise UnsupportedModelError(f"the --refiner UNet's context {context} does not match the base's second "
                                     f"text encoder ({second})", source=source,

@@ -44,7 +44,6 @@ XL_REQUIRED_COMPONENTS = {"text_encoder": REQUIRED_COMPONENTS["text_encoder"],
                           "text_encoder_2": (("text_encoder_2",),),
                           **{k: v for k, v in REQUIRED_COMPONENTS.items() if k != "text_encoder"}}
 REFINER_REQUIRED_COMPONENTS = {k: v for k, v in XL_REQUIRED_COMPONENTS.items() if k != "text_encoder"}
-PIPELINES = ("sd", "sdxl", "sdxl-refiner")
 
 
 def required_components(pipeline: str = "sd") -> dict[str, tuple[tuple[str, ...], ...]]:

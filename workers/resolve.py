@@ -109,9 +109,6 @@ class Source:
     def with_path(self, path: Path) -> "Source":
         return replace(self, path=path)
 
-    def extra(self, kind: str) -> "Source | None":
-        return dict(self.extras).get(kind)
-
     def provenance(self) -> dict:
         """What a report records of this source (and of each extra one)."""
         found = {"id": self.id, "repo_id": self.repo_id, "revision": self.revision, "sha": self.sha,
@@ -160,7 +157,7 @@ def resolve_source(
         extras.append(("refiner", resolve_refiner(refiner, allow_pickle=allow_pickle, token=token,
                                                   endpoint=endpoint, max_bytes=max_bytes)))
     if vae:
-        extras.append(("vae", resolve_vae(vae, allow_pickle=allow_pickle, token=token, endpoint=endpoint)))
+        extras.append(("vae", resolve_vae(vae, token=token, endpoint=endpoint)))
     return replace(found, extras=tuple(extras)) if extras else found
 
 
@@ -300,8 +297,7 @@ def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
                                   source=repo_id, hint="Check your network and HF_ENDPOINT.") from e
 
 
-def resolve_vae(ref: str, *, allow_pickle: bool = False, token: str | None = None,
-                endpoint: str | None = None) -> Source:
+def resolve_vae(ref: str, *, token: str | None = None, endpoint: str | None = None) -> Source:
     """``--vae``: a VAE to convert instead of the source's, from a local folder or a Hub repo (pinned to its
     sha) holding an ``AutoencoderKL`` at its root (as float16-fixed SDXL VAEs are published) or in ``vae/``.
 
@@ -340,8 +336,7 @@ def resolve_vae(ref: str, *, allow_pickle: bool = False, token: str | None = Non
         raise UnsafeWeightsError(f"--vae {ref} has only pickle weights ({', '.join(pickled)}); --vae takes "
                                  "safetensors weights only", source=ref, files=pickled)
     common = dict(pipeline_class="AutoencoderKL", model_index={}, components=("vae",),
-                  weight_files={"vae": weights}, weight_variant={"vae": variant}, use_safetensors=not pickled,
-                  subfolder=folder)
+                  weight_files={"vae": weights}, weight_variant={"vae": variant}, subfolder=folder)
     if info is None:
         return Source(id=path.resolve().name, path=path.resolve(), license=_card_license(path / "README.md"),
                       **common)

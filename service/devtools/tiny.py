@@ -121,8 +121,6 @@ def build_tiny_xl_pipeline(out: Path, *, refiner: bool = False, seed: int = 0, s
     from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     widths = (0 if refiner else 32, 48)
     sample = sample_size or 8  # 64 tokens at the top level: SDXL's structure at a fraction of the time

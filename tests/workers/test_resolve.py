@@ -177,7 +177,7 @@ def test_a_vae_from_a_pipeline_folder_replaces_the_sources(source: Path, tmp_pat
 
     other = Path(shutil.copytree(source, tmp_path / "other"))
     resolved = resolve_source(str(source), vae=str(other))
-    assert resolved.extra("vae").subfolder == "vae"
+    assert dict(resolved.extras)["vae"].subfolder == "vae"
     composed = fetch_source(resolved)
     assert (composed.path / "vae").resolve() == (other / "vae").resolve()
     assert (composed.path / "unet").resolve() == (source / "unet").resolve()
