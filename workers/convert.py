@@ -90,11 +90,39 @@ def convert_module(module: nn.Module, example: dict[str, torch.Tensor], inputs: 
 
     Returns the coremltools MLModel (unsaved).  Raises ConversionError.
     """
-    import coremltools as ct
-
     traced = trace(module, tuple(example.values()), component)
     try:
-        model = ct.convert(
+        return convert_traced(traced, inputs, outputs, component=component, target=target, variant=variant,
+                              precision=precision)
+    finally:
+        del traced
+        gc.collect()
+
+
+def convert_lean(meta_module: nn.Module, half_module: nn.Module, example: dict[str, torch.Tensor],
+                 inputs: list[TensorSpec], outputs: list[TensorSpec], *, component: str, target: str,
+                 variant: str | None = None):
+    """A float16 ML program made without float32 weights (``workers.lean``): ``meta_module`` is traced on the meta
+    device, ``half_module`` (the same structure, float16 weights) gives the weights.  Raises ConversionError."""
+    from workers.lean import assign_weights, float16_graph, trace_on_meta
+
+    traced = trace_on_meta(meta_module, example, component)
+    try:
+        assign_weights(traced, half_module, component)
+        with float16_graph():
+            return convert_traced(traced, inputs, outputs, component=component, target=target, variant=variant)
+    finally:
+        del traced
+        gc.collect()
+
+
+def convert_traced(traced: torch.jit.ScriptModule, inputs: list[TensorSpec], outputs: list[TensorSpec], *,
+                   component: str, target: str, variant: str | None = None, precision: str = "float16"):
+    """coremltools' conversion of a traced module to an ML program (unsaved).  Raises ConversionError."""
+    import coremltools as ct
+
+    try:
+        return ct.convert(
             traced,
             convert_to="mlprogram",
             minimum_deployment_target=deployment_target(target),
@@ -106,7 +134,3 @@ def convert_module(module: nn.Module, example: dict[str, torch.Tensor], inputs: 
     except Exception as e:  # coremltools raises many types; name the component and chain the cause
         raise ConversionError(f"coremltools could not convert {component}: {e.__class__.__name__}: {e}",
                               component=component, variant=variant) from e
-    finally:
-        del traced
-        gc.collect()
-    return model

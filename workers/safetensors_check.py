@@ -210,3 +210,30 @@ def loaded_files(folder: Path, variant: str | None) -> list[Path]:
         if found == variant:
             chosen.append(file)
     return chosen
+
+
+_TORCH_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I64": "int64",
+                 "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+def iter_tensors(file: Path, *, source: str, label: str | None = None):
+    """Each tensor of a safetensors file as ``(name, torch tensor)``, read with plain file reads after the header
+    is checked: unlike a memory map, the file's pages never count as the process's memory, and each tensor is
+    its own allocation, free to go as soon as the caller converts it.  Raises SourceError."""
+    import torch
+
+    tensors = read_header(file, source=source, label=label)
+    with file.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        for name, entry in sorted(tensors.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if entry["dtype"] not in _TORCH_DTYPES:
+                raise _bad(label or file.name, f"tensor {name} has dtype {entry['dtype']}, which cannot be read "
+                           "here", source)
+            start, end = entry["data_offsets"]
+            data = bytearray(end - start)
+            f.seek(8 + length + start)
+            if f.readinto(data) != len(data):
+                raise _bad(label or file.name, f"tensor {name} is cut short", source)
+            dtype = getattr(torch, _TORCH_DTYPES[entry["dtype"]])
+            tensor = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+            yield name, tensor.reshape(entry["shape"])

@@ -34,7 +34,7 @@ from workers.attention import export_unet
 from workers.errors import CoreMLPublishError, SourceError
 from workers.geometry import Geometry, TensorSpec
 from workers.layout import Attention, depends_on_attention
-from workers.safetensors_check import count_non_finite, loaded_files, non_finite_error, read_header
+from workers.safetensors_check import count_non_finite, iter_tensors, loaded_files, non_finite_error, read_header
 
 # diffusers' words for a checkpoint tensor whose shape contradicts the config's model
 _DIFFUSERS_MISMATCH = re.compile(r"(\S+) expected shape torch\.Size\((\[.*?\])\), but got torch\.Size\((\[.*?\])\)")
@@ -84,6 +84,48 @@ def _load(cls: Any, path: Path, subfolder: str, *, use_safetensors: bool, varian
     return model
 
 
+def _load_lean(cls: Any, path: Path, subfolder: str, *, variant: str | None, meta: bool) -> nn.Module:
+    """One component built from its config on the ``meta`` device (``meta``: no weights, for tracing), or with its
+    safetensors weights read as float16 tensor by tensor (``workers.lean``).
+
+    Query projections stay float32: the export module folds the softmax scale into them first, rounding as the
+    normal path does.  Refuses like ``_load``: damaged files, NaN/inf values, missing or unexpected tensors.
+    """
+    config = cls.load_config(str(path), subfolder=subfolder)
+    with torch.device("meta"):
+        model = cls.from_config(config)
+    model = model.float().eval().requires_grad_(False)
+    if meta:
+        return model
+    source = str(path)
+    files = loaded_files(path / subfolder, variant)
+    if not files:
+        raise SourceError(f"{subfolder} has no safetensors weights to read", source=source,
+                          hint="Convert the component's weights to safetensors.")
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        for key, tensor in iter_tensors(file, source=source, label=f"{subfolder}/{file.name}"):
+            if tensor.is_floating_point():
+                bad = count_non_finite(tensor)
+                if bad:
+                    raise non_finite_error(subfolder, key, bad, tensor.numel(), source=source)
+                tensor = tensor.float() if ".to_q." in key else tensor.half()
+            state[key] = tensor
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise SourceError(f"{subfolder}: the weights lack {', '.join(missing[:3])}{more}", source=source,
+                          hint="Those tensors would be random: " + _CONTRADICTS)
+    for key, tensor in state.items():
+        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
+            raise SourceError(f"{subfolder} cannot be loaded: tensor {key} is {list(tensor.shape)} in the weights "
+                              f"but the config's model has {list(expected[key].shape)}", source=source,
+                              hint=_CONTRADICTS)
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True, assign=True)
+    return model
+
+
 class ComponentSpec:
     """What one package component looks like and how to build its export module."""
 
@@ -92,6 +134,7 @@ class ComponentSpec:
     palettize: ClassVar[bool] = True  # Apple keeps the VAE in float16 in palettized repos
     input_dtype: ClassVar[str] = "float16"
     compared_outputs: ClassVar[tuple[str, ...] | None] = None  # None: every output
+    lean: ClassVar[bool] = False  # converts memory-lean when large (``load_lean``, ``workers.lean``)
     description: ClassVar[str]
 
     def precision(self, g: Geometry) -> str:
@@ -112,6 +155,11 @@ class ComponentSpec:
     def load(self, path: Path, variants: dict[str, str | None], use_safetensors: bool) -> dict[str, nn.Module]:
         """Load the float32 torch modules this component needs from a source folder."""
         raise NotImplementedError
+
+    def load_lean(self, path: Path, variants: dict[str, str | None], *, meta: bool) -> dict[str, nn.Module]:
+        """The modules built on the ``meta`` device, or with float16 weights (see ``workers.lean``); only
+        components large enough to need it implement this."""
+        raise NotImplementedError(f"{self.name} has no memory-lean conversion")
 
     def reference(self, modules: dict[str, nn.Module]) -> nn.Module:
         """The unmodified library module computing this component's outputs, in float32."""
@@ -232,6 +280,7 @@ class TextEncoder2Spec(XLTextEncoderSpec):
 class UNetSpec(ComponentSpec):
     name = "unet"
     needs = ("unet",)
+    lean = True
     description = "Denoising UNet: predicts the noise in a latent, conditioned on text embeddings."
 
     def inputs(self, g):
@@ -264,6 +313,12 @@ class UNetSpec(ComponentSpec):
 
         return {"unet": _load(UNet2DConditionModel, path, "unet", use_safetensors=use_safetensors,
                               variant=variants.get("unet"))}
+
+    def load_lean(self, path, variants, *, meta):
+        from diffusers import UNet2DConditionModel
+
+        return {"unet": _load_lean(UNet2DConditionModel, path, self.needs[0], variant=variants.get(self.needs[0]),
+                                   meta=meta)}
 
     def reference(self, modules):
         def forward(self, sample, timestep, context, *added):

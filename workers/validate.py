@@ -240,6 +240,8 @@ def validate_package(spec: ComponentSpec, geometry: Geometry, bars: ValidationBa
         checks.append(program_check(contents, io.check, io.reference, compared, bars.shipped(bits)))
     load_read_back(export, contents.weights, accounting)
     contents.release()  # the program's weights go before the module runs
+    if any(p.dtype != torch.float32 for p in export.parameters()):
+        export.float()  # a memory-lean conversion's float16 weights (workers.lean): the torch side runs in float32
     candidate = run_module(export, io.check, [t.name for t in io.outputs])
     checks.append(psnr_check("psnr_torch", "torch", io.reference, candidate, compared, bars.for_bits(bits)))
     checks.append(coreml_check(path, io.check, io.inputs, io.reference, compared, bars.shipped(bits)))
