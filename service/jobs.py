@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from service.errors import JobError, JobNotFoundError, OptionsError
 from service.models import Job, JobEvent, JobState, PublishedRepo, StageResult, Trigger, utcnow
+from service.progress import finished
 from workers.layout import Attention, depends_on_attention, sort_attentions
 from workers.palettize import SUPPORTED_BITS, check_bits
 from workers.targets import check_target, target_for
@@ -232,7 +233,7 @@ def claim_stage(session: Session, result: StageResult, *, runner: str, timeout: 
                 StageResult.heartbeat_at >= now - timedelta(seconds=timeout))
     taken = session.execute(
         update(StageResult).where(StageResult.id == result.id, StageResult.state != "succeeded", not_(held))
-        .values(state="running", runner=runner, started_at=now, heartbeat_at=now, error=None,
+        .values(state="running", runner=runner, started_at=now, heartbeat_at=now, error=None, progress=None,
                 attempts=StageResult.attempts + 1, worker_host=socket.gethostname())
         .execution_options(synchronize_session=False))
     if taken.rowcount != 1:
@@ -316,6 +317,7 @@ def finish_stage(session: Session, result: StageResult, *, state: str, figures: 
     if result.started_at is not None:
         result.duration = (result.finished_at - aware(result.started_at)).total_seconds()
     result.figures, result.artifact_uri, result.error = figures, artifact_uri, error
+    result.progress = finished(result.progress, succeeded=state == "succeeded")
     session.flush()
 
 
@@ -368,7 +370,7 @@ def job_summary(job: Job) -> dict:
         "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
         "stages": [{"stage": s.stage, "part": s.part, "state": s.state, "attempts": s.attempts,
                     "worker_host": s.worker_host, "duration": s.duration, "figures": s.figures,
-                    "error": s.error, "artifact_uri": s.artifact_uri} for s in job.stages],
+                    "error": s.error, "artifact_uri": s.artifact_uri, "progress": s.progress} for s in job.stages],
         "published": [{"repo_id": p.repo_id, "commit": p.commit, "changed": p.changed, "tag": p.tag}
                       for p in job.published],
     }

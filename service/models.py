@@ -90,6 +90,7 @@ class StageResult(Base):
     error: Mapped[str | None] = mapped_column(Text)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # last sign of life while running
     runner: Mapped[str | None] = mapped_column(String(64))  # the task delivery (or local process) running it
+    progress: Mapped[dict | None] = mapped_column(JSON)  # where a running stage is (service.progress), kept at the end
 
     job: Mapped[Job] = relationship(back_populates="stages")
 

@@ -176,12 +176,20 @@ def heartbeats(result_id: int, settings: Settings) -> Iterator[None]:
 
 # --- the stages ---------------------------------------------------------------------------------------
 
-def _events(spec: JobSpec, settings: Settings):
-    """Engine progress → job log; stops the work when the job was cancelled.  A database away for a moment
-    costs a log line, not the conversion."""
+def _events(spec: JobSpec, settings: Settings, *, stage: str, part: str):
+    """Engine events → job log, and their progress → the stage's result (throttled); stops the work when the job
+    was cancelled.  A database away for a moment costs a log line, not the conversion."""
     from sqlalchemy.exc import OperationalError
 
+    from service.progress import ProgressRecorder
+
+    record_progress = ProgressRecorder(settings.database_url, job_id=spec.id, stage=stage, part=part)
+
     def on_event(event) -> None:
+        if event.progress is not None:
+            record_progress(event.progress.to_dict())
+        if event.status == "progress":  # coremltools' counters: progress only, not a log line
+            return
         try:
             with session_scope(settings.database_url) as session:
                 if is_cancelled(session, spec.id):
@@ -236,7 +244,7 @@ def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
     report = convert_pipeline(source, out, ConvertOptions(
         attentions=attentions, bits=options.bits, components=components, bars=settings.validation_bars(),
         deployment_target=options.deployment_target, chunk_unet=chunk, chunks_only=chunk and options.chunks_only),
-        on_event=_events(spec, settings))
+        on_event=_events(spec, settings, stage="convert", part=part))
     return _report_figures(report), store.push(spec.id, "parts", part)
 
 

@@ -13,14 +13,17 @@ import gc
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+import torch
+
 from workers.chunk import CHUNKED, chunk_features, chunk_unet, validate_chunks
 from workers.errors import OptionsError, ValidationError
-from workers.convert import PackageMetadata, apply_metadata, convert_module, save_package
+from workers.convert import PackageMetadata, apply_metadata, convert_lean, convert_module, save_package
+from workers.lean import LEAN_ABOVE_BYTES, float32_bytes
 from workers.layout import (
     CHECK_DATA_DIR,
     DEFAULT_ATTENTIONS,
@@ -31,6 +34,7 @@ from workers.layout import (
 )
 from workers.outdir import check_output_dir
 from workers.palettize import DEFAULT_BITS, check_bits, palettize_package
+from workers.progress import Counter, Steps, model_class, observe_tqdm
 from workers.report import Check, Event, PackageResult, Report, precision_bits, precision_label
 from workers.resolve import Source
 from workers.geometry import Geometry, read_geometry
@@ -57,6 +61,7 @@ class ConvertOptions:
     chunk_unet: bool = False  # also cut each float16 UNet into UnetChunk1/UnetChunk2 (iOS)
     chunks_only: bool = False  # ship the chunks instead of the whole float16 UNet
     xl: bool = False  # an SDXL pipeline: set by the engine from the source's configs (targets iOS 17 at least)
+    lean: bool | None = None  # memory-lean UNet conversion (workers.lean); None: when its weights are that large
 
     def check(self) -> None:
         """Raise OptionsError for inconsistent options."""
@@ -143,27 +148,57 @@ class _Run:
                      "targets": {"float16": options.target(palettized=False),
                                  "palettized": options.target(palettized=True)},
                      "bars": asdict(options.bars), "seed": options.seed, "group_size": options.group_size,
-                     "chunk_unet": options.chunk_unet, "chunks_only": options.chunks_only},
+                     "chunk_unet": options.chunk_unet, "chunks_only": options.chunks_only,
+                     "lean": options.lean},
             geometry=geometry.to_dict(), toolchain=toolchain(),
             repos={"float16": self.fp16_repo, "palettized": self.palettized_repo},
         )
+        weights = sum(os.path.getsize(source.path / name) for names in source.weight_files.values()
+                      for name in names if source.path and os.path.isfile(source.path / name))
+        self.steps = Steps(self.planned_steps(), model_class(weights, xl=geometry.xl,
+                                                             latent=(geometry.latent_height, geometry.latent_width)))
+
+    def planned_steps(self) -> int:
+        """How many top-level stages ``_convert_component`` runs for this run's components (a package that fails
+        validation skips some; a stage beyond the plan raises the total, see workers.progress.Steps)."""
+        total = 0
+        for name in select_components(self.source, self.options.components):
+            spec = spec_for(name, self.geometry)
+            layouts = len(self.options.attentions) if spec.depends_on_attention else 1
+            total += 2 + 2 * layouts + _is_lean(self, spec)  # load, reference (a lean one loads again in
+            # float16); convert and validate per layout
+            if name in CHUNKED and self.options.chunk_unet:
+                total += 2 * layouts  # chunk, validate the pair
+            if self.options.bits is not None and spec.palettize:
+                total += 2 * layouts  # palettize, validate
+        return total
 
     @contextmanager
     def stage(self, stage: str, component: str, variant: str | None = None,
               precision: str | None = None) -> Iterator[None]:
-        self.on_event(Event(stage, component, "start", variant, precision))
+        self.on_event(Event(stage, component, "start", variant, precision,
+                            progress=self.steps.starting(stage, component, variant, precision)))
+        self.steps.enter(stage, component, variant, precision)
         started = time.perf_counter()
-        try:
-            yield
+        try:  # a top-level stage hands coremltools' pass counters on as progress events
+            with observe_tqdm(self.progress) if self.steps.depth == 1 else nullcontext():
+                yield
         except Exception as e:
+            self.steps.leave()
             self.on_event(Event(stage, component, "failed", variant, precision,
-                                time.perf_counter() - started, str(e)))
+                                time.perf_counter() - started, str(e), self.steps.now()))
             raise
+        self.steps.leave()
         release_memory()  # a stage's temporaries (coremltools programs, read-back weights) go back now
         seconds = time.perf_counter() - started
         key = f"{stage}/{component}" + (f"/{variant}" if variant else "") + (f"/{precision}" if precision else "")
         self.report.timings[key] = seconds
-        self.on_event(Event(stage, component, "done", variant, precision, seconds))
+        self.on_event(Event(stage, component, "done", variant, precision, seconds, progress=self.steps.now()))
+
+    def progress(self, counter: Counter) -> None:
+        """Report a coremltools counter of the running stage as a progress event."""
+        now = self.steps.now(counter)
+        self.on_event(Event(now.step, now.component, "progress", now.layout, now.precision, progress=now))
 
     def metadata(self, spec: ComponentSpec, attention: Attention | None, precision: str, *,
                  component: str | None = None) -> PackageMetadata:
@@ -232,6 +267,7 @@ class _Inputs:
 
 def _convert_component(run: _Run, spec: ComponentSpec) -> None:
     g, options, source = run.geometry, run.options, run.source
+    lean = _is_lean(run, spec)
     with run.stage("load", spec.name):
         modules = spec.load(source.path, source.weight_variant, source.use_safetensors)
     with run.stage("reference", spec.name):
@@ -240,24 +276,43 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
         save_check_data(run.out, spec.name, io.check, io.inputs, io.reference, spec.compared(g))
     outputs = io.outputs
 
-    # trace every layout before validating any: tracing needs the pristine float32 weights
+    # every layout's torch module against the library's, with the pristine float32 weights
     layouts = options.attentions if spec.depends_on_attention else options.attentions[:1]
-    exports, results = {}, {}
+    exports, results, layout_checks = {}, {}, {}
+    for attention in layouts:
+        exports[attention] = export = spec.export_module(modules, attention)
+        if spec.depends_on_attention:
+            ours = run_module(export, io.check, [t.name for t in outputs])
+            layout_checks[attention] = psnr_check("psnr_layout", "torch", io.reference, ours, spec.compared(g),
+                                                  options.bars.layout)
+    if lean:  # the float32 weights go; the conversion reads them again as float16, without a float32 trace
+        del modules, export
+        exports.clear()
+        release_memory()
+        with run.stage("load", spec.name, precision="float16"):
+            modules, meta = spec.load_lean(source.path, source.weight_variant, meta=False), \
+                spec.load_lean(source.path, source.weight_variant, meta=True)
+            exports = {attention: _float16(spec.export_module(modules, attention)) for attention in layouts}
+
+    # convert every layout before validating any: validation overwrites the shared weights with the package's
     for attention in layouts:
         label = attention.value if spec.depends_on_attention else None  # None: shared by all layouts
-        exports[attention] = export = spec.export_module(modules, attention)
+        export = exports[attention]
         precision = spec.precision(g)  # float16, or float32 for a VAE that overflows in float16
         result = PackageResult(run.fp16_repo, attention.value, spec.name, precision,
                                run.rel(run.package_path(run.fp16_repo, attention, spec.name)),
                                target=options.target(palettized=False))
-        if spec.depends_on_attention:
-            ours = run_module(export, io.check, [t.name for t in outputs])
-            result.checks.append(psnr_check("psnr_layout", "torch", io.reference, ours, spec.compared(g),
-                                            options.bars.layout))
+        if attention in layout_checks:
+            result.checks.append(layout_checks[attention])
         started = time.perf_counter()
         with run.stage("convert", spec.name, label, precision):
-            model = convert_module(export, io.trace, io.inputs, outputs, component=spec.name,
-                                   target=options.target(palettized=False), variant=label, precision=precision)
+            target = options.target(palettized=False)
+            if lean:
+                model = convert_lean(spec.export_module(meta, attention), export, io.trace, io.inputs, outputs,
+                                     component=spec.name, target=target, variant=label)
+            else:
+                model = convert_module(export, io.trace, io.inputs, outputs, component=spec.name, target=target,
+                                       variant=label, precision=precision)
             apply_metadata(model, run.metadata(spec, attention if label else None, precision), io.inputs, outputs)
             save_package(model, run.out / result.path)
             del model
@@ -288,6 +343,25 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
             if result.status == "passed" and chunked:
                 shutil.rmtree(run.out / result.path, ignore_errors=True)
                 run.report.packages.remove(result)
+
+
+def _is_lean(run: _Run, spec: ComponentSpec) -> bool:
+    """Whether ``spec`` converts memory-lean: as the options say, else when its float32 weights are that large."""
+    if not spec.lean or run.options.lean is False:
+        return False
+    if run.options.lean:
+        return True
+    folder = run.source.path / spec.needs[0]
+    return float32_bytes(folder, run.source.weight_variant.get(spec.needs[0]), source=run.source.id) \
+        > LEAN_ABOVE_BYTES
+
+
+def _float16(module):
+    """``module`` with every float32 parameter made float16 (the query weights, once the scale is folded in)."""
+    for p in module.parameters():
+        if p.dtype == torch.float32:
+            p.data = p.data.half()
+    return module
 
 
 def _chunks(run: _Run, spec: ComponentSpec, attention: Attention, whole: PackageResult, io: _Inputs) -> None:

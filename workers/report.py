@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from workers.layout import REPORT_FILE
+from workers.progress import Progress
 
 
 @dataclass
@@ -38,11 +39,12 @@ class Event:
 
     stage: str  # load, reference, convert, validate, palettize
     component: str
-    status: str  # start, done, failed, skipped
+    status: str  # start, done, failed, skipped; progress: inside a running stage (coremltools' counters)
     variant: str | None = None
     precision: str | None = None
     seconds: float | None = None
     detail: str = ""
+    progress: Progress | None = None  # where the whole run is (set by the conversion engine)
 
 
 @dataclass

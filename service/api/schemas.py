@@ -62,6 +62,30 @@ class JobRequest(BaseModel):
         return value
 
 
+class ProgressCounter(BaseModel):
+    label: str = Field(..., description="coremltools' progress bar, e.g. 'Running MIL default pipeline'")
+    done: int
+    total: int | None
+
+
+class StageProgress(BaseModel):
+    """Where a conversion stage is; kept when it ends (all steps done when it succeeded)."""
+
+    component: str
+    layout: str | None = Field(None, description="Attention layout; null for layout-independent components")
+    precision: str | None = None
+    step: str = Field(..., description="load, reference, convert, validate, palettize, chunk, ...")
+    done: int = Field(..., description="Steps of the stage done")
+    total: int = Field(..., description="Steps of the stage planned")
+    fraction: float = Field(..., description="done / total, 0 to 1")
+    eta_seconds: float | None = Field(None, description="Estimated seconds left as of updated_at (from past runs "
+                                                        "on models of the same size, else extrapolated); null: "
+                                                        "nothing to go on")
+    updated_at: str | None = None
+    model: str = Field("", description="The source's size class the estimate compares with")
+    counter: ProgressCounter | None = Field(None, description="coremltools' own counter inside the step, if it has one")
+
+
 class Stage(BaseModel):
     stage: str
     part: str
@@ -72,6 +96,7 @@ class Stage(BaseModel):
     figures: dict | None = Field(None, description="What the stage measured (sizes, PSNR per package, ...)")
     error: str | None
     artifact_uri: str | None
+    progress: StageProgress | None = Field(None, description="Live progress (conversion stages)")
 
 
 class Published(BaseModel):

@@ -66,7 +66,8 @@ def submit(
                 raise typer.Exit(1)
 
 
-def follow_local(job_id: int, run) -> None:
+def follow_local(job_id: int, run, *, database_url: str | None = None) -> None:
+    """Run a job with ``run(job_id)`` in a thread and print its log and progress until it returns."""
     import threading
 
     errors: list[BaseException] = []
@@ -79,11 +80,11 @@ def follow_local(job_id: int, run) -> None:
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    _stream(job_id, until=lambda: not thread.is_alive())
+    _stream(job_id, until=lambda: not thread.is_alive(), progress=True, database_url=database_url)
 
 
 def follow(job_id: int) -> None:
-    """Print the job's log as it grows, until the job finishes."""
+    """Print the job's log as it grows, with its stages' progress, until the job finishes."""
     from service.db import session_scope
     from service.jobs import get_job
 
@@ -91,28 +92,42 @@ def follow(job_id: int) -> None:
         with session_scope() as session:
             return get_job(session, job_id).state in FINISHED
 
-    _stream(job_id, until=finished)
+    _stream(job_id, until=finished, progress=True)
 
 
-def _stream(job_id: int, *, until) -> None:
+def _stream(job_id: int, *, until, progress: bool = False, database_url: str | None = None) -> None:
+    """Print the job's log lines (on stdout) as they come until ``until()``; with ``progress``, its stages' progress
+    too (on stderr)."""
     from sqlalchemy import select
 
+    from service.cli.progress import ProgressDisplay, StageRow
     from service.db import session_scope
-    from service.models import JobEvent
+    from service.models import JobEvent, StageResult
 
     seen = 0
-    while True:
-        done = until()
-        with session_scope() as session:
-            events = list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > seen)
-                                          .order_by(JobEvent.id)))
-        for event in events:
-            seen = event.id
-            mark = {"error": "[red]✗[/]", "warning": "[yellow]![/]"}.get(event.level, "·")
-            stdout.print(f"{mark} {event.at:%H:%M:%S} {escape(event.message)}", highlight=False)
-        if done:
-            return
-        time.sleep(0.5)
+    display = ProgressDisplay() if progress else None
+    try:
+        while True:
+            done = until()
+            with session_scope(database_url) as session:
+                events = list(session.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > seen)
+                                              .order_by(JobEvent.id)))
+                rows = [StageRow(*row) for row in session.execute(
+                    select(StageResult.id, StageResult.stage, StageResult.part, StageResult.state,
+                           StageResult.started_at, StageResult.duration, StageResult.progress)
+                    .where(StageResult.job_id == job_id).order_by(StageResult.id))] if display else []
+            for event in events:
+                seen = event.id
+                mark = {"error": "[red]✗[/]", "warning": "[yellow]![/]"}.get(event.level, "·")
+                stdout.print(f"{mark} {event.at:%H:%M:%S} {escape(event.message)}", highlight=False)
+            if display is not None:
+                display.update(rows)
+            if done:
+                return
+            time.sleep(0.5)
+    finally:
+        if display is not None:
+            display.close()
 
 
 def _figures(figure: dict) -> str:

@@ -70,8 +70,8 @@ class EventPrinter:
     def __call__(self, event) -> None:
         extra = ", ".join(x for x in (event.variant, event.precision) if x)
         label = f"{event.component} ({extra})" if extra else event.component
-        if event.status == "start":
-            self.status.update(f"{event.stage} {label}…")
+        if event.status in ("start", "progress"):
+            self.status.update(f"{event.stage} {escape(label)}…{escape(progress_note(event.progress))}")
             return
         mark = {"done": "[green]✓[/]", "failed": "[red]✗[/]", "skipped": "[yellow]-[/]"}[event.status]
         seconds = f" {event.seconds:.1f} s" if event.seconds is not None else ""
@@ -80,6 +80,17 @@ class EventPrinter:
 
     def close(self) -> None:
         self.status.stop()
+
+
+def progress_note(progress) -> str:
+    """`` (step 3 of 12; Running MIL default pipeline 40/87)``: a conversion's progress, or nothing."""
+    if progress is None:
+        return ""
+    note = f" (step {progress.done + 1 if progress.done < progress.total else progress.done} of {progress.total}"
+    counter = progress.counter
+    if counter is not None:
+        note += f"; {counter.label} {counter.done}" + (f"/{counter.total}" if counter.total else "")
+    return note + ")"
 
 
 def _figure(check) -> str:

@@ -300,13 +300,16 @@ def test_float16_only_and_batch_one(sd2_pipeline: Path, tmp_path: Path) -> None:
 
 def test_an_sdxl_refiner_alone_converts_to_its_own_complete_repo(tmp_path: Path) -> None:
     """A refiner repo (no first text encoder, five time_ids) meets the XL contract; Swift loads its UNet as a
-    refiner by the time_ids shape, and the variant is complete without TextEncoder."""
+    refiner by the time_ids shape, and the variant is complete without TextEncoder.  Its UNet converts
+    memory-lean (as a full-size one would) and is validated like any other."""
     from service.devtools.tiny import build_tiny_pipeline
     from workers.package import check_output
 
     source = resolve_source(str(build_tiny_pipeline(tmp_path / "refiner", style="sdxl-refiner", seed=2)))
-    report = convert_pipeline(source, tmp_path / "out", ConvertOptions(attentions=(Attention.ORIGINAL,), bits=None))
+    report = convert_pipeline(source, tmp_path / "out", ConvertOptions(attentions=(Attention.ORIGINAL,), bits=None,
+                                                                      lean=True))
     assert {p.component for p in report.packages} == {"text_encoder_2", "unet", "vae_decoder", "vae_encoder"}
+    assert "load/unet/float16" in report.timings and "load/text_encoder_2/float16" not in report.timings
     expected = xl_contract(2, 8, 8, (0, 48), 48, 5, 2)
     for package in report.packages:
         contents = read_package(tmp_path / "out" / package.path)
