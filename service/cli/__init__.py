@@ -8,6 +8,7 @@ import sys
 import typer
 
 from service.cli import convert as _convert
+from service.cli import demo as _demo
 from service.cli import devhub as _devhub
 from service.cli import jobs as _jobs
 from service.cli import models as _models
@@ -30,6 +31,7 @@ app.command("publish", no_args_is_help=True)(_publish.publish)
 app.command("download", no_args_is_help=True)(_publish.download)
 app.command("tiny-pipeline", no_args_is_help=True)(_models.tiny_pipeline)
 app.command("devhub")(_devhub.devhub)
+app.command("demo")(_demo.demo)
 for _name in ("submit", "status", "jobs", "logs", "cancel", "retry", "reap"):
     app.command(_name, no_args_is_help=_name not in ("jobs", "reap"))(getattr(_jobs, _name))
 app.command("worker")(_service.worker)
