@@ -1,4 +1,4 @@
-"""The HTTP API: jobs, watches, Hub webhooks, health.  Writes need a bearer token.
+"""The HTTP API: jobs, watches, Hub webhooks, health, and the status page.  Writes need a bearer token.
 
 One router per resource (``service/api/<resource>.py``), typed request and response models
 (``schemas.py``), and the settings, session and token check as dependencies (``deps.py``).
@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, TimeoutError as PoolTimeoutError
 
-from service.api import docs, health, jobs, metrics, watches, webhooks
+from service.api import docs, health, jobs, metrics, status, watches, webhooks
 from service.errors import (
     CoreMLPublishError,
     HubUnavailableError,
@@ -182,7 +182,8 @@ def create_api(settings: Settings | None = None) -> FastAPI:
                             status_code=503, headers={"Retry-After": str(RETRY_AFTER)})
 
     app.add_middleware(BodyLimit)
-    for module in (jobs, watches, webhooks, health, metrics, docs):
+    for module in (jobs, watches, webhooks, health, metrics, docs, status):
         app.include_router(module.router)
     docs.mount_assets(app)
+    status.mount(app)
     return app

@@ -1,0 +1,128 @@
+"""Signing in to the status page: the session cookie its login form sets from the API token (sent in a POST
+body), and the checks the page's routes make (who may read, who may act, whether a form came from the page).
+
+The cookie holds an expiry and an HMAC of the token under a key this process draws at start, never the token:
+changing the token or restarting the API signs everyone out.  It is HttpOnly and SameSite=Strict; forms that
+act also carry a token derived from the cookie, and their Origin must be the page's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from urllib.parse import parse_qs, urlsplit
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
+
+from service.settings import Settings
+
+COOKIE = "coreml_publish_session"
+SESSION_SECONDS = 12 * 3600  # a sign-in lasts a working day
+FORM_FIELD = "csrf"
+
+
+def init(app: FastAPI) -> None:
+    """Draw the key this process signs sessions with."""
+    app.state.session_key = secrets.token_bytes(32)
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _key(request: Request) -> bytes:
+    key = getattr(request.app.state, "session_key", None)
+    if key is None:  # an app built without init(): give it a key on first use
+        key = request.app.state.session_key = secrets.token_bytes(32)
+    return key
+
+
+def _token(request: Request) -> str | None:
+    config = _settings(request)
+    return config.api_token.get_secret_value() if config.api_token else None
+
+
+def token_required(request: Request) -> bool:
+    """Whether an API token is configured (without one, on loopback, everything is open, like the API)."""
+    return _token(request) is not None
+
+
+def _sign(request: Request, expires: int, token: str) -> str:
+    return hmac.new(_key(request), f"{expires}:{token}".encode(), hashlib.sha256).hexdigest()
+
+
+def session_cookie(request: Request, *, now: float | None = None) -> str:
+    """The cookie value of a session signed in now: ``<expiry>.<HMAC of expiry and token>``."""
+    expires = int((now or time.time()) + SESSION_SECONDS)
+    return f"{expires}.{_sign(request, expires, _token(request) or '')}"
+
+
+def signed_in(request: Request) -> bool:
+    """A valid, unexpired session cookie for the current token, or the token as a bearer header (scripts)."""
+    token = _token(request)
+    if token is None:
+        return False
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer ") and hmac.compare_digest(header[7:].encode(), token.encode()):
+        return True
+    expires, _, digest = request.cookies.get(COOKIE, "").partition(".")
+    if not expires.isdigit() or int(expires) < time.time():
+        return False
+    return hmac.compare_digest(digest.encode(), _sign(request, int(expires), token).encode())
+
+
+def may_read(request: Request) -> bool:
+    """Reading the page: open without a token or with COREML_PUBLISH_PUBLIC_STATUS, else signed in."""
+    return not token_required(request) or _settings(request).public_status or signed_in(request)
+
+
+def may_act(request: Request) -> bool:
+    """Cancel and retry from the page: open without a token, else signed in (public status or not)."""
+    return not token_required(request) or signed_in(request)
+
+
+def form_token(request: Request) -> str:
+    """The hidden field of the page's forms: bound to this session's cookie (or to this process without one)."""
+    session = request.cookies.get(COOKIE, "") if token_required(request) else "open"
+    return hmac.new(_key(request), f"form:{session}".encode(), hashlib.sha256).hexdigest()
+
+
+def same_origin(request: Request) -> bool:
+    """A form POST sent by our own page: its Origin (else Referer), when the browser sends one, names this host."""
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if origin is None:
+        return True  # not a browser's cross-site form (browsers send Origin with every POST); the form token decides
+    return urlsplit(origin).netloc == request.headers.get("host", "")
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """The urlencoded body of a form POST (the API caps bodies at 64 KiB before this reads them)."""
+    body = (await request.body()).decode("utf-8", errors="replace")
+    return {name: values[0] for name, values in parse_qs(body, max_num_fields=20).items()}
+
+
+async def checked_form(request: Request) -> dict[str, str] | None:
+    """The form's fields when it comes from our page (same origin and the right form token), else None."""
+    fields = await form_fields(request)
+    if not same_origin(request) or not hmac.compare_digest(fields.get(FORM_FIELD, "").encode(),
+                                                           form_token(request).encode()):
+        return None
+    return fields
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after signing in: a path on this site only (never another host)."""
+    if not target or not target.startswith("/") or target.startswith(("//", "/login")) or "\\" in target:
+        return "/"
+    return target
+
+
+def login_redirect(request: Request) -> RedirectResponse:
+    """Send a reader who is not signed in to the login form, remembering the page (path and query only)."""
+    from urllib.parse import urlencode
+
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse("/login?" + urlencode({"next": here}), status_code=303)
