@@ -84,7 +84,7 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
     import coremltools as ct
     from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
 
-    from workers.readback import load_program, nonfinite_constants, unpalettized_weights
+    from workers.readback import file_blobs, load_program, nonfinite_constants, unpalettized_weights
     from workers.targets import retarget
 
     def palettizer(granularity: str) -> OpPalettizerConfig:
@@ -105,12 +105,14 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
         op_name_configs={name: None for name in scan(model, nonfinite_constants)},
     )
     try:
-        model = palettize_weights(model, config)
+        with file_blobs():  # coremltools reloads the program here: its weights read without mapping the file
+            model = palettize_weights(model, config)
         if group_size:  # weights whose channel count the group size does not divide: one palette each
             rest = scan(model, lambda program: unpalettized_weights(program, threshold))
             if rest:
-                model = palettize_weights(model, OptimizationConfig(
-                    op_name_configs={name: palettizer("per_tensor") for name in rest}))
+                with file_blobs():
+                    model = palettize_weights(model, OptimizationConfig(
+                        op_name_configs={name: palettizer("per_tensor") for name in rest}))
     except Exception as e:  # coremltools raises many types; name the component and chain the cause
         raise ConversionError(f"palettizing {component} to {bits} bits failed: {e}",
                               component=component) from e

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import gc
 import re
+import struct
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -59,12 +62,65 @@ def _features(features) -> list[tuple[str, tuple[int, ...], str]]:
     return out
 
 
+_BLOB_SENTINEL = 0xDEADBEEF
+_BLOB_READS = {"read_fp16_data": np.uint16, "read_float_data": np.float32, "read_int32_data": np.int32,
+               "read_uint32_data": np.uint32, "read_int16_data": np.int16, "read_uint16_data": np.uint16,
+               "read_int8_data": np.int8, "read_uint8_data": np.uint8}
+
+
+class _FileBlobReader:
+    """coremltools' weight-file reader, reading whole-byte blobs with plain file reads.
+
+    Its own reader maps the file: every page it reads stays in the process's memory beside the copy it returns,
+    so a 5 GB weight file cost 10 GB to load.  Read here, each blob costs only its copy.  Sub-byte blobs (a
+    palette's indices: small) go to coremltools' reader.
+    """
+
+    def __init__(self, filename: str) -> None:
+        self.filename, self._native = filename, None
+
+    def _read(self, offset: int, dtype) -> np.ndarray:
+        with open(self.filename, "rb") as f:
+            f.seek(offset)
+            sentinel, _, size, data = struct.unpack("<IIQQ", f.read(24))
+            if sentinel != _BLOB_SENTINEL:
+                raise ValueError(f"no weight blob at offset {offset} of {self.filename}")
+            f.seek(data)
+            value = np.fromfile(f, dtype=dtype, count=size // np.dtype(dtype).itemsize)
+        if value.nbytes != size:
+            raise ValueError(f"the weight blob at offset {offset} of {self.filename} is cut short")
+        return value
+
+    def __getattr__(self, name: str):
+        if name in _BLOB_READS:
+            return lambda offset: self._read(offset, _BLOB_READS[name])
+        if self._native is None:
+            from coremltools.libmilstoragepython import _BlobStorageReader
+
+            self._native = _BlobStorageReader(self.filename)
+        return getattr(self._native, name)
+
+
+@contextmanager
+def file_blobs() -> Iterator[None]:
+    """While inside, coremltools loads saved programs' weights with :class:`_FileBlobReader` (restored on exit)."""
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+
+    saved = milproto.BlobReader
+    milproto.BlobReader = _FileBlobReader
+    try:
+        yield
+    finally:
+        milproto.BlobReader = saved
+
+
 def load_program(model):
     """The MIL program of a saved (uncompiled) coremltools MLModel, weights included."""
     from coremltools.converters.mil.frontend.milproto.load import load as load_milproto
 
     spec = model.get_spec()
-    return load_milproto(spec, spec.specificationVersion, model.weights_dir)
+    with file_blobs():
+        return load_milproto(spec, spec.specificationVersion, model.weights_dir)
 
 
 def nonfinite_constants(program) -> list[str]:

@@ -240,9 +240,14 @@ def validate_package(spec: ComponentSpec, geometry: Geometry, bars: ValidationBa
         checks.append(program_check(contents, io.check, io.reference, compared, bars.shipped(bits)))
     load_read_back(export, contents.weights, accounting)
     contents.release()  # the program's weights go before the module runs
-    if any(p.dtype != torch.float32 for p in export.parameters()):
-        export.float()  # a memory-lean conversion's float16 weights (workers.lean): the torch side runs in float32
+    # a memory-lean conversion's weights are float16 (workers.lean): the torch side runs in float32, then they go
+    # back to float16 (exactly: they hold the package's values) so the next package is read beside half as much
+    lean = any(p.dtype == torch.float16 for p in export.parameters())
+    if lean:
+        export.float()
     candidate = run_module(export, io.check, [t.name for t in io.outputs])
+    if lean:
+        export.half()
     checks.append(psnr_check("psnr_torch", "torch", io.reference, candidate, compared, bars.for_bits(bits)))
     checks.append(coreml_check(path, io.check, io.inputs, io.reference, compared, bars.shipped(bits)))
     return checks, accounting
