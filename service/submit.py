@@ -116,7 +116,9 @@ def _broker_error(error: BaseException) -> bool:
         from redis.exceptions import ConnectionError as RedisConnectionError, TimeoutError as RedisTimeout
     except ImportError:  # another transport
         RedisConnectionError = RedisTimeout = OSError  # noqa: N806
-    return isinstance(error, (OperationalError, RedisConnectionError, RedisTimeout, OSError))
+    # a chord needs the result store (the same Redis): Celery gives up on it with a bare RuntimeError
+    store_lost = isinstance(error, RuntimeError) and "reconnect to the Celery result store" in " ".join(str(error).split())
+    return store_lost or isinstance(error, (OperationalError, RedisConnectionError, RedisTimeout, OSError))
 
 
 def _where(url: str) -> str:
