@@ -27,7 +27,12 @@ def hub_with_source(devhub, tmp_path: Path):
     return url
 
 
-def test_local_mode_runs_every_stage_without_a_broker(hub_with_source: str, database_url: str, tmp_path: Path) -> None:
+def test_local_mode_runs_every_stage_without_a_broker(hub_with_source: str, tmp_path: Path) -> None:
+    """On SQLite (the local default); local jobs on PostgreSQL run in test_progress and test_status_page."""
+    from service.db import upgrade
+
+    database_url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(database_url)
     env = {"HF_ENDPOINT": hub_with_source, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token",
            "COREML_PUBLISH_DATABASE_URL": database_url, "COREML_PUBLISH_BROKER_URL": "redis://127.0.0.1:1/0",
            "COREML_PUBLISH_ARTIFACT_STORE": str(tmp_path / "artifacts"), "COREML_PUBLISH_SCRATCH": str(tmp_path)}
