@@ -270,21 +270,20 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
     lean = _is_lean(run, spec)
     with run.stage("load", spec.name):
         modules = spec.load(source.path, source.weight_variant, source.use_safetensors)
+    layouts = options.attentions if spec.depends_on_attention else options.attentions[:1]
+    exports, results, layout_checks = {}, {}, {}
     with run.stage("reference", spec.name):
         io = component_inputs(spec, g, modules, options.seed)
         # kept beside the output: a macOS worker checks the compiled models with the same inputs
         save_check_data(run.out, spec.name, io.check, io.inputs, io.reference, spec.compared(g))
+        # every layout's torch module against the library's, with the pristine float32 weights
+        for attention in layouts:
+            exports[attention] = export = spec.export_module(modules, attention)
+            if spec.depends_on_attention:
+                ours = run_module(export, io.check, [t.name for t in io.outputs])
+                layout_checks[attention] = psnr_check("psnr_layout", "torch", io.reference, ours,
+                                                      spec.compared(g), options.bars.layout)
     outputs = io.outputs
-
-    # every layout's torch module against the library's, with the pristine float32 weights
-    layouts = options.attentions if spec.depends_on_attention else options.attentions[:1]
-    exports, results, layout_checks = {}, {}, {}
-    for attention in layouts:
-        exports[attention] = export = spec.export_module(modules, attention)
-        if spec.depends_on_attention:
-            ours = run_module(export, io.check, [t.name for t in outputs])
-            layout_checks[attention] = psnr_check("psnr_layout", "torch", io.reference, ours, spec.compared(g),
-                                                  options.bars.layout)
     if lean:  # the float32 weights go; the conversion reads them again as float16, without a float32 trace
         del modules, export
         exports.clear()
