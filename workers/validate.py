@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import math
 import platform
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -110,6 +110,36 @@ def run_module(module: nn.Module, inputs: dict[str, torch.Tensor], names: list[s
         args = tuple(inputs.values())
         out = torch.func.functional_call(module, params, args) if params else module(*args)
     return {name: o.detach().float().numpy() for name, o in zip(names, out)}
+
+
+@contextmanager
+def float32_layers(module: nn.Module) -> Iterator[None]:
+    """While inside, each layer of ``module`` holding float16 parameters computes with them widened to float32,
+    only while that layer runs (exactly: widening is lossless).  A memory-lean conversion's torch module keeps
+    its weights float16: widened as a whole, a full-size SDXL UNet would hold 10 GB of float32 copies beside
+    the float16 ones its views share.  A module reading another layer's weights fails loudly (float16 beside
+    float32), never silently."""
+    def widen(layer: nn.Module, args: Any) -> None:
+        layer._float16_parameters = dict(layer._parameters)
+        for name, p in layer._float16_parameters.items():
+            if p is not None and p.dtype == torch.float16:
+                layer._parameters[name] = p.float()
+
+    def narrow(layer: nn.Module, args: Any, output: Any) -> None:
+        layer._parameters.update(layer.__dict__.pop("_float16_parameters"))
+
+    handles = []
+    for layer in module.modules():
+        if any(p is not None and p.dtype == torch.float16 for p in layer._parameters.values()):
+            handles += [layer.register_forward_pre_hook(widen), layer.register_forward_hook(narrow)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer in module.modules():  # a layer that raised keeps its float16 parameters
+            if "_float16_parameters" in layer.__dict__:
+                layer._parameters.update(layer.__dict__.pop("_float16_parameters"))
 
 
 def coreml_available() -> bool:
@@ -240,14 +270,8 @@ def validate_package(spec: ComponentSpec, geometry: Geometry, bars: ValidationBa
         checks.append(program_check(contents, io.check, io.reference, compared, bars.shipped(bits)))
     load_read_back(export, contents.weights, accounting)
     contents.release()  # the program's weights go before the module runs
-    # a memory-lean conversion's weights are float16 (workers.lean): the torch side runs in float32, then they go
-    # back to float16 (exactly: they hold the package's values) so the next package is read beside half as much
-    lean = any(p.dtype == torch.float16 for p in export.parameters())
-    if lean:
-        export.float()
-    candidate = run_module(export, io.check, [t.name for t in io.outputs])
-    if lean:
-        export.half()
+    with float32_layers(export):  # a memory-lean conversion's float16 weights (workers.lean) computed in float32
+        candidate = run_module(export, io.check, [t.name for t in io.outputs])
     checks.append(psnr_check("psnr_torch", "torch", io.reference, candidate, compared, bars.for_bits(bits)))
     checks.append(coreml_check(path, io.check, io.inputs, io.reference, compared, bars.shipped(bits)))
     return checks, accounting

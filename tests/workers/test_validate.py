@@ -7,6 +7,7 @@ import platform
 
 import numpy as np
 import pytest
+import torch
 
 from workers.geometry import TensorSpec
 from workers.readback import PackageContents
@@ -116,3 +117,28 @@ def test_identities_count_as_folded_and_nothing_else_does() -> None:
     assert palettized.status == "passed"
     _, palettized = account_parameters(norm, {"other": norm.weight.detach().half().numpy()}, float16)
     assert palettized.failed and "weight" in palettized.detail
+
+
+def test_float32_layers_compute_float16_weights_exactly_in_float32_and_restore_them() -> None:
+    """The lean read-back: each layer's float16 weights widened only while it runs give the float32 module's
+    result exactly; afterwards (also after a failure) the layers hold their own float16 parameters again."""
+    import copy
+
+    from workers.validate import float32_layers
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GroupNorm(2, 8), torch.nn.SiLU(),
+                                 torch.nn.Conv2d(8, 4, 1)).half()
+    widened = copy.deepcopy(module).float()
+    x = torch.randn(2, 3, 9, 9)
+    before = {name: p for name, p in module.named_parameters()}
+    with float32_layers(module):
+        out = module(x)
+    assert torch.equal(out, widened(x))
+    assert {name: p for name, p in module.named_parameters()} == before
+    assert all(p.dtype == torch.float16 for p in module.parameters())
+    with pytest.raises(RuntimeError), float32_layers(module):
+        module(torch.randn(2, 5, 9, 9))  # the wrong channel count: the first layer raises
+    assert {name: p for name, p in module.named_parameters()} == before
+    with pytest.raises(RuntimeError):  # outside, float16 weights meet float32 inputs as before
+        module(x)
