@@ -51,7 +51,7 @@ class _ServiceCollector:
         yield CounterMetricFamily("coreml_publish_hub_retries", "Hub requests retried while publishing.",
                                   value=sum(int(repo.get("hub_retries", 0)) for figures in published if figures
                                             for repo in figures.values() if isinstance(repo, dict)))
-        depth = _queue_depths(self.settings.broker_url)
+        depth = queue_depths(self.settings.broker_url)
         yield GaugeMetricFamily("coreml_publish_broker_up", "Whether the broker answered this scrape.",
                                 value=int(depth is not None))
         queued = GaugeMetricFamily("coreml_publish_queue_depth", "Tasks waiting in each queue.", labels=["queue"])
@@ -66,7 +66,7 @@ def _failed_packages(error: str | None, figures: dict | None) -> int:
     return named or int("validation failed" in (error or ""))
 
 
-def _queue_depths(broker_url: str) -> dict[str, int] | None:
+def queue_depths(broker_url: str) -> dict[str, int] | None:
     """Messages waiting per queue (Celery's Redis transport keeps each queue as a list); None when the
     broker does not answer."""
     try:

@@ -14,7 +14,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from service.jobs import aware
-from service.metrics import _queue_depths
+from service.metrics import queue_depths
 from service.models import StageResult, WatchedRepo, utcnow
 from service.settings import Settings
 from service.watch import watch_rows
@@ -51,11 +51,6 @@ def hosts_seen(session: Session, *, since: datetime | None = None) -> list[HostS
     return sorted(hosts.values(), key=lambda h: h.last_seen, reverse=True)
 
 
-def queue_depths(settings: Settings) -> dict[str, int] | None:
-    """Tasks waiting in each Celery queue (as ``/metrics`` counts them); None when the broker does not answer."""
-    return _queue_depths(settings.broker_url)
-
-
 @lru_cache(maxsize=4)
 def _celery_for(broker_url: str):
     from service.celery_app import make_app
@@ -67,7 +62,7 @@ def celery_workers(settings: Settings, *, timeout: float = 1.0) -> dict[str, lis
     """Each running Celery worker and the queues it consumes, from a broadcast answered within ``timeout``
     seconds; None when the broker does not answer (asked only after a quick check, so a dead broker costs no
     connection retries)."""
-    if queue_depths(settings) is None:
+    if queue_depths(settings.broker_url) is None:
         return None
     try:
         replies = _celery_for(settings.broker_url).control.inspect(timeout=timeout).active_queues() or {}

@@ -153,6 +153,9 @@ class _Run:
             geometry=geometry.to_dict(), toolchain=toolchain(),
             repos={"float16": self.fp16_repo, "palettized": self.palettized_repo},
         )
+        # the components whose UNet converts memory-lean (their weight headers read once, here)
+        self.lean = {name for name in select_components(source, options.components)
+                     if _is_lean(self, spec_for(name, geometry))}
         weights = sum(os.path.getsize(source.path / name) for names in source.weight_files.values()
                       for name in names if source.path and os.path.isfile(source.path / name))
         self.steps = Steps(self.planned_steps(), model_class(weights, xl=geometry.xl,
@@ -165,7 +168,7 @@ class _Run:
         for name in select_components(self.source, self.options.components):
             spec = spec_for(name, self.geometry)
             layouts = len(self.options.attentions) if spec.depends_on_attention else 1
-            total += 2 + 2 * layouts + _is_lean(self, spec)  # load, reference (a lean one loads again in
+            total += 2 + 2 * layouts + (name in self.lean)  # load, reference (a lean one loads again in
             # float16); convert and validate per layout
             if name in CHUNKED and self.options.chunk_unet:
                 total += 2 * layouts  # chunk, validate the pair
@@ -267,7 +270,7 @@ class _Inputs:
 
 def _convert_component(run: _Run, spec: ComponentSpec) -> None:
     g, options, source = run.geometry, run.options, run.source
-    lean = _is_lean(run, spec)
+    lean = spec.name in run.lean
     with run.stage("load", spec.name):
         modules = spec.load(source.path, source.weight_variant, source.use_safetensors)
     layouts = options.attentions if spec.depends_on_attention else options.attentions[:1]

@@ -65,16 +65,7 @@ def _load(cls: Any, path: Path, subfolder: str, *, use_safetensors: bool, varian
                   if found else (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200])
         raise SourceError(f"{subfolder} cannot be loaded: {detail}", source=source,
                           hint=_CONTRADICTS if found else _UNLOADABLE) from e
-    mismatched = sorted(info.get("mismatched_keys") or [])
-    if mismatched:
-        key, weights, model_shape = mismatched[0]
-        raise SourceError(f"{subfolder} cannot be loaded: tensor {key} is {list(weights)} in the weights but the "
-                          f"config's model has {list(model_shape)}", source=source, hint=_CONTRADICTS)
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise SourceError(f"{subfolder}: the weights lack {', '.join(missing[:3])}{more}", source=source,
-                          hint="Those tensors would be random: " + _CONTRADICTS)
+    _refuse_unmatched(subfolder, source, info.get("mismatched_keys") or [], info.get("missing_keys") or [])
     model = model.float().eval().requires_grad_(False)
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point():
@@ -84,12 +75,27 @@ def _load(cls: Any, path: Path, subfolder: str, *, use_safetensors: bool, varian
     return model
 
 
+def _refuse_unmatched(subfolder: str, source: str, mismatched: list, missing) -> None:
+    """Raise SourceError for weights whose shapes contradict the config's model (``(key, weights' shape, model's
+    shape)``), then for tensors of the model the weights lack."""
+    if mismatched:
+        key, weights, model_shape = sorted(mismatched)[0]
+        raise SourceError(f"{subfolder} cannot be loaded: tensor {key} is {list(weights)} in the weights but the "
+                          f"config's model has {list(model_shape)}", source=source, hint=_CONTRADICTS)
+    missing = sorted(missing)
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise SourceError(f"{subfolder}: the weights lack {', '.join(missing[:3])}{more}", source=source,
+                          hint="Those tensors would be random: " + _CONTRADICTS)
+
+
 def _load_lean(cls: Any, path: Path, subfolder: str, *, variant: str | None, meta: bool) -> nn.Module:
     """One component built from its config on the ``meta`` device (``meta``: no weights, for tracing), or with its
     safetensors weights read as float16 tensor by tensor (``workers.lean``).
 
     Query projections stay float32: the export module folds the softmax scale into them first, rounding as the
-    normal path does.  Refuses like ``_load``: damaged files, NaN/inf values, missing or unexpected tensors.
+    normal path does.  Refuses like ``_load``: damaged files, NaN/inf values, missing or mis-shaped tensors
+    (tensors the config's model has no place for are left out, as diffusers' loader leaves them).
     """
     config = cls.load_config(str(path), subfolder=subfolder)
     with torch.device("meta"):
@@ -112,16 +118,10 @@ def _load_lean(cls: Any, path: Path, subfolder: str, *, variant: str | None, met
                 tensor = tensor.float() if ".to_q." in key else tensor.half()
             state[key] = tensor
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise SourceError(f"{subfolder}: the weights lack {', '.join(missing[:3])}{more}", source=source,
-                          hint="Those tensors would be random: " + _CONTRADICTS)
-    for key, tensor in state.items():
-        if key in expected and tuple(expected[key].shape) != tuple(tensor.shape):
-            raise SourceError(f"{subfolder} cannot be loaded: tensor {key} is {list(tensor.shape)} in the weights "
-                              f"but the config's model has {list(expected[key].shape)}", source=source,
-                              hint=_CONTRADICTS)
+    _refuse_unmatched(subfolder, source,
+                      [(key, tensor.shape, expected[key].shape) for key, tensor in state.items()
+                       if key in expected and tuple(expected[key].shape) != tuple(tensor.shape)],
+                      set(expected) - set(state))
     model.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True, assign=True)
     return model
 

@@ -28,7 +28,8 @@ from service.errors import CoreMLPublishError, JobNotFoundError
 from service.jobs import aware, cancel_job, get_job, list_jobs
 from service.models import Job, JobState, utcnow
 from service.settings import Settings
-from service.status import celery_workers, hosts_seen, queue_depths, stage_progress, watch_list
+from service.metrics import queue_depths
+from service.status import celery_workers, hosts_seen, stage_progress, watch_list
 
 ASSETS = "/_assets/status"
 LIVE_SECONDS = 2  # how often a page of a running job asks for its parts again
@@ -276,7 +277,7 @@ def workers_page(request: Request, db: Session = Depends(session)) -> Response:
     if not signin.may_read(request):
         return signin.login_redirect(request)
     config: Settings = request.app.state.settings
-    depths = queue_depths(config)
+    depths = queue_depths(config.broker_url)
     return render(request, "workers.html", {"depths": depths, "workers": celery_workers(config) if depths is not None
                                             else None, "hosts": hosts_seen(db), "now": utcnow(),
                                             "nav": "workers"})
