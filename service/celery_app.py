@@ -46,7 +46,8 @@ app = make_app()
 
 
 @lru_cache(maxsize=4)
-def _app_for(broker_url: str) -> Celery:
+def app_for(broker_url: str) -> Celery:
+    """The Celery app bound to ``broker_url``: this process's own, or one made for it (kept)."""
     return app if broker_url == app.conf.broker_url else make_app(get_settings().model_copy(
         update={"broker_url": broker_url}))
 
@@ -54,7 +55,7 @@ def _app_for(broker_url: str) -> Celery:
 def stage_signature(stage: str, *args, settings: Settings | None = None):
     """The signature of a stage's task by name (``coreml_publisher.<stage>``, see ``service.tasks``), bound to
     the broker of ``settings`` (default: this process's)."""
-    sender = _app_for(settings.broker_url) if settings is not None else app
+    sender = app_for(settings.broker_url) if settings is not None else app
     return sender.signature(f"coreml_publisher.{stage}", args=args, immutable=True)
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
@@ -51,13 +50,6 @@ def hosts_seen(session: Session, *, since: datetime | None = None) -> list[HostS
     return sorted(hosts.values(), key=lambda h: h.last_seen, reverse=True)
 
 
-@lru_cache(maxsize=4)
-def _celery_for(broker_url: str):
-    from service.celery_app import make_app
-
-    return make_app(Settings(broker_url=broker_url))
-
-
 def celery_workers(settings: Settings, *, timeout: float = 1.0) -> dict[str, list[str]] | None:
     """Each running Celery worker and the queues it consumes, from a broadcast answered within ``timeout``
     seconds; None when the broker does not answer (asked only after a quick check, so a dead broker costs no
@@ -65,7 +57,9 @@ def celery_workers(settings: Settings, *, timeout: float = 1.0) -> dict[str, lis
     if queue_depths(settings.broker_url) is None:
         return None
     try:
-        replies = _celery_for(settings.broker_url).control.inspect(timeout=timeout).active_queues() or {}
+        from service.celery_app import app_for
+
+        replies = app_for(settings.broker_url).control.inspect(timeout=timeout).active_queues() or {}
     except Exception:  # a status page reports; it does not raise
         return None
     return {name: sorted(q.get("name", "?") for q in queues) for name, queues in sorted(replies.items())}
