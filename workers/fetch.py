@@ -1,11 +1,14 @@
 """Fetch step: download exactly the files a resolved Hub source needs, pinned to its commit sha, and check
 the weights before any conversion work: links staying inside the download, safetensors headers, and
 (for every source, local ones too) no NaN or infinite values.  A source with extra sources (``--vae``,
-``--refiner``) comes back as one composed folder of links (:func:`compose`)."""
+``--refiner``) comes back as one composed folder of links (:func:`compose`); :func:`fetched` removes that
+folder again when the work on it is done."""
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
@@ -34,6 +37,30 @@ def fetch_source(source: Source, *, local_dir: Path | None = None, cache_dir: Pa
                                        local_dir=local_dir.with_name(f"{local_dir.name}.{kind}") if local_dir else None))
                    for kind, extra in source.extras)
     return compose(replace(source, extras=extras))
+
+
+@contextmanager
+def fetched(source: Source, **kwargs) -> Iterator[Source]:
+    """:func:`fetch_source` for the length of a ``with`` block; a composed folder of links is removed after it
+    (:func:`release`), however the block ends.  Takes :func:`fetch_source`'s keyword arguments."""
+    result = fetch_source(source, **kwargs)
+    try:
+        yield result
+    finally:
+        release(result)
+
+
+def release(source: Source) -> None:
+    """Remove a composed source's folder of links.  Only the links go: never what they point to, and never a
+    folder that holds anything else (then it is left as it is)."""
+    if source.origin is None or source.path is None or not source.path.is_dir():
+        return
+    entries = list(source.path.iterdir())
+    if not all(e.is_symlink() for e in entries):
+        return
+    for entry in entries:
+        entry.unlink()
+    source.path.rmdir()
 
 
 # where each extra source's component goes in a composed folder, and the folder it comes from

@@ -46,7 +46,7 @@ def convert(
     from service.errors import OptionsError, ValidationError
     from service.settings import get_settings
     from workers.engine import ConvertOptions, convert_pipeline
-    from workers.fetch import fetch_source
+    from workers.fetch import fetched
     from workers.layout import Attention
     from workers.resolve import resolve_source
 
@@ -77,8 +77,8 @@ def convert(
                                   need_safety_checker=options.components is None
                                   or "safety_checker" in options.components, vae=vae, refiner=refiner)
         printer.status.update(f"fetching {resolved.id}…")
-        fetched = fetch_source(resolved)
-        report = convert_pipeline(fetched, out, options, on_event=printer)
+        with fetched(resolved) as source:
+            report = convert_pipeline(source, out, options, on_event=printer)
     except ValidationError as e:
         printer.close()
         if e.report is not None:
@@ -105,7 +105,7 @@ def validate(
     """
     from service.errors import ValidationError
     from service.settings import get_settings
-    from workers.fetch import fetch_source
+    from workers.fetch import fetched
     from workers.resolve import resolve_source
     from workers.verify import read_report, verify_output
 
@@ -124,7 +124,8 @@ def validate(
                                       source_id=recorded["id"], allow_pickle=allow_pickle,
                                       max_bytes=int(get_settings().max_source_gb * 1e9), **extras)
         printer.status.update(f"fetching {resolved.id}…")
-        report = verify_output(out, fetch_source(resolved), get_settings().validation_bars(), on_event=printer)
+        with fetched(resolved) as source:
+            report = verify_output(out, source, get_settings().validation_bars(), on_event=printer)
     finally:
         printer.close()
     stdout.print(report_table(report))

@@ -118,3 +118,21 @@ def test_a_download_folder_with_links_out_is_refused(hub: HubDouble, tmp_path: P
     # the cache's own links (snapshot files into its blob store) are fine
     fetched = fetch_source(source, cache_dir=tmp_path / "cache", endpoint=hub.endpoint)
     assert (fetched.path / "unet" / "diffusion_pytorch_model.safetensors").is_symlink()
+
+
+def test_a_composed_folder_of_links_is_removed_after_its_block_and_nothing_it_points_to(
+        sd1_pipeline: Path, tmp_path: Path) -> None:
+    from workers.fetch import fetched
+
+    source = Path(shutil.copytree(sd1_pipeline, tmp_path / "model"))
+    other = Path(shutil.copytree(sd1_pipeline, tmp_path / "other"))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(RuntimeError, match="the work failed"), fetched(resolve_source(str(source), vae=str(other))) as composed:
+        assert composed.origin == source.resolve() and (composed.path / "vae").resolve() == (other / "vae").resolve()
+        folder = composed.path
+        raise RuntimeError("the work failed")
+    assert not folder.exists()
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # both sources whole
+    with fetched(resolve_source(str(source))) as plain:  # not composed: the source's own folder stays
+        assert plain.origin is None
+    assert plain.path.is_dir()
