@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import and_, not_, or_, select, update
@@ -29,7 +29,7 @@ from workers.versions import toolchain
 log = logging.getLogger(__name__)
 
 
-_KEYED_WHEN_SET = ("deployment_target", "chunk_unet", "chunks_only", "vae", "refiner")
+_KEYED_WHEN_SET = ("deployment_target", "chunk_unet", "chunks_only", "vae", "refiner", "vae_sha", "refiner_sha")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class JobOptions:
     chunks_only: bool = False  # the chunks instead of the whole float16 UNet
     vae: str | None = None  # a Hub VAE repo converted instead of the source's (--vae)
     refiner: str | None = None  # an SDXL refiner repo whose UNet ships beside the base's (--refiner)
+    vae_sha: str | None = None  # the commits of --vae and --refiner the job converts (pinned when it is recorded)
+    refiner_sha: str | None = None
 
     def __post_init__(self) -> None:
         if not self.namespace:
@@ -80,9 +82,19 @@ class JobOptions:
             if value is not None and (not isinstance(value, str) or not looks_like_repo_id(value) or "/" not in value):
                 raise OptionsError(f"--{name} {str(value)[:100]!r} is not a Hub repo id",
                                    hint=f"Jobs take --{name} as org/name (convert takes local folders too).")
+            sha = getattr(self, f"{name}_sha")
+            if sha is not None and (value is None or not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}", sha)):
+                raise OptionsError(f"{name}_sha {str(sha)[:60]!r} is not the commit sha of a --{name} repo",
+                                   hint=f"Leave {name}_sha out: it is pinned when the job is recorded.")
         object.__setattr__(self, "attentions", sort_attentions(self.attentions))
         if self.components is not None:
             object.__setattr__(self, "components", tuple(sorted(set(self.components))))
+
+    def pinned(self, shas: dict[str, str | None]) -> "JobOptions":
+        """These options with the ``--vae``/``--refiner`` commits (by kind: ``{"vae": sha}``) filled in, so the
+        job converts, and is deduplicated by, exactly those commits."""
+        return replace(self, **{f"{kind}_sha": shas.get(kind) for kind in ("vae", "refiner")
+                                if getattr(self, kind) is not None})
 
     def key(self) -> str:
         """Canonical text of the options, part of the dedupe key.

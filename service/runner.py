@@ -19,7 +19,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from service.db import session_scope
 from service.errors import CoreMLPublishError, HubUnavailableError, JobCancelled, ValidationError
@@ -38,6 +38,9 @@ from service.jobs import (
 from service.models import JobState
 from service.settings import Settings, get_settings
 from service.artifacts import ArtifactStore
+
+if TYPE_CHECKING:
+    from workers.resolve import Source
 
 log = logging.getLogger(__name__)
 WAITING_FOR_MACOS = "waiting for a macOS worker"
@@ -205,20 +208,24 @@ def _events(spec: JobSpec, settings: Settings, *, stage: str, part: str):
     return on_event
 
 
-def _source(spec: JobSpec, settings: Settings, *, need_safety_checker: bool = True):
-    from workers.fetch import fetch_source
+@contextmanager
+def _source(spec: JobSpec, settings: Settings, *, need_safety_checker: bool = True) -> Iterator[Source]:
+    """The job's source, fetched, for the length of a ``with`` block (a composed folder is removed after it)."""
+    from workers.fetch import fetched
     from workers.resolve import resolve_source
 
     source = resolve_source(spec.source_repo, revision=spec.source_sha, endpoint=settings.hub_endpoint,
                             max_bytes=int(settings.max_source_gb * 1e9),
                             need_safety_checker=need_safety_checker, vae=spec.options.vae,
-                            refiner=spec.options.refiner)
-    return fetch_source(source, endpoint=settings.hub_endpoint)
+                            refiner=spec.options.refiner, vae_revision=spec.options.vae_sha,
+                            refiner_revision=spec.options.refiner_sha)
+    with fetched(source, endpoint=settings.hub_endpoint) as source:
+        yield source
 
 
 def _fetch(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
-    source = _source(spec, settings)
-    return {"files": sum(1 for p in source.path.rglob("*") if p.is_file()), "sha": source.sha}, None
+    with _source(spec, settings) as source:
+        return {"files": sum(1 for p in source.path.rglob("*") if p.is_file()), "sha": source.sha}, None
 
 
 def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
@@ -227,24 +234,24 @@ def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
     from workers.layout import Attention, depends_on_attention
 
     options = spec.options
-    source = _source(spec, settings)
-    if part == "shared":
-        available = select_components(source, None)
-        components = tuple(c for c in available if not depends_on_attention(c)
-                           and (options.components is None or c in options.components))
-        attentions = tuple(Attention(a) for a in options.attentions)
-    else:
-        components = tuple(c for c in select_components(source, None) if depends_on_attention(c)  # UNet, refiner
-                           and (options.components is None or c in options.components))
-        attentions = (Attention(part.removeprefix("unet-")),)
-    store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
-    out = store.path(spec.id, "parts", part)
-    shutil.rmtree(out, ignore_errors=True)
-    chunk = options.chunk_unet and any(c in CHUNKED for c in components)
-    report = convert_pipeline(source, out, ConvertOptions(
-        attentions=attentions, bits=options.bits, components=components, bars=settings.validation_bars(),
-        deployment_target=options.deployment_target, chunk_unet=chunk, chunks_only=chunk and options.chunks_only),
-        on_event=_events(spec, settings, stage="convert", part=part))
+    with _source(spec, settings) as source:
+        if part == "shared":
+            available = select_components(source, None)
+            components = tuple(c for c in available if not depends_on_attention(c)
+                               and (options.components is None or c in options.components))
+            attentions = tuple(Attention(a) for a in options.attentions)
+        else:
+            components = tuple(c for c in select_components(source, None) if depends_on_attention(c)  # UNet, refiner
+                               and (options.components is None or c in options.components))
+            attentions = (Attention(part.removeprefix("unet-")),)
+        store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
+        out = store.path(spec.id, "parts", part)
+        shutil.rmtree(out, ignore_errors=True)
+        chunk = options.chunk_unet and any(c in CHUNKED for c in components)
+        report = convert_pipeline(source, out, ConvertOptions(
+            attentions=attentions, bits=options.bits, components=components, bars=settings.validation_bars(),
+            deployment_target=options.deployment_target, chunk_unet=chunk, chunks_only=chunk and options.chunks_only),
+            on_event=_events(spec, settings, stage="convert", part=part))
     return _report_figures(report), store.push(spec.id, "parts", part)
 
 
@@ -273,11 +280,11 @@ def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | No
     shutil.rmtree(out, ignore_errors=True)
     report = merge_outputs(parts, out)
     # the tokenizer and card travel with the output, so a macOS worker elsewhere can bundle them
-    source = _source(spec, settings)
-    tokenizer = source_tokenizer(source.path)
-    shutil.copytree(tokenizer, out / "_source" / tokenizer.name, dirs_exist_ok=True)
-    if (source.path / "README.md").is_file():
-        shutil.copy(source.path / "README.md", out / "_source" / "README.md")
+    with _source(spec, settings) as source:
+        tokenizer = source_tokenizer(source.path)
+        shutil.copytree(tokenizer, out / "_source" / tokenizer.name, dirs_exist_ok=True)
+        if (source.path / "README.md").is_file():
+            shutil.copy(source.path / "README.md", out / "_source" / "README.md")
     return {"packages": len(report["packages"])}, store.push(spec.id, "out")
 
 

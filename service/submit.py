@@ -43,7 +43,8 @@ def requested_options(*, namespace: str | None, attentions: Iterable[str], bits:
 
 def create_job(*, source_repo: str, options: JobOptions, revision: str | None = None,
                trigger: Trigger = Trigger.CLI, local: bool = False, settings: Settings | None = None) -> Submitted:
-    """Resolve a Hub repo to its commit, record the job (deduplicated), commit, then enqueue it.
+    """Resolve a Hub repo (and its ``--vae``/``--refiner`` repos) to their commits, record the job
+    (deduplicated by them), commit, then enqueue it.
 
     With ``local`` nothing is enqueued: the caller runs the stages in-process.  Raises SourceError (and
     subclasses) for sources that cannot be converted, before any job is recorded.
@@ -57,7 +58,9 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
     source = resolve_source(source_repo, revision=revision, endpoint=settings.hub_endpoint,
                             max_bytes=int(settings.max_source_gb * 1e9),
                             need_safety_checker=options.components is None or "safety_checker" in options.components,
-                            vae=options.vae, refiner=options.refiner)
+                            vae=options.vae, refiner=options.refiner, vae_revision=options.vae_sha,
+                            refiner_revision=options.refiner_sha)
+    options = options.pinned({kind: extra.sha for kind, extra in source.extras})
     with session_scope(settings.database_url) as session:
         submitted = submit_job(session, source_repo=source_repo, source_sha=source.sha, options=options,
                                revision=revision, trigger=trigger)

@@ -130,8 +130,15 @@ def sweep(*, now: datetime | None = None, due_only: bool = False, settings=None,
             results.append(SweepResult(repo_id, "refused", detail=detail))
             continue
         state, reason, sha = None, None, None
+        asked = repo_id  # the watched repo, then its --vae and --refiner repos: a new commit to any is a new job
         try:
             sha = get_head(repo_id)
+            extras = {}
+            for kind in ("vae", "refiner"):
+                if getattr(options, kind):
+                    asked = f"--{kind} {getattr(options, kind)}"
+                    extras[kind] = get_head(getattr(options, kind))
+            options = options.pinned(extras)
         except GatedRepoError:
             state, reason = WatchState.GATED, "gated: accept its terms with the service's Hub account"
         except RepositoryNotFoundError:
@@ -146,6 +153,8 @@ def sweep(*, now: datetime | None = None, due_only: bool = False, settings=None,
         except network_errors() as e:
             results.append(SweepResult(repo_id, "unreachable", detail=e.__class__.__name__))
             continue
+        if reason is not None and asked != repo_id:
+            reason = f"{asked} is {reason}"
         with session_scope(settings.database_url) as session:
             watch = get_watch(session, repo_id)
             watch.last_checked_at, watch.next_check_at = now, now + CHECK_INTERVAL

@@ -137,12 +137,15 @@ def resolve_source(
     max_bytes: int = DEFAULT_MAX_BYTES,
     vae: str | None = None,
     refiner: str | None = None,
+    vae_revision: str | None = None,
+    refiner_revision: str | None = None,
 ) -> Source:
     """Resolve a local folder or a Hub repo id into a checked :class:`Source`.
 
     ``max_bytes`` bounds the size of the weights the conversion would read.  ``vae`` (a VAE repo or folder,
     see :func:`resolve_vae`) replaces the source's VAE; ``refiner`` (an SDXL refiner, see
-    :func:`resolve_refiner`) adds its UNet to an SDXL base's packages.  Both are resolved here too.
+    :func:`resolve_refiner`) adds its UNet to an SDXL base's packages.  Both are resolved here too, each at
+    its ``*_revision`` when given (a job's pinned commits), else at its main branch's head.
 
     Raises SourceNotFoundError, UnsupportedModelError, UnsafeWeightsError, GatedSourceError, SourceError.
     """
@@ -154,10 +157,10 @@ def resolve_source(
         if found.pipeline_class not in XL_PIPELINES:
             raise OptionsError(f"--refiner needs an SDXL base source, and {found.id} is a {found.pipeline_class}",
                                hint="Drop --refiner, or convert an SDXL base model.")
-        extras.append(("refiner", resolve_refiner(refiner, allow_pickle=allow_pickle, token=token,
-                                                  endpoint=endpoint, max_bytes=max_bytes)))
+        extras.append(("refiner", resolve_refiner(refiner, revision=refiner_revision, allow_pickle=allow_pickle,
+                                                  token=token, endpoint=endpoint, max_bytes=max_bytes)))
     if vae:
-        extras.append(("vae", resolve_vae(vae, token=token, endpoint=endpoint)))
+        extras.append(("vae", resolve_vae(vae, revision=vae_revision, token=token, endpoint=endpoint)))
     return replace(found, extras=tuple(extras)) if extras else found
 
 
@@ -297,9 +300,10 @@ def _hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
                                   source=repo_id, hint="Check your network and HF_ENDPOINT.") from e
 
 
-def resolve_vae(ref: str, *, token: str | None = None, endpoint: str | None = None) -> Source:
-    """``--vae``: a VAE to convert instead of the source's, from a local folder or a Hub repo (pinned to its
-    sha) holding an ``AutoencoderKL`` at its root (as float16-fixed SDXL VAEs are published) or in ``vae/``.
+def resolve_vae(ref: str, *, revision: str | None = None, token: str | None = None,
+                endpoint: str | None = None) -> Source:
+    """``--vae``: a VAE to convert instead of the source's, from a local folder or a Hub repo (``revision``, or
+    its main branch, pinned to a sha) holding an ``AutoencoderKL`` at its root (as float16-fixed SDXL VAEs are published) or in ``vae/``.
 
     Raises SourceNotFoundError, SourceError (no VAE there), UnsafeWeightsError, HubUnavailableError.
     """
@@ -308,13 +312,16 @@ def resolve_vae(ref: str, *, token: str | None = None, endpoint: str | None = No
     path = Path(ref).expanduser()
     info = None
     if path.is_dir():
+        if revision:
+            raise SourceError(f"a revision applies to Hub repos, but --vae {ref} is a local folder", source=ref,
+                              hint="Pass the VAE's Hub repo id.")
         files = list(source_files(path.resolve(), source=ref))
     elif ref.startswith((".", "/", "~")) or not looks_like_repo_id(ref):
         raise SourceNotFoundError(f"--vae {ref!r} is neither a local folder nor a valid Hub repo id", source=ref,
                                   hint="Pass a VAE repo id such as madebyollin/sdxl-vae-fp16-fix, or a folder.")
     else:
-        with _hub_errors(ref, None):
-            info = HfApi(endpoint=endpoint, token=token).model_info(ref)
+        with _hub_errors(ref, revision):
+            info = HfApi(endpoint=endpoint, token=token).model_info(ref, revision=revision)
             files = [s.rfilename for s in info.siblings or []]
     folder = "" if "config.json" in files else "vae" if "vae/config.json" in files else None
     if folder is None:
@@ -324,7 +331,7 @@ def resolve_vae(ref: str, *, token: str | None = None, endpoint: str | None = No
     if info is None:
         config = read_json(path / config_file, label=f"--vae {config_file}", source=ref)
     else:
-        with _hub_errors(ref, None):
+        with _hub_errors(ref, revision):
             config = read_json(Path(hf_hub_download(ref, config_file, revision=info.sha, token=token,
                                                     endpoint=endpoint)), label=f"--vae {config_file}", source=ref)
     if config.get("_class_name") != "AutoencoderKL":
@@ -341,15 +348,16 @@ def resolve_vae(ref: str, *, token: str | None = None, endpoint: str | None = No
         return Source(id=path.resolve().name, path=path.resolve(), license=_card_license(path / "README.md"),
                       **common)
     card = info.card_data
-    return Source(id=ref, repo_id=ref, revision="main", sha=info.sha, private=bool(info.private),
+    return Source(id=ref, repo_id=ref, revision=revision or "main", sha=info.sha, private=bool(info.private),
                   license=license_id(card.get("license")) if card is not None else None, **common)
 
 
-def resolve_refiner(ref: str, *, allow_pickle: bool = False, token: str | None = None,
+def resolve_refiner(ref: str, *, revision: str | None = None, allow_pickle: bool = False, token: str | None = None,
                     endpoint: str | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
-    """``--refiner``: an SDXL refiner repo or folder whose UNet ships beside the base's as UnetRefiner (only
-    its UNet is fetched; the base's second text encoder conditions it).  Raises as :func:`resolve_source`."""
-    found = resolve_source(ref, allow_pickle=allow_pickle, token=token, endpoint=endpoint,
+    """``--refiner``: an SDXL refiner repo or folder (a Hub repo at ``revision``, else its main branch) whose
+    UNet ships beside the base's as UnetRefiner (only its UNet is fetched; the base's second text encoder
+    conditions it).  Raises as :func:`resolve_source`."""
+    found = resolve_source(ref, revision=revision, allow_pickle=allow_pickle, token=token, endpoint=endpoint,
                            need_safety_checker=False, max_bytes=max_bytes)
     if not found.use_safetensors:
         raise UnsafeWeightsError(f"--refiner {ref} has only pickle weights; --refiner takes safetensors weights only",

@@ -14,7 +14,7 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from service import jobs as jobs_module
 from service.api import create_api
 from service.db import session_scope
-from service.errors import JobError, NotWatchedError
+from service.errors import JobError, NotWatchedError, OptionsError
 from service.jobs import JobOptions, list_jobs
 from service.settings import Settings
 from service.watch import add_watch, get_watch, set_paused, sweep, watch_rows
@@ -173,3 +173,33 @@ def test_jobs_show_their_trigger(world, tmp_path: Path) -> None:
     sweep(now=NIGHT, settings=world["settings"])
     listing = run("jobs", env={"COREML_PUBLISH_DATABASE_URL": world["db"], "COLUMNS": "200"})
     assert "nightly" in listing.stdout
+
+
+def test_a_new_commit_to_a_watched_vae_is_a_new_job_pinned_to_that_commit(world, tmp_path: Path) -> None:
+    from service.submit import create_job
+    from service.watch import remove_watch
+
+    api = world["api"]
+    api.create_repo("studio/tiny-vae")
+    api.upload_folder(repo_id="studio/tiny-vae",
+                      folder_path=str(build_tiny_pipeline(tmp_path / "other", seed=9) / "vae"))
+    first_vae = api.model_info("studio/tiny-vae").sha
+    options = JobOptions(namespace="studio", packages_only=True, vae="studio/tiny-vae")
+    with session_scope(world["db"]) as session:
+        remove_watch(session, "studio/tiny-sd")
+        add_watch(session, repo_id="studio/tiny-sd", options=options)
+    assert [r.outcome for r in sweep(now=NIGHT, settings=world["settings"])] == ["submitted"]
+    assert [r.outcome for r in sweep(now=NIGHT, settings=world["settings"])] == ["unchanged"]
+    # the same request by hand finds that job: it converts the same commits
+    assert not create_job(source_repo="studio/tiny-sd", options=options, settings=world["settings"]).created
+    api.upload_file(repo_id="studio/tiny-vae", path_or_fileobj=b"fixed", path_in_repo="NOTES.md")
+    second_vae = api.model_info("studio/tiny-vae").sha
+    assert [r.outcome for r in sweep(now=NIGHT, settings=world["settings"])] == ["submitted"]
+    with session_scope(world["db"]) as session:
+        recorded = [(j.options["vae"], j.options["vae_sha"]) for j in reversed(list_jobs(session))]
+    assert recorded == [("studio/tiny-vae", first_vae), ("studio/tiny-vae", second_vae)]
+    with pytest.raises(OptionsError, match="is not the commit sha of a --vae repo"):
+        JobOptions(namespace="studio", vae_sha=first_vae)
+    api.delete_repo("studio/tiny-vae")
+    assert [r.detail for r in sweep(now=NIGHT, settings=world["settings"])] == [
+        "--vae studio/tiny-vae is not found: deleted, renamed or made private"]
