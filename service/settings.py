@@ -37,9 +37,9 @@ class Settings(BaseSettings):
                                                          "URL (s3://bucket/prefix, ...) shared by all workers")
     hub_endpoint: str | None = Field(None, description="Hub URL; default: huggingface_hub's (HF_ENDPOINT)")
     default_namespace: str | None = Field(None, description="Namespace to publish under when a job names none")
-    api_token: SecretStr | None = Field(None, description="Bearer token required for the HTTP API's writes")
-    public_status: bool = Field(False, description="Let anyone read the status page (/) when an API token is set; "
-                                                   "cancel and retry from the page still need signing in")
+    api_token: SecretStr | None = Field(None, description="Bearer token required for the HTTP API's writes and reads")
+    public_status: bool = Field(False, description="Let anyone read the status page (/) and the API's GET routes "
+                                                   "when an API token is set; writes, cancel and retry still need it")
     api_host: str = Field("127.0.0.1", description="Address the HTTP API binds")
     api_port: int = Field(8000, description="Port of the HTTP API")
     webhook_secret: SecretStr | None = Field(None, description="Secret the Hub sends in X-Webhook-Secret")

@@ -1,4 +1,5 @@
-"""What the API's handlers depend on: the settings, a database session, the bearer-token check."""
+"""What the API's handlers depend on: the settings, a database session, the bearer-token checks of writes and
+reads."""
 
 from __future__ import annotations
 
@@ -32,3 +33,13 @@ def require_token(request: Request, config: Settings = Depends(settings)) -> Non
     given = header[7:] if header.lower().startswith("bearer ") else ""
     if not hmac.compare_digest(given.encode(), expected.encode()):
         raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_reader(request: Request) -> None:
+    """Reads (jobs, watches, metrics) follow the status page's rule: open without a token or with
+    ``COREML_PUBLISH_PUBLIC_STATUS``, else the bearer token (or the page's sign-in cookie)."""
+    from service.api import signin
+
+    if not signin.may_read(request):
+        raise HTTPException(401, "a valid bearer token is required to read this service's jobs and watches",
+                            headers={"WWW-Authenticate": "Bearer"})

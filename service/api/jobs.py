@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from sqlalchemy.orm import Session
 
 from service.api import schemas
-from service.api.deps import require_token, session, settings
+from service.api.deps import require_reader, require_token, session, settings
 from service.jobs import cancel_job, get_job, job_summary, list_jobs
 from service.models import Trigger
 from service.settings import Settings
@@ -31,7 +31,7 @@ def submit(body: schemas.JobRequest, response: Response, config: Settings = Depe
     return job_summary(get_job(db, submitted.job.id)) | {"created": submitted.created}
 
 
-@router.get("", response_model=list[schemas.Job])
+@router.get("", response_model=list[schemas.Job], dependencies=[Depends(require_reader)])
 def listing(state: str | None = Query(None, max_length=20, description="Only jobs in this state"),
             limit: int = Query(50, ge=1, le=500, description="How many, newest first"),
             db: Session = Depends(session)) -> list[dict]:
@@ -39,7 +39,7 @@ def listing(state: str | None = Query(None, max_length=20, description="Only job
     return [job_summary(j) for j in list_jobs(db, state=state, limit=limit)]
 
 
-@router.get("/{job_id}", response_model=schemas.Job)
+@router.get("/{job_id}", response_model=schemas.Job, dependencies=[Depends(require_reader)])
 def one(job_id: JobId, db: Session = Depends(session)) -> dict:
     """One job with its stages, figures and published repos."""
     return job_summary(get_job(db, job_id))

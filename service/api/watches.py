@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path
 from sqlalchemy.orm import Session
 
 from service.api import schemas
-from service.api.deps import require_token, session, settings
+from service.api.deps import require_reader, require_token, session, settings
 from service.settings import Settings
 from service.submit import requested_options
 from service.watch import add_watch, remove_watch, set_paused, sweep, watch_rows
@@ -18,7 +18,7 @@ router = APIRouter(tags=["watches"])
 RepoId = Annotated[str, Path(min_length=1, max_length=200, description="Watched Hub repo id")]
 
 
-@router.get("/watches", response_model=list[schemas.Watch])
+@router.get("/watches", response_model=list[schemas.Watch], dependencies=[Depends(require_reader)])
 def listing(db: Session = Depends(session)) -> list[dict]:
     """The watch list with each repo's last seen and last published commit."""
     return watch_rows(db)

@@ -52,7 +52,7 @@ def resolved(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     def resolve(source: str, **_: object):
         calls.append(source)
-        return type("Resolved", (), {"sha": SHA})()
+        return type("Resolved", (), {"sha": SHA, "extras": ()})()
 
     monkeypatch.setattr("workers.resolve.resolve_source", resolve)
     monkeypatch.setattr("service.submit.send", lambda *a, **k: "task", raising=False)
@@ -112,7 +112,7 @@ def test_ids_and_query_parameters_are_bounded(client: TestClient, database: str,
 
 
 def test_an_unknown_job_in_range_is_404(client: TestClient) -> None:
-    refused(client.get("/jobs/2147483647"), 404, "no job 2147483647")
+    refused(client.get("/jobs/2147483647", headers=AUTH), 404, "no job 2147483647")
 
 
 @pytest.mark.parametrize("route", ["/jobs", "/watches"])
@@ -122,7 +122,8 @@ def test_bad_namespaces_are_refused_before_any_work(client: TestClient, database
     answer = client.post(route, json={"repo": "studio/other", "namespace": namespace}, headers=AUTH)
     refused(answer, 422, "is not a valid Hub namespace")
     assert resolved == [] and _jobs(database) == 0
-    assert client.get("/watches").json()[0]["repo_id"] == "studio/tiny-sd" and len(client.get("/watches").json()) == 1
+    watches = client.get("/watches", headers=AUTH).json()
+    assert watches[0]["repo_id"] == "studio/tiny-sd" and len(watches) == 1
 
 
 @pytest.mark.parametrize("route", ["/jobs", "/watches"])

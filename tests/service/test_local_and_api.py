@@ -69,9 +69,10 @@ def test_http_api(hub_with_source: str, database_url: str, monkeypatch: pytest.M
     assert sent == [(job["id"], ["shared", "unet-original", "unet-split_einsum_v2"])]
     duplicate = client.post("/jobs", json=body, headers=auth)
     assert duplicate.status_code == 200 and duplicate.json()["id"] == job["id"] and len(sent) == 1
-    assert client.get(f"/jobs/{job['id']}").json()["source_repo"] == "studio/tiny-sd"
-    assert [j["id"] for j in client.get("/jobs", params={"state": "queued"}).json()] == [job["id"]]
-    assert client.get("/jobs/999").status_code == 404
+    assert client.get(f"/jobs/{job['id']}").status_code == 401  # reads need the token too
+    assert client.get(f"/jobs/{job['id']}", headers=auth).json()["source_repo"] == "studio/tiny-sd"
+    assert [j["id"] for j in client.get("/jobs", params={"state": "queued"}, headers=auth).json()] == [job["id"]]
+    assert client.get("/jobs/999", headers=auth).status_code == 404
     assert client.post(f"/jobs/{job['id']}/cancel").status_code == 401
     assert client.post(f"/jobs/{job['id']}/cancel", headers=auth).json()["state"] == "cancelled"
     assert client.post(f"/jobs/{job['id']}/cancel", headers=auth).status_code == 409

@@ -290,6 +290,11 @@ def test_reading_needs_the_token_unless_status_is_public(database: str) -> None:
     assert client.get(f"/ui/jobs/{job_id}/live").status_code == 401
     assert client.get("/ui/live/jobs").status_code == 401
     assert client.get(f"/ui/jobs/{job_id}/live", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    reads = ("/jobs", f"/jobs/{job_id}", "/watches", "/metrics")  # the JSON API's reads follow the same rule
+    for path in reads:
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200, path
+    assert client.get("/health").status_code == 200
     refused = client.post("/login", data={"token": "nope", "next": "/"}, follow_redirects=False)
     assert refused.status_code == 401 and "nope" not in refused.text and "coreml_publish_session" not in refused.cookies
     signed = client.post("/login", data={"token": TOKEN, "next": f"/ui/jobs/{job_id}"}, follow_redirects=False)
@@ -318,7 +323,11 @@ def test_reading_needs_the_token_unless_status_is_public(database: str) -> None:
         again = client.post("/login", data={"token": TOKEN, "next": target}, follow_redirects=False)
         assert again.headers["location"] == "/"
 
+    assert all(client.get(path).status_code == 200 for path in reads)  # signed in: the cookie reads them too
+
     public = _client(database, api_token=TOKEN, public_status=True)
+    assert all(public.get(path).status_code == 200 for path in reads)
+    assert public.post(f"/jobs/{job_id}/cancel").status_code == 401
     page = public.get(f"/ui/jobs/{job_id}")
     assert page.status_code == 200 and 'id="cancel"' not in page.text and "Sign in to cancel or retry" in page.text
     answer = public.post(f"/ui/jobs/{job_id}/cancel", data={"csrf": "x"}, follow_redirects=False)
