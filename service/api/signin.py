@@ -22,6 +22,9 @@ from service.settings import Settings
 COOKIE = "coreml_publish_session"
 SESSION_SECONDS = 12 * 3600  # a sign-in lasts a working day
 FORM_FIELD = "csrf"
+FAILED_SIGN_INS = 10  # wrong tokens from one address within FAILURE_WINDOW before its sign-ins are refused
+FAILURE_WINDOW = 60.0  # seconds
+_TRACKED_ADDRESSES = 10_000  # the failure log's bound: the oldest addresses are forgotten first
 
 
 def init(app: FastAPI) -> None:
@@ -126,3 +129,31 @@ def login_redirect(request: Request) -> RedirectResponse:
 
     here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
     return RedirectResponse("/login?" + urlencode({"next": here}), status_code=303)
+
+
+def _failures(request: Request, now: float) -> tuple[dict[str, list[float]], str]:
+    """The failure log (address → times of wrong tokens within the window), pruned, and this client's address."""
+    log: dict[str, list[float]] | None = getattr(request.app.state, "sign_in_failures", None)
+    if log is None:
+        log = request.app.state.sign_in_failures = {}
+    for address in [a for a, times in log.items() if times[-1] <= now - FAILURE_WINDOW]:
+        del log[address]
+    return log, request.client.host if request.client else "?"
+
+
+def sign_in_wait(request: Request, *, now: float | None = None) -> int:
+    """Seconds this client must wait before trying a token again (0: it may try now): after FAILED_SIGN_INS
+    wrong tokens within FAILURE_WINDOW, until the oldest of them leaves the window."""
+    now = time.time() if now is None else now
+    log, address = _failures(request, now)
+    recent = [t for t in log.get(address, ()) if t > now - FAILURE_WINDOW]
+    return int(recent[-FAILED_SIGN_INS] + FAILURE_WINDOW - now) + 1 if len(recent) >= FAILED_SIGN_INS else 0
+
+
+def record_failed_sign_in(request: Request, *, now: float | None = None) -> None:
+    """Note a wrong token from this client (in memory, per API process, bounded)."""
+    now = time.time() if now is None else now
+    log, address = _failures(request, now)
+    log[address] = [t for t in log.get(address, ()) if t > now - FAILURE_WINDOW][-FAILED_SIGN_INS:] + [now]
+    while len(log) > _TRACKED_ADDRESSES:
+        del log[next(iter(log))]

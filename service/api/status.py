@@ -301,8 +301,14 @@ async def login(request: Request) -> Response:
     config: Settings = request.app.state.settings
     if config.api_token is None:
         return RedirectResponse(target, status_code=303)
+    wait = signin.sign_in_wait(request)
+    if wait:  # too many wrong tokens from this address: the token is not even compared
+        answer = render(request, "login.html", {"next": target, "refused": False, "wait": wait}, status_code=429)
+        answer.headers["Retry-After"] = str(wait)
+        return answer
     token = config.api_token.get_secret_value()
     if not signin.same_origin(request) or not hmac.compare_digest(fields.get("token", "").encode(), token.encode()):
+        signin.record_failed_sign_in(request)
         return render(request, "login.html", {"next": target, "refused": True}, status_code=401)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(signin.COOKIE, signin.session_cookie(request), max_age=signin.SESSION_SECONDS, httponly=True,

@@ -336,6 +336,22 @@ def test_reading_needs_the_token_unless_status_is_public(database: str) -> None:
         assert get_job(session, job_id).state == "queued"
 
 
+def test_wrong_tokens_from_one_address_are_slowed_down_and_others_still_sign_in(database: str) -> None:
+    from service.api import signin
+
+    client = _client(database, api_token=TOKEN)
+    for _ in range(signin.FAILED_SIGN_INS):
+        assert client.post("/login", data={"token": "guess", "next": "/"}, follow_redirects=False).status_code == 401
+    blocked = client.post("/login", data={"token": TOKEN, "next": "/"}, follow_redirects=False)  # even the right one
+    assert blocked.status_code == 429 and 0 < int(blocked.headers["retry-after"]) <= signin.FAILURE_WINDOW + 1
+    assert "Too many wrong tokens" in blocked.text and "coreml_publish_session" not in blocked.cookies
+    elsewhere = TestClient(client.app, base_url="http://127.0.0.1:8000", client=("10.0.0.9", 50000))
+    assert elsewhere.post("/login", data={"token": TOKEN, "next": "/"}, follow_redirects=False).status_code == 303
+    failures = client.app.state.sign_in_failures  # a minute later the address may try again
+    failures["testclient"] = [t - signin.FAILURE_WINDOW for t in failures["testclient"]]
+    assert client.post("/login", data={"token": TOKEN, "next": "/"}, follow_redirects=False).status_code == 303
+
+
 def test_cancel_and_retry_need_a_signed_in_form_from_the_page(database: str) -> None:
     import redis
 
