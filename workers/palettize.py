@@ -21,6 +21,9 @@ from workers.errors import ConversionError, OptionsError
 SUPPORTED_BITS = (1, 2, 4, 6, 8)
 DEFAULT_BITS = 6
 WEIGHT_THRESHOLD = 2048  # coremltools' default: tensors of at most this many elements stay float16
+# tensors smaller than this are palettized on one thread: starting a second costs more than it saves (several
+# times more when the cores are busy, as a worker's often are)
+ONE_THREAD_BELOW = 1 << 20
 # lookup-table weights arrived in iOS 16 / macOS 13; Apple ships 6-bit models for iOS 17 / macOS 14 and up
 _LUT_TARGETS = {"iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"}
 _SIX_BIT_TARGETS = {"iOS17", "iOS18", "macOS14", "macOS15"}
@@ -59,12 +62,20 @@ def histogram_kmeans(weight: np.ndarray, nbits: int) -> tuple[np.ndarray, np.nda
     Returns the lookup table (``2**nbits`` float16 entries; unused entries are 0) and one uint8 index per
     element.  Releases the GIL while it works.  Raises ValueError for NaN or infinite values.
     """
+    import numba
+
     from workers import kmeans1d
 
     values16 = np.ascontiguousarray(weight).reshape(-1)
     if values16.dtype != np.float16:
         values16 = values16.astype(np.float16)
-    lut, indices = kmeans1d.palettize(values16.view(np.uint16), 1 << nbits, kmeans1d.FLOAT16_VALUES)
+    threads = numba.get_num_threads()  # this thread's setting: the palettizer's threads each have their own
+    if values16.size < ONE_THREAD_BELOW:
+        numba.set_num_threads(1)
+    try:
+        lut, indices = kmeans1d.palettize(values16.view(np.uint16), 1 << nbits, kmeans1d.FLOAT16_VALUES)
+    finally:
+        numba.set_num_threads(threads)
     if lut.size == 0:
         raise ValueError("the tensor holds NaN or infinite values, which cannot be palettized")
     return lut.astype(np.float16), indices

@@ -139,3 +139,22 @@ def test_package_palettizes_every_matrix_and_keeps_vectors_float16(tmp_path) -> 
     assert contents.lut_ops == 2 and contents.lut_sizes == {16}
     assert any(v.ndim == 1 and v.size == 3000 and v.dtype == np.float16 for v in contents.weights.values())
     assert structure_check(contents, inputs, outputs, bits=4).status == "passed"
+
+
+def test_one_thread_and_two_give_the_same_palette_and_the_setting_is_restored() -> None:
+    import numba
+
+    from workers.palettize import ONE_THREAD_BELOW
+
+    rng = np.random.default_rng(7)
+    small = rng.standard_normal(4096).astype(np.float16)
+    large = rng.standard_normal(ONE_THREAD_BELOW + 3).astype(np.float16)  # two threads (histogram, lookup, layers)
+    before = numba.get_num_threads()
+    answers = []
+    for threads in (1, before):
+        numba.set_num_threads(threads)
+        answers.append([histogram_kmeans(w, 6) for w in (small, large)])
+        assert numba.get_num_threads() == threads  # a small tensor's one thread is not left behind
+    numba.set_num_threads(before)
+    for (lut1, idx1), (lut2, idx2) in zip(*answers):
+        assert np.array_equal(lut1, lut2) and np.array_equal(idx1, idx2)
