@@ -107,13 +107,31 @@ def link_package(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, copy_function=link)
 
 
-def release_memory() -> None:
-    """Collect garbage and hand freed heap pages back to the system, so the next component starts low."""
+RELEASE_ABOVE_BYTES = 2 << 30  # a process holding less has little to hand back (small models, tests)
+
+
+def release_memory(*, above: int = RELEASE_ABOVE_BYTES) -> None:
+    """Collect garbage and hand freed heap pages back to the system, so the next component starts low.
+
+    Skipped while the process holds less than ``above`` bytes: a full collection walks every object the
+    toolchain's modules keep (about 0.2 s each time) and a small model's stages leave little to free."""
+    resident = _resident_bytes()
+    if resident is not None and resident < above:
+        return
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed memory in its arenas otherwise
     except (OSError, AttributeError):
         pass  # not glibc (macOS): nothing to trim
+
+
+def _resident_bytes() -> int | None:
+    """This process's resident memory (Linux), or None where /proc does not say."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def select_components(source: Source, wanted: tuple[str, ...] | None) -> list[str]:
@@ -276,20 +294,23 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
     layouts = options.attentions if spec.depends_on_attention else options.attentions[:1]
     exports, results, layout_checks = {}, {}, {}
     with run.stage("reference", spec.name):
-        io = component_inputs(spec, g, modules, options.seed)
+        io = component_inputs(spec, g, modules, options.seed, per_sample=lean)
         # kept beside the output: a macOS worker checks the compiled models with the same inputs
         save_check_data(run.out, spec.name, io.check, io.inputs, io.reference, spec.compared(g))
         # every layout's torch module against the library's, with the pristine float32 weights
+        # (a lean component keeps one layout's module at a time, and runs its batch one sample at a time)
         for attention in layouts:
-            exports[attention] = export = spec.export_module(modules, attention)
+            export = spec.export_module(modules, attention)
             if spec.depends_on_attention:
-                ours = run_module(export, io.check, [t.name for t in io.outputs])
+                ours = run_module(export, io.check, [t.name for t in io.outputs], per_sample=lean)
                 layout_checks[attention] = psnr_check("psnr_layout", "torch", io.reference, ours,
                                                       spec.compared(g), options.bars.layout)
+            if not lean:
+                exports[attention] = export
+            del export
     outputs = io.outputs
     if lean:  # the float32 weights go; the conversion reads them again as float16, without a float32 trace
-        del modules, export
-        exports.clear()
+        del modules
         release_memory()
         with run.stage("load", spec.name, precision="float16"):
             modules, meta = spec.load_lean(source.path, source.weight_variant, meta=False), \
@@ -456,10 +477,12 @@ def _validate(run: _Run, spec: ComponentSpec, path: Path, export, io: _Inputs, *
     return checks
 
 
-def component_inputs(spec: ComponentSpec, geometry: Geometry, modules: dict, seed: int) -> _Inputs:
-    """The features, trace inputs (``seed``), check inputs (``seed + 1``) and float32 reference of a component."""
+def component_inputs(spec: ComponentSpec, geometry: Geometry, modules: dict, seed: int, *,
+                     per_sample: bool = False) -> _Inputs:
+    """The features, trace inputs (``seed``), check inputs (``seed + 1``) and float32 reference of a component
+    (computed one sample at a time with ``per_sample``: see :func:`run_module`)."""
     outputs = resolve_outputs(spec, geometry, modules)
     io = _Inputs(spec.inputs(geometry), outputs, spec.sample_inputs(geometry, seed),
                  spec.sample_inputs(geometry, seed + 1), {})
-    io.reference = run_module(spec.reference(modules), io.check, [t.name for t in outputs])
+    io.reference = run_module(spec.reference(modules), io.check, [t.name for t in outputs], per_sample=per_sample)
     return io

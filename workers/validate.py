@@ -104,8 +104,17 @@ def program_check(contents: PackageContents, inputs: dict[str, torch.Tensor], re
 
 
 def run_module(module: nn.Module, inputs: dict[str, torch.Tensor], names: list[str],
-               params: dict[str, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
-    """Run ``module`` (optionally with substituted parameters) and name its outputs."""
+               params: dict[str, torch.Tensor] | None = None, *, per_sample: bool = False) -> dict[str, np.ndarray]:
+    """Run ``module`` (optionally with substituted parameters) and name its outputs.
+
+    ``per_sample`` runs the batch one sample at a time (when every input and output is batch-first), so the
+    activations held at once are one sample's: a full-size SDXL UNet's attention over 4,096 tokens holds
+    gigabytes of scores per sample."""
+    batch = {t.shape[0] if t.ndim else 0 for t in inputs.values()}
+    if per_sample and len(batch) == 1 and batch != {0} and batch != {1}:
+        parts = [run_module(module, {k: t[i:i + 1] for k, t in inputs.items()}, names, params)
+                 for i in range(batch.pop())]
+        return {name: np.concatenate([part[name] for part in parts]) for name in names}
     with torch.no_grad():
         args = tuple(inputs.values())
         out = torch.func.functional_call(module, params, args) if params else module(*args)

@@ -318,3 +318,15 @@ def test_an_sdxl_refiner_alone_converts_to_its_own_complete_repo(tmp_path: Path)
         assert package.target == "iOS17" and package.status == "passed"
     assert {p.component: p.precision for p in report.packages}["vae_decoder"] == "float32"
     check_output(json.loads((tmp_path / "out" / "report.json").read_text()), tmp_path / "out")
+
+
+def test_memory_is_collected_only_when_the_process_holds_enough_to_matter(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers import engine
+
+    collected: list[int] = []
+    monkeypatch.setattr(engine.gc, "collect", lambda *a: collected.append(1) or 0)
+    engine.release_memory(above=1 << 50)
+    assert collected == []
+    engine.release_memory(above=0)
+    assert collected == [1]
+    assert 0 < engine._resident_bytes() < 1 << 50

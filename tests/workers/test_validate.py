@@ -142,3 +142,29 @@ def test_float32_layers_compute_float16_weights_exactly_in_float32_and_restore_t
     assert {name: p for name, p in module.named_parameters()} == before
     with pytest.raises(RuntimeError):  # outside, float16 weights meet float32 inputs as before
         module(x)
+
+
+def test_a_batch_run_one_sample_at_a_time_gives_the_batchs_outputs() -> None:
+    from workers.validate import run_module
+
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(8, 4)
+
+        def forward(self, x, t):
+            self.seen = x.shape[0]
+            return self.layer(x) * t[:, None], x.sum(dim=1)
+
+    torch.manual_seed(0)
+    module = Pair()
+    inputs = {"x": torch.randn(3, 8), "t": torch.tensor([1.0, 2.0, 3.0])}
+    whole = run_module(module, inputs, ["y", "s"])
+    assert module.seen == 3
+    one_by_one = run_module(module, inputs, ["y", "s"], per_sample=True)
+    assert module.seen == 1
+    for name in ("y", "s"):
+        assert one_by_one[name].shape == whole[name].shape and np.allclose(one_by_one[name], whole[name], atol=1e-6)
+    uneven = {"x": torch.randn(3, 8), "t": torch.tensor([2.0])}  # batches differ: the whole batch at once
+    run_module(module, uneven, ["y", "s"], per_sample=True)
+    assert module.seen == 3
