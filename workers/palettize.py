@@ -21,9 +21,10 @@ from workers.errors import ConversionError, OptionsError
 SUPPORTED_BITS = (1, 2, 4, 6, 8)
 DEFAULT_BITS = 6
 WEIGHT_THRESHOLD = 2048  # coremltools' default: tensors of at most this many elements stay float16
-# tensors smaller than this are palettized on one thread: starting a second costs more than it saves (several
-# times more when the cores are busy, as a worker's often are)
-ONE_THREAD_BELOW = 1 << 20
+# tensors smaller than this are palettized on one thread: their solve takes a few milliseconds, less than
+# starting the second thread for each of its layers (much less when the cores are busy).  Every tensor of a
+# full-size UNet or text encoder but the first and last convolutions is larger, and gains from two threads.
+ONE_THREAD_BELOW = 1 << 16
 # lookup-table weights arrived in iOS 16 / macOS 13; Apple ships 6-bit models for iOS 17 / macOS 14 and up
 _LUT_TARGETS = {"iOS16", "iOS17", "iOS18", "macOS13", "macOS14", "macOS15"}
 _SIX_BIT_TARGETS = {"iOS17", "iOS18", "macOS14", "macOS15"}
