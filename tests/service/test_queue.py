@@ -136,7 +136,7 @@ def test_cancel_mid_job(service) -> None:
 
 
 def test_compiled_output_waits_for_a_macos_worker(service) -> None:
-    result = run("submit", "studio/tiny-sd", "--bits", "8", env=service["env"])
+    result = run("submit", "studio/tiny-sd", "--bits", "8", "--attention", "split_einsum_v2", env=service["env"])
     job_id = _job_id(result.stdout)
     _wait(lambda: _job(service, job_id)[0] == "waiting", 240, "the job to wait for a macOS worker")
     logs = run("logs", str(job_id), env=service["env"])
@@ -149,7 +149,7 @@ def test_compiled_output_waits_for_a_macos_worker(service) -> None:
     assert stages[("compile", "")] == "succeeded"
     files = HfApi(endpoint=service["hub"]).list_repo_files("studio/coreml-tiny-sd-palettized")
     assert "coreml-tiny-sd-palettized_split_einsum_v2_compiled.zip" in files
-    assert "original/compiled/Unet.mlmodelc/coremldata.bin" in files
+    assert "split_einsum_v2/compiled/Unet.mlmodelc/coremldata.bin" in files
 
 
 def _kill_the_linux_worker_then_reap(service, job_id: int, during: str) -> None:
