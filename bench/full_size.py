@@ -147,6 +147,7 @@ class Run:
     total: float = 0.0
     sizes: dict[str, int] = field(default_factory=dict)
     ops: dict[str, int] = field(default_factory=dict)  # float16 package -> operations in its program
+    psnr: dict[str, dict[str, float]] = field(default_factory=dict)  # package -> its checks' figures (dB)
     source_bytes: int = 0
     build_seconds: float = 0.0
     passed: bool = False
@@ -197,7 +198,7 @@ def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memor
             run.rows.append(Row(event.stage, event.component, event.variant or "(shared)",
                                 event.precision or "float32", event.seconds or 0.0, memory.peak()))
             print(f"  {event.stage:<10} {event.component:<13} {event.variant or '(shared)':<16} "
-                  f"{event.precision or 'float32':<17} {event.seconds:8.1f} s {memory.peak() / 2**30:6.2f} GB",
+                  f"{event.precision or 'float32':<17} {event.seconds:8.1f} s {memory.peak() / 2**30:6.2f} GiB",
                   flush=True)
 
     source = resolve_local(source_dir, source_id=f"bench/{model}")
@@ -217,6 +218,9 @@ def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memor
         run.sizes[key] = run.sizes.get(key, 0) + package.size_bytes
         if package.precision in ("float16", "float32") and not package.shared_from and (out / package.path).exists():
             run.ops[f"{package.component} {package.variant}"] = _op_count(out / package.path)
+        if not package.shared_from:
+            run.psnr[f"{package.component} {package.variant or ''} {package.precision}"] = {
+                c.name: c.value for c in package.checks if c.name.startswith("psnr") and c.value is not None}
     shutil.rmtree(source_dir, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     return run
@@ -234,11 +238,11 @@ def print_run(run: Run, reference: dict | None) -> None:
     title = MODELS[run.model]
     print(f"\n{title}: {'passed' if run.passed else 'FAILED'}; conversion {run.total / 60:.1f} min "
           f"(+{run.build_seconds / 60:.1f} min to build the random source, {run.source_bytes / 1e9:.2f} GB); "
-          f"peak RSS {run.peak / 2**30:.2f} GB (building the source: "
-          f"{next((r.peak for r in run.rows if r.stage == 'build'), 0) / 2**30:.2f} GB)")
+          f"peak RSS {run.peak / 2**30:.2f} GiB (building the source: "
+          f"{next((r.peak for r in run.rows if r.stage == 'build'), 0) / 2**30:.2f} GiB)")
     for failure in run.failures:
         print(f"  failed: {failure}")
-    print(f"{'stage':<10} {'component':<13} {'variant':<16} {'precision':<17} {'seconds':>8} {'peak RSS GB':>12}")
+    print(f"{'stage':<10} {'component':<13} {'variant':<16} {'precision':<17} {'seconds':>8} {'peak RSS GiB':>12}")
     for r in run.rows:
         print(f"{r.stage:<10} {r.component:<13} {r.variant:<16} {r.precision:<17} {r.seconds:>8.1f} "
               f"{r.peak / 2**30:>12.2f}")
@@ -246,7 +250,7 @@ def print_run(run: Run, reference: dict | None) -> None:
     for component in ("pipeline",) + XL_COMPONENTS:
         rows = [r for r in run.rows if r.component == component]
         if rows:
-            print(f"  {component:<13} {sum(r.seconds for r in rows):>8.1f} s  peak {max(r.peak for r in rows) / 2**30:.2f} GB")
+            print(f"  {component:<13} {sum(r.seconds for r in rows):>8.1f} s  peak {max(r.peak for r in rows) / 2**30:.2f} GiB")
     executed = [r for r in run.rows if r.stage == "execute"]
     if executed:
         # validate rows include their execute row's time and (being the peak since it started) its memory
@@ -255,12 +259,15 @@ def print_run(run: Run, reference: dict | None) -> None:
         others = max((r.peak for r in rest), default=0)
         top = max(r.peak for r in executed)
         print(f"program executor: {len(executed)} packages, {seconds:.1f} s = {100 * seconds / run.total:.1f} % of "
-              f"the conversion; peak while executing {top / 2**30:.2f} GB, the other stages' (load, reference, "
-              f"convert, palettize) {others / 2**30:.2f} GB: {'+' if top > others else ''}"
-              f"{(top - others) / 2**30:.2f} GB")
+              f"the conversion; peak while executing {top / 2**30:.2f} GiB, the other stages' (load, reference, "
+              f"convert, palettize) {others / 2**30:.2f} GiB: {'+' if top > others else ''}"
+              f"{(top - others) / 2**30:.2f} GiB")
     print("output sizes:")
     for key, size in sorted(run.sizes.items()):
         print(f"  {key:<60} {size / 1e9:6.2f} GB")
+    print("validation figures (dB; the bars are the service's defaults):")
+    for key, figures in run.psnr.items():
+        print(f"  {key:<48} " + "  ".join(f"{name} {value:.1f}" for name, value in figures.items()))
     print("operations in each float16 program:")
     for key, count in sorted(run.ops.items()):
         print(f"  {key:<60} {count:>6}")
