@@ -162,7 +162,7 @@ def test_paused_watches_are_ignored_and_the_list_is_managed(world) -> None:
     assert client.post("/watches/studio/tiny-sd/resume", headers=auth).json()["state"] == "active"
     assert client.post("/watches", json={"repo": "studio/other"}).status_code == 401
     assert client.post("/watches", json={"repo": "studio/other"}, headers=auth).status_code == 201
-    assert [w["repo_id"] for w in client.get("/watches").json()] == ["studio/other", "studio/tiny-sd"]
+    assert [w["repo_id"] for w in client.get("/watches", headers=auth).json()] == ["studio/other", "studio/tiny-sd"]
     assert client.delete("/watches/studio/other", headers=auth).status_code == 200
     assert client.delete("/watches/studio/other", headers=auth).status_code == 404
 
