@@ -13,7 +13,6 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from service.jobs import aware
-from service.metrics import queue_depths
 from service.models import StageResult, WatchedRepo, utcnow
 from service.settings import Settings
 from service.watch import watch_rows
@@ -50,13 +49,10 @@ def hosts_seen(session: Session, *, since: datetime | None = None) -> list[HostS
     return sorted(hosts.values(), key=lambda h: h.last_seen, reverse=True)
 
 
-def celery_workers(settings: Settings, *, timeout: float = 1.0,
-                   broker_answered: bool = False) -> dict[str, list[str]] | None:
+def celery_workers(settings: Settings, *, timeout: float = 1.0) -> dict[str, list[str]] | None:
     """Each running Celery worker and the queues it consumes, from a broadcast answered within ``timeout``
-    seconds; None when the broker does not answer.  The broadcast comes only after a quick check (skipped when
-    the caller has just had an answer: ``broker_answered``), so a dead broker costs no connection retries."""
-    if not broker_answered and queue_depths(settings.broker_url) is None:
-        return None
+    seconds; None when it fails.  Ask only once the broker has answered a quick check
+    (:func:`service.metrics.queue_depths`): against a dead broker the broadcast retries its connection."""
     try:
         from service.celery_app import app_for
 

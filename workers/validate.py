@@ -110,8 +110,8 @@ def run_module(module: nn.Module, inputs: dict[str, torch.Tensor], names: list[s
     ``per_sample`` runs the batch one sample at a time (when every input and output is batch-first), so the
     activations held at once are one sample's: a full-size SDXL UNet's attention over 4,096 tokens holds
     gigabytes of scores per sample."""
-    batch = {t.shape[0] if t.ndim else 0 for t in inputs.values()}
-    if per_sample and len(batch) == 1 and batch != {0} and batch != {1}:
+    batch = {t.shape[0] if t.ndim else 0 for t in inputs.values()} if per_sample else set()
+    if len(batch) == 1 and batch.isdisjoint({0, 1}):
         parts = [run_module(module, {k: t[i:i + 1] for k, t in inputs.items()}, names, params)
                  for i in range(batch.pop())]
         return {name: np.concatenate([part[name] for part in parts]) for name in names}

@@ -3,12 +3,12 @@ reads."""
 
 from __future__ import annotations
 
-import hmac
 from typing import Iterator
 
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
+from service.api import signin
 from service.db import session_scope
 from service.settings import Settings
 
@@ -29,17 +29,13 @@ def require_token(request: Request, config: Settings = Depends(settings)) -> Non
     expected = config.api_token.get_secret_value() if config.api_token else None
     if expected is None:
         return  # only allowed on loopback: Settings.check_api refuses otherwise
-    header = request.headers.get("authorization", "")
-    given = header[7:] if header.lower().startswith("bearer ") else ""
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    if not signin.bearer_matches(request, expected):
         raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
 
 
 def require_reader(request: Request) -> None:
     """Reads (jobs, watches, metrics) follow the status page's rule: open without a token or with
     ``COREML_PUBLISH_PUBLIC_STATUS``, else the bearer token (or the page's sign-in cookie)."""
-    from service.api import signin
-
     if not signin.may_read(request):
         raise HTTPException(401, "a valid bearer token is required to read this service's jobs and watches",
                             headers={"WWW-Authenticate": "Bearer"})

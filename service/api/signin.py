@@ -63,13 +63,19 @@ def session_cookie(request: Request, *, now: float | None = None) -> str:
     return f"{expires}.{_sign(request, expires, _token(request) or '')}"
 
 
+def bearer_matches(request: Request, token: str) -> bool:
+    """Whether the request's ``Authorization: Bearer …`` header holds ``token`` (compared in constant time)."""
+    header = request.headers.get("authorization", "")
+    given = header[7:] if header.lower().startswith("bearer ") else ""
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
 def signed_in(request: Request) -> bool:
     """A valid, unexpired session cookie for the current token, or the token as a bearer header (scripts)."""
     token = _token(request)
     if token is None:
         return False
-    header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer ") and hmac.compare_digest(header[7:].encode(), token.encode()):
+    if bearer_matches(request, token):
         return True
     expires, _, digest = request.cookies.get(COOKIE, "").partition(".")
     if not expires.isdigit() or int(expires) < time.time():

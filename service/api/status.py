@@ -278,7 +278,7 @@ def workers_page(request: Request, db: Session = Depends(session)) -> Response:
         return signin.login_redirect(request)
     config: Settings = request.app.state.settings
     depths = queue_depths(config.broker_url)
-    workers = celery_workers(config, broker_answered=True) if depths is not None else None
+    workers = celery_workers(config) if depths is not None else None  # after the quick broker check
     return render(request, "workers.html", {"depths": depths, "workers": workers, "hosts": hosts_seen(db),
                                             "now": utcnow(), "nav": "workers"})
 
