@@ -98,10 +98,10 @@ def measure(model: str, attention: str, work: Path) -> None:
     import coremltools as ct
     import torch
 
-    from workers.convert import _DTYPES, save_package, trace
-    from workers.layout import Attention
-    from workers.geometry import Geometry
-    from workers.specs import SPECS
+    from workers.convert.program import _DTYPES, save_package, trace
+    from workers.names import Attention
+    from workers.convert.geometry import Geometry
+    from workers.convert.specs import SPECS
 
     torch.manual_seed(0)
     unet = modules(model)[0].eval()

@@ -158,7 +158,7 @@ def build(model: str, folder: Path, seed: int = 0) -> None:
     """Write a full-size random pipeline with ``model``'s architecture to ``folder``."""
     import torch
 
-    from service.devtools.tiny import randomize_norms, save_pipeline, save_xl_pipeline
+    from workers.devtools.tiny import randomize_norms, save_pipeline, save_xl_pipeline
 
     torch.manual_seed(seed)
     title = MODELS[model]
@@ -177,8 +177,8 @@ def build(model: str, folder: Path, seed: int = 0) -> None:
 def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memory: Memory,
               chunk_unet: bool = False) -> Run:
     from service.errors import ValidationError
-    from workers.engine import ConvertOptions, Event, convert_pipeline
-    from workers.resolve import resolve_local
+    from workers.convert.engine import ConvertOptions, Event, convert_pipeline
+    from workers.source.resolve import resolve_local
 
     run = Run(model)
     source_dir, out = work / f"{model}-source", work / f"{model}-out"
@@ -309,7 +309,7 @@ def _ours(run: Run, label: str, validated: bool) -> tuple[float, int] | None:
 
 
 def main() -> None:
-    from workers.layout import Attention
+    from workers.names import Attention
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="sd15,sd21-base", help="comma-separated: sd15, sd21-base, sdxl")

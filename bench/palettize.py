@@ -51,7 +51,7 @@ def _ours(bits: int, group_size: int):
 
     from coremltools.optimize.coreml._quantization_passes import palettize_weights as passes
 
-    from workers.palettize import histogram_kmeans
+    from workers.compress.palettize import histogram_kmeans
 
     lut_function = partial(histogram_kmeans, nbits=bits)
     return lambda w: passes.grouped_channelwise_compress(w, "CUSTOM", None, 0, group_size, lut_function)
@@ -118,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     bit_widths = [int(b) for b in args.bits.split(",")]
     threads = sorted({int(n) for n in args.threads.split(",")})
-    from workers.palettize import histogram_kmeans
+    from workers.compress.palettize import histogram_kmeans
 
     started = time.perf_counter()
     for n in threads:  # loads (or compiles) the numba kernels and starts their threads, once per process

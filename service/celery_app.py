@@ -70,7 +70,7 @@ def detect_queues() -> list[str]:
     macos with ``xcrun coremlcompiler``."""
     import importlib.util
 
-    from workers.compile import find_compiler
+    from workers.package.compile import find_compiler
 
     queues = ["default", "publish"]
     if all(importlib.util.find_spec(m) is not None for m in ("coremltools", "torch", "diffusers")):

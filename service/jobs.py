@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 from service.errors import JobError, JobNotFoundError, OptionsError
 from service.models import Job, JobEvent, JobState, PublishedRepo, StageResult, Trigger, utcnow
 from service.progress import finished
-from workers.layout import Attention, depends_on_attention, sort_attentions
-from workers.palettize import SUPPORTED_BITS, check_bits
-from workers.targets import check_target, target_for
+from workers.names import Attention, depends_on_attention, sort_attentions
+from workers.compress.palettize import SUPPORTED_BITS, check_bits
+from workers.convert.targets import check_target, target_for
 from workers.versions import toolchain
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class JobOptions:
             check_bits(self.bits, target_for(self.deployment_target, palettized=True))
         if self.chunks_only and not self.chunk_unet:
             raise OptionsError("--chunks-only needs --chunk-unet", hint="Pass --chunk-unet --chunks-only.")
-        from workers.resolve import looks_like_repo_id
+        from workers.source.resolve import looks_like_repo_id
 
         for name in ("vae", "refiner"):
             value = getattr(self, name)

@@ -7,16 +7,16 @@ import json
 import shutil
 from pathlib import Path
 
-from workers.engine import link_package
+from workers.convert.engine import link_package
 from workers.errors import OptionsError
-from workers.layout import CHECK_DATA_DIR, REPORT_FILE, sort_attentions
-from workers.report import write_json
+from workers.names import CHECK_DATA_DIR, REPORT_FILE, sort_attentions
+from workers.validate.report import write_json
 
 
 def merge_outputs(parts: list[Path], out: Path) -> dict:
     """Fan-in: combine conversion outputs of disjoint component groups into one output folder.
 
-    Each part is a folder written by :func:`workers.engine.convert_pipeline` (with its report.json); packages are
+    Each part is a folder written by :func:`workers.convert.engine.convert_pipeline` (with its report.json); packages are
     hard-linked into ``out`` at the same relative paths and the reports merged into one.
     Raises OptionsError when the parts are not of the same source and geometry, or one did not pass.
     """

@@ -40,7 +40,7 @@ from service.settings import Settings, get_settings
 from service.artifacts import ArtifactStore
 
 if TYPE_CHECKING:
-    from workers.resolve import Source
+    from workers.source.resolve import Source
 
 log = logging.getLogger(__name__)
 WAITING_FOR_MACOS = "waiting for a macOS worker"
@@ -211,8 +211,8 @@ def _events(spec: JobSpec, settings: Settings, *, stage: str, part: str):
 @contextmanager
 def _source(spec: JobSpec, settings: Settings, *, need_safety_checker: bool = True) -> Iterator[Source]:
     """The job's source, fetched, for the length of a ``with`` block (a composed folder is removed after it)."""
-    from workers.fetch import fetched
-    from workers.resolve import resolve_source
+    from workers.source.fetch import fetched
+    from workers.source.resolve import resolve_source
 
     source = resolve_source(spec.source_repo, revision=spec.source_sha, endpoint=settings.hub_endpoint,
                             max_bytes=int(settings.max_source_gb * 1e9),
@@ -229,9 +229,9 @@ def _fetch(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | No
 
 
 def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
-    from workers.chunk import CHUNKED
-    from workers.engine import ConvertOptions, convert_pipeline, select_components
-    from workers.layout import Attention, depends_on_attention
+    from workers.convert.chunk import CHUNKED
+    from workers.convert.engine import ConvertOptions, convert_pipeline, select_components
+    from workers.names import Attention, depends_on_attention
 
     options = spec.options
     with _source(spec, settings) as source:
@@ -272,7 +272,7 @@ def _report_figures(report) -> dict:
 
 def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
     from service.merge import merge_outputs
-    from workers.package import source_tokenizer
+    from workers.package.repos import source_tokenizer
 
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     parts = [store.pull(spec.id, "parts", p) for p in spec.options.parts()]
@@ -289,8 +289,8 @@ def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | No
 
 
 def _package(spec: JobSpec, part: str, settings: Settings, *, compiled: bool = False) -> tuple[dict, str | None]:
-    from workers.compile import require_compiler
-    from workers.package import package_output
+    from workers.package.compile import require_compiler
+    from workers.package.repos import package_output
 
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     out = store.pull(spec.id, "out")
@@ -304,8 +304,8 @@ def _compile(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
 
 
 def _publish(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
-    from workers.publish import publish_tree, source_private
-    from workers.package import load_trees
+    from workers.hub.publish import publish_tree, source_private
+    from workers.package.repos import load_trees
 
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     trees = load_trees(store.pull(spec.id, "out"))  # refuses an incomplete tree before anything is published

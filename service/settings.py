@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import OptionsError
-from workers.bars import ValidationBars
+from workers.validate.thresholds import ValidationBars
 
 _BARS = ValidationBars()
 

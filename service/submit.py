@@ -49,7 +49,7 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
     With ``local`` nothing is enqueued: the caller runs the stages in-process.  Raises SourceError (and
     subclasses) for sources that cannot be converted, before any job is recorded.
     """
-    from workers.resolve import looks_like_repo_id, resolve_source
+    from workers.source.resolve import looks_like_repo_id, resolve_source
 
     settings = settings or get_settings()
     if not looks_like_repo_id(source_repo) or "/" not in source_repo:

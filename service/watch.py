@@ -37,7 +37,7 @@ def get_watch(session: Session, repo_id: str) -> WatchedRepo:
 
 def add_watch(session: Session, *, repo_id: str, options: JobOptions) -> WatchedRepo:
     """Start watching a repo (its first check is due at once)."""
-    from workers.resolve import looks_like_repo_id
+    from workers.source.resolve import looks_like_repo_id
 
     if not looks_like_repo_id(repo_id) or "/" not in repo_id:
         raise OptionsError(f"{repo_id!r} is not a Hub repo id", hint="Use org/name.")
@@ -109,7 +109,7 @@ def sweep(*, now: datetime | None = None, due_only: bool = False, settings=None,
     from service.db import session_scope
     from service.errors import CoreMLPublishError
     from service.settings import get_settings
-    from workers.resolve import network_errors
+    from workers.source.resolve import network_errors
 
     settings = settings or get_settings()
     now = now or utcnow()

@@ -113,7 +113,7 @@ def _json_type(value) -> str:
 
 def _parse(body: bytes) -> tuple[str, str, str, dict]:
     """(scope, repo id, repo type, payload) from a payload's JSON, or MalformedPayload naming what is wrong."""
-    from workers.resolve import looks_like_repo_id
+    from workers.source.resolve import looks_like_repo_id
 
     try:
         payload = json.loads(body)

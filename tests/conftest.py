@@ -20,13 +20,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # fixtures that convert with coremltools (or build pipelines to convert); tests using them are slow
 _CONVERTING = {"sd1_conversion", "sd2_conversion", "sd2_layouts_conversion", "sd1_pipeline", "sd2_pipeline",
                "hub_with_source", "trees"}
-_SLOW_MODULES = {"test_queue", "test_cli_publish"}  # real workers, or convert through the CLI
+_SLOW_MODULES = {"tests.service.test_queue", "tests.service.cli.test_publish"}  # real workers, or convert through the CLI
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:  # `python -m pytest -m "not slow"`: the quick subset
-        if _CONVERTING & set(getattr(item, "fixturenames", ())) or item.module.__name__.rsplit(".", 1)[-1] \
-                in _SLOW_MODULES:
+        if _CONVERTING & set(getattr(item, "fixturenames", ())) or item.module.__name__ in _SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
     if platform.system() == "Darwin":
         return
@@ -39,7 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def sd1_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD 1.x-style pipeline (conv projections, fixed heads, safety checker)."""
-    from service.devtools.tiny import build_tiny_pipeline
+    from workers.devtools.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("sources") / "tiny-sd1", style="sd1", seed=1)
 
@@ -47,14 +46,14 @@ def sd1_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sd2_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD 2.x-style pipeline (linear projections, per-block heads, 576-token attention)."""
-    from service.devtools.tiny import build_tiny_pipeline
+    from workers.devtools.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("sources") / "tiny-sd2", style="sd2", seed=2)
 
 
 def _convert(source: Path, out: Path, **options):
-    from workers.engine import ConvertOptions, convert_pipeline
-    from workers.resolve import resolve_source
+    from workers.convert.engine import ConvertOptions, convert_pipeline
+    from workers.source.resolve import resolve_source
 
     return convert_pipeline(resolve_source(str(source), source_id=f"tests/{source.name}"), out,
                             ConvertOptions(**options))
@@ -77,9 +76,9 @@ def sd2_conversion(sd2_pipeline: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def sd2_layouts_conversion(sd2_pipeline: Path, tmp_path_factory: pytest.TempPathFactory):
     """The SD2 fixture's UNet at a 48x48 latent (2,304 tokens) in all three layouts, float16, batch 1."""
-    from workers.engine import ConvertOptions, convert_pipeline
-    from workers.layout import Attention
-    from workers.resolve import resolve_source
+    from workers.convert.engine import ConvertOptions, convert_pipeline
+    from workers.names import Attention
+    from workers.source.resolve import resolve_source
 
     out = tmp_path_factory.mktemp("sd2-layouts")
     options = ConvertOptions(components=("unet",), bits=None, latent_size=(48, 48), batch_size=1,
@@ -100,8 +99,8 @@ def xcrun_double(monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def devhub(tmp_path: Path):
     """A running dev Hub with users alice (org: studio) and a read-only bob; yields (url, store)."""
-    from service.devtools.devhub.server import running_devhub
-    from service.devtools.devhub.store import Store
+    from workers.devtools.devhub.server import running_devhub
+    from workers.devtools.devhub.store import Store
 
     store = Store(tmp_path / "devhub")
     store.add_token("alice", token="alice-token", orgs=["studio"])

@@ -148,7 +148,7 @@ def tiny_source(hub: str, repo_id: str, folder: Path, *, seed: int):
     client."""
     from huggingface_hub import HfApi
 
-    from service.devtools.tiny import build_tiny_pipeline
+    from workers.devtools.tiny import build_tiny_pipeline
 
     api = HfApi(endpoint=hub, token="alice-token")
     api.create_repo(repo_id)

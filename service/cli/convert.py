@@ -39,16 +39,16 @@ def convert(
     OUT/coreml-<name>-palettized/, and OUT/report.json; every package is validated against the torch
     original, and the command fails if any does not reach its bar.
     """
-    from workers.outdir import check_output_dir
+    from workers.convert.outdir import check_output_dir
 
     check_output_dir(out)  # first: cheap, and before loading the toolchain, resolving or fetching anything
 
     from service.errors import OptionsError, ValidationError
     from service.settings import get_settings
-    from workers.engine import ConvertOptions, convert_pipeline
-    from workers.fetch import fetched
-    from workers.layout import Attention
-    from workers.resolve import resolve_source
+    from workers.convert.engine import ConvertOptions, convert_pipeline
+    from workers.source.fetch import fetched
+    from workers.names import Attention
+    from workers.source.resolve import resolve_source
 
     try:
         attentions = tuple(Attention(a) for a in comma_list(attention))
@@ -105,9 +105,9 @@ def validate(
     """
     from service.errors import ValidationError
     from service.settings import get_settings
-    from workers.fetch import fetched
-    from workers.resolve import resolve_source
-    from workers.verify import read_report, verify_output
+    from workers.source.fetch import fetched
+    from workers.source.resolve import resolve_source
+    from workers.validate.output import read_report, verify_output
 
     recorded = read_report(out).source
     local = Path(recorded["path"]) if recorded.get("path") else None

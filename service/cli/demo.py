@@ -1,5 +1,5 @@
 """``coreml-publish demo``: the service end to end, offline, in one command (a thin caller of
-``service.devtools.demo``)."""
+``service.demo``)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def demo(
     stage (packages only off a Mac), the published repos and the status page, served until Ctrl+C."""
     from service.cli.jobs import _print_status, follow_local
     from service.db import session_scope
-    from service.devtools.demo import (
+    from service.demo import (
         demo_session,
         download_line,
         listen,

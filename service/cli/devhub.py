@@ -21,8 +21,8 @@ def devhub(
     webhook_secret: str = typer.Option(None, help="Secret sent with the webhook in X-Webhook-Secret."),
 ) -> None:
     """Serve a local Hugging Face Hub-compatible API for development and tests (not for production)."""
-    from service.devtools.devhub.server import DEFAULT_TOKEN, DEFAULT_USER, serve
-    from service.devtools.devhub.store import Store
+    from workers.devtools.devhub.server import DEFAULT_TOKEN, DEFAULT_USER, serve
+    from workers.devtools.devhub.store import Store
     from service.errors import OptionsError
 
     store = Store(data)
@@ -37,7 +37,7 @@ def devhub(
         store.add_token(parts[0], token=parts[1], orgs=[o for o in (parts[2] if len(parts) == 3 else "").split(",") if o],
                         write=write)
     if webhook:
-        from service.devtools.devhub.common import Webhooks
+        from workers.devtools.devhub.common import Webhooks
 
         Webhooks(data / "webhooks.json").add(webhook, webhook_secret, None)
     url = f"http://{host}:{port}"

@@ -19,8 +19,8 @@ def tiny_pipeline(
 ) -> None:
     """Write a tiny random Stable Diffusion pipeline (a few MB, safetensors) to OUT, and optionally push it."""
     from service.errors import OptionsError
-    from service.devtools.tiny import STYLES, build_tiny_pipeline
-    from workers.outdir import check_output_dir
+    from workers.devtools.tiny import STYLES, build_tiny_pipeline
+    from workers.convert.outdir import check_output_dir
 
     if style not in STYLES:
         raise OptionsError(f"--style must be one of {', '.join(STYLES)}, not {style!r}", hint="Use sd1, sd2, sdxl or sdxl-refiner.")
@@ -41,7 +41,7 @@ def _check_push(repo_id: str) -> None:
     from huggingface_hub import get_token
 
     from service.errors import OptionsError
-    from workers.resolve import looks_like_repo_id
+    from workers.source.resolve import looks_like_repo_id
 
     if not looks_like_repo_id(repo_id) or "/" not in repo_id:
         raise OptionsError(f"--push {repo_id[:100]!r} is not a Hub repo id", hint="Use namespace/name, e.g. you/tiny-sd.")
@@ -56,7 +56,7 @@ def _push(out: Path, repo_id: str, *, private: bool, style: str) -> str:
     from huggingface_hub.errors import HfHubHTTPError
 
     from service.errors import PublishError
-    from workers.resolve import network_errors
+    from workers.source.resolve import network_errors
 
     api = HfApi()
     try:

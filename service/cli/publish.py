@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from service.cli.output import console, stdout
-from workers.layout import Attention
+from workers.names import Attention
 
 VARIANTS = ", ".join(a.value for a in Attention)  # the variant folders a repo may hold
 
@@ -28,9 +28,9 @@ def publish(
     Refuses a variant without text_encoder, unet (or both UNet chunks) or vae_decoder: convert without
     --components for a complete one. Without a palettized repo (--bits 0) only the float16 one is made.
     """
-    from workers.publish import publish_tree
-    from workers.compile import require_compiler
-    from workers.package import check_output, load_report, package_output
+    from workers.hub.publish import publish_tree
+    from workers.package.compile import require_compiler
+    from workers.package.repos import check_output, load_report, package_output
 
     report = load_report(out)
     check_output(report, out, namespace=namespace)  # before anything else: an incomplete variant is never published
@@ -51,7 +51,7 @@ def publish(
 def _follow_source(source: dict) -> bool:
     """The source's visibility: a Hub repo's own (asked now), private for a local folder (no visibility to
     follow, and publishing it publicly could leak it)."""
-    from workers.publish import source_private
+    from workers.hub.publish import source_private
 
     if source.get("repo_id") and source.get("sha"):  # converted from the Hub at a commit
         private = source_private(source["repo_id"])
@@ -75,7 +75,7 @@ def download(
     revision: str = typer.Option(None, help="Branch, tag or commit (default: main)."),
 ) -> None:
     """Download one variant of a published repo: only the files asked for."""
-    from workers.download import download_variant
+    from workers.hub.download import download_variant
     from service.errors import OptionsError
 
     chosen = [k for k, on in (("compiled", compiled), ("packages", packages), ("zip", zip_)) if on]

@@ -15,7 +15,7 @@ from service.reaper import reap
 from service.settings import Settings
 from tests.conftest import _postgres_database
 from tests.helpers import free_port, service_env, start_worker, stop_processes, tiny_source, wait_for
-from tests.service.test_cli import run
+from tests.service.cli.test_cli import run
 from tests.service.test_queue import _job, _job_id
 
 pytestmark = pytest.mark.slow
@@ -40,8 +40,8 @@ def run_ping(port: int) -> bool:
 
 def test_a_broker_restarted_mid_job_loses_its_queue_and_the_reaper_resumes_the_job(tmp_path: Path) -> None:
     from service.db import upgrade
-    from service.devtools.devhub.server import running_devhub
-    from service.devtools.devhub.store import Store
+    from workers.devtools.devhub.server import running_devhub
+    from workers.devtools.devhub.store import Store
 
     port = free_port()
     broker = f"redis://127.0.0.1:{port}/0"

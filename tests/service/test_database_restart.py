@@ -15,7 +15,7 @@ import pytest
 from service.reaper import reap
 from service.settings import Settings
 from tests.helpers import free_port, service_env, start_worker, stop_processes, tiny_source, wait_for
-from tests.service.test_cli import run
+from tests.service.cli.test_cli import run
 from tests.service.test_queue import _job, _job_id
 
 pytestmark = pytest.mark.slow
@@ -55,8 +55,8 @@ def test_a_database_restarted_mid_job_does_not_lose_the_job(private_postgres, tm
     import redis
 
     from service.db import upgrade
-    from service.devtools.devhub.server import running_devhub
-    from service.devtools.devhub.store import Store
+    from workers.devtools.devhub.server import running_devhub
+    from workers.devtools.devhub.store import Store
 
     data, port = private_postgres
     url = f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"

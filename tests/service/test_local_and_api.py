@@ -13,8 +13,8 @@ from service.db import session_scope
 from service.errors import OptionsError
 from service.jobs import get_job, list_jobs
 from service.settings import Settings
-from tests.service.test_cli import run
-from service.devtools.tiny import build_tiny_pipeline
+from tests.service.cli.test_cli import run
+from workers.devtools.tiny import build_tiny_pipeline
 
 
 @pytest.fixture
@@ -109,7 +109,7 @@ def test_sdxl_job_with_a_vae_and_a_refiner_publishes_one_repo_with_the_swift_nam
 
     import coremltools as ct
 
-    from service.devtools.tiny import build_tiny_vae
+    from workers.devtools.tiny import build_tiny_vae
     from tests.conftest import DOUBLES
 
     url, _ = devhub

@@ -23,7 +23,7 @@ from huggingface_hub import HfApi
 from service.db import session_scope, upgrade
 from service.jobs import get_job
 from tests.conftest import _postgres_database
-from tests.service.test_cli import run
+from tests.service.cli.test_cli import run
 from tests.helpers import free_port as _free_port
 from tests.helpers import wait_for as _wait
 
@@ -79,9 +79,9 @@ def test_two_workers_sharing_only_redis_postgres_and_s3_run_a_job(tmp_path: Path
     import boto3
     import redis
 
-    from service.devtools.devhub.server import running_devhub
-    from service.devtools.devhub.store import Store
-    from service.devtools.tiny import build_tiny_pipeline
+    from workers.devtools.devhub.server import running_devhub
+    from workers.devtools.devhub.store import Store
+    from workers.devtools.tiny import build_tiny_pipeline
 
     processes: list[subprocess.Popen] = []
     drop = None

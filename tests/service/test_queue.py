@@ -14,7 +14,7 @@ from huggingface_hub import HfApi
 from service.db import session_scope, upgrade
 from service.jobs import get_job
 from tests.conftest import DOUBLES, _postgres_database
-from tests.service.test_cli import run
+from tests.service.cli.test_cli import run
 from tests.helpers import stop_processes
 from tests.helpers import wait_for as _wait
 
@@ -28,9 +28,9 @@ def service(tmp_path_factory: pytest.TempPathFactory):
     """Dev Hub with a tiny source repo, a fresh PostgreSQL database, an empty Redis db, and one Linux worker."""
     import redis
 
-    from service.devtools.devhub.server import running_devhub
-    from service.devtools.devhub.store import Store
-    from service.devtools.tiny import build_tiny_pipeline
+    from workers.devtools.devhub.server import running_devhub
+    from workers.devtools.devhub.store import Store
+    from workers.devtools.tiny import build_tiny_pipeline
 
     root = tmp_path_factory.mktemp("service")
     Store(root / "hub").add_token("alice", token="alice-token", orgs=["studio"])

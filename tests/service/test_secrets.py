@@ -131,9 +131,9 @@ def test_no_secret_reaches_logs_database_broker_artifacts_or_published_repos(tmp
     from huggingface_hub import HfApi, snapshot_download
 
     from service.db import upgrade
-    from service.devtools.devhub.server import running_devhub
-    from service.devtools.devhub.store import Store
-    from service.devtools.tiny import build_tiny_pipeline
+    from workers.devtools.devhub.server import running_devhub
+    from workers.devtools.devhub.store import Store
+    from workers.devtools.tiny import build_tiny_pipeline
 
     Store(tmp_path / "hub").add_token("alice", token=HF_TOKEN, orgs=["studio"])
     broker = redis.Redis.from_url(REDIS)

@@ -18,7 +18,7 @@ from service.errors import JobError, NotWatchedError, OptionsError
 from service.jobs import JobOptions, list_jobs
 from service.settings import Settings
 from service.watch import add_watch, get_watch, set_paused, sweep, watch_rows
-from service.devtools.tiny import build_tiny_pipeline
+from workers.devtools.tiny import build_tiny_pipeline
 
 NIGHT = datetime(2026, 11, 27, 3, 0, tzinfo=timezone.utc)
 
@@ -168,7 +168,7 @@ def test_paused_watches_are_ignored_and_the_list_is_managed(world) -> None:
 
 
 def test_jobs_show_their_trigger(world, tmp_path: Path) -> None:
-    from tests.service.test_cli import run
+    from tests.service.cli.test_cli import run
 
     sweep(now=NIGHT, settings=world["settings"])
     listing = run("jobs", env={"COREML_PUBLISH_DATABASE_URL": world["db"], "COLUMNS": "200"})

@@ -1,0 +1,106 @@
+"""The sizes of a pipeline: every shape the specs need, read from a source folder's configs (no torch).
+
+``read_geometry`` also refuses what the specs cannot describe (inpainting UNets, class conditioning,
+mismatched text encoders), malformed config values and sizes no Stable Diffusion model has, before any
+module is built (the checks are in :mod:`workers.source.configs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from workers.source.configs import MAX_ACTIVATION_BYTES, check_configs, largest_activation
+from workers.errors import OptionsError, SourceError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output feature of a package."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # "float16" or "float32"
+    description: str
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Every size the specs need, read from the source's configs (and the user's overrides)."""
+
+    batch_size: int
+    latent_height: int
+    latent_width: int
+    latent_channels: int
+    vae_scale_factor: int
+    context_dim: int
+    sequence_length: int
+    safety_image_size: int
+    vocab_size: int
+    # SDXL (see workers.source.configs.SourceSizes): 0 for SD 1.x/2.x
+    text_encoder_dim: int = 0  # hidden width of text_encoder (0: none, an SDXL refiner)
+    text_encoder_2_dim: int = 0
+    text_embeds_dim: int = 0  # the UNet's ``text_embeds`` input
+    time_ids: int = 0  # the UNet's ``time_ids`` input: 6 (base) or 5 (refiner)
+    vae_precision: str = "float16"  # "float32" for a VAE that overflows in float16 (the original SDXL one)
+    refiner_context_dim: int = 0  # an SDXL refiner shipped beside the base (its UNet's context, pooled width and
+    refiner_text_embeds_dim: int = 0  # time_ids); 0: none
+    refiner_time_ids: int = 0
+
+    @property
+    def xl(self) -> bool:
+        return self.time_ids > 0
+
+    @property
+    def image_height(self) -> int:
+        return self.latent_height * self.vae_scale_factor
+
+    @property
+    def image_width(self) -> int:
+        return self.latent_width * self.vae_scale_factor
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def read_geometry(path: Path, *, latent_size: tuple[int, int] | None = None,
+                  batch_size: int = 2) -> Geometry:
+    """Derive the geometry from a source folder's configs, each value checked (see :mod:`workers.source.configs`).
+
+    Latent size defaults to ``unet.config.sample_size``; the VAE scale factor is
+    ``2 ** (len(vae.config.block_out_channels) - 1)``.
+    Raises OptionsError, SourceError, UnsupportedModelError.
+    """
+    sizes = check_configs(path)
+    if batch_size not in (1, 2):
+        raise OptionsError(f"--batch-size must be 1 or 2, not {batch_size}",
+                           hint="Use 2 for classifier-free guidance (the default) or 1.")
+    down = sizes.down_factor
+    if latent_size is None:
+        h, w = sizes.sample
+        if h % down or w % down:
+            raise SourceError(f"unet/config.json: sample_size {h}x{w} is not a multiple of {down}, the UNet's "
+                              "downsampling", source=str(path),
+                              hint=f"Pass --latent-size with sides divisible by {down}, or fix unet/config.json.")
+    else:
+        if len(latent_size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in latent_size):
+            raise OptionsError(f"--latent-size must be two integers, not {latent_size!r}",
+                               hint=f"Pick a latent size like 64 64 (divisible by {down}).")
+        h, w = latent_size
+    for value in (h, w):
+        if value < 1 or value % down:
+            raise OptionsError(f"latent size {h}x{w} must be positive multiples of {down} for this UNet",
+                               hint=f"Pick a latent size divisible by {down}.")
+    needed, where = largest_activation(sizes, (h, w), batch_size)
+    if needed > MAX_ACTIVATION_BYTES:  # only an override can get here: the configs' own size was checked
+        raise OptionsError(f"--latent-size {h}x{w} makes one activation ({where}) of {needed / 1e9:,.0f} GB; the "
+                           f"limit is {MAX_ACTIVATION_BYTES / 1e9:.0f} GB",
+                           hint=f"Pick a smaller latent size (this source's own is {sizes.sample[0]}x{sizes.sample[1]}).")
+    return Geometry(batch_size=batch_size, latent_height=h, latent_width=w, latent_channels=sizes.latent_channels,
+                    vae_scale_factor=sizes.vae_scale_factor, context_dim=sizes.context_dim,
+                    sequence_length=sizes.sequence_length, safety_image_size=sizes.safety_image_size,
+                    vocab_size=sizes.vocab_size, text_encoder_dim=sizes.text_widths[0],
+                    text_encoder_2_dim=sizes.text_widths[1], text_embeds_dim=sizes.text_embeds_dim,
+                    time_ids=sizes.time_ids, vae_precision="float32" if sizes.vae_float32 else "float16",
+                    refiner_context_dim=sizes.refiner[0], refiner_text_embeds_dim=sizes.refiner[1],
+                    refiner_time_ids=sizes.refiner[2])

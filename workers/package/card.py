@@ -1,0 +1,261 @@
+"""The model card (README.md) of a published repo: Hub metadata, what the weights are, how to get them,
+provenance, validation figures, and the upstream card carried over below ours.
+
+The upstream card is someone else's text published under our name, so it is sanitised on the way in
+(:func:`workers.package.sanitize.sanitize_markdown`): raw HTML is dropped (the text of ordinary elements kept, scripts, styles and
+frames dropped whole), links and images may only point to http(s), mailto or relative targets, and fenced
+code stays as it is.  Its YAML front matter is read with aliases refused (an alias bomb expands to
+gigabytes) and a size bound; a license that is not a short license id becomes ``unknown``, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from datetime import date
+
+import yaml
+
+from workers.package.sanitize import sanitize_markdown
+from workers.names import COMPILED_NAMES, compiled_file_name, package_file_name
+from workers.validate.report import precision_bits
+from workers.convert.targets import SPEC_VERSIONS, os_name
+
+log = logging.getLogger(__name__)
+TAGS = ["stable-diffusion", "text-to-image", "core-ml", "coreml-publisher"]
+_VARIANT_USE = {
+    "original": "attention as in the original model: fastest on Mac GPUs",
+    "split_einsum": "attention split per head for the Apple Neural Engine",
+    "split_einsum_v2": "attention split per head with chunked queries: best on the Neural Engine (iPhone, iPad, "
+                       "Apple silicon Macs)",
+}
+MAX_FRONT_MATTER = 64 * 1024  # characters of upstream YAML metadata read at all
+MAX_DEPTH = 32  # nesting of upstream YAML metadata
+MAX_UPSTREAM = 100_000  # characters of the upstream card carried over
+_LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")  # apache-2.0, openrail++, cc-by-nc-sa-4.0, other, ...
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases: card metadata never needs them, and they are how YAML bombs work."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        problem = "aliases are not allowed" if self.check_event(yaml.AliasEvent) else \
+            "it nests too deeply" if self.depth >= MAX_DEPTH else None
+        if problem:
+            raise yaml.composer.ComposerError(None, None, f"{problem} in card metadata", self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def split_front_matter(text: str) -> tuple[dict, str]:
+    """A card's YAML metadata and its body (empty metadata, with a warning, when it is absent or unusable)."""
+    if text.startswith("---"):
+        end = text.find("\n---", 3)
+        if end > 0:
+            meta: object = {}
+            if end > MAX_FRONT_MATTER:
+                log.warning("the upstream card's metadata is larger than %d characters: ignored", MAX_FRONT_MATTER)
+            else:
+                try:
+                    meta = yaml.load(text[3:end], Loader=_NoAliasLoader) or {}
+                except (yaml.YAMLError, RecursionError, ValueError) as e:
+                    log.warning("the upstream card's metadata cannot be used (%s): ignored",
+                                str(e).splitlines()[0][:200] if str(e) else e.__class__.__name__)
+            return (meta if isinstance(meta, dict) else {}), text[end + 4:].lstrip("\n")
+    return {}, text
+
+
+def license_id(value: object) -> str | None:
+    """``value`` when it is a short license id (what the Hub's ``license`` field holds); None, with a
+    warning when something else was given, otherwise."""
+    if isinstance(value, str) and _LICENSE_ID.fullmatch(value.strip().lower()):
+        return value.strip().lower()
+    if value not in (None, ""):
+        log.warning("the source's license is not a short license id: treated as unknown")
+    return None
+
+
+def card_license(text: str) -> str | None:
+    """The license a card's metadata names, or None when it names none usable."""
+    return license_id(split_front_matter(text)[0].get("license"))
+
+
+def zip_name(repo_name: str, variant: str) -> str:
+    """``<repo-name>_<variant>_compiled.zip``: the name apps download."""
+    return f"{repo_name}_{variant}_compiled.zip"
+
+
+def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str | None, variants: list[str],
+                compiled: bool, upstream: str | None = None, today: date | None = None) -> str:
+    """The README.md of the float16 (``kind="float16"``) or palettized repo described by ``report``.
+
+    ``sibling_id`` is the other repo of the pair when it is published in the same run; None (no palettized
+    repo with ``--bits 0``, or its tree absent) and the card does not mention it.
+    """
+    source = report["source"]
+    options = report["options"]
+    toolchain = report["toolchain"]
+    repo_name = repo_id.split("/")[-1]
+    base = source.get("repo_id")
+    sd1 = report["geometry"]["context_dim"] == 768
+    meta: dict = {"license": license_id(source.get("license")) or ("other" if not source.get("license") else "unknown")}
+    if base:
+        meta["base_model"] = base
+        if kind == "palettized":
+            meta["base_model_relation"] = "quantized"
+    meta["pipeline_tag"] = "text-to-image"
+    xl = (report["geometry"].get("time_ids") or 0) > 0
+    meta["tags"] = TAGS + (["stable-diffusion-diffusers"] if sd1 else []) + (["stable-diffusion-xl"] if xl else []) \
+        + (["palettized"] if kind == "palettized" else [])
+    packages = [p for p in report["packages"] if p["repo"] == report["repos"][kind]]
+    bits = options.get("bits")
+    target = repo_target(report, kind)
+    os_text = os_name(target)
+    source_label = f"[{base}](/{base})" if base else f"`{source['id']}`"  # Hub-relative links work on any Hub
+    group = options.get("group_size") or 0
+    palette = f", one palette per {group} output channels" if group else ""
+    what = (f"{bits}-bit palettized weights{palette}{_kept(packages)}" if kind == "palettized"
+            else f"float16 weights{_kept(packages, only='float32')}")
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
+             f"# Core ML {source['id'].split('/')[-1]} ({'palettized' if kind == 'palettized' else 'float16'})", "",
+             f"{source_label} converted to Core ML with {what}, for Apple's Swift "
+             "[`StableDiffusion`](https://github.com/apple/ml-stable-diffusion) package"
+             + (" (`StableDiffusionXLPipeline`)" if xl else "") + " and the apps built on it. "
+             f"Needs {os_text} or later.", ""]
+    if sibling_id:
+        other = "palettized" if kind == "float16" else "float16"
+        lines += [f"The {other} version is [{sibling_id}](/{sibling_id}).", ""]
+    lines += ["## Variants", "", "```", "README.md"]
+    if compiled:
+        lines += [zip_name(repo_name, v) for v in variants]
+    components = sorted({p["component"] for p in packages}, key=list(COMPILED_NAMES).index)
+    for v in variants:
+        lines.append(f"{v}/")
+        if compiled:
+            lines.append("  compiled/   " + "  ".join([compiled_file_name(c) for c in components]
+                                                    + ["merges.txt", "vocab.json"]))
+        lines.append("  packages/   " + "  ".join(
+            package_file_name(source['id'], c) for c in components))
+    lines += ["```", ""]
+    lines += [f"- `{v}`: {_VARIANT_USE.get(v, v)}." for v in variants]
+    lines += ["- `compiled/` holds `.mlmodelc` resources and the tokenizer, ready for the Swift pipeline; "
+              "`packages/` holds `.mlpackage` files for Xcode and coremltools." if compiled else
+              "- `packages/` holds `.mlpackage` files for Xcode and coremltools. **Compiled resources are absent** "
+              "from this repo (no macOS worker compiled them): compile with "
+              "`xcrun coremlcompiler compile <package> <outdir>` on a Mac.", ""]
+    if compiled:
+        lines += ["Each zip holds one folder named like the zip, with the compiled resources of one variant: "
+                  "what apps such as swift-coreml-diffusers download and unzip.", ""]
+    lines += ["## Download one variant", "", "```python", "from huggingface_hub import snapshot_download, hf_hub_download", ""]
+    for v in variants:
+        what_dir = "compiled" if compiled else "packages"
+        lines.append(f'snapshot_download("{repo_id}", allow_patterns="{v}/{what_dir}/*", local_dir="{repo_name}")')
+    if compiled:
+        lines.append(f'hf_hub_download("{repo_id}", "{zip_name(repo_name, variants[-1])}", local_dir="{repo_name}")')
+    lines += ["```", "", "## Provenance", "",
+              f"- Source: {source_label}" + (f" at commit `{source['sha']}`" if source.get("sha") else ""),
+              *_extra_sources(source),
+              f"- Converter: {toolchain['converter']}; coremltools {toolchain['coremltools']}, torch "
+              f"{toolchain['torch']}, diffusers {toolchain['diffusers']}, transformers {toolchain['transformers']}",
+              f"- Deployment target: {target}, {os_text}{_older_copies(packages, target)}; UNet batch {options['batch_size']}, latent "
+              f"{report['geometry']['latent_height']}×{report['geometry']['latent_width']} "
+              f"({report['geometry']['latent_height'] * report['geometry']['vae_scale_factor']}×"
+              f"{report['geometry']['latent_width'] * report['geometry']['vae_scale_factor']} px)",
+              f"- Converted: {(today.isoformat() if today else report.get('started_at', '')[:10]) or date.today().isoformat()}",
+              "",
+              "## Validation", "",
+              "PSNR in dB against the torch float32 original (Apple's definition) on random inputs, with the bar "
+              "each had to pass. *program*: the saved ML program itself, every operation executed with float16 "
+              "activations by the converter's program executor (any OS); *torch*: the exported model with the "
+              "weights read back from the package; *Core ML*: Core ML's own prediction, which only macOS can "
+              "make. Every weight of the source was found in the package or shown folded as an identity.", "",
+              _where_measured(packages), "",
+              "| variant | component | precision | size | program PSNR | torch PSNR | Core ML PSNR |",
+              "|---|---|---|---|---|---|---|"]
+    for p in sorted(packages, key=lambda p: (p["variant"], list(COMPILED_NAMES).index(p["component"]))):
+        checks = {c["name"]: c for c in p["checks"]}
+        lines.append(f"| {p['variant']} | {p['component']} | {p['precision']} | {p['size_bytes'] / 1e6:.1f} MB | "
+                     f"{_figure(checks.get('psnr_program'))} | {_figure(checks.get('psnr_torch'))} | "
+                     f"{_figure(checks.get('psnr_coreml'))} |")
+    lines.append("")
+    if upstream:
+        _, body = split_front_matter(upstream)
+        body = body.strip()
+        if len(body) > MAX_UPSTREAM:
+            body = body[:body.rfind("\n", 0, MAX_UPSTREAM) if "\n" in body[:MAX_UPSTREAM] else MAX_UPSTREAM]
+            body += f"\n\n*(shortened: the rest is on {source_label})*"
+        if body:
+            lines += ["## Original model card", "", f"Carried over from {source_label}.", "",
+                      sanitize_markdown(body, demote_headings=True), ""]
+    return "\n".join(lines)
+
+
+def _extra_sources(source: dict) -> list[str]:
+    """Provenance lines of the sources a conversion took components from besides its own (--vae, --refiner)."""
+    lines = []
+    for kind, text in (("vae", "VAE (instead of the source's)"), ("refiner", "Refiner UNet (`UnetRefiner`)")):
+        extra = source.get(kind)
+        if extra:
+            label = f"[{extra['repo_id']}](/{extra['repo_id']})" if extra.get("repo_id") else f"`{extra['id']}`"
+            lines.append(f"- {text}: {label}" + (f" at commit `{extra['sha']}`" if extra.get("sha") else ""))
+    return lines
+
+
+def _kept(packages: list[dict], only: str | None = None) -> str:
+    """`` (the VAE and the safety checker stay float16)``: the packages a repo keeps unpalettized, by precision
+    (an SDXL VAE stays float32: it overflows in float16); with ``only``, those of that precision alone."""
+    kept: dict[str, list[str]] = {}
+    for c in COMPILED_NAMES:
+        found = next((p["precision"] for p in packages if p["component"] == c), None)
+        if found and precision_bits(found) is None and c.startswith(("vae", "safety")) \
+                and only in (None, found):
+            label = "the VAE" if c.startswith("vae") else "the safety checker"
+            if label not in kept.setdefault(found, []):
+                kept[found].append(label)
+    parts = [f"{' and '.join(labels)} {'stays' if len(labels) == 1 else 'stay'} {precision}"
+             + (": it overflows in float16" if precision == "float32" else "")
+             for precision, labels in kept.items()]
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def repo_target(report: dict, kind: str) -> str:
+    """The deployment target a repo's packages need: the newest among them (float16 or palettized)."""
+    targets = report["options"].get("targets") or {}
+    return targets.get(kind) or report["options"].get("deployment_target") or "iOS17"  # reports before targets
+
+
+def _older_copies(packages: list[dict], target: str) -> str:
+    """A note naming the float16 copies (VAE, safety checker) in a repo whose other packages need a newer OS."""
+    older = {p["component"]: p["target"] for p in packages
+             if p.get("target") and SPEC_VERSIONS[p["target"]] < SPEC_VERSIONS[target]}
+    if not older:
+        return ""
+    names = sorted(older, key=list(COMPILED_NAMES).index)
+    oldest = min(older.values(), key=SPEC_VERSIONS.__getitem__)
+    return f" ({', '.join(names)}: float16 copies written for {os_name(oldest)}, which load there too)"
+
+
+def _where_measured(packages: list[dict]) -> str:
+    """One sentence naming where the checks ran, and which did not run."""
+    coreml = [c for p in packages for c in p["checks"] if c["name"] == "psnr_coreml"]
+    ran = sum(1 for c in coreml if c["status"] != "skipped")
+    if coreml and ran == len(coreml):
+        return "Program, torch and Core ML checks ran for every package (Core ML on macOS)."
+    if ran:
+        return (f"Program and torch checks ran for every package; Core ML predictions for {ran} of "
+                f"{len(coreml)} (the rest were not measured: they need macOS).")
+    return ("Program and torch checks ran for every package on Linux; Core ML predictions were not made "
+            "(they need macOS), so no figure here comes from Core ML itself.")
+
+
+def _figure(check: dict | None) -> str:
+    if not check:
+        return "n/a"
+    if check["value"] is None:
+        return "not measured (needs macOS)" if check["status"] == "skipped" else check["status"]
+    return f"{check['value']:.1f} (bar {check['threshold']:g})"

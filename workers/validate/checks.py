@@ -1,0 +1,286 @@
+"""Validate step: structural checks of a saved package and numeric checks against the torch original.
+
+* structure: feature names, shapes and dtypes exactly as the spec; for palettized packages, a lookup
+  table for every weight above the palettization threshold (embedding tables excepted).
+* weights: every parameter of the export module is found in the saved package (by name, then by
+  content) or shown folded away by coremltools as an identity (a scale of ones, a shift of zeros).
+* program numbers (any OS): the saved ML program itself, run by :mod:`workers.execute.executor` with float16
+  activations, against the library's float32 module, as PSNR: what ships is what is measured.
+* torch-side numbers (any OS): the export module with its weights **read back from the saved package**
+  (float16 consts, or palettized lookup tables expanded) against the same reference: tells a wrong
+  weight from a wrong operation when the program check fails.
+* Core ML numbers (macOS only): the package's own prediction against the same float32 reference.
+
+PSNR is Apple's: ``20 log10((max|candidate| + 1e-5) / (rmse + 1e-10))``.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from workers.validate.thresholds import PALETTIZED_BARS, ValidationBars  # noqa: F401 (re-exported: part of this API)
+from workers.names import CHECK_DATA_DIR
+from workers.compress.palettize import WEIGHT_THRESHOLD
+from workers.validate.readback import Accounting, PackageContents, account_parameters, load_read_back, read_package
+from workers.validate.report import Check
+from workers.convert.geometry import Geometry, TensorSpec
+
+if TYPE_CHECKING:
+    from workers.convert.specs import ComponentSpec
+
+
+
+def psnr(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """PSNR as Apple's converter defines it (peak from the candidate)."""
+    reference = np.asarray(reference, dtype=np.float64)
+    candidate = np.asarray(candidate, dtype=np.float64)
+    rmse = math.sqrt(float(np.mean((reference - candidate) ** 2)))
+    peak = float(np.abs(candidate).max())
+    return 20 * math.log10((peak + 1e-5) / (rmse + 1e-10))
+
+
+def psnr_check(name: str, where: str, reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
+               outputs: Iterable[str], threshold: float) -> Check:
+    """The worst PSNR over ``outputs``; NaN or inf anywhere fails."""
+    values: dict[str, float] = {}
+    for key in outputs:
+        cand = np.asarray(candidate[key])
+        values[key] = psnr(reference[key], cand) if np.isfinite(cand).all() else float("nan")
+    worst_key = min(values, key=lambda k: (not math.isnan(values[k]), values[k]))
+    worst = values[worst_key]
+    detail = ", ".join(f"{k} {v:.1f} dB" for k, v in values.items())
+    if math.isnan(worst):
+        return Check(name, "failed", where, None, threshold, f"{worst_key} is not finite (NaN/inf)")
+    status = "passed" if worst >= threshold else "failed"
+    return Check(name, status, where, round(worst, 2), threshold, detail)
+
+
+# --- reading a saved package -------------------------------------------------------------------------
+
+def structure_check(contents: PackageContents, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                    bits: int | None) -> Check:
+    """Feature names, shapes and dtypes as specified; palettized packages fully palettized."""
+    problems = []
+    want_in = [(t.name, tuple(t.shape), t.dtype) for t in inputs]
+    want_out = [(t.name, tuple(t.shape), t.dtype) for t in outputs]
+    if contents.inputs != want_in:
+        problems.append(f"inputs {contents.inputs} != {want_in}")
+    if contents.outputs != want_out:
+        problems.append(f"outputs {contents.outputs} != {want_out}")
+    detail = f"{len(want_in)} inputs, {len(want_out)} outputs as specified"
+    if bits is not None:
+        if contents.lut_ops == 0:
+            problems.append("no palettized weights")
+        if contents.unpalettized_large:
+            problems.append(f"{len(contents.unpalettized_large)} large weights not palettized "
+                            f"(e.g. {contents.unpalettized_large[0]})")
+        if contents.lut_sizes - {2 ** bits}:
+            problems.append(f"lookup tables of sizes {sorted(contents.lut_sizes)}, expected {2 ** bits}")
+        detail += f"; {contents.lut_ops} palettized weights ({bits}-bit)"
+    if problems:
+        return Check("structure", "failed", "package", detail="; ".join(problems))
+    return Check("structure", "passed", "package", detail=detail)
+
+
+def program_check(contents: PackageContents, inputs: dict[str, torch.Tensor], reference: dict[str, np.ndarray],
+                  outputs: list[str], threshold: float) -> Check:
+    """The saved program, executed with float16 activations, against the float32 reference."""
+    from workers.execute.executor import ProgramError, execute_program
+
+    try:
+        result = execute_program(contents.program, inputs, precision="float16", constants=contents.expanded)
+    except ProgramError as e:
+        return Check("psnr_program", "failed", "program", threshold=threshold, detail=str(e))
+    return psnr_check("psnr_program", "program", reference, result, outputs, threshold)
+
+
+def run_module(module: nn.Module, inputs: dict[str, torch.Tensor], names: list[str],
+               params: dict[str, torch.Tensor] | None = None, *, per_sample: bool = False) -> dict[str, np.ndarray]:
+    """Run ``module`` (optionally with substituted parameters) and name its outputs.
+
+    ``per_sample`` runs the batch one sample at a time (when every input and output is batch-first), so the
+    activations held at once are one sample's: a full-size SDXL UNet's attention over 4,096 tokens holds
+    gigabytes of scores per sample."""
+    batch = {t.shape[0] if t.ndim else 0 for t in inputs.values()} if per_sample else set()
+    if len(batch) == 1 and batch.isdisjoint({0, 1}):
+        parts = [run_module(module, {k: t[i:i + 1] for k, t in inputs.items()}, names, params)
+                 for i in range(batch.pop())]
+        return {name: np.concatenate([part[name] for part in parts]) for name in names}
+    with torch.no_grad():
+        args = tuple(inputs.values())
+        out = torch.func.functional_call(module, params, args) if params else module(*args)
+    return {name: o.detach().float().numpy() for name, o in zip(names, out)}
+
+
+@contextmanager
+def float32_layers(module: nn.Module) -> Iterator[None]:
+    """While inside, each layer of ``module`` holding float16 parameters computes with them widened to float32,
+    only while that layer runs (exactly: widening is lossless).  A memory-lean conversion's torch module keeps
+    its weights float16: widened as a whole, a full-size SDXL UNet would hold 10 GB of float32 copies beside
+    the float16 ones its views share.  A module reading another layer's weights fails loudly (float16 beside
+    float32), never silently."""
+    def widen(layer: nn.Module, args: Any) -> None:
+        layer._float16_parameters = dict(layer._parameters)
+        for name, p in layer._float16_parameters.items():
+            if p is not None and p.dtype == torch.float16:
+                layer._parameters[name] = p.float()
+
+    def narrow(layer: nn.Module, args: Any, output: Any) -> None:
+        layer._parameters.update(layer.__dict__.pop("_float16_parameters"))
+
+    handles = []
+    for layer in module.modules():
+        if any(p is not None and p.dtype == torch.float16 for p in layer._parameters.values()):
+            handles += [layer.register_forward_pre_hook(widen), layer.register_forward_hook(narrow)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer in module.modules():  # a layer that raised keeps its float16 parameters
+            if "_float16_parameters" in layer.__dict__:
+                layer._parameters.update(layer.__dict__.pop("_float16_parameters"))
+
+
+def coreml_available() -> bool:
+    """Core ML predictions need macOS (coremltools' native runtime is not built elsewhere)."""
+    return platform.system() == "Darwin"
+
+
+def _input_dtypes(input_specs: list[TensorSpec]) -> dict[str, type]:
+    """The numpy type each input feature is fed in."""
+    return {t.name: np.float16 if t.dtype == "float16" else np.float32 for t in input_specs}
+
+
+def coreml_check(package: Path, inputs: dict[str, torch.Tensor], input_specs: list[TensorSpec],
+                 reference: dict[str, np.ndarray], outputs: list[str], threshold: float) -> Check:
+    """Core ML prediction of the saved package against the float32 reference (macOS only)."""
+    if not coreml_available():
+        return Check("psnr_coreml", "skipped", "coreml", threshold=threshold, detail="needs macOS")
+    import coremltools as ct
+
+    dtypes = _input_dtypes(input_specs)
+    model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_AND_GPU)
+    prediction = model.predict({k: v.numpy().astype(dtypes[k]) for k, v in inputs.items()})
+    return psnr_check("psnr_coreml", "coreml", reference, prediction, outputs, threshold)
+
+
+# --- Core ML predictions of compiled models (macOS workers, compile stage) -------------------------
+
+@dataclass
+class CheckData:
+    """One component's check inputs (in the package's input types), float32 reference and compared outputs."""
+
+    inputs: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
+    compared: list[str]
+
+
+def save_check_data(out: Path, component: str, inputs: dict[str, torch.Tensor], input_specs: list[TensorSpec],
+                    reference: dict[str, np.ndarray], compared: list[str]) -> Path:
+    """Keep what a component was checked with beside the output, so a compiled model can be checked later."""
+    dtypes = _input_dtypes(input_specs)
+    arrays = {f"input:{k}": v.numpy().astype(dtypes[k]) for k, v in inputs.items()}
+    arrays |= {f"reference:{k}": np.asarray(v, np.float32) for k, v in reference.items()}
+    arrays["compared"] = np.array(compared)
+    path = out / CHECK_DATA_DIR / f"{component}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def load_check_data(out: Path, component: str) -> CheckData | None:
+    """What :func:`save_check_data` kept for ``component``, or None for outputs made without it."""
+    path = out / CHECK_DATA_DIR / f"{component}.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return CheckData({k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("input:")},
+                         {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("reference:")},
+                         [str(x) for x in data["compared"]])
+
+
+def compute_units_for(variant: str) -> list[str]:
+    """Where a compiled model of a variant runs in the apps: the GPU, and the Neural Engine for split_einsum*."""
+    return ["CPU_AND_GPU"] + (["CPU_AND_NE"] if variant.startswith("split_einsum") else [])
+
+
+def _coreml_predict(model: Path, inputs: dict[str, np.ndarray], compute_units: str) -> dict[str, np.ndarray]:
+    import coremltools as ct
+
+    compiled = ct.models.CompiledMLModel(str(model), compute_units=getattr(ct.ComputeUnit, compute_units))
+    return compiled.predict(inputs)
+
+
+def compiled_check(model: Path, data: CheckData, threshold: float, compute_units: list[str],
+                   predict=None) -> Check:
+    """Core ML's prediction with a compiled model on each compute unit, against the float32 reference.
+
+    ``predict(model, inputs, compute_units)`` defaults to Core ML itself (macOS); the worst figure counts.
+    """
+    predict = predict or _coreml_predict
+    checks = [psnr_check("psnr_coreml", "coreml", data.reference, predict(model, data.inputs, units),
+                         data.compared, threshold) for units in compute_units]
+    return _worst(checks, compute_units, threshold)
+
+
+def _worst(checks: list[Check], compute_units: list[str], threshold: float) -> Check:
+    worst = next((c for c in checks if c.failed), None) or min(checks, key=lambda c: c.value)
+    detail = "; ".join(f"{units}: {c.detail}" for units, c in zip(compute_units, checks))
+    return Check("psnr_coreml", worst.status, "coreml", worst.value, threshold, detail)
+
+
+def compiled_chain_check(first: Path, second: Path, second_inputs: list[str], data: CheckData, threshold: float,
+                         compute_units: list[str], predict=None) -> Check:
+    """Core ML's prediction through compiled UNet chunks, fed as the Swift pipeline feeds them (chunk 1's
+    outputs merged with the UNet's inputs, by name), against the whole UNet's float32 reference."""
+    predict = predict or _coreml_predict
+    checks = []
+    for units in compute_units:
+        fed = {**data.inputs, **predict(first, data.inputs, units)}
+        result = predict(second, {name: fed[name] for name in second_inputs}, units)
+        checks.append(psnr_check("psnr_coreml", "coreml", data.reference, result, data.compared, threshold))
+    check = _worst(checks, compute_units, threshold)
+    check.detail = f"chunk 1 → chunk 2: {check.detail}"
+    return check
+
+
+def validate_package(spec: ComponentSpec, geometry: Geometry, bars: ValidationBars, path: Path, export,
+                     io: Any, *, bits: int | None, float16: Accounting | None,
+                     stage: Callable[[str], Any] | None = None) -> tuple[list[Check], Accounting]:
+    """Structure, weights, the executed program, the torch read-back and Core ML for one saved package.
+
+    ``float16`` is where the parameters were found in the float16 package a palettized one was made from
+    (None for a float16 package).  The program runs while the package is loaded; then its weights are
+    read into ``export`` (in place) and the package is released before the module runs.  ``stage(name)``
+    is entered around the program's execution (``execute``), to time and follow it.
+    """
+    compared = spec.compared(geometry)
+    try:
+        contents = read_package(path, threshold=WEIGHT_THRESHOLD)
+    except Exception as e:  # a damaged package fails coremltools' reader in many ways; it fails its checks
+        return [Check("structure", "failed", "package",
+                      detail=f"the package cannot be read ({e.__class__.__name__}: {e})".splitlines()[0])], Accounting()
+    checks = [structure_check(contents, io.inputs, io.outputs, bits)]
+    accounting, weights_check = account_parameters(export, contents.weights, float16, palettized=bits is not None)
+    checks.append(weights_check)
+    with (stage or (lambda name: nullcontext()))("execute"):
+        checks.append(program_check(contents, io.check, io.reference, compared, bars.shipped(bits)))
+    load_read_back(export, contents.weights, accounting)
+    contents.release()  # the program's weights go before the module runs
+    with float32_layers(export):  # a memory-lean conversion's float16 weights (workers.convert.lean) computed in float32
+        candidate = run_module(export, io.check, [t.name for t in io.outputs])
+    checks.append(psnr_check("psnr_torch", "torch", io.reference, candidate, compared, bars.for_bits(bits)))
+    checks.append(coreml_check(path, io.check, io.inputs, io.reference, compared, bars.shipped(bits)))
+    return checks, accounting

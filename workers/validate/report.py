@@ -1,0 +1,143 @@
+"""The record of a conversion: per-package checks, the report written as report.json, progress events.
+
+Plain data (no torch): the service, the CLI and the packaging step read reports without loading a model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from workers.names import REPORT_FILE
+from workers.progress import Progress
+
+
+@dataclass
+class Check:
+    """One validation result as it appears in the report and the ✓/✗ table."""
+
+    name: str
+    status: str  # "passed", "failed" or "skipped"
+    where: str  # "package", "program", "torch" or "coreml"
+    value: float | None = None
+    threshold: float | None = None
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Progress of one stage of one package, for progress displays and job logs."""
+
+    stage: str  # load, reference, convert, validate, palettize
+    component: str
+    status: str  # start, done, failed, skipped; progress: inside a running stage (coremltools' counters)
+    variant: str | None = None
+    precision: str | None = None
+    seconds: float | None = None
+    detail: str = ""
+    progress: Progress | None = None  # where the whole run is (set by the conversion engine)
+
+
+@dataclass
+class PackageResult:
+    """One package in the output tree and everything checked about it."""
+
+    repo: str
+    variant: str
+    component: str
+    precision: str
+    path: str  # relative to the output folder
+    size_bytes: int = 0
+    seconds: float = 0.0
+    shared_from: str | None = None  # the package this one is a copy of (layout-independent components)
+    target: str | None = None  # the deployment target it is written for (workers.convert.targets)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return "failed" if any(c.failed for c in self.checks) else "passed"
+
+    def failures(self) -> list[str]:
+        where = f"{self.component} ({self.variant}, {self.precision})"
+        out = []
+        for c in self.checks:
+            if c.failed:
+                figure = f"{c.value} dB < {c.threshold} dB" if c.threshold is not None and c.value is not None \
+                    else c.detail
+                out.append(f"{where} {c.name}: {figure}")
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["status"] = self.status
+        return d
+
+
+@dataclass
+class Report:
+    """The machine-readable record of one conversion (written as report.json)."""
+
+    source: dict
+    options: dict
+    geometry: dict
+    toolchain: dict
+    repos: dict[str, str]
+    packages: list[PackageResult] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def passed(self) -> bool:
+        return all(p.status == "passed" for p in self.packages)
+
+    def failures(self) -> list[str]:
+        return [f for p in self.packages if p.shared_from is None for f in p.failures()]
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source, "options": self.options, "geometry": self.geometry,
+            "toolchain": self.toolchain, "repos": self.repos, "started_at": self.started_at,
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+            "passed": self.passed, "packages": [p.to_dict() for p in self.packages],
+        }
+
+    def write(self, out: Path) -> Path:
+        return write_json(out / REPORT_FILE, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Report":
+        """A report read back from report.json."""
+        packages = [PackageResult(**{k: v for k, v in p.items() if k not in ("checks", "status")},
+                                  checks=[Check(**c) for c in p["checks"]]) for p in data["packages"]]
+        return cls(data["source"], data["options"], data["geometry"], data["toolchain"], data["repos"], packages,
+                   dict(data.get("timings", {})), data.get("started_at", ""))
+
+
+def write_json(path: Path, data: dict) -> Path:
+    """Write ``data`` as JSON so that readers see the old file or the new one, never half of one."""
+    tmp = path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def precision_label(bits: int | None, group_size: int = 0) -> str:
+    """``float16``, ``palettized-6bit`` or ``palettized-6bit-group16``."""
+    if bits is None:
+        return "float16"
+    return f"palettized-{bits}bit" + (f"-group{group_size}" if group_size else "")
+
+
+def precision_bits(precision: str) -> int | None:
+    """The bit width a package's precision label names (``palettized-6bit-group16`` → 6); None for float16
+    and float32 (an SDXL VAE)."""
+    return int(precision.split("-")[1].removesuffix("bit")) if precision.startswith("palettized") else None
