@@ -98,13 +98,14 @@ def push_tiny_source(demo: Demo, *, style: str = "sd1") -> str:
                              commit_message=f"Tiny random {style} pipeline").oid
 
 
-def submit_demo_job(demo: Demo, *, attentions: tuple[str, ...], bits: int | None) -> int:
-    """Record the demo's job (packages only unless ``xcrun coremlcompiler`` is here); returns its id."""
+def submit_demo_job(demo: Demo, values: dict | None = None) -> int:
+    """Record the demo's job with the options in ``values`` (as a user typed them), publishing public repos
+    under the dev user, packages only unless ``xcrun coremlcompiler`` is here; returns its id."""
     from service.submit import create_job, requested_options
     from workers.package.compile import find_compiler
 
-    options = requested_options(namespace=DEFAULT_USER, attentions=attentions, bits=bits, private=False,
-                                packages_only=find_compiler() is None, settings=demo.settings)
+    options = requested_options({**(values or {}), "namespace": DEFAULT_USER, "private": False,
+                                 "packages_only": find_compiler() is None}, settings=demo.settings)
     return create_job(source_repo=demo.source_repo, options=options, local=True, settings=demo.settings).job.id
 
 

@@ -8,10 +8,9 @@ a failing log line must not fail a conversion.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import socket
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import and_, not_, or_, select, update
@@ -21,110 +20,10 @@ from sqlalchemy.orm import Session
 from service.errors import JobError, JobNotFoundError, OptionsError
 from service.models import Job, JobEvent, JobState, PublishedRepo, StageResult, Trigger, utcnow
 from service.progress import finished
-from workers.names import Attention, depends_on_attention, sort_attentions
-from workers.compress.palettize import SUPPORTED_BITS, check_bits
-from workers.convert.targets import check_target, target_for
+from workers.options import JobOptions
 from workers.versions import toolchain
 
 log = logging.getLogger(__name__)
-
-
-_KEYED_WHEN_SET = ("deployment_target", "chunk_unet", "chunks_only", "vae", "refiner", "vae_sha", "refiner_sha")
-
-
-@dataclass(frozen=True)
-class JobOptions:
-    """What a job produces and where it publishes; normalised so equal requests compare equal."""
-
-    namespace: str
-    attentions: tuple[str, ...] = ("original", "split_einsum_v2")
-    bits: int | None = 6
-    private: bool | None = None  # None: the same visibility as the source repo, read when publishing
-    packages_only: bool = False
-    components: tuple[str, ...] | None = None
-    deployment_target: str | None = None  # None: each precision's own (float16 macOS13/iOS16, palettized iOS17)
-    chunk_unet: bool = False  # float16 UNets also as UnetChunk1/UnetChunk2 (iOS)
-    chunks_only: bool = False  # the chunks instead of the whole float16 UNet
-    vae: str | None = None  # a Hub VAE repo converted instead of the source's (--vae)
-    refiner: str | None = None  # an SDXL refiner repo whose UNet ships beside the base's (--refiner)
-    vae_sha: str | None = None  # the commits of --vae and --refiner the job converts (pinned when it is recorded)
-    refiner_sha: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.namespace:
-            raise OptionsError("no namespace to publish under",
-                               hint="Pass --namespace, or set COREML_PUBLISH_DEFAULT_NAMESPACE.")
-        import re  # the Hub's rules: 1-96 ASCII letters, digits, - _ . ; no leading/trailing - or . ; no -- or ..
-
-        name = str(self.namespace)
-        if not re.fullmatch(r"(?![-.])[\w.-]{1,96}(?<![-.])", name, re.ASCII) or "--" in name or ".." in name:
-            raise OptionsError(f"{name[:40] + '…' if len(name) > 40 else name!r} is not a valid Hub namespace",
-                               hint="Use 1-96 ASCII letters, digits, '-', '_' or '.', not starting or ending "
-                                    "with '-' or '.', without '--' or '..' (e.g. your user or org name).")
-        valid = {a.value for a in Attention}
-        unknown = [a for a in self.attentions if a not in valid]
-        if unknown or not self.attentions:
-            raise OptionsError(f"unknown attention layouts: {', '.join(unknown) or 'none given'}",
-                               hint=f"Use {', '.join(sorted(valid))}.")
-        if self.bits is not None and self.bits not in SUPPORTED_BITS:
-            raise OptionsError(f"--bits {self.bits} is not supported",
-                               hint=f"Use one of {', '.join(map(str, SUPPORTED_BITS))}, or 0 for float16 only.")
-        if self.deployment_target is not None:
-            check_target(self.deployment_target)
-        if self.bits is not None:
-            check_bits(self.bits, target_for(self.deployment_target, palettized=True))
-        if self.chunks_only and not self.chunk_unet:
-            raise OptionsError("--chunks-only needs --chunk-unet", hint="Pass --chunk-unet --chunks-only.")
-        from workers.source.resolve import looks_like_repo_id
-
-        for name in ("vae", "refiner"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not looks_like_repo_id(value) or "/" not in value):
-                raise OptionsError(f"--{name} {str(value)[:100]!r} is not a Hub repo id",
-                                   hint=f"Jobs take --{name} as org/name (convert takes local folders too).")
-            sha = getattr(self, f"{name}_sha")
-            if sha is not None and (value is None or not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}", sha)):
-                raise OptionsError(f"{name}_sha {str(sha)[:60]!r} is not the commit sha of a --{name} repo",
-                                   hint=f"Leave {name}_sha out: it is pinned when the job is recorded.")
-        object.__setattr__(self, "attentions", sort_attentions(self.attentions))
-        if self.components is not None:
-            object.__setattr__(self, "components", tuple(sorted(set(self.components))))
-
-    def pinned(self, shas: dict[str, str | None]) -> "JobOptions":
-        """These options with the ``--vae``/``--refiner`` commits (by kind: ``{"vae": sha}``) filled in, so the
-        job converts, and is deduplicated by, exactly those commits."""
-        return replace(self, **{f"{kind}_sha": shas.get(kind) for kind in ("vae", "refiner")
-                                if getattr(self, kind) is not None})
-
-    def key(self) -> str:
-        """Canonical text of the options, part of the dedupe key.
-
-        Options added since jobs were first recorded appear only when set, so a request that does not use
-        them keeps the key it always had (and finds the jobs recorded before them).
-        """
-        values = asdict(self)
-        for name in _KEYED_WHEN_SET:
-            if values[name] == JobOptions.__dataclass_fields__[name].default:
-                del values[name]
-        return json.dumps(values, sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "JobOptions":
-        data = dict(data)
-        for name in ("attentions", "components"):
-            if data.get(name) is not None:
-                data[name] = tuple(data[name])
-        return cls(**data)
-
-    def parts(self) -> list[str]:
-        """Independent conversion parts, fanned out to workers: the shared components, then one per layout."""
-        wanted = set(self.components) if self.components else None
-        parts = []
-        if wanted is None or any(not depends_on_attention(c) for c in wanted):
-            parts.append("shared")
-        if wanted is None or any(depends_on_attention(c) for c in wanted):
-            parts += [f"unet-{a}" for a in self.attentions]
-        return parts
 
 
 def toolchain_fingerprint() -> str:
@@ -157,7 +56,7 @@ def submit_job(session: Session, *, source_repo: str, source_sha: str, options: 
     if existing is not None:
         return Submitted(existing, False)
     job = Job(source_repo=source_repo, requested_revision=revision, source_sha=source_sha,
-              options=asdict(options), toolchain=fingerprint, dedupe_key=key, state=JobState.QUEUED.value,
+              options=options.stored(), toolchain=fingerprint, dedupe_key=key, state=JobState.QUEUED.value,
               trigger=trigger.value)
     try:
         with session.begin_nested():
@@ -225,15 +124,6 @@ def stage_result(session: Session, job: Job, stage: str, part: str = "") -> Stag
             result = session.scalar(select(StageResult).where(StageResult.job_id == job.id,
                                                               StageResult.stage == stage, StageResult.part == part))
     return result
-
-
-def start_stage(session: Session, result: StageResult, *, runner: str | None = None) -> None:
-    result.state, result.started_at = "running", utcnow()
-    result.heartbeat_at, result.runner = result.started_at, runner
-    result.attempts += 1
-    result.worker_host = socket.gethostname()
-    result.error = None
-    session.flush()
 
 
 def claim_stage(session: Session, result: StageResult, *, runner: str, timeout: float) -> bool:

@@ -18,10 +18,11 @@ from sqlalchemy import select
 
 from service.db import session_scope
 from service.errors import ServiceUnavailableError
-from service.jobs import JobOptions, record_event, revive_job, sent_before_restart, set_state, stuck_reason
+from service.jobs import record_event, revive_job, sent_before_restart, set_state, stuck_reason
 from service.models import Job, JobState, utcnow
 from service.settings import Settings, get_settings
 from service.submit import send
+from workers.options import JobOptions
 
 log = logging.getLogger(__name__)
 

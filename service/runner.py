@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from service.db import session_scope
 from service.errors import CoreMLPublishError, HubUnavailableError, JobCancelled, ValidationError
 from service.jobs import (
-    JobOptions,
     beat,
     claim_stage,
     finish_stage,
@@ -38,6 +37,7 @@ from service.jobs import (
 from service.models import JobState
 from service.settings import Settings, get_settings
 from service.artifacts import ArtifactStore
+from workers.options import JobOptions
 
 if TYPE_CHECKING:
     from workers.source.resolve import Source
@@ -229,9 +229,9 @@ def _fetch(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | No
 
 
 def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
-    from workers.convert.chunk import CHUNKED
-    from workers.convert.engine import ConvertOptions, convert_pipeline, select_components
-    from workers.names import Attention, depends_on_attention
+    from workers.components import CHUNKED, depends_on_attention
+    from workers.convert.engine import convert_pipeline, select_components
+    from workers.names import Attention
 
     options = spec.options
     with _source(spec, settings) as source:
@@ -248,10 +248,9 @@ def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
         out = store.path(spec.id, "parts", part)
         shutil.rmtree(out, ignore_errors=True)
         chunk = options.chunk_unet and any(c in CHUNKED for c in components)
-        report = convert_pipeline(source, out, ConvertOptions(
-            attentions=attentions, bits=options.bits, components=components, bars=settings.validation_bars(),
-            deployment_target=options.deployment_target, chunk_unet=chunk, chunks_only=chunk and options.chunks_only),
-            on_event=_events(spec, settings, stage="convert", part=part))
+        report = convert_pipeline(source, out, options.conversion(
+            attentions=attentions, components=components, bars=settings.validation_bars(), chunk_unet=chunk,
+            chunks_only=chunk and options.chunks_only), on_event=_events(spec, settings, stage="convert", part=part))
     return _report_figures(report), store.push(spec.id, "parts", part)
 
 

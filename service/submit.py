@@ -7,12 +7,9 @@ enqueues; stages are sent by task name, so sending work never imports the tasks 
 
 from __future__ import annotations
 
-from typing import Iterable
-
 from service.db import session_scope
 from service.errors import OptionsError, ServiceUnavailableError
 from service.jobs import (
-    JobOptions,
     Submitted,
     get_job,
     record_sent,
@@ -23,22 +20,18 @@ from service.jobs import (
 )
 from service.models import Trigger, utcnow
 from service.settings import Settings, get_settings
+from workers.options import JobOptions
 
 LOCAL = "local"  # the task id of jobs run in the submitting process (`submit --local`)
 
 
-def requested_options(*, namespace: str | None, attentions: Iterable[str], bits: int | None,
-                      private: bool | None = None, packages_only: bool = False, deployment_target: str | None = None,
-                      chunk_unet: bool = False, chunks_only: bool = False, vae: str | None = None,
-                      refiner: str | None = None, settings: Settings | None = None) -> JobOptions:
-    """Options as a user asks for them: the service's namespace when none is given, 0 bits meaning float16 only,
-    ``private=None`` publishing with the source repo's own visibility, no deployment target meaning each
-    precision's own."""
+def requested_options(values: dict, *, settings: Settings | None = None,
+                      options_type: type[JobOptions] = JobOptions) -> JobOptions:
+    """A job's options as a user asks for them (the CLI's or the API's typed values, see
+    :meth:`workers.options.Options.from_user`), publishing under the service's namespace when none is given."""
     settings = settings or get_settings()
-    return JobOptions(namespace=namespace or settings.default_namespace or "", attentions=tuple(attentions),
-                      bits=bits or None, private=private, packages_only=packages_only,
-                      deployment_target=deployment_target or None, chunk_unet=chunk_unet or chunks_only,
-                      chunks_only=chunks_only, vae=vae or None, refiner=refiner or None)
+    return options_type.from_user(**{**values, "namespace": values.get("namespace") or settings.default_namespace
+                                     or ""})
 
 
 def create_job(*, source_repo: str, options: JobOptions, revision: str | None = None,
@@ -49,7 +42,8 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
     With ``local`` nothing is enqueued: the caller runs the stages in-process.  Raises SourceError (and
     subclasses) for sources that cannot be converted, before any job is recorded.
     """
-    from workers.source.resolve import looks_like_repo_id, resolve_source
+    from workers.names import looks_like_repo_id
+    from workers.source.resolve import resolve_source
 
     settings = settings or get_settings()
     if not looks_like_repo_id(source_repo) or "/" not in source_repo:

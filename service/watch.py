@@ -10,7 +10,7 @@ are marked with the reason and skipped until resumed.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session
 
 from service.errors import JobError, NotWatchedError, OptionsError
 from service import jobs
-from service.jobs import JobOptions, aware, dedupe_key
+from service.jobs import aware, dedupe_key
 from service.submit import create_job
 from service.models import Job, JobState, Trigger, WatchedRepo, WatchState, utcnow
+from workers.options import JobOptions
 
 log = logging.getLogger(__name__)
 CHECK_INTERVAL = timedelta(hours=24)
@@ -37,11 +38,11 @@ def get_watch(session: Session, repo_id: str) -> WatchedRepo:
 
 def add_watch(session: Session, *, repo_id: str, options: JobOptions) -> WatchedRepo:
     """Start watching a repo (its first check is due at once)."""
-    from workers.source.resolve import looks_like_repo_id
+    from workers.names import looks_like_repo_id
 
     if not looks_like_repo_id(repo_id) or "/" not in repo_id:
         raise OptionsError(f"{repo_id!r} is not a Hub repo id", hint="Use org/name.")
-    watch = WatchedRepo(repo_id=repo_id, options=asdict(options), state=WatchState.ACTIVE.value,
+    watch = WatchedRepo(repo_id=repo_id, options=options.stored(), state=WatchState.ACTIVE.value,
                         next_check_at=utcnow())
     try:
         with session.begin_nested():

@@ -44,7 +44,7 @@ def handle_hub_webhook(body: bytes, *, settings) -> WebhookOutcome:
     """
     from service.db import session_scope
     from service.errors import CoreMLPublishError, HubUnavailableError, NotWatchedError, ServiceUnavailableError
-    from service.jobs import JobOptions
+    from workers.options import JobOptions
     from service.submit import create_job
     from service.watch import get_watch
 
@@ -113,7 +113,7 @@ def _json_type(value) -> str:
 
 def _parse(body: bytes) -> tuple[str, str, str, dict]:
     """(scope, repo id, repo type, payload) from a payload's JSON, or MalformedPayload naming what is wrong."""
-    from workers.source.resolve import looks_like_repo_id
+    from workers.names import looks_like_repo_id
 
     try:
         payload = json.loads(body)

@@ -52,7 +52,8 @@ def sd2_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _convert(source: Path, out: Path, **options):
-    from workers.convert.engine import ConvertOptions, convert_pipeline
+    from workers.convert.engine import convert_pipeline
+    from workers.options import ConvertOptions
     from workers.source.resolve import resolve_source
 
     return convert_pipeline(resolve_source(str(source), source_id=f"tests/{source.name}"), out,
@@ -76,7 +77,8 @@ def sd2_conversion(sd2_pipeline: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def sd2_layouts_conversion(sd2_pipeline: Path, tmp_path_factory: pytest.TempPathFactory):
     """The SD2 fixture's UNet at a 48x48 latent (2,304 tokens) in all three layouts, float16, batch 1."""
-    from workers.convert.engine import ConvertOptions, convert_pipeline
+    from workers.convert.engine import convert_pipeline
+    from workers.options import ConvertOptions
     from workers.names import Attention
     from workers.source.resolve import resolve_source
 

@@ -173,3 +173,10 @@ def start_worker(env: dict[str, str], log: Path, *args: str):
                                start_new_session=True, env={**os.environ, **env})
     wait_for(lambda: "ready." in log.read_text(errors="replace"), 90, "the worker", (log,))
     return process
+
+
+def start_stage(session, result, *, runner: str = "test") -> None:
+    """Put a stage in the running state as a runner taking it would (``service.jobs.claim_stage``)."""
+    from service.jobs import claim_stage
+
+    assert claim_stage(session, result, runner=runner, timeout=180.0)

@@ -1,4 +1,5 @@
-"""Names and paths of the output tree: the file and folder names apps and downloads rely on.
+"""Names: the file and folder names of the output tree that apps and downloads rely on, and the Hub's rules
+for repo ids and namespaces.
 
 These names are an API (see the Core ML interface and Hub repo layout contracts): the Swift pipeline finds
 models by compiled name, downloads select variants by folder name.  Keep every name here.
@@ -19,21 +20,31 @@ class Attention(str, enum.Enum):
     SPLIT_EINSUM_V2 = "split_einsum_v2"
 
 
-DEFAULT_ATTENTIONS: tuple[Attention, ...] = (Attention.ORIGINAL, Attention.SPLIT_EINSUM_V2)
-
-# components converted once per attention layout; every other component is shared by all layouts
-PER_LAYOUT_COMPONENTS = frozenset({"unet", "refiner"})
-
-
-def depends_on_attention(component: str) -> bool:
-    """Whether a component's program differs between attention layouts (converted once per layout)."""
-    return component in PER_LAYOUT_COMPONENTS
-
-
 def sort_attentions(values) -> tuple[str, ...]:
     """Layout names without repeats, in the order layouts are declared (the canonical order everywhere)."""
     order = [a.value for a in Attention]
     return tuple(sorted(set(values), key=order.index))
+
+
+# the Hub's limits: 96 characters a namespace or name, so a repo id is at most 96 + 1 + 96; git refs 255
+MAX_NAMESPACE = 96
+MAX_REPO_ID = 2 * MAX_NAMESPACE + 1
+MAX_REVISION = 255
+# one part of a repo id, as the Hub allows it: ASCII letters, digits, "-", "_", "."; 1-96 characters, not
+# starting or ending with "-" or "." (and, checked below, no "--" or "..", not ending with ".git")
+_REPO_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+_REPO_ID = re.compile(rf"(?:{_REPO_PART}/)?{_REPO_PART}", re.ASCII)
+
+
+def looks_like_repo_id(text: str) -> bool:
+    """True for ``name`` or ``namespace/name`` following the Hub's rules (ASCII only)."""
+    return (isinstance(text, str) and _REPO_ID.fullmatch(text) is not None and ".." not in text
+            and "--" not in text and not text.endswith(".git"))
+
+
+def valid_namespace(name: str) -> bool:
+    """Whether ``name`` is a namespace the Hub allows (a user or organisation name: one part of a repo id)."""
+    return isinstance(name, str) and "/" not in name and looks_like_repo_id(name)
 
 # package component -> compiled resource name the Swift StableDiffusion package loads
 COMPILED_NAMES: dict[str, str] = {

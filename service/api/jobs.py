@@ -24,7 +24,7 @@ JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="Job number")]
 def submit(body: schemas.JobRequest, response: Response, config: Settings = Depends(settings),
            db: Session = Depends(session)) -> dict:
     """Submit a job for a Hub repo; an identical job (same commit, options and toolchain) is returned instead."""
-    options = requested_options(**body.option_values(), settings=config)
+    options = requested_options(body.option_values(), settings=config)
     submitted = create_job(source_repo=body.repo, options=options, revision=body.revision, trigger=Trigger.API,
                            settings=config)
     response.status_code = 201 if submitted.created else 200

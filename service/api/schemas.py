@@ -2,64 +2,95 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, field_validator
+import typing
+from typing import Any, ClassVar
 
-# the Hub's limits: 96 characters a namespace or name, so a repo id is at most 96 + 1 + 96; git refs 255
-MAX_NAMESPACE = 96
-MAX_REPO = 2 * MAX_NAMESPACE + 1
-MAX_REVISION = 255
-_LIMITS = {"repo": (MAX_REPO, "is not a Hub repo id"), "namespace": (MAX_NAMESPACE, "is not a valid Hub namespace"),
-           "revision": (MAX_REVISION, "is not a branch, tag or commit"), "vae": (MAX_REPO, "is not a Hub repo id"),
-           "refiner": (MAX_REPO, "is not a Hub repo id")}
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+from workers.names import MAX_REPO_ID, MAX_REVISION
+from workers.options import JOB, Declared, JobOptions
+
+_REQUEST = {"repo": (MAX_REPO_ID, "is not a Hub repo id"), "revision": (MAX_REVISION, "is not a branch, tag or commit")}
+MAX_LAYOUT_NAME = 32
 
 
 def _shown(value: str) -> str:
     return repr(value[:40] + "…" if len(value) > 40 else value)
 
 
-class JobRequest(BaseModel):
-    """A job to submit, or a repo to watch with the options its jobs get."""
+class _Request(BaseModel):
+    """What every request built from the options' declarations checks: texts no longer than their bound (so
+    the error names what is wrong and never repeats a huge value)."""
 
-    repo: str = Field(..., description="Hub repo id of a Stable Diffusion 1.x/2.x or SDXL diffusers pipeline",
-                      json_schema_extra={"maxLength": MAX_REPO})
-    revision: str | None = Field(None, description="Branch, tag or commit; pinned to its sha",
-                                 json_schema_extra={"maxLength": MAX_REVISION})
-    namespace: str | None = Field(None, description="Where to publish (default: the service's)",
-                                  json_schema_extra={"maxLength": MAX_NAMESPACE})
-    attentions: list[str] = Field(["original", "split_einsum_v2"], max_length=8,
-                                  description="Attention layouts to convert")
-    bits: int | None = Field(6, description="Palettization bits, or null (or 0) for float16 only")
-    private: bool | None = Field(None, description="Publish private (true) or public (false) repos; null, the "
-                                                   "default: the same visibility as the source repo")
-    packages_only: bool = Field(False, description="Publish .mlpackage files only (no macOS worker needed)")
-    deployment_target: str | None = Field(None, max_length=16, description="Minimum OS of every package (iOS15-iOS18, "
-                                          "macOS12-macOS15); null: float16 macOS13/iOS16, palettized iOS17/macOS14")
-    chunk_unet: bool = Field(False, description="Also ship each float16 UNet as UnetChunk1/UnetChunk2 (iOS)")
-    chunks_only: bool = Field(False, description="Ship the UNet chunks instead of the whole float16 UNet")
-    vae: str | None = Field(None, description="A Hub VAE repo converted instead of the source's (e.g. a "
-                                              "float16-safe SDXL VAE)", json_schema_extra={"maxLength": MAX_REPO})
-    refiner: str | None = Field(None, description="SDXL: a refiner repo whose UNet ships as UnetRefiner",
-                                json_schema_extra={"maxLength": MAX_REPO})
+    limits: ClassVar[dict[str, tuple[int, str]]] = {}
+
+    @field_validator("*")
+    @classmethod
+    def _bounded(cls, value: Any, info) -> Any:
+        limit, what = cls.limits.get(info.field_name, (None, ""))
+        if isinstance(value, str) and limit is not None and len(value) > limit:
+            raise ValueError(f"{_shown(value)} {what}: longer than {limit} characters")
+        if isinstance(value, list) and any(isinstance(v, str) and len(v) > MAX_LAYOUT_NAME for v in value):
+            raise ValueError(f"unknown attention layouts: names are at most {MAX_LAYOUT_NAME} characters")
+        return value
 
     def option_values(self) -> dict:
         """The fields that become the job's options (see ``service.submit.requested_options``)."""
         return self.model_dump(exclude={"repo", "revision"})
 
-    @field_validator("repo", "namespace", "revision", "vae", "refiner")
-    @classmethod
-    def _bounded(cls, value: str | None, info) -> str | None:
-        """Lengths are checked here, so the error names what is wrong and never repeats a huge value."""
-        limit, what = _LIMITS[info.field_name]
-        if value is not None and len(value) > limit:
-            raise ValueError(f"{_shown(value)} {what}: longer than {limit} characters")
-        return value
 
-    @field_validator("attentions")
-    @classmethod
-    def _short_names(cls, value: list[str]) -> list[str]:
-        if any(len(a) > 32 for a in value):
-            raise ValueError("unknown attention layouts: names are at most 32 characters")
-        return value
+def _api_type(hint: Any, declared: Declared, default: Any) -> Any:
+    """The JSON type a request gives an option in: lists of names (checked by the options), nullable when the
+    default is null."""
+    if declared.cli == "comma":
+        return list[str]
+    if default is None and type(None) not in typing.get_args(hint):
+        return hint | None
+    return hint
+
+
+def job_request(options_type: type[JobOptions] = JobOptions) -> type[_Request]:
+    """The request model of a job (and of a watch): the repo, its revision, and every option declared for jobs,
+    with its type, default and help text."""
+    hints = options_type.types()
+    fields: dict[str, Any] = {
+        "repo": (str, Field(..., description="Hub repo id of a Stable Diffusion 1.x/2.x or SDXL diffusers pipeline",
+                            json_schema_extra={"maxLength": MAX_REPO_ID})),
+        "revision": (str | None, Field(None, description="Branch, tag or commit; pinned to its sha",
+                                       json_schema_extra={"maxLength": MAX_REVISION})),
+    }
+    limits = dict(_REQUEST)
+    for f, declared in options_type.declared(JOB):
+        default = options_type.user_default(f.name)
+        if isinstance(default, tuple):
+            default = [getattr(v, "value", v) for v in default]
+        extra: dict[str, Any] = {}
+        if declared.max_length is not None and declared.cli == "comma":
+            extra["max_length"] = declared.max_length
+        elif declared.max_length is not None:
+            extra["json_schema_extra"] = {"maxLength": declared.max_length}
+            limits[f.name] = (declared.max_length, declared.too_long)
+        fields[f.name] = (_api_type(hints[f.name], declared, default),
+                          Field(default, description=declared.help, **extra))
+    model = create_model("JobRequest", __base__=_Request, __doc__="A job to submit, or a repo to watch with the "
+                         "options its jobs get.", **fields)
+    model.limits = limits
+    return model
+
+
+def options_schema(options_type: type[JobOptions] = JobOptions) -> type[BaseModel]:
+    """The options a job shows (:meth:`workers.options.JobOptions.stored`), typed; any other set option too."""
+    hints = options_type.types()
+    own = set(options_type.__annotations__)
+    fields = {f.name: (hints[f.name] | None, Field(None, description=declared.help or None))
+              for f, declared in options_type.declared()
+              if JOB in declared.surfaces or f.name in own or declared.keyed == "always"}
+    fields["attentions"] = (list[str] | None, fields["attentions"][1])
+    return create_model("JobOptions", __config__=ConfigDict(extra="allow"), **fields)
+
+
+JobRequest = job_request()
+JobOptionsSchema = options_schema()
 
 
 class ProgressCounter(BaseModel):
@@ -113,7 +144,7 @@ class Job(BaseModel):
     source_sha: str
     state: str = Field(..., description="queued, running, succeeded, failed or cancelled")
     trigger: str
-    options: dict
+    options: JobOptionsSchema = Field(..., description="The job's options, as declared for jobs")
     toolchain: str
     error: str | None
     created_at: str | None
@@ -135,7 +166,7 @@ class Watch(BaseModel):
     last_published_sha: str | None
     last_published_at: str | None
     next_check_at: str | None
-    options: dict
+    options: JobOptionsSchema
 
 
 class WatchState(BaseModel):

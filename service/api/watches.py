@@ -27,7 +27,7 @@ def listing(db: Session = Depends(session)) -> list[dict]:
 @router.post("/watches", status_code=201, response_model=schemas.WatchState, dependencies=[Depends(require_token)])
 def add(body: schemas.JobRequest, config: Settings = Depends(settings), db: Session = Depends(session)) -> dict:
     """Watch a repo; its current commit is converted by the next sweep."""
-    options = requested_options(**body.option_values(), settings=config)
+    options = requested_options(body.option_values(), settings=config)
     watch = add_watch(db, repo_id=body.repo, options=options)
     return {"repo_id": watch.repo_id, "state": watch.state}
 

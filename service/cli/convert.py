@@ -6,32 +6,20 @@ from pathlib import Path
 
 import typer
 
-from service.cli import options as shared
-from service.cli.output import EventPrinter, comma_list, report_table, stdout, summary
-
-COMPONENTS_HELP = "Comma-separated components (default: all the source has): " \
-                  "text_encoder,text_encoder_2,unet,refiner,vae_decoder,vae_encoder,safety_checker."
+from service.cli.options import with_options
+from service.cli.output import EventPrinter, report_table, stdout, summary
+from workers.options import CONVERT, ConvertOptions, SourceOptions
 
 
+@with_options(CONVERT, ConvertOptions, SourceOptions)
 def convert(
     source: str = typer.Argument(..., help="A local diffusers folder, or a Hub repo id such as org/name."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (created if missing)."),
     revision: str = typer.Option(None, help="Hub branch, tag or commit (default: main); pinned to its sha."),
-    attention: str = shared.ATTENTION,
-    bits: int = shared.BITS,
-    group_size: int = typer.Option(0, help="One palette per this many output channels (palettized packages "
-                                           "then need iOS18/macOS15); 0: one per tensor, as Apple's."),
-    components: str = typer.Option(None, help=COMPONENTS_HELP),
-    latent_size: tuple[int, int] = typer.Option((0, 0), metavar="H W",
-                                                help="Latent height and width (default: the UNet's sample_size)."),
-    batch_size: int = typer.Option(2, help="UNet batch: 2 for classifier-free guidance, or 1."),
-    deployment_target: str = shared.DEPLOYMENT_TARGET,
-    chunk_unet: bool = shared.CHUNK_UNET,
-    chunks_only: bool = shared.CHUNKS_ONLY,
-    vae: str = shared.VAE,
-    refiner: str = shared.REFINER,
+    *,
     source_id: str = typer.Option(None, help="For a local folder: the Hub id it holds (used in file names)."),
     allow_pickle: bool = typer.Option(False, help="Load .bin/.ckpt weights (runs code from the file: trusted sources only)."),
+    options: dict,
 ) -> None:
     """Convert a Stable Diffusion 1.x/2.x or SDXL pipeline into float16 and palettized Core ML packages.
 
@@ -43,42 +31,26 @@ def convert(
 
     check_output_dir(out)  # first: cheap, and before loading the toolchain, resolving or fetching anything
 
-    from service.errors import OptionsError, ValidationError
+    from service.errors import ValidationError
     from service.settings import get_settings
-    from workers.convert.engine import ConvertOptions, convert_pipeline
+    from workers.convert.engine import convert_pipeline
     from workers.source.fetch import fetched
-    from workers.names import Attention
     from workers.source.resolve import resolve_source
 
-    try:
-        attentions = tuple(Attention(a) for a in comma_list(attention))
-    except ValueError as e:
-        raise OptionsError(f"--attention: {e}", hint=f"Use {', '.join(a.value for a in Attention)}.") from e
-    if bits < 0:
-        raise OptionsError(f"--bits must not be negative, not {bits}", hint="Use 6, or 0 for float16 only.")
-    options = ConvertOptions(
-        attentions=attentions,
-        bits=bits or None,
-        components=comma_list(components) or None,
-        latent_size=latent_size if any(latent_size) else None,
-        batch_size=batch_size,
-        deployment_target=deployment_target,
-        group_size=group_size,
-        chunk_unet=chunk_unet or chunks_only,
-        chunks_only=chunks_only,
-        bars=get_settings().validation_bars(),
-    )
-    options.check()
+    settings = get_settings()
+    conversion = ConvertOptions.from_user(**ConvertOptions.pick(options), bars=settings.validation_bars())
+    extras = SourceOptions.from_user(**SourceOptions.pick(options))
     printer = EventPrinter()
     try:
         printer.status.update(f"resolving {source}…")
         resolved = resolve_source(source, revision=revision, source_id=source_id, allow_pickle=allow_pickle,
-                                  max_bytes=int(get_settings().max_source_gb * 1e9),
-                                  need_safety_checker=options.components is None
-                                  or "safety_checker" in options.components, vae=vae, refiner=refiner)
+                                  max_bytes=int(settings.max_source_gb * 1e9),
+                                  need_safety_checker=conversion.components is None
+                                  or "safety_checker" in conversion.components, vae=extras.vae,
+                                  refiner=extras.refiner)
         printer.status.update(f"fetching {resolved.id}…")
-        with fetched(resolved) as source:
-            report = convert_pipeline(source, out, options, on_event=printer)
+        with fetched(resolved) as fetched_source:
+            report = convert_pipeline(fetched_source, out, conversion, on_event=printer)
     except ValidationError as e:
         printer.close()
         if e.report is not None:

@@ -7,20 +7,22 @@ import sys
 
 import typer
 
-from service.cli import options as shared
-from service.cli.output import comma_list, console, stdout
+from service.cli.options import with_options
+from service.cli.output import console, stdout
+from workers.options import JOB, JobOptions
 
 
+@with_options(JOB, JobOptions, only=("attentions", "bits"))
 def demo(
     port: int = typer.Option(8000, min=0, max=65535, help="Port of the status page and API on 127.0.0.1 "
                                                           "(0: a free one)."),
     serve: bool = typer.Option(True, "--serve/--no-serve", help="Keep serving the status page until Ctrl+C "
                                                                 "(--no-serve: exit once the job is done)."),
-    attention: str = shared.ATTENTION,
-    bits: int = shared.BITS,
     database_url: str = typer.Option(None, help="Job database to record the demo's job in (default: a SQLite "
                                                 "file in the demo's temporary folder)."),
     keep: bool = typer.Option(False, help="Keep the temporary folder (dev Hub data, job database, artifacts)."),
+    *,
+    options: dict,
 ) -> None:
     """Try everything offline: a dev Hub in a temporary folder, a tiny pipeline pushed to it, a job through every
     stage (packages only off a Mac), the published repos and the status page, served until Ctrl+C."""
@@ -45,7 +47,7 @@ def demo(
             with console.status(f"building a tiny pipeline and pushing it to {run.source_repo}…"):
                 commit = push_tiny_source(run)
             stdout.print(f"Pushed a tiny random pipeline to {run.source_repo} (commit {commit[:10]})")
-            job_id = submit_demo_job(run, attentions=comma_list(attention), bits=bits)
+            job_id = submit_demo_job(run, options)
             stdout.print(f"Job {job_id}: {run.source_repo}@{commit[:10]} running here.")
             follow_local(job_id, lambda j: run_demo_job(run, j), database_url=run.settings.database_url)
             with session_scope(run.settings.database_url) as session:

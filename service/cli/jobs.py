@@ -8,62 +8,60 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from service.cli import options as shared
-from service.cli.output import comma_list, console, print_json, print_listing, short_sha, stdout
+from service.cli.options import with_options
+from service.cli.output import console, print_json, print_listing, short_sha, stdout
+from workers.options import JOB, JobOptions
 
 FINISHED = ("succeeded", "failed", "cancelled")
 MAX_ID = 2**31 - 1  # the job database's integer range
 JOB_ID_HELP = "Job number (see `coreml-publish jobs`)."
 
 
-def submit(
-    repo: str = typer.Argument(..., help="Hub repo id of a Stable Diffusion 1.x/2.x or SDXL diffusers pipeline."),
-    revision: str = typer.Option(None, help="Branch, tag or commit (default: main); pinned to its sha."),
-    namespace: str = typer.Option(None, help="Where to publish (default: COREML_PUBLISH_DEFAULT_NAMESPACE)."),
-    attention: str = shared.ATTENTION,
-    bits: int = shared.BITS,
-    deployment_target: str = shared.DEPLOYMENT_TARGET,
-    chunk_unet: bool = shared.CHUNK_UNET,
-    chunks_only: bool = shared.CHUNKS_ONLY,
-    vae: str = shared.VAE,
-    refiner: str = shared.REFINER,
-    private: bool | None = typer.Option(None, "--private/--public",
-                                        help="Publish private or public repos (default: as the source repo is)."),
-    packages_only: bool = typer.Option(False, help="Publish .mlpackage files only (no macOS worker needed)."),
-    wait: bool = typer.Option(False, help="Follow the job until it finishes."),
-    local: bool = typer.Option(False, help="Run every stage in this process (no broker, no workers)."),
-) -> None:
-    """Submit a conversion job and return at once (or follow it with --wait; or run it here with --local)."""
-    from service.db import session_scope
-    from service.jobs import get_job
-    from service.runner import run_local
-    from service.settings import get_settings
-    from service.submit import create_job, requested_options
+def submit_command(options_type: type[JobOptions] = JobOptions):
+    """The ``submit`` command for jobs with ``options_type``'s options (every option declared for jobs)."""
 
-    settings = get_settings()
-    settings.check_production()
-    options = requested_options(namespace=namespace, attentions=comma_list(attention), bits=bits, private=private,
-                                packages_only=packages_only, deployment_target=deployment_target,
-                                chunk_unet=chunk_unet, chunks_only=chunks_only, vae=vae, refiner=refiner,
-                                settings=settings)
-    with console.status(f"resolving {repo}…"):
-        submitted = create_job(source_repo=repo, options=options, revision=revision, local=local)
-    job = submitted.job
-    if not submitted.created:
-        stdout.print(f"Job {job.id} already exists for {repo}@{job.source_sha[:10]} with these options "
-                     f"({job.state}).")
-    else:
-        stdout.print(f"Job {job.id}: {repo}@{job.source_sha[:10]} {'running here' if local else 'queued'}.")
-    if local and submitted.created:
-        follow_local(job.id, run_local)
-    elif wait:
-        follow(job.id)
-    if local or wait:
-        with session_scope() as session:
-            final = get_job(session, job.id)
-            _print_status(final)
-            if final.state != "succeeded":
-                raise typer.Exit(1)
+    @with_options(JOB, options_type)
+    def submit(
+        repo: str = typer.Argument(..., help="Hub repo id of a Stable Diffusion 1.x/2.x or SDXL diffusers pipeline."),
+        revision: str = typer.Option(None, help="Branch, tag or commit (default: main); pinned to its sha."),
+        *,
+        wait: bool = typer.Option(False, help="Follow the job until it finishes."),
+        local: bool = typer.Option(False, help="Run every stage in this process (no broker, no workers)."),
+        options: dict,
+    ) -> None:
+        """Submit a conversion job and return at once (or follow it with --wait; or run it here with --local)."""
+        from service.db import session_scope
+        from service.jobs import get_job
+        from service.runner import run_local
+        from service.settings import get_settings
+        from service.submit import create_job, requested_options
+
+        settings = get_settings()
+        settings.check_production()
+        job_options = requested_options(options, settings=settings, options_type=options_type)
+        with console.status(f"resolving {repo}…"):
+            submitted = create_job(source_repo=repo, options=job_options, revision=revision, local=local)
+        job = submitted.job
+        if not submitted.created:
+            stdout.print(f"Job {job.id} already exists for {repo}@{job.source_sha[:10]} with these options "
+                         f"({job.state}).")
+        else:
+            stdout.print(f"Job {job.id}: {repo}@{job.source_sha[:10]} {'running here' if local else 'queued'}.")
+        if local and submitted.created:
+            follow_local(job.id, run_local)
+        elif wait:
+            follow(job.id)
+        if local or wait:
+            with session_scope() as session:
+                final = get_job(session, job.id)
+                _print_status(final)
+                if final.state != "succeeded":
+                    raise typer.Exit(1)
+
+    return submit
+
+
+submit = submit_command()
 
 
 def follow_local(job_id: int, run, *, database_url: str | None = None) -> None:

@@ -41,7 +41,7 @@ def _check_push(repo_id: str) -> None:
     from huggingface_hub import get_token
 
     from service.errors import OptionsError
-    from workers.source.resolve import looks_like_repo_id
+    from workers.names import looks_like_repo_id
 
     if not looks_like_repo_id(repo_id) or "/" not in repo_id:
         raise OptionsError(f"--push {repo_id[:100]!r} is not a Hub repo id", hint="Use namespace/name, e.g. you/tiny-sd.")

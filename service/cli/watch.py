@@ -5,38 +5,29 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from service.cli import options as shared
-from service.cli.output import comma_list, print_json, print_listing, short_sha, stdout
+from service.cli.options import with_options
+from service.cli.output import print_json, print_listing, short_sha, stdout
+from workers.options import JOB, JobOptions
 
 watch_app = typer.Typer(help="Repos whose Core ML versions are kept current (nightly sweep and Hub webhooks).",
                         no_args_is_help=True)
 
 
 @watch_app.command("add")
+@with_options(JOB, JobOptions)
 def add(
     repo: str = typer.Argument(..., help="Hub repo id to watch."),
-    namespace: str = typer.Option(None, help="Where to publish (default: COREML_PUBLISH_DEFAULT_NAMESPACE)."),
-    attention: str = shared.ATTENTION,
-    bits: int = shared.BITS,
-    deployment_target: str = shared.DEPLOYMENT_TARGET,
-    chunk_unet: bool = shared.CHUNK_UNET,
-    chunks_only: bool = shared.CHUNKS_ONLY,
-    vae: str = shared.VAE,
-    refiner: str = shared.REFINER,
-    private: bool | None = typer.Option(None, "--private/--public",
-                                        help="Publish private or public repos (default: as the source repo is)."),
-    packages_only: bool = typer.Option(False, help="Publish .mlpackage files only."),
+    *,
+    options: dict,
 ) -> None:
     """Watch a repo: every new commit on main (webhook or nightly sweep) is converted and published."""
     from service.db import session_scope
     from service.submit import requested_options
     from service.watch import add_watch
 
-    options = requested_options(namespace=namespace, attentions=comma_list(attention), bits=bits, private=private,
-                                packages_only=packages_only, deployment_target=deployment_target,
-                                chunk_unet=chunk_unet, chunks_only=chunks_only, vae=vae, refiner=refiner)
+    job_options = requested_options(options)
     with session_scope() as session:
-        add_watch(session, repo_id=repo, options=options)
+        add_watch(session, repo_id=repo, options=job_options)
     stdout.print(f"Watching {repo}; the next sweep converts its current commit.")
 
 

@@ -50,7 +50,7 @@ def test_deployment_target_and_chunk_options_are_checked_and_keyed_only_when_set
     from service.submit import requested_options
 
     plain = JobOptions(namespace="org")
-    chunked = requested_options(namespace="org", attentions=("original",), bits=6, chunks_only=True)
+    chunked = requested_options({"namespace": "org", "attentions": ("original",), "bits": 6, "chunks_only": True})
     assert chunked.chunk_unet and chunked.chunks_only  # --chunks-only implies --chunk-unet
     assert '"chunk_unet":true' in chunked.key() and "chunk" not in plain.key() and "deployment" not in plain.key()
     assert JobOptions.from_dict(json.loads(chunked.key())) == chunked

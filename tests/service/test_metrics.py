@@ -10,7 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.api import create_api
 from service.db import session_scope, upgrade
-from service.jobs import JobOptions, finish_stage, set_state, stage_result, start_stage, submit_job
+from tests.helpers import start_stage
+from workers.options import JobOptions
+from service.jobs import finish_stage, set_state, stage_result, submit_job
 from service.models import JobState
 from service.settings import Settings
 

@@ -14,7 +14,8 @@ from sqlalchemy import inspect, select
 
 from service.api import schemas
 from service.db import engine_for, session_scope
-from service.jobs import JobOptions, finish_stage, get_job, job_summary, list_jobs, stage_result, submit_job
+from workers.options import JobOptions
+from service.jobs import finish_stage, get_job, job_summary, list_jobs, stage_result, submit_job
 from service.models import StageResult
 from service.progress import ProgressRecorder, estimate_remaining, past_durations
 from tests.conftest import _postgres_database

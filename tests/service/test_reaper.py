@@ -14,7 +14,9 @@ from kombu.exceptions import OperationalError
 from service import runner
 from service.db import session_scope
 from service.errors import JobError, ServiceUnavailableError
-from service.jobs import JobOptions, get_job, set_state, stage_result, start_stage, submit_job
+from tests.helpers import start_stage
+from workers.options import JobOptions
+from service.jobs import get_job, set_state, stage_result, submit_job
 from service.models import JobState, utcnow
 from service.reaper import reap
 from service.settings import Settings

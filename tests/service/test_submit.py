@@ -6,7 +6,8 @@ import pytest
 
 from service.db import session_scope
 from service.errors import ServiceUnavailableError
-from service.jobs import JobOptions, cancel_job, get_job, submit_job
+from workers.options import JobOptions
+from service.jobs import cancel_job, get_job, submit_job
 from service.settings import Settings
 from service.submit import retry
 

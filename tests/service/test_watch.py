@@ -15,7 +15,8 @@ from service import jobs as jobs_module
 from service.api import create_api
 from service.db import session_scope
 from service.errors import JobError, NotWatchedError, OptionsError
-from service.jobs import JobOptions, list_jobs
+from workers.options import JobOptions
+from service.jobs import list_jobs
 from service.settings import Settings
 from service.watch import add_watch, get_watch, set_paused, sweep, watch_rows
 from workers.devtools.tiny import build_tiny_pipeline

@@ -97,7 +97,8 @@ def test_convert_pipeline_progress_is_monotonic_and_reaches_the_plan(sd2_pipelin
     """A real tiny conversion (text encoder and UNet, one layout, float16 and 6-bit, UNet chunks): every event
     carries progress, steps done never go back, coremltools' pass counters show up inside convert and palettize,
     and the run ends with every planned step done."""
-    from workers.convert.engine import ConvertOptions, convert_pipeline
+    from workers.convert.engine import convert_pipeline
+    from workers.options import ConvertOptions
     from workers.names import Attention
     from workers.source.resolve import resolve_source
 

@@ -24,14 +24,6 @@ import numpy as np
 
 from workers.errors import ConversionError
 
-# the UNets that are cut in two (the SDXL refiner's too: Swift's UnetRefinerChunk1/2), and their chunks' names
-CHUNKED: dict[str, tuple[str, str]] = {"unet": ("unet_chunk1", "unet_chunk2"),
-                                       "refiner": ("refiner_chunk1", "refiner_chunk2")}
-
-
-def whole_of(component: str) -> str | None:
-    """The UNet a chunk component was cut from (``unet``, ``refiner``); None for any other component."""
-    return next((whole for whole, pair in CHUNKED.items() if component in pair), None)
 BALANCE = 0.10  # each chunk's weights within this fraction of half the whole UNet's
 
 

@@ -14,79 +14,36 @@ import os
 import shutil
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from workers.convert.chunk import CHUNKED, chunk_features, chunk_unet, validate_chunks
+from workers.components import CHUNKED
+from workers.convert.chunk import chunk_features, chunk_unet, validate_chunks
 from workers.errors import OptionsError, ValidationError
 from workers.convert.program import PackageMetadata, apply_metadata, convert_lean, convert_module, save_package
 from workers.convert.lean import LEAN_ABOVE_BYTES, float32_bytes
 from workers.names import (
     CHECK_DATA_DIR,
-    DEFAULT_ATTENTIONS,
     Attention,
     package_file_name,
     packages_dir,
     repo_names,
 )
 from workers.convert.outdir import check_output_dir
-from workers.compress.palettize import DEFAULT_BITS, check_bits, palettize_package
+from workers.compress.palettize import palettize_package
+from workers.options import ConvertOptions
 from workers.progress import Counter, Steps, model_class, observe_tqdm
 from workers.validate.report import Check, Event, PackageResult, Report, precision_bits, precision_label
 from workers.source.resolve import Source
 from workers.convert.geometry import Geometry, read_geometry
-from workers.convert.specs import COMPONENT_ORDER, SPECS, ComponentSpec, resolve_outputs, spec_for
-from workers.convert.targets import target_for
+from workers.components import COMPONENTS
+from workers.convert.specs import SPECS, ComponentSpec, resolve_outputs, spec_for
 from workers.validate.readback import Accounting
-from workers.validate.checks import ValidationBars, psnr_check, run_module, save_check_data, validate_package
+from workers.validate.checks import psnr_check, run_module, save_check_data, validate_package
 from workers.versions import converter_id, toolchain
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    """What to produce.  ``bits=None`` makes float16 packages only."""
-
-    attentions: tuple[Attention, ...] = DEFAULT_ATTENTIONS
-    bits: int | None = DEFAULT_BITS
-    components: tuple[str, ...] | None = None  # None: every component the source has
-    latent_size: tuple[int, int] | None = None
-    batch_size: int = 2
-    deployment_target: str | None = None  # None: each precision's own (see workers.convert.targets)
-    bars: ValidationBars = field(default_factory=ValidationBars)
-    seed: int = 0
-    group_size: int = 0  # palettize with one palette per this many output channels (iOS18); 0: per tensor
-    chunk_unet: bool = False  # also cut each float16 UNet into UnetChunk1/UnetChunk2 (iOS)
-    chunks_only: bool = False  # ship the chunks instead of the whole float16 UNet
-    xl: bool = False  # an SDXL pipeline: set by the engine from the source's configs (targets iOS 17 at least)
-    lean: bool | None = None  # memory-lean UNet conversion (workers.convert.lean); None: when its weights are that large
-
-    def check(self) -> None:
-        """Raise OptionsError for inconsistent options."""
-        if not self.attentions:
-            raise OptionsError("no attention layout selected", hint="Pass --attention original,split_einsum_v2.")
-        if len(set(self.attentions)) != len(self.attentions):
-            raise OptionsError("an attention layout is listed twice", hint="List each layout once.")
-        self.target(palettized=False)
-        if self.bits is not None:
-            check_bits(self.bits, self.target(palettized=True), self.group_size)
-        elif self.group_size:
-            raise OptionsError("--group-size needs palettized packages, and --bits 0 makes none",
-                               hint="Pass --bits 6 (or another width), or drop --group-size.")
-        if self.chunks_only and not self.chunk_unet:
-            raise OptionsError("--chunks-only needs --chunk-unet", hint="Pass --chunk-unet --chunks-only.")
-        if self.chunk_unet and self.components is not None and "unet" not in self.components:
-            raise OptionsError("--chunk-unet needs the unet component", hint="Add unet to --components.")
-        unknown = sorted(set(self.components or ()) - set(SPECS))
-        if unknown:
-            raise OptionsError(f"unknown components: {', '.join(unknown)}",
-                               hint=f"Choose from {', '.join(COMPONENT_ORDER)}.")
-
-    def target(self, *, palettized: bool) -> str:
-        """The deployment target of float16 or palettized packages (raises OptionsError for unknown ones)."""
-        return target_for(self.deployment_target, palettized=palettized, group_size=self.group_size, xl=self.xl)
 
 
 def package_size(path: Path) -> int:
@@ -136,7 +93,7 @@ def _resident_bytes() -> int | None:
 
 def select_components(source: Source, wanted: tuple[str, ...] | None) -> list[str]:
     """The components to convert, in conversion order; refuses ones the source lacks."""
-    available = [c for c in COMPONENT_ORDER
+    available = [c for c in COMPONENTS
                  if all(need in source.components for need in SPECS[c].needs)]
     if wanted is None:
         return available
@@ -144,7 +101,7 @@ def select_components(source: Source, wanted: tuple[str, ...] | None) -> list[st
     if missing:
         raise OptionsError(f"the source has no {', '.join(missing)}",
                            hint=f"Choose from {', '.join(available)}.")
-    return [c for c in COMPONENT_ORDER if c in wanted]
+    return [c for c in COMPONENTS if c in wanted]
 
 
 class _Run:
@@ -158,16 +115,7 @@ class _Run:
         self.converter = converter_id()
         self.accountings: dict[str, Accounting] = {}  # float16 package -> where its parameters are
         self.report = Report(
-            source=source.provenance(),
-            options={"attentions": [a.value for a in options.attentions], "bits": options.bits,
-                     "components": list(options.components) if options.components else None,
-                     "latent_size": list(options.latent_size) if options.latent_size else None,
-                     "batch_size": options.batch_size, "deployment_target": options.deployment_target,
-                     "targets": {"float16": options.target(palettized=False),
-                                 "palettized": options.target(palettized=True)},
-                     "bars": asdict(options.bars), "seed": options.seed, "group_size": options.group_size,
-                     "chunk_unet": options.chunk_unet, "chunks_only": options.chunks_only,
-                     "lean": options.lean},
+            source=source.provenance(), options=options.record(xl=geometry.xl),
             geometry=geometry.to_dict(), toolchain=toolchain(),
             repos={"float16": self.fp16_repo, "palettized": self.palettized_repo},
         )
@@ -216,6 +164,10 @@ class _Run:
         self.report.timings[key] = seconds
         self.on_event(Event(stage, component, "done", variant, precision, seconds, progress=self.steps.now()))
 
+    def target(self, *, palettized: bool) -> str:
+        """The deployment target of this run's float16 or palettized packages."""
+        return self.options.target(palettized=palettized, xl=self.geometry.xl)
+
     def progress(self, counter: Counter) -> None:
         """Report a coremltools counter of the running stage as a progress event."""
         now = self.steps.now(counter)
@@ -228,7 +180,7 @@ class _Run:
             attention=attention.value if attention else None, precision=precision,
             converter=self.converter, license=self.source.license,
             description=spec.description + (f" (chunk {component[-1]} of 2)" if component else ""),
-            deployment_target=self.options.target(palettized=precision_bits(precision) is not None))
+            deployment_target=self.target(palettized=precision_bits(precision) is not None))
 
     def package_path(self, repo: str, attention: Attention, component: str) -> Path:
         return packages_dir(self.out, repo, attention) / package_file_name(self.source.id, component)
@@ -247,14 +199,11 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
     Raises OptionsError, SourceError, UnsupportedModelError, ConversionError, ValidationError.
     """
     options = options or ConvertOptions()
-    options.check()
     check_output_dir(out)  # a file, or an unwritable place: say so before any work
     if source.path is None:
         raise OptionsError(f"{source.id} has not been fetched", hint="Call fetch_source first.")
     geometry = read_geometry(source.path, latent_size=options.latent_size, batch_size=options.batch_size)
-    if geometry.xl:
-        options = replace(options, xl=True)
-        options.check()  # an override older than SDXL's targets is refused before any work
+    options.target(palettized=False, xl=geometry.xl)  # an override older than SDXL's is refused before any work
     components = select_components(source, options.components)
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(source, out, options, geometry, on_event)
@@ -324,12 +273,12 @@ def _convert_component(run: _Run, spec: ComponentSpec) -> None:
         precision = spec.precision(g)  # float16, or float32 for a VAE that overflows in float16
         result = PackageResult(run.fp16_repo, attention.value, spec.name, precision,
                                run.rel(run.package_path(run.fp16_repo, attention, spec.name)),
-                               target=options.target(palettized=False))
+                               target=run.target(palettized=False))
         if attention in layout_checks:
             result.checks.append(layout_checks[attention])
         started = time.perf_counter()
         with run.stage("convert", spec.name, label, precision):
-            target = options.target(palettized=False)
+            target = run.target(palettized=False)
             if lean:
                 model = convert_lean(spec.export_module(meta, attention), export, io.trace, io.inputs, outputs,
                                      component=spec.name, target=target, variant=label)
@@ -427,12 +376,12 @@ def _palettized(run: _Run, spec: ComponentSpec, attention: Attention, label: str
         return
     precision = precision_label(run.options.bits, run.options.group_size)
     result = PackageResult(run.palettized_repo, attention.value, spec.name, precision, run.rel(path),
-                           target=run.options.target(palettized=True),
+                           target=run.target(palettized=True),
                            checks=[c for c in float16.checks if c.name == "psnr_layout"])
     started = time.perf_counter()
     with run.stage("palettize", spec.name, label, precision):
         model = palettize_package(run.out / float16.path, bits=run.options.bits, component=spec.name,
-                                  group_size=run.options.group_size, target=run.options.target(palettized=True))
+                                  group_size=run.options.group_size, target=run.target(palettized=True))
         apply_metadata(model, run.metadata(spec, attention if label else None, precision), io.inputs, io.outputs)
         save_package(model, path)
         del model

@@ -33,7 +33,8 @@ from torch import nn
 from workers.convert.attention import export_unet
 from workers.errors import CoreMLPublishError, SourceError
 from workers.convert.geometry import Geometry, TensorSpec
-from workers.names import Attention, depends_on_attention
+from workers.components import depends_on_attention
+from workers.names import Attention
 from workers.source.weights import count_non_finite, iter_tensors, loaded_files, non_finite_error, read_header
 
 # diffusers' words for a checkpoint tensor whose shape contradicts the config's model
@@ -538,7 +539,6 @@ SPECS: dict[str, ComponentSpec] = {
     for spec in (TextEncoderSpec(), TextEncoder2Spec(), UNetSpec(), RefinerSpec(), VAEDecoderSpec(), VAEEncoderSpec(),
                  SafetyCheckerSpec())
 }
-COMPONENT_ORDER = tuple(SPECS)
 _XL_SPECS: dict[str, ComponentSpec] = {"text_encoder": XLTextEncoderSpec()}
 
 

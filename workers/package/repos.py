@@ -194,7 +194,8 @@ def check_compiled(out: Path, report: dict, repo: str, variant: str, compiled_di
     """
     from workers.validate.report import precision_bits, write_json
     from workers.names import compiled_file_name
-    from workers.convert.chunk import CHUNKED, input_names, whole_of
+    from workers.components import CHUNKED, whole_of
+    from workers.convert.chunk import input_names
     from workers.validate.checks import (ValidationBars, compiled_chain_check, compiled_check, compute_units_for,
                                   coreml_available, load_check_data)
 

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 from workers.package.card import card_license, license_id
+from workers.names import looks_like_repo_id
 from workers.source.configs import check_configs, read_json
 from workers.errors import (
     TRANSIENT_STATUS,
@@ -54,10 +55,6 @@ REQUIRED_COMPONENTS = ("text_encoder", "tokenizer", "unet", "vae")
 # SDXL: text_encoder (with tokenizer) too, except in a refiner (checked with the UNet's config)
 XL_REQUIRED_COMPONENTS = ("text_encoder_2", "tokenizer_2", "unet", "vae")
 DEFAULT_MAX_BYTES = 30 * 1024**3  # the weights a conversion downloads; SDXL base's float32 ones are 14 GB
-# one part of a repo id, as the Hub allows it: ASCII letters, digits, "-", "_", "."; 1-96 characters, not
-# starting or ending with "-" or "." (and, checked below, no "--" or "..", not ending with ".git")
-_REPO_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
-_REPO_ID = re.compile(rf"(?:{_REPO_PART}/)?{_REPO_PART}", re.ASCII)
 # the files the conversion reads from a CLIP tokenizer folder: either pair, or tokenizer.json alone
 TOKENIZER_FILES = (("vocab.json", "merges.txt"), ("tokenizer.json",))
 _VARIANT_FILE = re.compile(r"^[^.]+\.(?P<variant>[A-Za-z0-9_]+)\.safetensors$")
@@ -117,12 +114,6 @@ class Source:
         for kind, extra in self.extras:
             found[kind] = extra.provenance()
         return found
-
-
-def looks_like_repo_id(text: str) -> bool:
-    """True for ``name`` or ``namespace/name`` following the Hub's rules (ASCII only)."""
-    return (isinstance(text, str) and _REPO_ID.fullmatch(text) is not None and ".." not in text
-            and "--" not in text and not text.endswith(".git"))
 
 
 def resolve_source(

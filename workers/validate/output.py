@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Callable
 
 from workers.errors import OptionsError
-from workers.convert.chunk import CHUNKED, validate_chunks, whole_of
+from workers.components import CHUNKED, COMPONENTS, whole_of
+from workers.convert.chunk import validate_chunks
 from workers.convert.engine import component_inputs, release_memory
 from workers.validate.report import Check, Event, PackageResult, Report, precision_bits, write_json
 from workers.names import REPORT_FILE, Attention
 from workers.source.resolve import Source
 from workers.convert.geometry import Geometry
-from workers.convert.specs import COMPONENT_ORDER, spec_for
+from workers.convert.specs import spec_for
 from workers.validate.readback import Accounting
 from workers.validate.checks import ValidationBars, psnr_check, run_module, validate_package
 
@@ -92,7 +93,7 @@ def verify_output(out: Path, source: Source, bars: ValidationBars | None = None,
     if not present:
         raise OptionsError(f"{out} holds none of the packages its {REPORT_FILE} lists",
                            hint="Point at the folder convert wrote, or at a downloaded repo with its report.json.")
-    for component in COMPONENT_ORDER:  # UNet chunks are checked with their UNet, chained
+    for component in COMPONENTS:  # UNet chunks are checked with their UNet, chained
         packages = [p for p in present if p.component == component or whole_of(p.component) == component]
         if packages:
             _verify_component(out, source, spec_for(component, geometry), geometry, bars, seed, packages, report, notify)

@@ -137,7 +137,7 @@ def test_deployment_target_and_chunks_are_job_and_watch_options(jobs_client: Tes
 
 
 def test_explicit_visibility_keeps_its_dedupe_key() -> None:
-    from service.jobs import JobOptions
+    from workers.options import JobOptions
 
     before = ('{"attentions":["original","split_einsum_v2"],"bits":6,"components":null,"namespace":"studio",'
               '"packages_only":false,"private":false}')
@@ -208,7 +208,8 @@ def test_a_job_from_the_api_publishes_with_its_sources_visibility(
 
     from service import runner
     from service.db import session_scope, upgrade
-    from service.jobs import JobOptions, get_job
+    from workers.options import JobOptions
+    from service.jobs import get_job
 
     alice = HfApi(endpoint=devhub[0], token="alice-token")
     alice.create_repo("studio/open-model", private=False, exist_ok=True)

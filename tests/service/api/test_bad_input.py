@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from service.api import create_api
 from service.db import engine_for, session_scope
 from service.errors import HubUnavailableError, ServiceUnavailableError
-from service.jobs import JobOptions
+from workers.options import JobOptions
 from service.models import Job
 from service.settings import Settings
 from service.watch import add_watch
@@ -136,7 +136,7 @@ def test_bad_namespaces_are_refused_before_any_work(client: TestClient, database
     ({"repo": "studio/other", "bits": "six"}, "bits"),
     ({"repo": "studio/other", "bits": 3}, "--bits 3 is not supported"),
     ({"repo": "studio/other", "attentions": ["flash"]}, "unknown attention layouts: flash"),
-    ({"repo": "studio/other", "attentions": []}, "unknown attention layouts"),
+    ({"repo": "studio/other", "attentions": []}, "no attention layout selected"),
     ({"repo": "studio/other", "attentions": "original"}, "attentions"),
     ({"repo": ["studio/other"]}, "repo"),
     ({"repo": 7}, "repo"),

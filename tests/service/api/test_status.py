@@ -15,8 +15,10 @@ from fastapi.testclient import TestClient
 
 from service.api import create_api
 from service.db import session_scope, upgrade
-from service.jobs import JobOptions, finish_stage, get_job, list_jobs, record_event, set_state, stage_result, \
-    start_stage, submit_job
+from tests.helpers import start_stage
+from workers.options import JobOptions
+from service.jobs import finish_stage, get_job, list_jobs, record_event, set_state, stage_result, \
+    submit_job
 from service.models import JobState, StageResult
 from service.settings import Settings
 from tests.helpers import free_port

@@ -45,7 +45,7 @@ def test_bad_sources_get_one_line(tmp_path: Path, args: list[str], code: int, me
 
 @pytest.mark.parametrize("args, message", [
     (["--bits", "3"], "Error: --bits 3 is not supported. Use one of 1, 2, 4, 6, 8."),
-    (["--attention", "flash"], "Error: --attention: 'flash' is not a valid Attention"),
+    (["--attention", "flash"], "Error: unknown attention layouts: flash. Use original, split_einsum, split_einsum_v2."),
     (["--deployment-target", "iOS14"], "unknown deployment target 'iOS14'"),
     (["--group-size", "16", "--deployment-target", "iOS17"],
      "Error: one palette per channel group needs iOS18 / macOS15, not iOS17. Pass --deployment-target iOS18 or "
@@ -182,7 +182,8 @@ def test_debug_and_scratch_are_settings_a_dot_env_may_hold(tmp_path: Path) -> No
 def test_listings_keep_whole_values_when_piped_and_json_for_scripts(tmp_path: Path) -> None:
     """`jobs | grep org/name` finds the repo (no `org/tiny…` at 80 columns); `--json` gives one document."""
     from service.db import session_scope, upgrade
-    from service.jobs import JobOptions, record_event, submit_job
+    from workers.options import JobOptions
+    from service.jobs import record_event, submit_job
     from service.watch import add_watch
 
     url = f"sqlite:///{tmp_path / 'jobs.db'}"

@@ -11,7 +11,8 @@ import pytest
 
 from tests.helpers import negate_largest_weight
 from workers.convert.chunk import BALANCE, validate_chunks, weight_file_bytes
-from workers.convert.engine import ConvertOptions, convert_pipeline
+from workers.convert.engine import convert_pipeline
+from workers.options import ConvertOptions
 from workers.errors import OptionsError
 from workers.validate.readback import read_package
 from workers.source.resolve import resolve_source

@@ -10,7 +10,8 @@ import pytest
 from service.errors import OptionsError, ValidationError
 from tests.helpers import negate_largest_weight
 from workers.convert import engine
-from workers.convert.engine import ConvertOptions, convert_pipeline
+from workers.convert.engine import convert_pipeline
+from workers.options import ConvertOptions
 from workers.names import Attention
 from workers.source.resolve import resolve_source
 from workers.convert.specs import SPECS

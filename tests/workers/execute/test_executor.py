@@ -12,7 +12,8 @@ import torch
 from service.errors import ValidationError
 from tests.helpers import scale_constants, set_operation_input
 from workers.execute import executor, kernels_base
-from workers.convert.engine import ConvertOptions, convert_pipeline
+from workers.convert.engine import convert_pipeline
+from workers.options import ConvertOptions
 from workers.execute.executor import ProgramError, execute_program
 from workers.names import Attention
 from workers.source.resolve import resolve_source

@@ -16,11 +16,13 @@ from pathlib import Path
 import pytest
 
 from service.errors import OptionsError, SourceError, UnsupportedModelError
-from workers.convert.engine import ConvertOptions, convert_pipeline
+from workers.convert.engine import convert_pipeline
+from workers.options import ConvertOptions
 from workers.source.fetch import fetch_source
 from workers.convert.geometry import read_geometry
 from workers.names import Attention
-from workers.source.resolve import looks_like_repo_id, resolve_source
+from workers.names import looks_like_repo_id
+from workers.source.resolve import resolve_source
 from workers.convert.specs import SPECS
 
 UNET = "unet/diffusion_pytorch_model.safetensors"

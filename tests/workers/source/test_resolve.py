@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from service.errors import SourceError, SourceNotFoundError, UnsafeWeightsError, UnsupportedModelError
-from workers.source.resolve import looks_like_repo_id, resolve_source
+from workers.names import looks_like_repo_id
+from workers.source.resolve import resolve_source
 
 
 @pytest.fixture

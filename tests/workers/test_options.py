@@ -1,0 +1,62 @@
+"""The options: validated when made, normalised, stored and keyed as every earlier job was."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.errors import OptionsError
+from workers.names import Attention
+from workers.options import ConvertOptions, JobOptions, SourceOptions
+
+
+def test_a_jobs_key_is_the_one_jobs_were_always_recorded_with() -> None:
+    # the dedupe key of default options, as recorded since the first release: it must never drift
+    assert JobOptions(namespace="org").key() == (
+        '{"attentions":["original","split_einsum_v2"],"bits":6,"components":null,"namespace":"org",'
+        '"packages_only":false,"private":null}')
+    assert '"vae":"org/vae","vae_sha":"' + "a" * 40 in JobOptions(namespace="org", vae="org/vae",
+                                                                   vae_sha="a" * 40).key()
+
+
+def test_layouts_are_named_once_in_the_canonical_order() -> None:
+    options = ConvertOptions(attentions=("split_einsum_v2", Attention.ORIGINAL, "original"))
+    assert options.attentions == (Attention.ORIGINAL, Attention.SPLIT_EINSUM_V2)
+    with pytest.raises(OptionsError, match="unknown attention layouts: flash"):
+        ConvertOptions(attentions=("flash",))
+    with pytest.raises(OptionsError, match="no attention layout selected"):
+        ConvertOptions(attentions=())
+
+
+def test_user_values_mean_what_the_command_lines_say() -> None:
+    options = JobOptions.from_user(namespace="org", bits=0, chunks_only=True, deployment_target="", vae="")
+    assert options.bits is None and options.chunk_unet and options.deployment_target is None and options.vae is None
+    assert ConvertOptions.from_user(latent_size=(0, 0), components=()).latent_size is None
+    with pytest.raises(TypeError, match="no options colour"):
+        ConvertOptions.from_user(colour="red")
+
+
+def test_stored_options_come_back_equal_and_unknown_ones_are_refused() -> None:
+    options = JobOptions(namespace="org", attentions=("original",), bits=4, chunk_unet=True, refiner="org/refiner")
+    assert JobOptions.from_dict(options.stored()) == options
+    with pytest.raises(OptionsError, match="unknown options colour"):
+        JobOptions.from_dict({**options.stored(), "colour": "red"})
+    recorded = ConvertOptions(bits=4).record()
+    assert recorded["targets"] == {"float16": "iOS16", "palettized": "iOS17"}
+    assert ConvertOptions.from_dict({k: v for k, v in recorded.items() if k != "targets"}) == ConvertOptions(bits=4)
+
+
+def test_jobs_take_hub_repos_where_convert_takes_folders_too() -> None:
+    assert SourceOptions(vae="./my-vae").vae == "./my-vae"
+    with pytest.raises(OptionsError, match="--vae './my-vae' is not a Hub repo id"):
+        JobOptions(namespace="org", vae="./my-vae")
+    with pytest.raises(OptionsError, match="is not the commit sha of a --refiner repo"):
+        JobOptions(namespace="org", refiner="org/refiner", refiner_sha="main")
+
+
+def test_a_job_converts_with_its_own_options() -> None:
+    job = JobOptions(namespace="org", bits=2, deployment_target="iOS17", chunk_unet=True)
+    part = job.conversion(attentions=(Attention.SPLIT_EINSUM_V2,), components=("unet",))
+    assert isinstance(part, ConvertOptions) and not isinstance(part, JobOptions)
+    assert (part.bits, part.deployment_target, part.chunk_unet, part.attentions) == (
+        2, "iOS17", True, (Attention.SPLIT_EINSUM_V2,))
+    assert job.parts() == ["shared", "unet-original", "unet-split_einsum_v2"]

@@ -1,0 +1,382 @@
+"""The options of a conversion and of a job, each declared once.
+
+Three groups, each a frozen dataclass validated when it is made (an inconsistent value raises OptionsError
+with a one-line hint, before any work):
+
+- :class:`ConvertOptions`: what the engine makes (attention layouts, palettization, components, sizes,
+  deployment target, UNet chunks);
+- :class:`SourceOptions`: what the source is combined with (``--vae``, ``--refiner``);
+- :class:`JobOptions`, both of those plus what a job adds: where it publishes, with which visibility, and
+  the commits of its extra repos, pinned when the job is recorded.
+
+Every field is declared with :func:`option`: its default, its help text, where users set it (``CONVERT``:
+the ``convert`` command; ``JOB``: ``submit``, ``watch add``, the HTTP API and the watch list), how a command
+line spells it, and whether it is part of a job's dedupe key.  The CLI's typer options
+(``service/cli/options.py``), the API's request and response schemas (``service/api/schemas.py``), the job
+row's stored options and the engine's options are all derived from these declarations: a new option is one
+field here, plus what it does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+from workers.components import COMPONENTS, depends_on_attention
+from workers.errors import OptionsError
+from workers.names import MAX_NAMESPACE, MAX_REPO_ID, Attention, looks_like_repo_id, valid_namespace
+from workers.validate.thresholds import ValidationBars
+
+CONVERT, JOB = "convert", "job"  # where users set an option: the convert command; jobs (CLI, API, watches)
+BOTH = frozenset({CONVERT, JOB})
+DEFAULT_ATTENTIONS: tuple[Attention, ...] = (Attention.ORIGINAL, Attention.SPLIT_EINSUM_V2)
+DEFAULT_BITS = 6
+Keyed = Literal["always", "set"] | None
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What an option's declaration says besides its type and default."""
+
+    help: str
+    surfaces: frozenset[str]  # where users set it; empty: the library's own (set by code, never typed)
+    keyed: Keyed  # part of a job's dedupe key: always, only when set (not the default), or never
+    flag: str | None  # the command line's flag ("--attention"); None: --the-name-with-dashes
+    cli: str  # how a command line spells it: "value", "comma" (a comma-separated list), "pair" (two numbers),
+    #          "switch" (--x/--no-x... as a plain flag), "either" (--private/--public; unset: neither)
+    metavar: str | None
+    max_length: int | None  # longest text (or list) a request may hold
+    too_long: str  # what a too-long value is said to be ("is not a Hub repo id")
+    from_user: Callable[[Any], Any] | None  # a typed value to the option's value (0 bits: float16 only)
+    user_default: Any  # the default a user sees, where it differs from the field's (namespace: the service's)
+    load: Callable[[Any], Any] | None  # a stored (JSON) value back to the option's value
+
+
+_SAME = object()
+
+
+def option(default: Any = dataclasses.MISSING, *, help: str, surfaces: frozenset[str] = BOTH,
+           keyed: Keyed = "set", flag: str | None = None, cli: str = "value", metavar: str | None = None,
+           max_length: int | None = None, too_long: str = "is too long", from_user: Callable | None = None,
+           user_default: Any = _SAME, load: Callable | None = None) -> Any:
+    """Declare one option: a dataclass field carrying its :class:`Declared` facts."""
+    declared = Declared(help, frozenset(surfaces), keyed, flag, cli, metavar, max_length, too_long, from_user,
+                        user_default, load)
+    kwargs: dict[str, Any] = {"metadata": {"option": declared}}
+    if isinstance(default, (list, dict, set)):
+        kwargs["default_factory"] = lambda: type(default)(default)
+    elif default is not dataclasses.MISSING and not isinstance(default, (str, int, float, bool, tuple, type(None))):
+        kwargs["default_factory"] = lambda: default  # immutable objects (the bars): shared safely
+    elif default is not dataclasses.MISSING:
+        kwargs["default"] = default
+    return field(**kwargs)
+
+
+def internal(default: Any, *, keyed: Keyed = None, load: Callable | None = None, help: str = "") -> Any:
+    """Declare an option only code sets (benchmarks, tests, the service's settings)."""
+    return option(default, help=help, surfaces=frozenset(), keyed=keyed, load=load)
+
+
+def _empty_to_none(value: Any) -> Any:
+    return value or None
+
+
+def _pair(value: Any) -> tuple[int, int] | None:
+    return tuple(value) if value is not None and any(value) else None
+
+
+def _components(value: Any) -> tuple[str, ...] | None:
+    return tuple(value) if value else None
+
+
+def _layout_order(attention: Attention) -> int:
+    return list(Attention).index(attention)
+
+
+def _layout(value: Any) -> Attention | None:
+    """The layout a name (or layout) means, or None."""
+    try:
+        return Attention(value)
+    except (ValueError, TypeError):
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """What every options group can do: be read from a user's values and from storage, and be written."""
+
+    @classmethod
+    def declared(cls, surface: str | None = None) -> list[tuple[dataclasses.Field, Declared]]:
+        """The fields of this group (in declaration order) with their declarations; with ``surface``, only those
+        users set there."""
+        return [(f, f.metadata["option"]) for f in dataclasses.fields(cls)
+                if surface is None or surface in f.metadata["option"].surfaces]
+
+    @classmethod
+    def pick(cls, values: dict[str, Any]) -> dict[str, Any]:
+        """The entries of ``values`` that are options of this group."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return {k: v for k, v in values.items() if k in names}
+
+    @classmethod
+    def types(cls) -> dict[str, Any]:
+        """Each field's type (the annotations evaluated)."""
+        return typing.get_type_hints(cls)
+
+    @classmethod
+    def user_default(cls, name: str) -> Any:
+        """The default a user sees for ``name`` (None for a required option a service fills in)."""
+        f = next(f for f in dataclasses.fields(cls) if f.name == name)
+        declared = f.metadata["option"]
+        if declared.user_default is not _SAME:
+            return declared.user_default
+        if f.default is not dataclasses.MISSING:
+            return f.default
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+    @classmethod
+    def from_user(cls, **values: Any):
+        """The options as a user asks for them (the CLI's and the API's values, already typed): 0 bits means
+        float16 only, an empty text means "not given", ``chunks_only`` implies ``chunk_unet``."""
+        given = {}
+        for f, declared in cls.declared():
+            if f.name in values:
+                value = values.pop(f.name)
+                given[f.name] = declared.from_user(value) if declared.from_user else value
+        if values:
+            raise TypeError(f"{cls.__name__} has no options {', '.join(sorted(values))}")
+        if given.get("chunks_only"):
+            given["chunk_unet"] = True
+        return cls(**given)
+
+    def to_dict(self, names: typing.Iterable[str] | None = None) -> dict[str, Any]:
+        """The options as JSON values (every field, or ``names``)."""
+        wanted = set(names) if names is not None else None
+        return {f.name: _json(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if wanted is None or f.name in wanted}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Options read back from :meth:`to_dict`'s JSON (a job row, a watch, a report); refuses unknown names."""
+        if not isinstance(data, dict):
+            raise OptionsError(f"stored options must be an object, not {type(data).__name__}",
+                               hint="Submit the job (or add the watch) again.")
+        known = {f.name: declared for f, declared in cls.declared()}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise OptionsError(f"unknown options {', '.join(unknown)}",
+                               hint="They were saved by another version: submit the job (or add the watch) again.")
+        values = {}
+        for name, value in data.items():
+            load = known[name].load
+            values[name] = load(value) if load and value is not None else \
+                tuple(value) if isinstance(value, list) else value
+        return cls(**values)
+
+    def key(self) -> str:
+        """The canonical text of the options that tell jobs apart: those keyed ``always``, and those keyed
+        ``set`` that differ from their defaults (so an option added later leaves every earlier key as it was)."""
+        values = {}
+        for f, declared in self.declared():
+            value = getattr(self, f.name)
+            if declared.keyed == "always" or (declared.keyed == "set" and value != _field_default(f)):
+                values[f.name] = _json(value)
+        return json.dumps(values, sort_keys=True, separators=(",", ":"))
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, Attention):
+        return value.value
+    if isinstance(value, tuple):
+        return [_json(v) for v in value]
+    if isinstance(value, ValidationBars):
+        return dataclasses.asdict(value)
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertOptions(Options):
+    """What a conversion makes.  ``bits=None`` makes float16 packages only."""
+
+    attentions: tuple[Attention, ...] = option(
+        DEFAULT_ATTENTIONS, flag="--attention", cli="comma", keyed="always", max_length=8,
+        help="Attention layouts (comma-separated on a command line): original (Mac GPU), split_einsum_v2 (Neural Engine), "
+             "split_einsum (Neural Engine, the layout older apps ask for).")
+    bits: int | None = option(DEFAULT_BITS, keyed="always", from_user=_empty_to_none,
+                              help="Palettization bits: 1, 2, 4, 6 or 8; 0 (or null) for float16 packages only.")
+    group_size: int = option(0, surfaces={CONVERT},
+                             help="One palette per this many output channels (palettized packages then need "
+                                  "iOS18/macOS15); 0: one per tensor, as Apple's.")
+    # keyed always: every job recorded before the option was declared has it (as null) in its key
+    components: tuple[str, ...] | None = option(
+        None, surfaces={CONVERT}, keyed="always", cli="comma", from_user=_components,
+        help="Components (comma-separated; default: all the source has): " + ",".join(COMPONENTS) + ".")
+    latent_size: tuple[int, int] | None = option(None, surfaces={CONVERT}, cli="pair", metavar="H W",
+                                                 from_user=_pair,
+                                                 help="Latent height and width (default: the UNet's sample_size).")
+    batch_size: int = option(2, surfaces={CONVERT}, help="UNet batch: 2 for classifier-free guidance, or 1.")
+    deployment_target: str | None = option(
+        None, max_length=16, from_user=_empty_to_none,
+        help="Minimum OS of every package: iOS15-iOS18 or macOS12-macOS15 (default: float16 macOS13/iOS16, "
+             "palettized iOS17/macOS14).")
+    chunk_unet: bool = option(False, cli="switch", help="Also ship each float16 UNet cut in two "
+                                                        "(UnetChunk1/UnetChunk2), for iPhone and iPad.")
+    chunks_only: bool = option(False, cli="switch", help="Ship the UNet chunks instead of the whole float16 UNet "
+                                                         "(implies --chunk-unet).")
+    seed: int = internal(0, keyed="set", help="Seed of the trace and check inputs")
+    bars: ValidationBars = internal(ValidationBars(), load=ValidationBars.from_dict,
+                                    help="The validation bars (the service's settings)")
+    lean: bool | None = internal(None, help="Memory-lean UNet conversion (workers.convert.lean); None: when its "
+                                            "float32 weights are that large")
+
+    def __post_init__(self) -> None:
+        self._check_conversion()
+
+    def _check_conversion(self) -> None:
+        values = self.attentions if isinstance(self.attentions, (tuple, list)) else (self.attentions,)
+        if not values:
+            raise OptionsError("no attention layout selected", hint="Pass --attention original,split_einsum_v2.")
+        layouts = [_layout(a) for a in values]
+        unknown = [str(a)[:32] for a, layout in zip(values, layouts) if layout is None]
+        if unknown:
+            raise OptionsError(f"unknown attention layouts: {', '.join(unknown[:8])}",
+                               hint=f"Use {', '.join(a.value for a in Attention)}.")
+        object.__setattr__(self, "attentions", tuple(sorted(set(layouts), key=_layout_order)))
+        self.target(palettized=False)
+        if self.bits is not None:
+            from workers.compress.palettize import check_bits  # numpy: loaded only when options are made
+
+            check_bits(self.bits, self.target(palettized=True), self.group_size)
+        elif self.group_size:
+            raise OptionsError("--group-size needs palettized packages, and --bits 0 makes none",
+                               hint="Pass --bits 6 (or another width), or drop --group-size.")
+        if self.chunks_only and not self.chunk_unet:
+            raise OptionsError("--chunks-only needs --chunk-unet", hint="Pass --chunk-unet --chunks-only.")
+        if self.components is not None:
+            unknown = sorted(set(self.components) - set(COMPONENTS))
+            if unknown:
+                raise OptionsError(f"unknown components: {', '.join(unknown)}",
+                                   hint=f"Choose from {', '.join(COMPONENTS)}.")
+            object.__setattr__(self, "components", tuple(c for c in COMPONENTS if c in self.components))
+            if self.chunk_unet and "unet" not in self.components:
+                raise OptionsError("--chunk-unet needs the unet component", hint="Add unet to --components.")
+        if self.latent_size is not None:
+            object.__setattr__(self, "latent_size", tuple(self.latent_size))
+
+    def target(self, *, palettized: bool, xl: bool = False) -> str:
+        """The deployment target of float16 or palettized packages (of an SDXL pipeline with ``xl``);
+        raises OptionsError for unknown ones, or ones older than the packages need."""
+        from workers.convert.targets import target_for
+
+        return target_for(self.deployment_target, palettized=palettized, group_size=self.group_size, xl=xl)
+
+    def record(self, *, xl: bool = False) -> dict[str, Any]:
+        """The options as a conversion report records them, with the targets they give."""
+        recorded = ConvertOptions.to_dict(self, [f.name for f, _ in ConvertOptions.declared()])
+        recorded["targets"] = {"float16": self.target(palettized=False, xl=xl),
+                               "palettized": self.target(palettized=True, xl=xl)}
+        return recorded
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceOptions(Options):
+    """What the source is combined with: another VAE, an SDXL refiner's UNet (a Hub repo or a folder each)."""
+
+    vae: str | None = option(None, metavar="REPO", max_length=MAX_REPO_ID, too_long="is not a Hub repo id",
+                             from_user=_empty_to_none,
+                             help="Convert this VAE (a Hub repo or folder with an AutoencoderKL at its root or in "
+                                  "vae/) instead of the source's, e.g. a float16-safe SDXL VAE (then converted in "
+                                  "float16).")
+    refiner: str | None = option(None, metavar="REPO", max_length=MAX_REPO_ID, too_long="is not a Hub repo id",
+                                 from_user=_empty_to_none,
+                                 help="SDXL: also ship this refiner's UNet (UnetRefiner) in the base's repos.")
+
+    EXTRAS: typing.ClassVar[tuple[str, ...]] = ("vae", "refiner")
+
+    def __post_init__(self) -> None:
+        self._check_sources()
+
+    def _check_sources(self) -> None:
+        for name in self.EXTRAS:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise OptionsError(f"--{name} must name a Hub repo or a folder", hint=f"Pass --{name} org/name.")
+
+
+def _sha(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 40 and all(c in "0123456789abcdef" for c in value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobOptions(SourceOptions, ConvertOptions):
+    """What a job produces and where it publishes; normalised so that equal requests compare (and key) equal."""
+
+    namespace: str = option(surfaces={JOB}, keyed="always", user_default=None, max_length=MAX_NAMESPACE,
+                            too_long="is not a valid Hub namespace",
+                            help="Where to publish (default: the service's, COREML_PUBLISH_DEFAULT_NAMESPACE).")
+    private: bool | None = option(None, surfaces={JOB}, keyed="always", flag="--private/--public", cli="either",
+                                  help="Publish private or public repos (default: as the source repo is).")
+    packages_only: bool = option(False, surfaces={JOB}, keyed="always", cli="switch",
+                                 help="Publish .mlpackage files only (no macOS worker needed).")
+    vae_sha: str | None = internal(None, keyed="set", help="The --vae repo's commit (pinned when recorded)")
+    refiner_sha: str | None = internal(None, keyed="set", help="The --refiner repo's commit (pinned when recorded)")
+
+    def __post_init__(self) -> None:
+        if not self.namespace:
+            raise OptionsError("no namespace to publish under",
+                               hint="Pass --namespace, or set COREML_PUBLISH_DEFAULT_NAMESPACE.")
+        if not valid_namespace(self.namespace):
+            name = str(self.namespace)
+            raise OptionsError(f"{name[:40] + '…' if len(name) > 40 else name!r} is not a valid Hub namespace",
+                               hint="Use 1-96 ASCII letters, digits, '-', '_' or '.', not starting or ending "
+                                    "with '-' or '.', without '--' or '..' (e.g. your user or org name).")
+        self._check_conversion()
+        self._check_sources()
+        for name in self.EXTRAS:
+            value = getattr(self, name)
+            if value is not None and (not looks_like_repo_id(value) or "/" not in value):
+                raise OptionsError(f"--{name} {str(value)[:100]!r} is not a Hub repo id",
+                                   hint=f"Jobs take --{name} as org/name (convert takes local folders too).")
+            sha = getattr(self, f"{name}_sha")
+            if sha is not None and (value is None or not _sha(sha)):
+                raise OptionsError(f"{name}_sha {str(sha)[:60]!r} is not the commit sha of a --{name} repo",
+                                   hint=f"Leave {name}_sha out: it is pinned when the job is recorded.")
+
+    def pinned(self, shas: dict[str, str | None]) -> "JobOptions":
+        """These options with the ``--vae``/``--refiner`` commits (by kind: ``{"vae": sha}``) filled in, so the
+        job converts, and is deduplicated by, exactly those commits."""
+        return dataclasses.replace(self, **{f"{kind}_sha": shas.get(kind) for kind in self.EXTRAS
+                                            if getattr(self, kind) is not None})
+
+    def stored(self) -> dict[str, Any]:
+        """The options as a job row and the API show them: every option of a job (those users set, and the pinned
+        commits), the ones always keyed, and any other that is set."""
+        own = set(JobOptions.__annotations__)
+        names = [f.name for f, declared in self.declared()
+                 if JOB in declared.surfaces or f.name in own or declared.keyed == "always"
+                 or (declared.keyed == "set" and getattr(self, f.name) != _field_default(f))]
+        return self.to_dict(names)
+
+    def conversion(self, **changes: Any) -> ConvertOptions:
+        """The engine's options of this job (``changes`` applied: a part's layouts and components)."""
+        values = {f.name: getattr(self, f.name) for f, _ in ConvertOptions.declared()}
+        return ConvertOptions(**(values | changes))
+
+    def parts(self) -> list[str]:
+        """Independent conversion parts, fanned out to workers: the shared components, then one per layout."""
+        wanted = set(self.components) if self.components else None
+        parts = []
+        if wanted is None or any(not depends_on_attention(c) for c in wanted):
+            parts.append("shared")
+        if wanted is None or any(depends_on_attention(c) for c in wanted):
+            parts += [f"unet-{a.value}" for a in self.attentions]
+        return parts
