@@ -16,6 +16,7 @@ from workers.errors import (  # noqa: F401 (re-exported)
     UnsupportedModelError,
     UnsafeWeightsError,
     OptionsError,
+    OutputError,
     ConversionError,
     ValidationError,
     ToolUnavailableError,

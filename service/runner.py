@@ -284,7 +284,7 @@ def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | No
         shutil.copytree(tokenizer, out / "_source" / tokenizer.name, dirs_exist_ok=True)
         if (source.path / "README.md").is_file():
             shutil.copy(source.path / "README.md", out / "_source" / "README.md")
-    return {"packages": len(report["packages"])}, store.push(spec.id, "out")
+    return {"packages": len(report.packages)}, store.push(spec.id, "out")
 
 
 def _package(spec: JobSpec, part: str, settings: Settings, *, compiled: bool = False) -> tuple[dict, str | None]:

@@ -26,3 +26,11 @@ def depends_on_attention(component: str) -> bool:
 def whole_of(component: str) -> str | None:
     """The UNet a chunk component was cut from (``unet``, ``refiner``); None for any other component."""
     return next((whole for whole, pair in CHUNKED.items() if component in pair), None)
+
+
+def pipeline_of(components: set[str] | frozenset[str]) -> str:
+    """Which Swift pipeline a set of components is for: ``sd`` (1.x/2.x), ``sdxl``, or ``sdxl-refiner`` (a second
+    text encoder without a first)."""
+    if "text_encoder_2" not in components:
+        return "sd"
+    return "sdxl" if "text_encoder" in components else "sdxl-refiner"

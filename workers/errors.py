@@ -3,7 +3,7 @@
 Each error carries the facts a caller needs (repo id, component, figures) and a one-line hint saying what
 to do next; the CLI prints ``message`` and ``hint`` and nothing else unless debugging.  The classes also
 inherit the builtin that best describes them, so library users can catch ``ValueError`` etc.  The
-service's own errors (jobs, publishing) are in :mod:`service.errors`, which re-exports these.
+service's own errors (jobs, watches, the queue) are in :mod:`service.errors`, which re-exports these.
 """
 
 from __future__ import annotations
@@ -65,6 +65,11 @@ class UnsafeWeightsError(SourceError):
 
 class OptionsError(CoreMLPublishError, ValueError):
     """An option value is out of range or inconsistent with the source."""
+
+
+class OutputError(CoreMLPublishError, ValueError):
+    """An output (a conversion's folder, its report.json, a repo tree) is missing, failed validation or is
+    incomplete, so the step asked for cannot use it."""
 
 
 class ConversionError(CoreMLPublishError, RuntimeError):

@@ -16,7 +16,7 @@ from service.cli import publish as _publish
 from service.cli import service as _service
 from service.cli import watch as _watch
 from service.cli.output import quiet_libraries
-from service.errors import CoreMLPublishError, OptionsError, ServiceUnavailableError, ValidationError
+from service.errors import CoreMLPublishError, OptionsError, OutputError, ServiceUnavailableError, ValidationError
 
 app = typer.Typer(
     name="coreml-publish",
@@ -40,10 +40,11 @@ app.add_typer(_service.db_app, name="db")
 app.add_typer(_watch.watch_app, name="watch")
 app.command("scheduler")(_watch.scheduler)
 
-# exit codes: 1 for a bad source or other expected failures (infrastructure down included), 2 for bad options
-# and usage errors (click's own code), 3 for a conversion that ran but failed validation
-EXIT_CODES: dict[type[Exception], int] = {ValidationError: 3, OptionsError: 2, ServiceUnavailableError: 1,
-                                          CoreMLPublishError: 1}
+# exit codes: 1 for a bad source, an output that is missing, failed or incomplete, and other expected failures
+# (infrastructure down included), 2 for bad options and usage errors (click's own code), 3 for a conversion
+# that ran but failed validation
+EXIT_CODES: dict[type[Exception], int] = {ValidationError: 3, OutputError: 1, OptionsError: 2,
+                                          ServiceUnavailableError: 1, CoreMLPublishError: 1}
 
 
 def click_exceptions() -> tuple[type[Exception], ...]:

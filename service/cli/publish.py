@@ -30,18 +30,21 @@ def publish(
     """
     from workers.hub.publish import publish_tree
     from workers.package.compile import require_compiler
-    from workers.package.repos import check_output, load_report, package_output
+    from workers.package.complete import check_output
+    from workers.package.repos import package_output
+    from workers.validate.report import Report
 
-    report = load_report(out)
+    report = Report.load(out)
+    report.require_passed(out)
     check_output(report, out, namespace=namespace)  # before anything else: an incomplete variant is never published
     compiler = None if packages_only else require_compiler()
     if private is None:
-        private = _follow_source(report["source"])
+        private = _follow_source(report.source)
     with console.status("packaging") as status:
         trees = package_output(out, namespace=namespace, compiled=not packages_only, compiler=compiler,
                                on_step=lambda message: status.update(message + "…"))
         for tree in trees:
-            result = publish_tree(tree, namespace=namespace, source_sha=report["source"].get("sha"),
+            result = publish_tree(tree, namespace=namespace, source_sha=report.source.get("sha"),
                                   private=private, on_step=lambda message: status.update(message + "…"))
             change = f"commit {result.commit[:10]}" if result.changed else \
                 f"no changes: the Hub already holds these files (commit {result.commit[:10]})"

@@ -42,7 +42,8 @@ from workers.convert.geometry import Geometry, read_geometry
 from workers.components import COMPONENTS
 from workers.convert.specs import SPECS, ComponentSpec, resolve_outputs, spec_for
 from workers.validate.readback import Accounting
-from workers.validate.checks import psnr_check, run_module, save_check_data, validate_package
+from workers.validate.checks import psnr_check, run_module, validate_package
+from workers.validate.compiled import save_check_data
 from workers.versions import converter_id, toolchain
 
 
@@ -217,7 +218,7 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
             release_memory()
     finally:
         run.report.timings["total"] = time.perf_counter() - started
-        run.report.write(out)
+        run.report.save(out)
     failures = run.report.failures()
     if failures:
         raise ValidationError(failures, report=run.report)

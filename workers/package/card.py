@@ -18,7 +18,7 @@ import yaml
 
 from workers.package.sanitize import sanitize_markdown
 from workers.names import COMPILED_NAMES, compiled_file_name, package_file_name
-from workers.validate.report import precision_bits
+from workers.validate.report import Check, PackageResult, Report, precision_bits
 from workers.convert.targets import SPEC_VERSIONS, os_name
 
 log = logging.getLogger(__name__)
@@ -90,57 +90,68 @@ def zip_name(repo_name: str, variant: str) -> str:
     return f"{repo_name}_{variant}_compiled.zip"
 
 
-def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str | None, variants: list[str],
+def render_card(report: Report, *, kind: str, repo_id: str, sibling_id: str | None, variants: list[str],
                 compiled: bool, upstream: str | None = None, today: date | None = None) -> str:
     """The README.md of the float16 (``kind="float16"``) or palettized repo described by ``report``.
 
     ``sibling_id`` is the other repo of the pair when it is published in the same run; None (no palettized
     repo with ``--bits 0``, or its tree absent) and the card does not mention it.
     """
-    source = report["source"]
-    options = report["options"]
-    toolchain = report["toolchain"]
-    repo_name = repo_id.split("/")[-1]
-    base = source.get("repo_id")
-    sd1 = report["geometry"]["context_dim"] == 768
+    packages = report.packages_of(report.repos[kind])
+    base = report.source.get("repo_id")
+    label = f"[{base}](/{base})" if base else f"`{report.source['id']}`"  # Hub-relative links work on any Hub
+    lines = _heading(report, kind, packages, label, sibling_id)
+    lines += _variants_section(report.source["id"], packages, repo_id, variants, compiled)
+    lines += _provenance(report, kind, packages, label, today)
+    lines += _validation(packages)
+    if upstream:
+        lines += _upstream(upstream, label)
+    return "\n".join(lines)
+
+
+def _heading(report: Report, kind: str, packages: list[PackageResult], label: str,
+             sibling_id: str | None) -> list[str]:
+    """The Hub metadata, the title, what the weights are and where they run, the sibling repo."""
+    source, options, geometry = report.source, report.options, report.geometry
     meta: dict = {"license": license_id(source.get("license")) or ("other" if not source.get("license") else "unknown")}
-    if base:
-        meta["base_model"] = base
+    if source.get("repo_id"):
+        meta["base_model"] = source["repo_id"]
         if kind == "palettized":
             meta["base_model_relation"] = "quantized"
     meta["pipeline_tag"] = "text-to-image"
-    xl = (report["geometry"].get("time_ids") or 0) > 0
-    meta["tags"] = TAGS + (["stable-diffusion-diffusers"] if sd1 else []) + (["stable-diffusion-xl"] if xl else []) \
-        + (["palettized"] if kind == "palettized" else [])
-    packages = [p for p in report["packages"] if p["repo"] == report["repos"][kind]]
-    bits = options.get("bits")
-    target = repo_target(report, kind)
-    os_text = os_name(target)
-    source_label = f"[{base}](/{base})" if base else f"`{source['id']}`"  # Hub-relative links work on any Hub
+    xl = (geometry.get("time_ids") or 0) > 0
+    meta["tags"] = TAGS + (["stable-diffusion-diffusers"] if geometry["context_dim"] == 768 else []) \
+        + (["stable-diffusion-xl"] if xl else []) + (["palettized"] if kind == "palettized" else [])
     group = options.get("group_size") or 0
     palette = f", one palette per {group} output channels" if group else ""
-    what = (f"{bits}-bit palettized weights{palette}{_kept(packages)}" if kind == "palettized"
+    what = (f"{options.get('bits')}-bit palettized weights{palette}{_kept(packages)}" if kind == "palettized"
             else f"float16 weights{_kept(packages, only='float32')}")
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
              f"# Core ML {source['id'].split('/')[-1]} ({'palettized' if kind == 'palettized' else 'float16'})", "",
-             f"{source_label} converted to Core ML with {what}, for Apple's Swift "
+             f"{label} converted to Core ML with {what}, for Apple's Swift "
              "[`StableDiffusion`](https://github.com/apple/ml-stable-diffusion) package"
              + (" (`StableDiffusionXLPipeline`)" if xl else "") + " and the apps built on it. "
-             f"Needs {os_text} or later.", ""]
+             f"Needs {os_name(repo_target(report, kind))} or later.", ""]
     if sibling_id:
         other = "palettized" if kind == "float16" else "float16"
         lines += [f"The {other} version is [{sibling_id}](/{sibling_id}).", ""]
-    lines += ["## Variants", "", "```", "README.md"]
+    return lines
+
+
+def _variants_section(source_id: str, packages: list[PackageResult], repo_id: str, variants: list[str],
+                      compiled: bool) -> list[str]:
+    """The repo's tree, what each variant is for, and how to download one."""
+    repo_name = repo_id.split("/")[-1]
+    lines = ["## Variants", "", "```", "README.md"]
     if compiled:
         lines += [zip_name(repo_name, v) for v in variants]
-    components = sorted({p["component"] for p in packages}, key=list(COMPILED_NAMES).index)
+    components = sorted({p.component for p in packages}, key=list(COMPILED_NAMES).index)
     for v in variants:
         lines.append(f"{v}/")
         if compiled:
             lines.append("  compiled/   " + "  ".join([compiled_file_name(c) for c in components]
                                                     + ["merges.txt", "vocab.json"]))
-        lines.append("  packages/   " + "  ".join(
-            package_file_name(source['id'], c) for c in components))
+        lines.append("  packages/   " + "  ".join(package_file_name(source_id, c) for c in components))
     lines += ["```", ""]
     lines += [f"- `{v}`: {_VARIANT_USE.get(v, v)}." for v in variants]
     lines += ["- `compiled/` holds `.mlmodelc` resources and the tokenizer, ready for the Swift pipeline; "
@@ -157,42 +168,56 @@ def render_card(report: dict, *, kind: str, repo_id: str, sibling_id: str | None
         lines.append(f'snapshot_download("{repo_id}", allow_patterns="{v}/{what_dir}/*", local_dir="{repo_name}")')
     if compiled:
         lines.append(f'hf_hub_download("{repo_id}", "{zip_name(repo_name, variants[-1])}", local_dir="{repo_name}")')
-    lines += ["```", "", "## Provenance", "",
-              f"- Source: {source_label}" + (f" at commit `{source['sha']}`" if source.get("sha") else ""),
-              *_extra_sources(source),
-              f"- Converter: {toolchain['converter']}; coremltools {toolchain['coremltools']}, torch "
-              f"{toolchain['torch']}, diffusers {toolchain['diffusers']}, transformers {toolchain['transformers']}",
-              f"- Deployment target: {target}, {os_text}{_older_copies(packages, target)}; UNet batch {options['batch_size']}, latent "
-              f"{report['geometry']['latent_height']}×{report['geometry']['latent_width']} "
-              f"({report['geometry']['latent_height'] * report['geometry']['vae_scale_factor']}×"
-              f"{report['geometry']['latent_width'] * report['geometry']['vae_scale_factor']} px)",
-              f"- Converted: {(today.isoformat() if today else report.get('started_at', '')[:10]) or date.today().isoformat()}",
-              "",
-              "## Validation", "",
-              "PSNR in dB against the torch float32 original (Apple's definition) on random inputs, with the bar "
-              "each had to pass. *program*: the saved ML program itself, every operation executed with float16 "
-              "activations by the converter's program executor (any OS); *torch*: the exported model with the "
-              "weights read back from the package; *Core ML*: Core ML's own prediction, which only macOS can "
-              "make. Every weight of the source was found in the package or shown folded as an identity.", "",
-              _where_measured(packages), "",
-              "| variant | component | precision | size | program PSNR | torch PSNR | Core ML PSNR |",
-              "|---|---|---|---|---|---|---|"]
-    for p in sorted(packages, key=lambda p: (p["variant"], list(COMPILED_NAMES).index(p["component"]))):
-        checks = {c["name"]: c for c in p["checks"]}
-        lines.append(f"| {p['variant']} | {p['component']} | {p['precision']} | {p['size_bytes'] / 1e6:.1f} MB | "
+    return lines + ["```", ""]
+
+
+def _provenance(report: Report, kind: str, packages: list[PackageResult], label: str,
+                today: date | None) -> list[str]:
+    """Where the weights come from, what converted them, for which OS and sizes, and when."""
+    source, toolchain, geometry = report.source, report.toolchain, report.geometry
+    target = repo_target(report, kind)
+    height, width, factor = geometry["latent_height"], geometry["latent_width"], geometry["vae_scale_factor"]
+    return ["## Provenance", "",
+            f"- Source: {label}" + (f" at commit `{source['sha']}`" if source.get("sha") else ""),
+            *_extra_sources(source),
+            f"- Converter: {toolchain['converter']}; coremltools {toolchain['coremltools']}, torch "
+            f"{toolchain['torch']}, diffusers {toolchain['diffusers']}, transformers {toolchain['transformers']}",
+            f"- Deployment target: {target}, {os_name(target)}{_older_copies(packages, target)}; UNet batch "
+            f"{report.options['batch_size']}, latent {height}×{width} ({height * factor}×{width * factor} px)",
+            f"- Converted: {(today.isoformat() if today else report.started_at[:10]) or date.today().isoformat()}",
+            ""]
+
+
+def _validation(packages: list[PackageResult]) -> list[str]:
+    """Every package's figures against its bars, and where they were measured."""
+    lines = ["## Validation", "",
+             "PSNR in dB against the torch float32 original (Apple's definition) on random inputs, with the bar "
+             "each had to pass. *program*: the saved ML program itself, every operation executed with float16 "
+             "activations by the converter's program executor (any OS); *torch*: the exported model with the "
+             "weights read back from the package; *Core ML*: Core ML's own prediction, which only macOS can "
+             "make. Every weight of the source was found in the package or shown folded as an identity.", "",
+             _where_measured(packages), "",
+             "| variant | component | precision | size | program PSNR | torch PSNR | Core ML PSNR |",
+             "|---|---|---|---|---|---|---|"]
+    for p in sorted(packages, key=lambda p: (p.variant, list(COMPILED_NAMES).index(p.component))):
+        checks = {c.name: c for c in p.checks}
+        lines.append(f"| {p.variant} | {p.component} | {p.precision} | {p.size_bytes / 1e6:.1f} MB | "
                      f"{_figure(checks.get('psnr_program'))} | {_figure(checks.get('psnr_torch'))} | "
                      f"{_figure(checks.get('psnr_coreml'))} |")
-    lines.append("")
-    if upstream:
-        _, body = split_front_matter(upstream)
-        body = body.strip()
-        if len(body) > MAX_UPSTREAM:
-            body = body[:body.rfind("\n", 0, MAX_UPSTREAM) if "\n" in body[:MAX_UPSTREAM] else MAX_UPSTREAM]
-            body += f"\n\n*(shortened: the rest is on {source_label})*"
-        if body:
-            lines += ["## Original model card", "", f"Carried over from {source_label}.", "",
-                      sanitize_markdown(body, demote_headings=True), ""]
-    return "\n".join(lines)
+    return lines + [""]
+
+
+def _upstream(upstream: str, label: str) -> list[str]:
+    """The source's own card, shortened to MAX_UPSTREAM characters and sanitised."""
+    _, body = split_front_matter(upstream)
+    body = body.strip()
+    if len(body) > MAX_UPSTREAM:
+        body = body[:body.rfind("\n", 0, MAX_UPSTREAM) if "\n" in body[:MAX_UPSTREAM] else MAX_UPSTREAM]
+        body += f"\n\n*(shortened: the rest is on {label})*"
+    if not body:
+        return []
+    return ["## Original model card", "", f"Carried over from {label}.", "",
+            sanitize_markdown(body, demote_headings=True), ""]
 
 
 def _extra_sources(source: dict) -> list[str]:
@@ -206,12 +231,12 @@ def _extra_sources(source: dict) -> list[str]:
     return lines
 
 
-def _kept(packages: list[dict], only: str | None = None) -> str:
+def _kept(packages: list[PackageResult], only: str | None = None) -> str:
     """`` (the VAE and the safety checker stay float16)``: the packages a repo keeps unpalettized, by precision
     (an SDXL VAE stays float32: it overflows in float16); with ``only``, those of that precision alone."""
     kept: dict[str, list[str]] = {}
     for c in COMPILED_NAMES:
-        found = next((p["precision"] for p in packages if p["component"] == c), None)
+        found = next((p.precision for p in packages if p.component == c), None)
         if found and precision_bits(found) is None and c.startswith(("vae", "safety")) \
                 and only in (None, found):
             label = "the VAE" if c.startswith("vae") else "the safety checker"
@@ -223,16 +248,16 @@ def _kept(packages: list[dict], only: str | None = None) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-def repo_target(report: dict, kind: str) -> str:
+def repo_target(report: Report, kind: str) -> str:
     """The deployment target a repo's packages need: the newest among them (float16 or palettized)."""
-    targets = report["options"].get("targets") or {}
-    return targets.get(kind) or report["options"].get("deployment_target") or "iOS17"  # reports before targets
+    targets = report.options.get("targets") or {}
+    return targets.get(kind) or report.options.get("deployment_target") or "iOS17"  # reports before targets
 
 
-def _older_copies(packages: list[dict], target: str) -> str:
+def _older_copies(packages: list[PackageResult], target: str) -> str:
     """A note naming the float16 copies (VAE, safety checker) in a repo whose other packages need a newer OS."""
-    older = {p["component"]: p["target"] for p in packages
-             if p.get("target") and SPEC_VERSIONS[p["target"]] < SPEC_VERSIONS[target]}
+    older = {p.component: p.target for p in packages
+             if p.target and SPEC_VERSIONS[p.target] < SPEC_VERSIONS[target]}
     if not older:
         return ""
     names = sorted(older, key=list(COMPILED_NAMES).index)
@@ -240,10 +265,10 @@ def _older_copies(packages: list[dict], target: str) -> str:
     return f" ({', '.join(names)}: float16 copies written for {os_name(oldest)}, which load there too)"
 
 
-def _where_measured(packages: list[dict]) -> str:
+def _where_measured(packages: list[PackageResult]) -> str:
     """One sentence naming where the checks ran, and which did not run."""
-    coreml = [c for p in packages for c in p["checks"] if c["name"] == "psnr_coreml"]
-    ran = sum(1 for c in coreml if c["status"] != "skipped")
+    coreml = [c for p in packages for c in p.checks if c.name == "psnr_coreml"]
+    ran = sum(1 for c in coreml if c.status != "skipped")
     if coreml and ran == len(coreml):
         return "Program, torch and Core ML checks ran for every package (Core ML on macOS)."
     if ran:
@@ -253,9 +278,9 @@ def _where_measured(packages: list[dict]) -> str:
             "(they need macOS), so no figure here comes from Core ML itself.")
 
 
-def _figure(check: dict | None) -> str:
+def _figure(check: Check | None) -> str:
     if not check:
         return "n/a"
-    if check["value"] is None:
-        return "not measured (needs macOS)" if check["status"] == "skipped" else check["status"]
-    return f"{check['value']:.1f} (bar {check['threshold']:g})"
+    if check.value is None:
+        return "not measured (needs macOS)" if check.status == "skipped" else check.status
+    return f"{check.value:.1f} (bar {check.threshold:g})"

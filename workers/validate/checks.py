@@ -19,7 +19,6 @@ from __future__ import annotations
 import math
 import platform
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -28,7 +27,6 @@ import torch
 from torch import nn
 
 from workers.validate.thresholds import PALETTIZED_BARS, ValidationBars  # noqa: F401 (re-exported: part of this API)
-from workers.names import CHECK_DATA_DIR
 from workers.compress.palettize import WEIGHT_THRESHOLD
 from workers.validate.readback import Accounting, PackageContents, account_parameters, load_read_back, read_package
 from workers.validate.report import Check
@@ -156,7 +154,7 @@ def coreml_available() -> bool:
     return platform.system() == "Darwin"
 
 
-def _input_dtypes(input_specs: list[TensorSpec]) -> dict[str, type]:
+def input_dtypes(input_specs: list[TensorSpec]) -> dict[str, type]:
     """The numpy type each input feature is fed in."""
     return {t.name: np.float16 if t.dtype == "float16" else np.float32 for t in input_specs}
 
@@ -168,92 +166,10 @@ def coreml_check(package: Path, inputs: dict[str, torch.Tensor], input_specs: li
         return Check("psnr_coreml", "skipped", "coreml", threshold=threshold, detail="needs macOS")
     import coremltools as ct
 
-    dtypes = _input_dtypes(input_specs)
+    dtypes = input_dtypes(input_specs)
     model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit.CPU_AND_GPU)
     prediction = model.predict({k: v.numpy().astype(dtypes[k]) for k, v in inputs.items()})
     return psnr_check("psnr_coreml", "coreml", reference, prediction, outputs, threshold)
-
-
-# --- Core ML predictions of compiled models (macOS workers, compile stage) -------------------------
-
-@dataclass
-class CheckData:
-    """One component's check inputs (in the package's input types), float32 reference and compared outputs."""
-
-    inputs: dict[str, np.ndarray]
-    reference: dict[str, np.ndarray]
-    compared: list[str]
-
-
-def save_check_data(out: Path, component: str, inputs: dict[str, torch.Tensor], input_specs: list[TensorSpec],
-                    reference: dict[str, np.ndarray], compared: list[str]) -> Path:
-    """Keep what a component was checked with beside the output, so a compiled model can be checked later."""
-    dtypes = _input_dtypes(input_specs)
-    arrays = {f"input:{k}": v.numpy().astype(dtypes[k]) for k, v in inputs.items()}
-    arrays |= {f"reference:{k}": np.asarray(v, np.float32) for k, v in reference.items()}
-    arrays["compared"] = np.array(compared)
-    path = out / CHECK_DATA_DIR / f"{component}.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-    return path
-
-
-def load_check_data(out: Path, component: str) -> CheckData | None:
-    """What :func:`save_check_data` kept for ``component``, or None for outputs made without it."""
-    path = out / CHECK_DATA_DIR / f"{component}.npz"
-    if not path.is_file():
-        return None
-    with np.load(path) as data:
-        return CheckData({k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("input:")},
-                         {k.split(":", 1)[1]: data[k] for k in data.files if k.startswith("reference:")},
-                         [str(x) for x in data["compared"]])
-
-
-def compute_units_for(variant: str) -> list[str]:
-    """Where a compiled model of a variant runs in the apps: the GPU, and the Neural Engine for split_einsum*."""
-    return ["CPU_AND_GPU"] + (["CPU_AND_NE"] if variant.startswith("split_einsum") else [])
-
-
-def _coreml_predict(model: Path, inputs: dict[str, np.ndarray], compute_units: str) -> dict[str, np.ndarray]:
-    import coremltools as ct
-
-    compiled = ct.models.CompiledMLModel(str(model), compute_units=getattr(ct.ComputeUnit, compute_units))
-    return compiled.predict(inputs)
-
-
-def compiled_check(model: Path, data: CheckData, threshold: float, compute_units: list[str],
-                   predict=None) -> Check:
-    """Core ML's prediction with a compiled model on each compute unit, against the float32 reference.
-
-    ``predict(model, inputs, compute_units)`` defaults to Core ML itself (macOS); the worst figure counts.
-    """
-    predict = predict or _coreml_predict
-    checks = [psnr_check("psnr_coreml", "coreml", data.reference, predict(model, data.inputs, units),
-                         data.compared, threshold) for units in compute_units]
-    return _worst(checks, compute_units, threshold)
-
-
-def _worst(checks: list[Check], compute_units: list[str], threshold: float) -> Check:
-    worst = next((c for c in checks if c.failed), None) or min(checks, key=lambda c: c.value)
-    detail = "; ".join(f"{units}: {c.detail}" for units, c in zip(compute_units, checks))
-    return Check("psnr_coreml", worst.status, "coreml", worst.value, threshold, detail)
-
-
-def compiled_chain_check(first: Path, second: Path, second_inputs: list[str], data: CheckData, threshold: float,
-                         compute_units: list[str], predict=None) -> Check:
-    """Core ML's prediction through compiled UNet chunks, fed as the Swift pipeline feeds them (chunk 1's
-    outputs merged with the UNet's inputs, by name), against the whole UNet's float32 reference."""
-    predict = predict or _coreml_predict
-    checks = []
-    for units in compute_units:
-        fed = {**data.inputs, **predict(first, data.inputs, units)}
-        result = predict(second, {name: fed[name] for name in second_inputs}, units)
-        checks.append(psnr_check("psnr_coreml", "coreml", data.reference, result, data.compared, threshold))
-    check = _worst(checks, compute_units, threshold)
-    check.detail = f"chunk 1 → chunk 2: {check.detail}"
-    return check
 
 
 def validate_package(spec: ComponentSpec, geometry: Geometry, bars: ValidationBars, path: Path, export,

@@ -10,15 +10,14 @@ the files are the user's.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
-from workers.errors import OptionsError
+from workers.errors import OptionsError, OutputError
 from workers.components import CHUNKED, COMPONENTS, whole_of
 from workers.convert.chunk import validate_chunks
 from workers.convert.engine import component_inputs, release_memory
-from workers.validate.report import Check, Event, PackageResult, Report, precision_bits, write_json
+from workers.validate.report import Check, Event, PackageResult, Report, precision_bits
 from workers.names import REPORT_FILE, Attention
 from workers.source.resolve import Source
 from workers.convert.geometry import Geometry
@@ -28,17 +27,9 @@ from workers.validate.checks import ValidationBars, psnr_check, run_module, vali
 
 
 def read_report(out: Path) -> Report:
-    """The report.json of an output tree.  Raises OptionsError when there is none or it is unreadable."""
-    path = out / REPORT_FILE
-    if not path.is_file():
-        raise OptionsError(f"{out} holds no {REPORT_FILE}",
-                           hint="Point at a folder written by convert, or put the conversion's report.json "
-                                "next to the downloaded repo.")
-    try:
-        return Report.from_dict(json.loads(path.read_text()))
-    except (ValueError, KeyError, TypeError) as e:
-        raise OptionsError(f"{path} is not a conversion report ({e.__class__.__name__}: {e})",
-                           hint="Use the report.json that convert wrote.") from e
+    """The report.json of an output tree (OutputError when there is none or it is unreadable)."""
+    return Report.load(out, hint="Point at a folder written by convert, or put the conversion's report.json next "
+                                 "to the downloaded repo.")
 
 
 def package_location(out: Path, package: PackageResult) -> Path:
@@ -91,14 +82,14 @@ def verify_output(out: Path, source: Source, bars: ValidationBars | None = None,
     conversion = any((out / repo).is_dir() for repo in report.repos.values())
     present = [p for p in report.packages if conversion or in_tree(out, p)]
     if not present:
-        raise OptionsError(f"{out} holds none of the packages its {REPORT_FILE} lists",
+        raise OutputError(f"{out} holds none of the packages its {REPORT_FILE} lists",
                            hint="Point at the folder convert wrote, or at a downloaded repo with its report.json.")
     for component in COMPONENTS:  # UNet chunks are checked with their UNet, chained
         packages = [p for p in present if p.component == component or whole_of(p.component) == component]
         if packages:
             _verify_component(out, source, spec_for(component, geometry), geometry, bars, seed, packages, report, notify)
             release_memory()
-    write_json(out / REPORT_FILE, report.to_dict())
+    report.save(out)
     report.packages = present  # what was checked; the file keeps every package
     return report
 

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from workers.components import pipeline_of
+from workers.errors import OutputError
 from workers.names import REPORT_FILE
 from workers.progress import Progress
 
@@ -110,14 +112,55 @@ class Report:
             "passed": self.passed, "packages": [p.to_dict() for p in self.packages],
         }
 
-    def write(self, out: Path) -> Path:
+    def save(self, out: Path) -> Path:
+        """Write the report as ``out/report.json`` (readers see the old file or the new one, never half)."""
         return write_json(out / REPORT_FILE, self.to_dict())
 
     @classmethod
+    def load(cls, out: Path, *, hint: str = "Run `coreml-publish convert SOURCE -o OUT` first.") -> "Report":
+        """The report.json of an output tree.  Raises OutputError when there is none or it is not a report."""
+        path = out / REPORT_FILE
+        if not path.is_file():
+            raise OutputError(f"{out} holds no {REPORT_FILE}", hint=hint)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise OutputError(f"{path} is not a conversion report ({e.__class__.__name__}: {e})"[:300],
+                              hint="Use the report.json that convert wrote.") from e
+
+    def require_passed(self, out: Path) -> None:
+        """Refuse (OutputError) a conversion in which a package failed validation: nothing of it is published."""
+        if not self.passed:
+            raise OutputError(f"the conversion in {out} did not pass validation; nothing is published",
+                              hint="Fix the failures listed in report.json and convert again.")
+
+    def packages_of(self, repo: str, variant: str | None = None) -> list[PackageResult]:
+        """The packages of one repo (by name), optionally of one variant."""
+        return [p for p in self.packages if p.repo == repo and (variant is None or p.variant == variant)]
+
+    @property
+    def attentions(self) -> list[str]:
+        """The attention layouts the conversion made, in its order."""
+        return list(self.options.get("attentions") or ())
+
+    @property
+    def pipeline(self) -> str:
+        """Which Swift pipeline the packages are for: ``sd`` (1.x/2.x), ``sdxl``, or ``sdxl-refiner``."""
+        time_ids = self.geometry.get("time_ids")
+        if time_ids is None:  # recorded before SDXL: what the components say
+            return pipeline_of({p.component for p in self.packages})
+        return {0: "sd", 6: "sdxl"}.get(time_ids, "sdxl-refiner")
+
+    @classmethod
     def from_dict(cls, data: dict) -> "Report":
-        """A report read back from report.json."""
-        packages = [PackageResult(**{k: v for k, v in p.items() if k not in ("checks", "status")},
-                                  checks=[Check(**c) for c in p["checks"]]) for p in data["packages"]]
+        """A report read back from report.json (a package recorded as failed stays failed)."""
+        packages = []
+        for p in data["packages"]:
+            checks = [Check(**c) for c in p.get("checks", ())]
+            if p.get("status") == "failed" and not any(c.failed for c in checks):
+                checks.append(Check("recorded", "failed", "package", detail="recorded as failed"))
+            packages.append(PackageResult(**{k: v for k, v in p.items() if k not in ("checks", "status")},
+                                          checks=checks))
         return cls(data["source"], data["options"], data["geometry"], data["toolchain"], data["repos"], packages,
                    dict(data.get("timings", {})), data.get("started_at", ""))
 

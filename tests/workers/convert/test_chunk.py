@@ -52,7 +52,7 @@ def test_chunks_have_the_interface_swift_feeds(chunked, variant: str) -> None:
 @pytest.mark.parametrize("variant", ["original", "split_einsum_v2"])
 def test_chained_chunks_equal_the_whole_unet(chunked, variant: str) -> None:
     from workers.execute.executor import execute_program
-    from workers.validate.checks import load_check_data
+    from workers.validate.compiled import load_check_data
 
     out, report = chunked
     packages = _packages(out, report, variant)
@@ -81,7 +81,7 @@ def test_each_chunk_holds_about_half_the_weights(chunked, variant: str) -> None:
 
 def test_a_chunk_that_computes_something_else_fails(chunked, tmp_path: Path) -> None:
     """The checks can fail: chunk 2 with one weight's sign flipped no longer equals the whole UNet."""
-    from workers.validate.checks import load_check_data
+    from workers.validate.compiled import load_check_data
 
     out, report = chunked
     packages = _packages(out, report, "original")
@@ -121,14 +121,14 @@ def test_chunk_options_that_contradict_are_refused(sd1_pipeline: Path, tmp_path:
 def test_compiled_chunks_are_predicted_chained_as_swift_feeds_them(chunked, tmp_path: Path, damage: float,
                                                                    status: str) -> None:
     """On macOS Core ML predicts through UnetChunk1 → UnetChunk2 (here its double) against the UNet's reference."""
-    import json
 
     from tests.workers.package.test_repos import core_ml_double
     from workers.errors import ValidationError
-    from workers.package.repos import check_compiled
+    from workers.validate.compiled import check_compiled
+    from workers.validate.report import Report
 
     out = Path(shutil.copytree(chunked[0], tmp_path / "out"))
-    report = json.loads((out / "report.json").read_text())
+    report = Report.load(out)
     compiled = out / "coreml-tiny-sd1" / "split_einsum_v2" / "compiled"
     for name in ("Unet", "UnetChunk1", "UnetChunk2"):
         (compiled / f"{name}.mlmodelc").mkdir(parents=True)
@@ -138,10 +138,10 @@ def test_compiled_chunks_are_predicted_chained_as_swift_feeds_them(chunked, tmp_
                        predict=core_ml_double(out, damage=damage, calls=calls))
     except ValidationError as e:
         assert status == "failed" and "unet_chunk2 (split_einsum_v2, float16) compiled psnr_coreml" in str(e.failures)
-    figures = {p["component"]: {c["name"]: c for c in p["checks"]}["psnr_coreml"] for p in report["packages"]
-               if p["variant"] == "split_einsum_v2"}
+    figures = {p.component: {c.name: c for c in p.checks}["psnr_coreml"] for p in report.packages
+               if p.variant == "split_einsum_v2"}
     assert figures["unet_chunk1"] == figures["unet_chunk2"]
-    assert figures["unet_chunk2"]["status"] == status and "chunk 1 → chunk 2" in figures["unet_chunk2"]["detail"]
+    assert figures["unet_chunk2"].status == status and "chunk 1 → chunk 2" in figures["unet_chunk2"].detail
     # each compute unit once for the whole UNet and once per chunk, not twice for the pair
     assert sorted(c[2] for c in calls) == sorted(["unet", "unet_chunk1", "unet_chunk2"] * 2)
 

@@ -304,7 +304,8 @@ def test_an_sdxl_refiner_alone_converts_to_its_own_complete_repo(tmp_path: Path)
     refiner by the time_ids shape, and the variant is complete without TextEncoder.  Its UNet converts
     memory-lean (as a full-size one would) and is validated like any other."""
     from workers.devtools.tiny import build_tiny_pipeline
-    from workers.package.repos import check_output
+    from workers.package.complete import check_output
+    from workers.validate.report import Report
 
     source = resolve_source(str(build_tiny_pipeline(tmp_path / "refiner", style="sdxl-refiner", seed=2)))
     report = convert_pipeline(source, tmp_path / "out", ConvertOptions(attentions=(Attention.ORIGINAL,), bits=None,
@@ -318,7 +319,7 @@ def test_an_sdxl_refiner_alone_converts_to_its_own_complete_repo(tmp_path: Path)
         assert contents.inputs == inputs and contents.outputs == outputs, package.component
         assert package.target == "iOS17" and package.status == "passed"
     assert {p.component: p.precision for p in report.packages}["vae_decoder"] == "float32"
-    check_output(json.loads((tmp_path / "out" / "report.json").read_text()), tmp_path / "out")
+    check_output(Report.load(tmp_path / "out"), tmp_path / "out")
 
 
 def test_memory_is_collected_only_when_the_process_holds_enough_to_matter(monkeypatch: pytest.MonkeyPatch) -> None:

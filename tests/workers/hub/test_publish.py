@@ -12,7 +12,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, hf_hub_downloa
 from huggingface_hub.errors import RepositoryNotFoundError
 
 from workers.hub.download import download_variant
-from service.errors import OptionsError, PublishError, SourceNotFoundError
+from workers.errors import OptionsError, OutputError, PublishError, SourceNotFoundError
 from workers.hub.publish import publish_tree, with_retries
 from workers.package.repos import package_output
 
@@ -287,7 +287,7 @@ NO_HUB = "http://127.0.0.1:1"  # nothing listens: a refusal must come before any
 ])
 def test_an_incomplete_tree_is_refused_before_any_hub_call(tmp_path: Path, components, missing) -> None:
     tree = _small_tree(tmp_path / "coreml-small", components)
-    with pytest.raises(OptionsError) as caught:
+    with pytest.raises(OutputError) as caught:
         publish_tree(tree, namespace="studio", source_sha=SHA, endpoint=NO_HUB, attempts=1)
     assert caught.value.message.startswith("studio/coreml-small (variant original) ")
     assert caught.value.message.endswith(f"missing: {missing}")
@@ -301,7 +301,7 @@ def test_a_compiled_tree_without_its_tokenizer_or_a_compiled_model_is_refused(tm
         shutil.rmtree(gone)
     else:
         gone.unlink()
-    with pytest.raises(OptionsError, match=f"missing: compiled/{name}$"):
+    with pytest.raises(OutputError, match=f"missing: compiled/{name}$"):
         publish_tree(tree, namespace="studio", source_sha=SHA, endpoint=NO_HUB, attempts=1)
 
 
@@ -314,10 +314,12 @@ def test_a_tree_with_chunks_instead_of_the_whole_unet_passes_the_guard(tmp_path:
 
 def test_a_package_the_report_beside_the_tree_failed_counts_as_missing(tmp_path: Path) -> None:
     tree = _small_tree(tmp_path / "coreml-small")
-    (tmp_path / "report.json").write_text(json.dumps({"repos": {"float16": "coreml-small"}, "packages": [
-        {"repo": "coreml-small", "variant": "original", "component": "vae_decoder", "status": "failed",
-         "checks": []}]}))
-    with pytest.raises(OptionsError, match=r"missing: vae_decoder \(failed validation\)$"):
+    (tmp_path / "report.json").write_text(json.dumps({
+        "source": {}, "options": {}, "geometry": {}, "toolchain": {}, "repos": {"float16": "coreml-small"},
+        "packages": [{"repo": "coreml-small", "variant": "original", "component": "vae_decoder", "precision": "float16",
+                      "path": "coreml-small/original/packages/x_vae_decoder.mlpackage", "status": "failed",
+                      "checks": []}]}))
+    with pytest.raises(OutputError, match=r"missing: vae_decoder \(failed validation\)$"):
         publish_tree(tree, namespace="studio", source_sha=SHA, endpoint=NO_HUB, attempts=1)
 
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from workers.package.card import card_license, render_card, split_front_matter
+from workers.validate.report import Report
 from workers.package.sanitize import safe_url, sanitize_markdown
 
 ATTACKS = """\
@@ -158,14 +159,14 @@ def test_yaml_aliases_are_refused_and_the_license_becomes_unknown(caplog: pytest
     assert split_front_matter("---\na: " + "[" * 5000 + "\n---\nbody") == ({}, "body")  # too deep: ignored
 
 
-def _report(license_: object) -> dict:
-    return {
+def _report(license_: object) -> Report:
+    return Report.from_dict({
         "source": {"id": "org/model", "repo_id": "org/model", "sha": "a" * 40, "license": license_},
         "options": {"bits": None, "group_size": 0, "deployment_target": "iOS17", "batch_size": 1},
         "toolchain": {"converter": "c 1", "coremltools": "8", "torch": "2", "diffusers": "0", "transformers": "4"},
         "geometry": {"context_dim": 1024, "latent_height": 64, "latent_width": 64, "vae_scale_factor": 8},
         "packages": [], "repos": {"float16": "coreml-model", "palettized": "coreml-model-palettized"},
-    }
+    })
 
 
 def test_the_published_card_is_sanitised_and_its_license_is_a_short_id(caplog: pytest.LogCaptureFixture) -> None:

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
-from service.errors import OptionsError
+from workers.errors import OutputError
 from workers.package.card import render_card
-from workers.package.repos import check_complete, check_output, package_output, write_zip
+from workers.package.complete import check_complete, check_output
+from workers.package.repos import package_output, write_zip
+from workers.validate.report import Report
 
 
 @pytest.fixture
@@ -70,20 +72,20 @@ def test_packages_only_cards_say_compiled_resources_are_absent(output: Path, xcr
 
 
 def test_a_missing_or_failed_report_is_refused(tmp_path: Path, output: Path) -> None:
-    with pytest.raises(OptionsError, match="holds no report.json"):
+    with pytest.raises(OutputError, match="holds no report.json"):
         package_output(tmp_path, namespace="x", compiled=False)
     report = output / "report.json"
-    report.write_text(report.read_text().replace('"passed": true', '"passed": false', 1))
-    with pytest.raises(OptionsError, match="did not pass validation"):
+    report.write_text(report.read_text().replace('"status": "passed"', '"status": "failed"', 1))  # a package that failed
+    with pytest.raises(OutputError, match="did not pass validation"):
         package_output(output, namespace="x", compiled=False)
 
 
 def test_cards_name_the_palette_granularity(output: Path) -> None:
-    report = json.loads((output / "report.json").read_text())
+    report = Report.load(output)
     kwargs = dict(kind="palettized", repo_id="studio/x-palettized", sibling_id="studio/x",
                   variants=["original"], compiled=False)
     assert "6-bit palettized weights (the VAE" in render_card(report, **kwargs)
-    report["options"]["group_size"] = 16
+    report.options["group_size"] = 16
     assert "6-bit palettized weights, one palette per 16 output channels (the VAE" in render_card(report, **kwargs)
 
 
@@ -137,12 +139,12 @@ def test_a_compiled_model_below_its_bar_fails_the_stage(output: Path, xcrun_doub
     assert "compiled psnr_coreml" in caught.value.failures[0]
     report = json.loads((output / "report.json").read_text())
     assert report["passed"] is False
-    with pytest.raises(OptionsError, match="did not pass validation"):
+    with pytest.raises(OutputError, match="did not pass validation"):
         package_output(output, namespace="studio", compiled=False)  # nothing gets published after that
 
 
 def test_check_data_travels_with_the_output(output: Path) -> None:
-    from workers.validate.checks import load_check_data
+    from workers.validate.compiled import load_check_data
 
     for component in ("text_encoder", "unet", "vae_decoder", "vae_encoder"):
         data = load_check_data(output, component)
@@ -163,12 +165,14 @@ def test_real_core_ml_predicts_with_every_compiled_model(output: Path) -> None:
 
 # --- complete variants only ------------------------------------------------------------------------------
 
-def _variant_report(*components: str, failed: tuple[str, ...] = ()) -> dict:
-    """A report (as report.json holds it) whose float16 repo has ``components`` in its original variant."""
-    return {"repos": {"float16": "coreml-x", "palettized": "coreml-x-palettized"}, "packages": [
-        {"repo": "coreml-x", "variant": "original", "component": c, "precision": "float16",
-         "path": f"coreml-x/original/packages/Stable_Diffusion_version_x_{c}.mlpackage",
-         "status": "failed" if c in failed else "passed", "checks": []} for c in components]}
+def _variant_report(*components: str, failed: tuple[str, ...] = ()) -> Report:
+    """A report whose float16 repo has ``components`` in its original variant."""
+    return Report.from_dict({
+        "source": {}, "options": {"attentions": ["original"]}, "geometry": {}, "toolchain": {},
+        "repos": {"float16": "coreml-x", "palettized": "coreml-x-palettized"}, "packages": [
+            {"repo": "coreml-x", "variant": "original", "component": c, "precision": "float16",
+             "path": f"coreml-x/original/packages/Stable_Diffusion_version_x_{c}.mlpackage",
+             "status": "failed" if c in failed else "passed", "checks": []} for c in components]})
 
 
 def _compiled(folder: Path, *names: str) -> Path:
@@ -192,7 +196,7 @@ def _compiled(folder: Path, *names: str) -> Path:
     (("safety_checker",), "text_encoder; unet (or both unet_chunk1 and unet_chunk2); vae_decoder"),
 ])
 def test_a_variant_without_what_the_swift_pipeline_loads_is_refused(components, missing) -> None:
-    with pytest.raises(OptionsError) as caught:
+    with pytest.raises(OutputError) as caught:
         check_complete(_variant_report(*components), "coreml-x", "original", namespace="studio")
     assert caught.value.message.startswith("studio/coreml-x (variant original) ")
     assert caught.value.message.endswith(f"nothing is published; missing: {missing}")
@@ -201,20 +205,20 @@ def test_a_variant_without_what_the_swift_pipeline_loads_is_refused(components, 
 
 def test_sdxl_variants_need_the_second_text_encoder_and_the_first_unless_a_refiner() -> None:
     base = _variant_report("text_encoder", "unet", "vae_decoder")
-    base["geometry"] = {"time_ids": 6}
-    with pytest.raises(OptionsError, match="missing: text_encoder_2$"):
+    base.geometry = {"time_ids": 6}
+    with pytest.raises(OutputError, match="missing: text_encoder_2$"):
         check_complete(base, "coreml-x", "original")
     refiner = _variant_report("text_encoder_2", "unet", "vae_decoder")
-    refiner["geometry"] = {"time_ids": 5}
+    refiner.geometry = {"time_ids": 5}
     check_complete(refiner, "coreml-x", "original")  # a refiner's UNet needs only the second encoder
-    refiner["geometry"] = {"time_ids": 6}
-    with pytest.raises(OptionsError, match="missing: text_encoder$"):
+    refiner.geometry = {"time_ids": 6}
+    with pytest.raises(OutputError, match="missing: text_encoder$"):
         check_complete(refiner, "coreml-x", "original")
 
 
 def test_a_package_that_failed_validation_counts_as_missing() -> None:
     report = _variant_report("text_encoder", "unet", "vae_decoder", failed=("unet",))
-    with pytest.raises(OptionsError, match=r"missing: unet \(failed validation\) \(or both unet_chunk1 and "
+    with pytest.raises(OutputError, match=r"missing: unet \(failed validation\) \(or both unet_chunk1 and "
                                            r"unet_chunk2\)$") as caught:
         check_complete(report, "coreml-x", "original")
     assert "report.json" in caught.value.hint
@@ -229,7 +233,7 @@ def test_unet_chunks_stand_for_the_whole_unet_and_compiled_variants_need_their_r
     for name in ("vocab.json", "merges.txt", "UnetChunk2.mlmodelc", "VAEDecoder.mlmodelc"):
         moved = compiled / name
         moved.rename(tmp_path / name)
-        with pytest.raises(OptionsError) as caught:
+        with pytest.raises(OutputError) as caught:
             check_complete(report, "coreml-x", "original", compiled_dir=compiled, namespace="studio")
         assert caught.value.message.endswith(f"missing: compiled/{name}"), name
         assert "studio/coreml-x (variant original)" in caught.value.message
@@ -245,7 +249,7 @@ def _drop_components(output: Path, *components: str) -> None:
 
 def test_packaging_refuses_an_incomplete_conversion_before_any_work(output: Path, xcrun_double) -> None:
     _drop_components(output, "text_encoder")  # as if converted with --components unet,vae_decoder,vae_encoder
-    with pytest.raises(OptionsError) as caught:
+    with pytest.raises(OutputError) as caught:
         package_output(output, namespace="studio", compiled=True, compiler=("xcrun", "coremlcompiler"))
     assert caught.value.message.startswith("studio/coreml-tiny-sd2 (variant original) ")
     assert caught.value.message.endswith("missing: text_encoder")
@@ -271,8 +275,8 @@ def test_a_variant_with_unet_chunks_instead_of_the_whole_unet_is_packaged(output
     assert "Unet.mlmodelc" not in names
     report["packages"] = [p for p in packages if p["component"] != "unet_chunk2"]
     (output / "report.json").write_text(json.dumps(report))
-    with pytest.raises(OptionsError, match=r"missing: unet_chunk2 to go with unet_chunk1 \(or unet\)$"):
-        check_output(report, output, namespace="studio")
+    with pytest.raises(OutputError, match=r"missing: unet_chunk2 to go with unet_chunk1 \(or unet\)$"):
+        check_output(Report.from_dict(report), output, namespace="studio")
 
 
 def test_a_float16_only_run_links_no_palettized_repo(output: Path) -> None:
