@@ -13,6 +13,7 @@ from workers.errors import (  # noqa: F401 (re-exported)
     SourceNotFoundError,
     HubUnavailableError,
     GatedSourceError,
+    SourceAccessError,
     UnsupportedModelError,
     UnsafeWeightsError,
     OptionsError,

@@ -44,11 +44,12 @@ class Submitted:
 
 
 def submit_job(session: Session, *, source_repo: str, source_sha: str, options: JobOptions,
-               revision: str | None = None, trigger: Trigger = Trigger.CLI) -> Submitted:
+               revision: str | None = None, trigger: Trigger = Trigger.CLI, source: dict | None = None) -> Submitted:
     """Record a job, or return the existing one for the same (repo, sha, options, toolchain).
 
     Uniqueness is the database's (a constraint, not check-then-insert), so concurrent submits of the
-    same thing yield one job.  The caller commits and then enqueues.
+    same thing yield one job.  ``source`` is the resolved source (``Source.to_dict()``) its stages fetch by.
+    The caller commits and then enqueues.
     """
     fingerprint = toolchain_fingerprint()
     key = dedupe_key(source_repo, source_sha, options, fingerprint)
@@ -56,7 +57,7 @@ def submit_job(session: Session, *, source_repo: str, source_sha: str, options: 
     if existing is not None:
         return Submitted(existing, False)
     job = Job(source_repo=source_repo, requested_revision=revision, source_sha=source_sha,
-              options=options.stored(), toolchain=fingerprint, dedupe_key=key, state=JobState.QUEUED.value,
+              options=options.stored(), source=source, toolchain=fingerprint, dedupe_key=key, state=JobState.QUEUED.value,
               trigger=trigger.value)
     try:
         with session.begin_nested():

@@ -48,6 +48,9 @@ class Job(Base):
     requested_revision: Mapped[str | None] = mapped_column(String(200))
     source_sha: Mapped[str | None] = mapped_column(String(64))
     options: Mapped[dict] = mapped_column(JSON)
+    # the Source resolved at submit (workers.source.source.Source.to_dict): stages fetch by it; None for jobs
+    # recorded before sources were stored, which resolve again at their recorded commit
+    source: Mapped[dict | None] = mapped_column(JSON)
     toolchain: Mapped[str] = mapped_column(String(300))
     dedupe_key: Mapped[str] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value, index=True)

@@ -40,7 +40,7 @@ from service.artifacts import ArtifactStore
 from workers.options import JobOptions
 
 if TYPE_CHECKING:
-    from workers.source.resolve import Source
+    from workers.source.source import Source
 
 log = logging.getLogger(__name__)
 WAITING_FOR_MACOS = "waiting for a macOS worker"
@@ -54,6 +54,7 @@ class JobSpec:
     source_repo: str
     source_sha: str
     options: JobOptions
+    source: dict | None = None  # the Source pinned at submit (Source.to_dict); None for older jobs
 
 
 def stage_sequence(options: JobOptions) -> list[tuple[str, str]]:
@@ -88,7 +89,8 @@ def run_stage(job_id: int, stage: str, part: str = "", *, settings: Settings | N
                     set_state(session, job, JobState.RUNNING)
                 record_event(session, job.id, f"{stage}{' ' + part if part else ''} started on "
                              f"{result.worker_host}", stage=stage)
-                spec = JobSpec(job.id, job.source_repo, job.source_sha or "", JobOptions.from_dict(job.options))
+                spec = JobSpec(job.id, job.source_repo, job.source_sha or "", JobOptions.from_dict(job.options),
+                               job.source)
                 result_id = result.id
                 break
         time.sleep(min(settings.heartbeat_interval, 5.0))  # another runner has it: wait for its outcome
@@ -208,24 +210,53 @@ def _events(spec: JobSpec, settings: Settings, *, stage: str, part: str):
     return on_event
 
 
-@contextmanager
-def _source(spec: JobSpec, settings: Settings, *, need_safety_checker: bool = True) -> Iterator[Source]:
-    """The job's source, fetched, for the length of a ``with`` block (a composed folder is removed after it)."""
-    from workers.source.fetch import fetched
+def _pinned(spec: JobSpec, settings: Settings) -> Source:
+    """The job's source as it was resolved at submit (a job recorded before sources were stored is resolved
+    again, at its recorded commit)."""
     from workers.source.resolve import resolve_source
+    from workers.source.source import Source
 
-    source = resolve_source(spec.source_repo, revision=spec.source_sha, endpoint=settings.hub_endpoint,
-                            max_bytes=int(settings.max_source_gb * 1e9),
-                            need_safety_checker=need_safety_checker, vae=spec.options.vae,
-                            refiner=spec.options.refiner, vae_revision=spec.options.vae_sha,
-                            refiner_revision=spec.options.refiner_sha)
-    with fetched(source, endpoint=settings.hub_endpoint) as source:
+    if spec.source is not None:
+        return Source.from_dict(spec.source)
+    return resolve_source(spec.source_repo, revision=spec.source_sha, endpoint=settings.hub_endpoint,
+                          max_bytes=int(settings.max_source_gb * 1e9), vae=spec.options.vae,
+                          refiner=spec.options.refiner, vae_revision=spec.options.vae_sha,
+                          refiner_revision=spec.options.refiner_sha)
+
+
+MANIFEST = "manifest.json"  # what the fetch stage fetched (workers.source.fetch.Manifest), in its artifact
+
+
+@contextmanager
+def _source(spec: JobSpec, settings: Settings) -> Iterator[Source]:
+    """The job's source fetched exactly as the fetch stage fetched it (its manifest: files, sizes, hashes), for
+    the length of a ``with`` block (a composed folder is removed after it).  The fetch stage checked the
+    values; a file this host downloads again is held to the hash the fetch stage recorded."""
+    import json
+
+    from workers.source.fetch import Manifest, fetched
+
+    store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
+    recorded = store.pull(spec.id, "fetch") / MANIFEST
+    manifest = Manifest.from_dict(json.loads(recorded.read_text())) if recorded.is_file() else None
+    with fetched(_pinned(spec, settings), endpoint=settings.hub_endpoint, manifest=manifest,
+                 check_values=manifest is None) as source:
         yield source
 
 
 def _fetch(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
-    with _source(spec, settings) as source:
-        return {"files": sum(1 for p in source.path.rglob("*") if p.is_file()), "sha": source.sha}, None
+    import json
+
+    from workers.source.fetch import fetched, manifest_of
+    from workers.validate.report import write_json
+
+    store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
+    with fetched(_pinned(spec, settings), endpoint=settings.hub_endpoint) as source:
+        manifest = manifest_of(source)
+    folder = store.path(spec.id, "fetch")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / MANIFEST, json.loads(json.dumps(manifest.to_dict())))
+    return {"files": manifest.files, "bytes": manifest.bytes, "sha": source.sha}, store.push(spec.id, "fetch")
 
 
 def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
@@ -235,14 +266,12 @@ def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
 
     options = spec.options
     with _source(spec, settings) as source:
+        wanted = [c for c in select_components(source, None) if options.components is None or c in options.components]
         if part == "shared":
-            available = select_components(source, None)
-            components = tuple(c for c in available if not depends_on_attention(c)
-                               and (options.components is None or c in options.components))
-            attentions = tuple(Attention(a) for a in options.attentions)
+            components = tuple(c for c in wanted if not depends_on_attention(c))
+            attentions = options.attentions
         else:
-            components = tuple(c for c in select_components(source, None) if depends_on_attention(c)  # UNet, refiner
-                               and (options.components is None or c in options.components))
+            components = tuple(c for c in wanted if depends_on_attention(c))  # the UNet, a refiner's
             attentions = (Attention(part.removeprefix("unet-")),)
         store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
         out = store.path(spec.id, "parts", part)
@@ -272,6 +301,7 @@ def _report_figures(report) -> dict:
 def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
     from service.merge import merge_outputs
     from workers.package.repos import source_tokenizer
+    from workers.source.fetch import fetch_files
 
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     parts = [store.pull(spec.id, "parts", p) for p in spec.options.parts()]
@@ -279,11 +309,12 @@ def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | No
     shutil.rmtree(out, ignore_errors=True)
     report = merge_outputs(parts, out)
     # the tokenizer and card travel with the output, so a macOS worker elsewhere can bundle them
-    with _source(spec, settings) as source:
-        tokenizer = source_tokenizer(source.path)
-        shutil.copytree(tokenizer, out / "_source" / tokenizer.name, dirs_exist_ok=True)
-        if (source.path / "README.md").is_file():
-            shutil.copy(source.path / "README.md", out / "_source" / "README.md")
+    folder = fetch_files(_pinned(spec, settings), ("tokenizer", "tokenizer_2"), names=("README.md",),
+                         endpoint=settings.hub_endpoint)
+    tokenizer = source_tokenizer(folder)
+    shutil.copytree(tokenizer, out / "_source" / tokenizer.name, dirs_exist_ok=True)
+    if (folder / "README.md").is_file():
+        shutil.copy(folder / "README.md", out / "_source" / "README.md")
     return {"packages": len(report.packages)}, store.push(spec.id, "out")
 
 
@@ -311,7 +342,9 @@ def _publish(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
     figures = {}
     private = spec.options.private
     if private is None:  # follow the source: a private model's conversion must not become public
-        private = source_private(spec.source_repo, endpoint=settings.hub_endpoint)
+        pinned = (spec.source or {}).get("private")  # what the Hub said when the job was resolved
+        private = bool(pinned) if pinned is not None else source_private(spec.source_repo,
+                                                                          endpoint=settings.hub_endpoint)
         with session_scope(settings.database_url) as session:
             record_event(session, spec.id, f"publishing {'private' if private else 'public'} repos, as "
                          f"{spec.source_repo} is {'private (or not visible)' if private else 'public'}",

@@ -57,7 +57,7 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
     options = options.pinned({kind: extra.sha for kind, extra in source.extras})
     with session_scope(settings.database_url) as session:
         submitted = submit_job(session, source_repo=source_repo, source_sha=source.sha, options=options,
-                               revision=revision, trigger=trigger)
+                               revision=revision, trigger=trigger, source=source.to_dict())
         job_id = submitted.job.id
         revived = None
         if not submitted.created and not local:  # the same job again: if it is stuck, this revives it

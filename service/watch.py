@@ -18,7 +18,15 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.errors import JobError, NotWatchedError, OptionsError
+from service.errors import (
+    GatedSourceError,
+    JobError,
+    NotWatchedError,
+    OptionsError,
+    SourceAccessError,
+    SourceError,
+    SourceNotFoundError,
+)
 from service import jobs
 from service.jobs import aware, dedupe_key
 from service.submit import create_job
@@ -95,22 +103,17 @@ class SweepResult:
     detail: str = ""
 
 
-def head_sha(repo_id: str, *, endpoint: str | None = None) -> str:
-    """The repo's current main commit: one Hub call."""
-    from huggingface_hub import HfApi
-
-    return HfApi(endpoint=endpoint).model_info(repo_id, revision="main").sha
-
-
 def sweep(*, now: datetime | None = None, due_only: bool = False, settings=None,
           get_head: Callable[[str], str] | None = None) -> list[SweepResult]:
-    """Check every active watched repo (or only those due) and submit the jobs that are missing."""
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    """Check every active watched repo (or only those due) and submit the jobs that are missing.
 
+    ``get_head(repo_id)`` asks for a repo's main commit (default: :func:`workers.hub.client.head_sha`); what
+    the Hub refuses marks the watch (gated, gone, private), what it cannot answer now is left for the next sweep.
+    """
     from service.db import session_scope
     from service.errors import CoreMLPublishError
     from service.settings import get_settings
-    from workers.source.resolve import network_errors
+    from workers.hub.client import head_sha
 
     settings = settings or get_settings()
     now = now or utcnow()
@@ -140,19 +143,15 @@ def sweep(*, now: datetime | None = None, due_only: bool = False, settings=None,
                     asked = f"--{kind} {getattr(options, kind)}"
                     extras[kind] = get_head(getattr(options, kind))
             options = options.pinned(extras)
-        except GatedRepoError:
+        except GatedSourceError:
             state, reason = WatchState.GATED, "gated: accept its terms with the service's Hub account"
-        except RepositoryNotFoundError:
+        except SourceNotFoundError:
             state, reason = WatchState.GONE, "not found: deleted, renamed or made private"
-        except HfHubHTTPError as e:
-            status = getattr(e.response, "status_code", None)
-            if status in (401, 403):
-                state, reason = WatchState.PRIVATE, f"not readable with the service's token ({status})"
-            else:
-                results.append(SweepResult(repo_id, "unreachable", detail=f"the Hub answered {status}"))
-                continue
-        except network_errors() as e:
-            results.append(SweepResult(repo_id, "unreachable", detail=e.__class__.__name__))
+        except SourceAccessError as e:
+            state, reason = WatchState.PRIVATE, f"not readable with the service's token ({e.status})"
+        except SourceError as e:  # the Hub could not answer now (HubUnavailableError), or answered oddly
+            detail = f"the Hub answered {e.status}" if e.status else e.__cause__.__class__.__name__
+            results.append(SweepResult(repo_id, "unreachable", detail=detail))
             continue
         if reason is not None and asked != repo_id:
             reason = f"{asked} is {reason}"

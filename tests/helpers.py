@@ -180,3 +180,12 @@ def start_stage(session, result, *, runner: str = "test") -> None:
     from service.jobs import claim_stage
 
     assert claim_stage(session, result, runner=runner, timeout=180.0)
+
+
+def resolved_source(repo_id: str, sha: str):
+    """What resolving ``repo_id`` gives, without asking a Hub: a Source pinned at ``sha`` (for tests of the job
+    service that never fetch it)."""
+    from workers.source.source import Source
+
+    return Source(id=repo_id, pipeline_class="StableDiffusionPipeline", model_index={}, components=(),
+                  weight_files={}, weight_variant={}, repo_id=repo_id, revision="main", sha=sha, files={})

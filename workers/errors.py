@@ -26,11 +26,13 @@ class CoreMLPublishError(Exception):
 
 
 class SourceError(CoreMLPublishError, ValueError):
-    """The source model cannot be used (missing, malformed, or not what we convert)."""
+    """The source model cannot be used (missing, malformed, or not what we convert).  ``status`` is the Hub's
+    HTTP answer when the Hub refused it."""
 
-    def __init__(self, message: str, *, source: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, source: str, hint: str | None = None, status: int | None = None) -> None:
         super().__init__(message, hint=hint)
         self.source = source
+        self.status = status
 
 
 class SourceNotFoundError(SourceError, FileNotFoundError):
@@ -45,6 +47,12 @@ class GatedSourceError(SourceError, PermissionError):
     """The Hub repo is gated or private and no token with access was given."""
 
     hint = "Accept the model's terms on the Hub and set HF_TOKEN to a token that can read it."
+
+
+class SourceAccessError(SourceError, PermissionError):
+    """The Hub refused the token (401, 403): the repo is private to others, or the token is wrong."""
+
+    hint = "Set HF_TOKEN to a token that can read it."
 
 
 class UnsupportedModelError(SourceError):
@@ -106,7 +114,3 @@ class PublishError(CoreMLPublishError, RuntimeError):
     def __init__(self, message: str, *, repo_id: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.repo_id = repo_id
-
-
-# HTTP statuses from the Hub worth retrying later: timeouts, rate limits, server errors
-TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})

@@ -56,7 +56,7 @@ def _push(out: Path, repo_id: str, *, private: bool, style: str) -> str:
     from huggingface_hub.errors import HfHubHTTPError
 
     from service.errors import PublishError
-    from workers.source.resolve import network_errors
+    from workers.hub.client import network_errors
 
     api = HfApi()
     try:

@@ -79,10 +79,29 @@ def _job_id(output: str) -> int:
     return int(output.split("Job ", 1)[1].split(":")[0].split()[0])
 
 
+def _hub_requests(service) -> dict[tuple[str, str], int]:
+    import httpx
+
+    return {(r["method"], r["path"]): r["count"] for r in httpx.get(f"{service['hub']}/_devhub/requests").json()}
+
+
 def test_submit_wait_publishes_two_repos_with_one_worker(service) -> None:
+    import httpx
+
+    httpx.delete(f"{service['hub']}/_devhub/requests")
     result = run("submit", "studio/tiny-sd", "--packages-only", "--bits", "6", "--wait", env=service["env"])
     assert result.returncode == 0, result.stdout + result.stderr
     job_id = _job_id(result.stdout)
+    # the source is resolved once, at submit: one model_info for the whole job (publishing reads the visibility
+    # it recorded), and each of its files downloaded once on this host (one cache serves every stage)
+    requests = _hub_requests(service)
+    info = {path: n for (method, path), n in requests.items() if path.startswith("/api/models/studio/tiny-sd")
+            and not path.startswith("/api/models/studio/tiny-sd-")}
+    assert sum(info.values()) == 1, info
+    downloads = {path: n for (method, path), n in requests.items()
+                 if method == "GET" and path.startswith("/studio/tiny-sd/resolve/")}
+    assert downloads and all(n == 1 for n in downloads.values()), downloads
+    assert any(path.endswith("/unet/diffusion_pytorch_model.safetensors") for path in downloads)
     state, stages, published, _ = _job(service, job_id)
     assert state == "succeeded"
     assert published == ["studio/coreml-tiny-sd", "studio/coreml-tiny-sd-palettized"]

@@ -37,7 +37,7 @@ from workers.compress.palettize import palettize_package
 from workers.options import ConvertOptions
 from workers.progress import Counter, Steps, model_class, observe_tqdm
 from workers.validate.report import Check, Event, PackageResult, Report, precision_bits, precision_label
-from workers.source.resolve import Source
+from workers.source.source import Source
 from workers.convert.geometry import Geometry, read_geometry
 from workers.components import COMPONENTS
 from workers.convert.specs import SPECS, ComponentSpec, resolve_outputs, spec_for

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workers.errors import OptionsError, SourceError, SourceNotFoundError
+from workers.errors import OptionsError, SourceNotFoundError
+from workers.hub.client import hub_errors
 from workers.package.card import zip_name
 from workers.names import Attention
 
@@ -18,42 +19,23 @@ def download_variant(repo_id: str, out: Path, *, variant: str = Attention.SPLIT_
     """Fetch only ``<variant>/<kind>/*`` (or the variant's zip) of ``repo_id`` into ``out``; returns the path.
 
     Raises OptionsError for unknown variants or kinds, SourceNotFoundError when the repo or the files are
-    not there.
+    not there, and the other errors of :func:`workers.hub.client.read_error`.
     """
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
     if variant not in VARIANTS:
         raise OptionsError(f"unknown variant {variant!r}", hint=f"Use one of {', '.join(VARIANTS)}.")
     if kind not in KINDS:
         raise OptionsError(f"unknown kind {kind!r}", hint="Use compiled, packages or zip.")
-    try:
+    with hub_errors(repo_id, revision, missing_file=f"{repo_id} has no {kind} zip for {variant}"):
         # ask first: snapshot_download falls back to local files when the Hub says no
         sha = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision).sha
         if kind == "zip":
             name = zip_name(repo_id.split("/")[-1], variant)
             return Path(hf_hub_download(repo_id, name, revision=sha, local_dir=str(out), endpoint=endpoint,
                                         token=token))
-        pattern = f"{variant}/{kind}/*"
-        folder = Path(snapshot_download(repo_id, revision=sha, allow_patterns=pattern, local_dir=str(out),
-                                        endpoint=endpoint, token=token))
-    except RepositoryNotFoundError as e:
-        raise SourceNotFoundError(f"repo {repo_id} not found (or private)", source=repo_id,
-                                  hint="Check the id; for a private repo set HF_TOKEN.") from e
-    except RevisionNotFoundError as e:
-        raise SourceNotFoundError(f"{repo_id} has no revision {revision!r}", source=repo_id,
-                                  hint="Pass a branch, tag or commit that exists.") from e
-    except EntryNotFoundError as e:
-        raise SourceNotFoundError(f"{repo_id} has no {kind} zip for {variant}", source=repo_id,
-                                  hint="The repo may hold packages only; try --packages.") from e
-    except HfHubHTTPError as e:
-        raise SourceError(f"downloading from {repo_id} failed ({e.response.status_code})", source=repo_id,
-                          hint="Try again later.") from e
+        folder = Path(snapshot_download(repo_id, revision=sha, allow_patterns=f"{variant}/{kind}/*",
+                                        local_dir=str(out), endpoint=endpoint, token=token))
     target = folder / variant / kind
     if not target.is_dir() or not any(target.iterdir()):
         raise SourceNotFoundError(f"{repo_id} has no {variant}/{kind}/ files", source=repo_id,

@@ -20,21 +20,17 @@ printed or logged.
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import random
-import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable
 
-from workers.errors import TRANSIENT_STATUS, CoreMLPublishError, HubUnavailableError, PublishError
-from workers.package.repos import RepoTree, check_tree
+from workers.errors import CoreMLPublishError, HubUnavailableError, PublishError
+from workers.hub.client import is_transient, publish_error, status_of, with_retries
+from workers.package.complete import check_tree
+from workers.package.repos import RepoTree
 
-T = TypeVar("T")
 IGNORED = (".partial", ".tmp")
-MAX_RETRY_AFTER = 60.0  # seconds: the longest Retry-After honoured before trying again
 log = logging.getLogger(__name__)
 
 
@@ -47,115 +43,6 @@ class Published:
     changed: bool  # False: the Hub already had exactly these files, no commit was made
     url: str
     tag: str | None
-
-
-def _response(error: BaseException | None):
-    """The HTTP response behind an error, looking through the client's wrapping (uploads raise RuntimeError)."""
-    while error is not None:
-        response = getattr(error, "response", None)
-        if getattr(response, "status_code", None) is not None:
-            return response
-        error = error.__cause__
-    return None
-
-
-def _status(error: BaseException | None) -> int | None:
-    """The HTTP status behind an error, or None when the Hub did not answer."""
-    response = _response(error)
-    return None if response is None else response.status_code
-
-
-def retry_after(error: BaseException) -> float | None:
-    """The ``Retry-After`` of a 429/503 answer in seconds (bounded by MAX_RETRY_AFTER), or None."""
-    response = _response(error)
-    if response is None or response.status_code not in (429, 503):
-        return None
-    value = str((getattr(response, "headers", None) or {}).get("retry-after") or "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        seconds = (when - datetime.now(timezone.utc)).total_seconds()
-    if seconds != seconds:  # NaN
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
-
-
-def is_transient(error: BaseException) -> bool:
-    """Whether trying again later may succeed: a transient status, or no answer at all (network)."""
-    status = _status(error)
-    if status is not None:  # the Hub answered: its status decides (the client's HTTP error is also an OSError)
-        return status in TRANSIENT_STATUS
-    return _unreachable(error)
-
-
-def with_retries(call: Callable[[], T], *, attempts: int = 5, base_delay: float = 1.0,
-                 sleep: Callable[[float], None] = time.sleep,
-                 on_retry: Callable[[BaseException], None] | None = None) -> T:
-    """Run ``call``, retrying transient Hub errors with exponential backoff and full jitter (or Retry-After);
-    ``on_retry`` hears of each error that is retried."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except Exception as e:  # classified below; anything not transient is raised unchanged
-            if not is_transient(e) or attempt == attempts:
-                raise
-            if on_retry is not None:
-                on_retry(e)
-            wait = retry_after(e)
-            sleep(wait if wait is not None else random.uniform(0, base_delay * 2 ** (attempt - 1)))
-    raise AssertionError("unreachable")
-
-
-def _unreachable(error: BaseException) -> bool:
-    """Whether the Hub could not be reached (the client wraps upload errors, so look at the cause too)."""
-    from workers.source.resolve import network_errors
-
-    return isinstance(error, network_errors()) or isinstance(error.__cause__, network_errors())
-
-
-def _token_label(token: str | None) -> str:
-    """Which token to check, without ever showing it."""
-    return ("the token passed to publish_tree" if token else "the publishing token") + \
-        " (HF_TOKEN, or the one `hf auth login` saved)"
-
-
-def _server_message(error: BaseException) -> str:
-    """The first line of what the Hub said, shortened; empty when it said nothing."""
-    text = str(getattr(error, "server_message", None) or "").strip().splitlines()
-    line = text[0].strip() if text else ""
-    return f": {line[:200]}" if line else ""
-
-
-def _publish_error(e: BaseException, repo_id: str, token: str | None) -> PublishError | None:
-    """The one-line error for a failure the Hub answered (or could not be reached for); None for others."""
-    status, namespace, which = _status(e), repo_id.split("/")[0], _token_label(token)
-    if status == 401:
-        return PublishError(f"the Hub refused the token while publishing {repo_id} (401)", repo_id=repo_id,
-                            hint=f"Check {which}: it must be valid and have write access "
-                                 "(`hf auth login` makes a new one).")
-    if status == 403:
-        return PublishError(f"the token cannot write to {namespace} (403) while publishing {repo_id}",
-                            repo_id=repo_id, hint=f"Check {which}: use a token with write rights to the "
-                                                  f"{namespace} namespace.")
-    if status is not None and 400 <= status < 500 and status not in TRANSIENT_STATUS:
-        return PublishError(f"the Hub refused to publish {repo_id} ({status}){_server_message(e)}", repo_id=repo_id,
-                            hint=f"Not retried: check the repo name and {which} (it must be able to write "
-                                 f"to {namespace}).")
-    if status is not None:
-        return PublishError(f"publishing {repo_id} failed: the Hub answered {status}", repo_id=repo_id,
-                            hint="Try again later; the repo was left as it was before this commit.")
-    if _unreachable(e):
-        return PublishError(f"cannot reach the Hub to publish {repo_id}: {e.__class__.__name__}",
-                            repo_id=repo_id, hint="Check your network and HF_ENDPOINT, then publish again.")
-    return None
 
 
 def _files(folder: Path) -> dict[str, Path]:
@@ -171,9 +58,9 @@ def _create(api, repo_id: str, private: bool) -> tuple[str, bool]:
     try:
         return str(api.create_repo(repo_id, private=private, exist_ok=False)), True
     except HfHubHTTPError as e:
-        if _status(e) == 409:
+        if status_of(e) == 409:
             return url, False
-        if _status(e) in (401, 402, 403) and _exists(api, repo_id):
+        if status_of(e) in (401, 402, 403) and _exists(api, repo_id):
             return url, False  # a token without the right to create repos may still push to an existing one
         raise
 
@@ -208,7 +95,7 @@ def publish_tree(tree: RepoTree, *, namespace: str, source_sha: str | None, priv
                  on_retry: Callable[[BaseException], None] | None = None) -> Published:
     """Create or update ``namespace/<tree.name>`` so that it holds exactly ``tree.folder``'s files.
 
-    A tree with an incomplete variant is refused (OptionsError, :func:`workers.package.repos.check_tree`) before
+    A tree with an incomplete variant is refused (OutputError, :func:`workers.package.complete.check_tree`) before
     the Hub is asked anything.
     """
     from huggingface_hub import HfApi
@@ -226,7 +113,7 @@ def publish_tree(tree: RepoTree, *, namespace: str, source_sha: str | None, priv
             _remove_unused(api, repo_id, dict(attempts=min(attempts, 3), base_delay=base_delay))
         if isinstance(e, CoreMLPublishError):
             raise
-        error = _publish_error(e, repo_id, token)
+        error = publish_error(e, repo_id, token)
         if error is None:
             raise
         raise error from e
@@ -258,7 +145,7 @@ def _push(api, tree: RepoTree, repo_id: str, *, source_sha: str | None, private:
                 commit_description="Published by coreml-publisher.", parent_commit=head), **retry)
             break
         except HfHubHTTPError as e:
-            if _status(e) in (409, 412) and conflict < 2:
+            if status_of(e) in (409, 412) and conflict < 2:
                 step(f"{repo_id} moved while publishing; retrying from its new head")
                 continue
             raise
@@ -293,10 +180,10 @@ def source_private(repo_id: str, *, endpoint: str | None = None, token: str | No
     except Exception as e:
         if is_transient(e):
             raise HubUnavailableError(f"cannot read the visibility of {repo_id}: "
-                                      + (f"the Hub answered {_status(e)}" if _status(e) else e.__class__.__name__),
+                                      + (f"the Hub answered {status_of(e)}" if status_of(e) else e.__class__.__name__),
                                       source=repo_id, hint="Try again later; check HF_ENDPOINT.") from e
-        if _status(e) is not None:
-            log.warning("cannot see %s (%s): publishing as private", repo_id, _status(e))
+        if status_of(e) is not None:
+            log.warning("cannot see %s (%s): publishing as private", repo_id, status_of(e))
             return True
         raise
     return info.private is not False

@@ -6,15 +6,21 @@ compiled, zipped or published."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable, Protocol
 
 from workers.components import pipeline_of
 from workers.errors import OutputError
 from workers.names import COMPILED_NAMES, REPORT_FILE, compiled_file_name
 from workers.validate.report import Report
 
-if TYPE_CHECKING:
-    from workers.package.repos import RepoTree
+
+class Tree(Protocol):
+    """A repo tree on disk (:class:`workers.package.repos.RepoTree`), as the completeness check reads it."""
+
+    name: str
+    folder: Path
+    variants: tuple[str, ...]
+    compiled: bool
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt")  # in every compiled folder, beside the .mlmodelc resources
 
@@ -133,7 +139,7 @@ def check_output(report: Report, out: Path, *, namespace: str | None = None) -> 
             check_complete(report, name, variant, out=out, namespace=namespace)
 
 
-def check_tree(tree: "RepoTree", *, namespace: str | None = None) -> None:
+def check_tree(tree: Tree, *, namespace: str | None = None) -> None:
     """Refuse a repo tree with an incomplete variant: what is on disk is what would be published.
 
     Packages are the ``.mlpackage`` folders in ``<variant>/packages``, less those the conversion report

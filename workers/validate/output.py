@@ -19,7 +19,7 @@ from workers.convert.chunk import validate_chunks
 from workers.convert.engine import component_inputs, release_memory
 from workers.validate.report import Check, Event, PackageResult, Report, precision_bits
 from workers.names import REPORT_FILE, Attention
-from workers.source.resolve import Source
+from workers.source.source import Source
 from workers.convert.geometry import Geometry
 from workers.convert.specs import spec_for
 from workers.validate.readback import Accounting

@@ -6,6 +6,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import resolved_source
 from fastapi.testclient import TestClient
 
 from service.api import create_api
@@ -72,7 +74,7 @@ def jobs_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> TestClient:
 
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     upgrade(url)
-    monkeypatch.setattr("workers.source.resolve.resolve_source", lambda source, **_: type("S", (), {"sha": "a" * 40, "extras": ()})())
+    monkeypatch.setattr("workers.source.resolve.resolve_source", lambda source, **_: resolved_source(source, "a" * 40))
     monkeypatch.setattr("service.submit.enqueue", lambda *a, **k: "task")
     return TestClient(create_api(Settings(database_url=url, broker_url="redis://127.0.0.1:1/0")))
 
@@ -218,7 +220,7 @@ def test_a_job_from_the_api_publishes_with_its_sources_visibility(
     upgrade(url)
     settings = Settings(database_url=url, broker_url="redis://127.0.0.1:1/0", hub_endpoint=devhub[0],
                         artifact_store=str(tmp_path / "artifacts"))
-    monkeypatch.setattr("workers.source.resolve.resolve_source", lambda source, **_: type("S", (), {"sha": "a" * 40, "extras": ()})())
+    monkeypatch.setattr("workers.source.resolve.resolve_source", lambda source, **_: resolved_source(source, "a" * 40))
     monkeypatch.setattr("service.submit.enqueue", lambda *a, **k: "task")
     answer = TestClient(create_api(settings)).post("/jobs", json={"repo": source, "namespace": "studio", **sent})
     assert answer.status_code == 201, answer.text
@@ -245,7 +247,7 @@ def test_twenty_identical_submits_at_once_make_one_job(database_url: str, monkey
     from service.jobs import list_jobs
 
     sent: list[int] = []
-    monkeypatch.setattr("workers.source.resolve.resolve_source", lambda source, **_: type("S", (), {"sha": "c" * 40, "extras": ()})())
+    monkeypatch.setattr("workers.source.resolve.resolve_source", lambda source, **_: resolved_source(source, "c" * 40))
     monkeypatch.setattr("service.submit.enqueue", lambda job_id, *a, **k: sent.append(job_id) or f"task-{job_id}")
     client = TestClient(create_api(Settings(database_url=database_url, broker_url="redis://127.0.0.1:1/0",
                                             default_namespace="studio")))

@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import resolved_source
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -52,7 +54,7 @@ def resolved(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     def resolve(source: str, **_: object):
         calls.append(source)
-        return type("Resolved", (), {"sha": SHA, "extras": ()})()
+        return resolved_source(source, SHA)
 
     monkeypatch.setattr("workers.source.resolve.resolve_source", resolve)
     monkeypatch.setattr("service.submit.send", lambda *a, **k: "task", raising=False)

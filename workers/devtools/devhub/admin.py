@@ -1,4 +1,5 @@
-"""The dev Hub's own routes under ``/_devhub/``: webhooks to fire on commits, and injected faults."""
+"""The dev Hub's own routes under ``/_devhub/``: webhooks to fire on commits, injected faults, and the count of
+requests answered."""
 
 from __future__ import annotations
 
@@ -47,4 +48,16 @@ def list_faults(hub: HubDep):
 def clear_faults(hub: HubDep):
     with hub.faults.lock:
         hub.faults.pending.clear()
+    return {}
+
+
+@router.get("/_devhub/requests")
+def list_requests(hub: HubDep):
+    """The requests answered so far, by method and path (the dev Hub's own routes left out)."""
+    return hub.requests.listing()
+
+
+@router.delete("/_devhub/requests")
+def clear_requests(hub: HubDep):
+    hub.requests.clear()
     return {}

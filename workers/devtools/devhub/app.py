@@ -1,7 +1,8 @@
 """The dev Hub's HTTP API: the Hub routes ``huggingface_hub`` 2.x calls, served from a :class:`Store`.
 
 Besides the Hub's own routes it has ``/_devhub/faults`` to make the next N requests of a kind fail
-(for retry tests) and ``/_devhub/lfs/...`` where LFS uploads land.
+(for retry tests), ``/_devhub/requests`` counting the requests it answered (by method and path; DELETE
+starts again) and ``/_devhub/lfs/...`` where LFS uploads land.
 
 The routes live in one router per concern (:mod:`.repos`, :mod:`.refs`, :mod:`.commits`, :mod:`.files`,
 :mod:`.admin`); their state is one :class:`~.common.Hub` per app, in ``app.state.hub``.
@@ -41,6 +42,8 @@ def create_app(data: Path, *, page_size: int = 1000) -> FastAPI:
 
     @app.middleware("http")
     async def inject_faults(request: Request, call_next):
+        if not request.url.path.startswith("/_devhub/"):
+            request.app.state.hub.requests.add(request.method, request.url.path)
         if not request.url.path.startswith("/_devhub/faults"):
             fault = request.app.state.hub.faults.take(route_kind(request.method, request.url.path))
             if fault is not None:

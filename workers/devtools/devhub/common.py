@@ -116,6 +116,27 @@ class Webhooks:
 
 
 @dataclass
+class RequestLog:
+    """How many requests the dev Hub answered, by method and path (its own ``/_devhub/`` routes left out): what
+    a test reads to count a client's calls."""
+
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, method: str, path: str) -> None:
+        with self.lock:
+            self.counts[(method, path)] = self.counts.get((method, path), 0) + 1
+
+    def listing(self) -> list[dict]:
+        with self.lock:
+            return [{"method": m, "path": p, "count": n} for (m, p), n in sorted(self.counts.items())]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.counts.clear()
+
+
+@dataclass
 class Hub:
     """One dev Hub app's state (``app.state.hub``) and the access checks every router makes."""
 
@@ -124,6 +145,7 @@ class Hub:
     webhooks: Webhooks
     page_size: int
     uploads: dict[str, int] = field(default_factory=dict)  # oid -> size, granted by the LFS batch endpoint
+    requests: RequestLog = field(default_factory=RequestLog)
 
     def token_of(self, request: Request, *, required: bool = False) -> Token | None:
         header = request.headers.get("authorization", "")
