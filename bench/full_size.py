@@ -177,7 +177,8 @@ def build(model: str, folder: Path, seed: int = 0) -> None:
 def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memory: Memory,
               chunk_unet: bool = False) -> Run:
     from service.errors import ValidationError
-    from workers.convert.engine import Event, convert_pipeline
+    from workers.convert.engine import convert_pipeline
+    from workers.validate.report import Event
     from workers.options import ConvertOptions
     from workers.source.resolve import resolve_local
 

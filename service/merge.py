@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from workers.convert.engine import link_package
+from workers.package.files import link_package
 from workers.errors import OutputError
 from workers.names import CHECK_DATA_DIR, sort_attentions
 from workers.validate.report import Report

@@ -261,7 +261,8 @@ def _fetch(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | No
 
 def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
     from workers.components import CHUNKED, depends_on_attention
-    from workers.convert.engine import convert_pipeline, select_components
+    from workers.convert.engine import convert_pipeline
+    from workers.convert.run import select_components
     from workers.names import Attention
 
     options = spec.options

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from workers.validate.thresholds import PALETTIZED_BARS, ValidationBars  # noqa: F401 (re-exported: part of this API)
+from workers.validate.thresholds import ValidationBars
 from workers.compress.palettize import WEIGHT_THRESHOLD
 from workers.validate.readback import Accounting, PackageContents, account_parameters, load_read_back, read_package
 from workers.validate.report import Check

@@ -1,10 +1,12 @@
-"""Verify step: re-run every check on an existing output tree, against the source its report names.
+"""Re-validation of an output tree (``coreml-publish validate``): every check again, against the source its
+report names.
 
 What a user runs before trusting packages that were moved, edited or downloaded: the tree is a folder
 written by ``convert`` (or a repo downloaded with ``snapshot_download``, with the conversion's
 ``report.json`` placed beside it).  Every package the report lists is checked again as the conversion
 checked it (structure, weights, the executed program, the torch read-back, Core ML on macOS) with the
-inputs and geometry the report records; the report is rewritten with the new figures.  Nothing is deleted:
+inputs and geometry the report records, in the conversion's own order (:mod:`workers.validate.sequence`);
+the report is rewritten with the new figures.  Nothing is deleted:
 the files are the user's.
 """
 
@@ -13,17 +15,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from workers.errors import OptionsError, OutputError
 from workers.components import CHUNKED, COMPONENTS, whole_of
-from workers.convert.chunk import validate_chunks
-from workers.convert.engine import component_inputs, release_memory
-from workers.validate.report import Check, Event, PackageResult, Report, precision_bits
-from workers.names import REPORT_FILE, Attention
-from workers.source.source import Source
 from workers.convert.geometry import Geometry
 from workers.convert.specs import spec_for
-from workers.validate.readback import Accounting
-from workers.validate.checks import ValidationBars, psnr_check, run_module, validate_package
+from workers.errors import OptionsError, OutputError
+from workers.memory import release_memory
+from workers.names import REPORT_FILE, Attention
+from workers.source.source import Source
+from workers.validate.report import Check, Event, PackageResult, Report, precision_bits
+from workers.validate.sequence import ComponentChecks
+from workers.validate.thresholds import ValidationBars
 
 
 def read_report(out: Path) -> Report:
@@ -87,7 +88,7 @@ def verify_output(out: Path, source: Source, bars: ValidationBars | None = None,
     for component in COMPONENTS:  # UNet chunks are checked with their UNet, chained
         packages = [p for p in present if p.component == component or whole_of(p.component) == component]
         if packages:
-            _verify_component(out, source, spec_for(component, geometry), geometry, bars, seed, packages, report, notify)
+            _verify_component(out, source, spec_for(component, geometry), geometry, bars, seed, packages, notify)
             release_memory()
     report.save(out)
     report.packages = present  # what was checked; the file keeps every package
@@ -95,44 +96,34 @@ def verify_output(out: Path, source: Source, bars: ValidationBars | None = None,
 
 
 def _verify_component(out: Path, source: Source, spec, geometry: Geometry, bars: ValidationBars, seed: int,
-                      packages: list[PackageResult], report: Report, notify: Callable[[Event], None]) -> None:
+                      packages: list[PackageResult], notify: Callable[[Event], None]) -> None:
+    """Every package of one component checked again, in the conversion's order (workers.validate.sequence)."""
     modules = spec.load(source.path, source.weight_variant, source.use_safetensors)
-    io = component_inputs(spec, geometry, modules, seed)
-    exports, layout_checks = {}, {}
-    for variant in dict.fromkeys(p.variant for p in packages):  # before any read-back: pristine weights
-        exports[variant] = export = spec.export_module(modules, Attention(variant))
-        if spec.depends_on_attention:
-            ours = run_module(export, io.check, [t.name for t in io.outputs])
-            layout_checks[variant] = psnr_check("psnr_layout", "torch", io.reference, ours,
-                                                spec.compared(geometry), bars.layout)
+    checks = ComponentChecks.start(spec, geometry, bars, modules, seed)
+    variants = tuple(dict.fromkeys(p.variant for p in packages))
+    exports = {a.value: module for a, module in checks.check_layouts(modules, tuple(map(Attention, variants))).items()}
     chunks = [p for p in packages if whole_of(p.component)]
     packages = [p for p in packages if not whole_of(p.component)]
-    accountings: dict[str, Accounting] = {}
-    palettized = [p for p in packages if precision_bits(p.precision) is not None]
-    for package in [p for p in packages if precision_bits(p.precision) is None] + palettized:
-        bits = precision_bits(package.precision)
+    float16 = [p for p in packages if precision_bits(p.precision) is None]
+    for package in float16 + [p for p in packages if p not in float16]:
         label = dict(variant=package.variant, precision=package.precision)
         notify(Event("validate", spec.name, "start", **label))
         path = package_location(out, package)
-        checks = [layout_checks[package.variant]] if package.variant in layout_checks else []
         if not path.exists():
-            checks.append(Check("structure", "failed", "package", detail=f"{package.path} is missing"))
-        else:  # a palettized package without its float16 one (a downloaded repo): found in its own constants
-            found, accounting = validate_package(spec, geometry, bars, path, exports[package.variant], io,
-                                                 bits=bits, float16=accountings.get(package.variant) if bits else None)
-            checks += found
-            weights_found = not any(c.name == "weights" and c.failed for c in found)
-            if bits is None and package.repo == report.repos["float16"] and weights_found:
-                accountings[package.variant] = accounting  # an edited float16 package says nothing of its copy
-        package.checks = checks
+            package.checks = checks.layout_check(package.variant) + [
+                Check("structure", "failed", "package", detail=f"{package.path} is missing")]
+        else:
+            package.checks = checks.check_package(path, exports[package.variant], package.variant,
+                                                  bits=precision_bits(package.precision))
         notify(Event("validate", spec.name, "failed" if package.status == "failed" else "done", **label,
                      detail="; ".join(package.failures())))
-    _verify_chunks(out, spec, geometry, bars, chunks, packages, io, notify)
+    _verify_chunks(out, spec, checks, chunks, packages, notify)
 
 
-def _verify_chunks(out: Path, spec, geometry: Geometry, bars: ValidationBars, chunks: list[PackageResult],
-                   unets: list[PackageResult], io, notify: Callable[[Event], None]) -> None:
+def _verify_chunks(out: Path, spec, checks: ComponentChecks, chunks: list[PackageResult],
+                   unets: list[PackageResult], notify: Callable[[Event], None]) -> None:
     """Both chunks of each variant, chained; against the whole float16 UNet's program when the tree has it."""
+    io = checks.io
     for variant in dict.fromkeys(p.variant for p in chunks):
         pair = {p.component: p for p in chunks if p.variant == variant}
         label = dict(variant=variant, precision="float16")
@@ -143,13 +134,12 @@ def _verify_chunks(out: Path, spec, geometry: Geometry, bars: ValidationBars, ch
         if all(path is not None and path.exists() for path in paths):
             features = ([(t.name, tuple(t.shape), t.dtype) for t in io.inputs],
                         [(t.name, tuple(t.shape), t.dtype) for t in io.outputs])
-            found = validate_chunks(whole, *paths, io.check, io.reference, spec.compared(geometry),
-                                    bars.shipped(None), features=features)
+            found = checks.check_chunks(whole, *paths, features=features)
         else:
             missing = Check("structure", "failed", "package", detail="the other chunk of the pair is missing")
             found = ([missing], [missing])
-        for component, checks in zip(CHUNKED[spec.name], found):
+        for component, chunk_checks in zip(CHUNKED[spec.name], found):
             if component in pair:
-                pair[component].checks = checks
+                pair[component].checks = chunk_checks
         failed = any(p.status == "failed" for p in pair.values())
         notify(Event("validate", f"{spec.name}_chunks", "failed" if failed else "done", **label))

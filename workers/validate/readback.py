@@ -275,7 +275,7 @@ def load_read_back(module: nn.Module, weights: dict[str, np.ndarray], accounting
     Folded identities keep their (exact) values; a parameter that was not accounted for keeps its own
     value, and the weights check has already failed the package.  In place, so validating a full-size
     UNet needs no second float32 copy of its weights; the caller must not need the original values
-    afterwards (see ``engine._convert_component``).
+    afterwards (see :mod:`workers.validate.sequence`).
     """
     with torch.no_grad():
         for name, p in module.named_parameters(remove_duplicate=True):

@@ -9,7 +9,7 @@ import pytest
 
 from service.errors import OptionsError, ValidationError
 from tests.helpers import negate_largest_weight
-from workers.convert import engine
+from workers.convert import component
 from workers.convert.engine import convert_pipeline
 from workers.options import ConvertOptions
 from workers.names import Attention
@@ -198,13 +198,13 @@ def test_report_json_records_provenance_and_every_figure(sd1_conversion) -> None
 
 def test_a_corrupted_weight_is_caught_and_the_package_deleted(sd1_pipeline: Path, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    real_save = engine.save_package
+    real_save = component.save_package
 
     def save_then_corrupt(model, path: Path) -> None:
         real_save(model, path)
         negate_largest_weight(path)
 
-    monkeypatch.setattr(engine, "save_package", save_then_corrupt)
+    monkeypatch.setattr(component, "save_package", save_then_corrupt)
     source = resolve_source(str(sd1_pipeline))
     options = ConvertOptions(components=("vae_decoder",), bits=None, attentions=(Attention.ORIGINAL,))
     with pytest.raises(ValidationError) as caught:
@@ -323,12 +323,12 @@ def test_an_sdxl_refiner_alone_converts_to_its_own_complete_repo(tmp_path: Path)
 
 
 def test_memory_is_collected_only_when_the_process_holds_enough_to_matter(monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.convert import engine
+    from workers import memory
 
     collected: list[int] = []
-    monkeypatch.setattr(engine.gc, "collect", lambda *a: collected.append(1) or 0)
-    engine.release_memory(above=1 << 50)
+    monkeypatch.setattr(memory.gc, "collect", lambda *a: collected.append(1) or 0)
+    memory.release_memory(above=1 << 50)
     assert collected == []
-    engine.release_memory(above=0)
+    memory.release_memory(above=0)
     assert collected == [1]
-    assert 0 < engine._resident_bytes() < 1 << 50
+    assert 0 < memory.resident_bytes() < 1 << 50

@@ -82,7 +82,7 @@ def test_retargeted_program_equals_a_direct_ios17_conversion(sd1_pipeline: Path,
     import coremltools as ct
 
     from workers.convert.program import convert_module
-    from workers.convert.engine import component_inputs
+    from workers.validate.sequence import component_inputs
     from workers.convert.geometry import read_geometry
     from workers.names import Attention
     from workers.validate.readback import load_program

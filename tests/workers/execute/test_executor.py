@@ -180,7 +180,7 @@ def test_an_unknown_operation_is_named_in_one_line(tmp_path: Path) -> None:
 
 def test_initial_ones_and_zeros_convert_and_pass_and_a_changed_one_fails(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from workers.convert import engine
+    from workers.convert import component
     from workers.devtools.tiny import build_tiny_pipeline
 
     source = build_tiny_pipeline(tmp_path / "fresh-norms", style="sd1", seed=4, initial_norms=True)
@@ -189,13 +189,13 @@ def test_initial_ones_and_zeros_convert_and_pass_and_a_changed_one_fails(tmp_pat
     unet = next(p for p in report.packages if p.component == "unet" and p.precision == "float16")
     assert "folded as identities" in {c.name: c for c in unet.checks}["weights"].detail
 
-    real_save = engine.save_package
+    real_save = component.save_package
 
     def save_then_change_one(model, path: Path) -> None:
         real_save(model, path)
         assert scale_constants(path, ("layer_norm",), ("gamma",), 3.0, limit=1)
 
-    monkeypatch.setattr(engine, "save_package", save_then_change_one)
+    monkeypatch.setattr(component, "save_package", save_then_change_one)
     options = ConvertOptions(components=("text_encoder",), bits=None, attentions=(Attention.ORIGINAL,))
     with pytest.raises(ValidationError) as caught:
         convert_pipeline(resolve_source(str(source)), tmp_path / "changed", options)

@@ -11,7 +11,8 @@ import torch
 
 from workers.convert.geometry import TensorSpec
 from workers.validate.readback import PackageContents
-from workers.validate.checks import ValidationBars, coreml_check, psnr, psnr_check, structure_check
+from workers.validate.checks import coreml_check, psnr, psnr_check, structure_check
+from workers.validate.thresholds import ValidationBars
 
 
 def test_psnr_is_apples_formula() -> None:

@@ -1,0 +1,184 @@
+"""One component of a run converted: load → reference and layout checks → float16 program per layout → validate
+→ chunks → palettize → validate, the checks in the shared order of :mod:`workers.validate.sequence`.
+
+Every layout is converted before any is validated: validation reads each package's weights into the shared
+torch module, so the float32 originals must have served every conversion first.  A package that fails is
+deleted and recorded as failed; a layout-independent component's packages are placed in every layout's folder.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from workers.components import CHUNKED
+from workers.convert.chunk import chunk_features, chunk_unet
+from workers.convert.program import apply_metadata, convert_lean, convert_module, save_package
+from workers.convert.run import Run
+from workers.convert.specs import ComponentSpec
+from workers.compress.palettize import palettize_package
+from workers.memory import release_memory
+from workers.names import Attention
+from workers.package.files import link_package, package_size
+from workers.validate.compiled import save_check_data
+from workers.validate.report import PackageResult, precision_label
+from workers.validate.sequence import ComponentChecks
+
+
+def convert_component(run: Run, spec: ComponentSpec) -> None:
+    """Every package of one component, validated and recorded in ``run``'s report."""
+    g, options, source = run.geometry, run.options, run.source
+    lean = spec.name in run.lean
+    with run.stage("load", spec.name):
+        modules = spec.load(source.path, source.weight_variant, source.use_safetensors)
+    layouts = options.attentions if spec.depends_on_attention else options.attentions[:1]
+    with run.stage("reference", spec.name):
+        # a lean component keeps one layout's module at a time, and runs its batch one sample at a time
+        checks = ComponentChecks.start(spec, g, options.bars, modules, options.seed, per_sample=lean)
+        # kept beside the output: a macOS worker checks the compiled models with the same inputs
+        save_check_data(run.out, spec.name, checks.io.check, checks.io.inputs, checks.io.reference, checks.compared)
+        exports = checks.check_layouts(modules, layouts, keep=not lean, per_sample=lean)
+    meta = None
+    if lean:  # the float32 weights go; the conversion reads them again as float16, without a float32 trace
+        del modules
+        release_memory()
+        with run.stage("load", spec.name, precision="float16"):
+            modules = spec.load_lean(source.path, source.weight_variant, meta=False)
+            meta = spec.load_lean(source.path, source.weight_variant, meta=True)
+            exports = {attention: _float16(spec.export_module(modules, attention)) for attention in layouts}
+    results = {attention: _converted(run, spec, checks, attention, exports[attention], meta) for attention in layouts}
+    for attention, result in results.items():  # every float16 package before any palettized one
+        _validated(run, spec, checks, result, exports[attention], bits=None)
+        if spec.name in CHUNKED and options.chunk_unet and result.status == "passed":
+            _chunks(run, spec, checks, attention, result)
+    for attention, result in results.items():
+        if result.status == "passed" and options.bits is not None:
+            _palettized(run, spec, checks, attention, result, exports[attention])
+    if spec.name in CHUNKED and options.chunks_only:  # the palettized UNets are made: the chunks replace it
+        for result in results.values():
+            chunked = all(p.status == "passed" for p in run.report.packages
+                          if p.variant == result.variant and p.component in CHUNKED[spec.name])
+            if result.status == "passed" and chunked:
+                shutil.rmtree(run.out / result.path, ignore_errors=True)
+                run.report.packages.remove(result)
+
+
+def _label(spec: ComponentSpec, attention: Attention) -> str | None:
+    """The layout a package is named by in events and timings; None for one shared by every layout."""
+    return attention.value if spec.depends_on_attention else None
+
+
+def _converted(run: Run, spec: ComponentSpec, checks: ComponentChecks, attention: Attention, export,
+               meta: dict | None) -> PackageResult:
+    """The float16 package of one layout, converted and saved (not yet validated)."""
+    io, label = checks.io, _label(spec, attention)
+    precision = spec.precision(run.geometry)  # float16, or float32 for a VAE that overflows in float16
+    result = PackageResult(run.fp16_repo, attention.value, spec.name, precision,
+                           run.rel(run.package_path(run.fp16_repo, attention, spec.name)),
+                           target=run.target(palettized=False))
+    started = time.perf_counter()
+    with run.stage("convert", spec.name, label, precision):
+        if meta is not None:
+            model = convert_lean(spec.export_module(meta, attention), export, io.trace, io.inputs, io.outputs,
+                                 component=spec.name, target=result.target, variant=label)
+        else:
+            model = convert_module(export, io.trace, io.inputs, io.outputs, component=spec.name,
+                                   target=result.target, variant=label, precision=precision)
+        apply_metadata(model, run.metadata(spec, attention if label else None, precision), io.inputs, io.outputs)
+        save_package(model, run.out / result.path)
+        del model
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _validated(run: Run, spec: ComponentSpec, checks: ComponentChecks, result: PackageResult, export, *,
+               bits: int | None) -> None:
+    """Every check of one saved package (float16, or palettized to ``bits``), then recorded."""
+    path, label = run.out / result.path, _label(spec, Attention(result.variant))
+    with run.stage("validate", spec.name, label, result.precision):
+        result.checks += checks.check_package(path, export, result.variant, bits=bits,
+                                              stage=lambda name: run.stage(name, spec.name, label, result.precision))
+    _record(run, result, path, spec)
+
+
+def _float16(module):
+    """``module`` with every float32 parameter made float16 (the query weights, once the scale is folded in)."""
+    for p in module.parameters():
+        if p.dtype == torch.float32:
+            p.data = p.data.half()
+    return module
+
+
+def _chunks(run: Run, spec: ComponentSpec, checks: ComponentChecks, attention: Attention,
+            whole: PackageResult) -> None:
+    """UnetChunk1 and UnetChunk2 (a refiner's: UnetRefinerChunk1/2) of one validated float16 UNet package,
+    saved and validated together."""
+    label, paths = attention.value, []
+    started = time.perf_counter()
+    with run.stage("chunk", spec.name, label, "float16"):
+        chunks = chunk_unet(run.out / whole.path, component=spec.name)
+        for component, model in zip(CHUNKED[spec.name], (chunks.first, chunks.second)):
+            paths.append(run.package_path(run.fp16_repo, attention, component))
+            apply_metadata(model, run.metadata(spec, attention, "float16", component=component),
+                           *chunk_features(model, checks.io.inputs, checks.io.outputs))
+            save_package(model, paths[-1])
+        del chunks, model
+    seconds = (time.perf_counter() - started) / 2
+    with run.stage("validate", f"{spec.name}_chunks", label, "float16"):
+        found = checks.check_chunks(run.out / whole.path, *paths)
+    for component, path, chunk_checks in zip(CHUNKED[spec.name], paths, found):
+        result = PackageResult(run.fp16_repo, label, component, "float16", run.rel(path), seconds=seconds,
+                               target=whole.target, checks=chunk_checks)
+        if result.status == "failed":
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            result.size_bytes = package_size(path)
+        run.report.packages.append(result)
+
+
+def _palettized(run: Run, spec: ComponentSpec, checks: ComponentChecks, attention: Attention,
+                float16: PackageResult, export) -> None:
+    """The palettized repo's package for one float16 package: palettized, or a float16 copy (VAE)."""
+    path = run.package_path(run.palettized_repo, attention, spec.name)
+    if not spec.palettize:  # Apple keeps these float16 in palettized repos
+        link_package(run.out / float16.path, path)
+        copy = PackageResult(run.palettized_repo, attention.value, spec.name, float16.precision, run.rel(path),
+                             float16.size_bytes, 0.0, float16.path, float16.target, list(float16.checks))
+        _record(run, copy, path, spec)
+        return
+    label = _label(spec, attention)
+    precision = precision_label(run.options.bits, run.options.group_size)
+    result = PackageResult(run.palettized_repo, attention.value, spec.name, precision, run.rel(path),
+                           target=run.target(palettized=True))
+    started = time.perf_counter()
+    with run.stage("palettize", spec.name, label, precision):
+        model = palettize_package(run.out / float16.path, bits=run.options.bits, component=spec.name,
+                                  group_size=run.options.group_size, target=result.target)
+        apply_metadata(model, run.metadata(spec, attention if label else None, precision), checks.io.inputs,
+                       checks.io.outputs)
+        save_package(model, path)
+        del model
+    result.seconds = time.perf_counter() - started
+    _validated(run, spec, checks, result, export, bits=run.options.bits)
+
+
+def _record(run: Run, result: PackageResult, path: Path, spec: ComponentSpec) -> None:
+    """Add a result to the report; delete a failed package; copy a shared one to the other layouts."""
+    if result.status == "failed":
+        shutil.rmtree(path, ignore_errors=True)
+        run.report.packages.append(result)
+        return
+    result.size_bytes = result.size_bytes or package_size(path)
+    run.report.packages.append(result)
+    if spec.depends_on_attention:
+        return
+    for other in run.options.attentions[1:]:  # a shared component is converted in the first layout only
+        repo = run.fp16_repo if result.repo == run.fp16_repo else run.palettized_repo
+        copy = run.package_path(repo, other, spec.name)
+        link_package(path, copy)
+        run.report.packages.append(PackageResult(
+            repo, other.value, spec.name, result.precision, run.rel(copy), result.size_bytes, 0.0,
+            result.path, result.target, list(result.checks)))

@@ -1,0 +1,136 @@
+"""One conversion run: the components it converts, which of them convert memory-lean, where its packages go,
+its report, and its steps as timed, followed events (:meth:`Run.stage`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Callable, Iterator
+
+from workers.components import CHUNKED, COMPONENTS
+from workers.convert.geometry import Geometry
+from workers.convert.lean import LEAN_ABOVE_BYTES, float32_bytes
+from workers.convert.program import PackageMetadata
+from workers.convert.specs import SPECS, ComponentSpec, spec_for
+from workers.errors import OptionsError
+from workers.memory import release_memory
+from workers.names import Attention, package_file_name, packages_dir, repo_names
+from workers.options import ConvertOptions
+from workers.progress import Counter, Steps, model_class, observe_tqdm
+from workers.source.source import Source
+from workers.validate.report import Event, Report, precision_bits
+from workers.versions import converter_id, toolchain
+
+
+def select_components(source: Source, wanted: tuple[str, ...] | None) -> list[str]:
+    """The components to convert, in conversion order; refuses ones the source lacks."""
+    available = [c for c in COMPONENTS
+                 if all(need in source.components for need in SPECS[c].needs)]
+    if wanted is None:
+        return available
+    missing = [c for c in wanted if c not in available]
+    if missing:
+        raise OptionsError(f"the source has no {', '.join(missing)}",
+                           hint=f"Choose from {', '.join(available)}.")
+    return [c for c in COMPONENTS if c in wanted]
+
+
+def converts_lean(spec: ComponentSpec, source: Source, options: ConvertOptions) -> bool:
+    """Whether ``spec`` converts memory-lean (:mod:`workers.convert.lean`): as the options say, else when its
+    float32 weights are that large."""
+    if not spec.lean or options.lean is False:
+        return False
+    if options.lean:
+        return True
+    folder = source.path / spec.needs[0]
+    return float32_bytes(folder, source.weight_variant.get(spec.needs[0]), source=source.id) > LEAN_ABOVE_BYTES
+
+
+class Run:
+    """One conversion run: what it converts, where its packages go, how it reports them."""
+
+    def __init__(self, source: Source, out: Path, options: ConvertOptions, geometry: Geometry,
+                 on_event: Callable[[Event], None] | None) -> None:
+        self.source, self.out, self.options, self.geometry = source, out, options, geometry
+        self.on_event = on_event or (lambda event: None)
+        self.fp16_repo, self.palettized_repo = repo_names(source.name)
+        self.converter = converter_id()
+        self.report = Report(
+            source=source.provenance(), options=options.record(xl=geometry.xl),
+            geometry=geometry.to_dict(), toolchain=toolchain(),
+            repos={"float16": self.fp16_repo, "palettized": self.palettized_repo},
+        )
+        # the components whose UNet converts memory-lean (their weight headers read once, here)
+        self.lean = {name for name in select_components(source, options.components)
+                     if converts_lean(spec_for(name, geometry), source, options)}
+        weights = sum(os.path.getsize(source.path / name) for names in source.weight_files.values()
+                      for name in names if source.path and os.path.isfile(source.path / name))
+        self.steps = Steps(self.planned_steps(), model_class(weights, xl=geometry.xl,
+                                                             latent=(geometry.latent_height, geometry.latent_width)))
+
+    def planned_steps(self) -> int:
+        """How many top-level stages :func:`workers.convert.component.convert_component` runs for this run's components (a package that fails
+        validation skips some; a stage beyond the plan raises the total, see workers.progress.Steps)."""
+        total = 0
+        for name in select_components(self.source, self.options.components):
+            spec = spec_for(name, self.geometry)
+            layouts = len(self.options.attentions) if spec.depends_on_attention else 1
+            total += 2 + 2 * layouts + (name in self.lean)  # load, reference (a lean one loads again in
+            # float16); convert and validate per layout
+            if name in CHUNKED and self.options.chunk_unet:
+                total += 2 * layouts  # chunk, validate the pair
+            if self.options.bits is not None and spec.palettize:
+                total += 2 * layouts  # palettize, validate
+        return total
+
+    @contextmanager
+    def stage(self, stage: str, component: str, variant: str | None = None,
+              precision: str | None = None) -> Iterator[None]:
+        """One step of the run: its start, end (timed, in the report) or failure as events, with progress."""
+        self.on_event(Event(stage, component, "start", variant, precision,
+                            progress=self.steps.starting(stage, component, variant, precision)))
+        self.steps.enter(stage, component, variant, precision)
+        started = time.perf_counter()
+        try:  # a top-level stage hands coremltools' pass counters on as progress events
+            with observe_tqdm(self.progress) if self.steps.depth == 1 else nullcontext():
+                yield
+        except Exception as e:
+            self.steps.leave()
+            self.on_event(Event(stage, component, "failed", variant, precision,
+                                time.perf_counter() - started, str(e), self.steps.now()))
+            raise
+        self.steps.leave()
+        release_memory()  # a stage's temporaries (coremltools programs, read-back weights) go back now
+        seconds = time.perf_counter() - started
+        key = f"{stage}/{component}" + (f"/{variant}" if variant else "") + (f"/{precision}" if precision else "")
+        self.report.timings[key] = seconds
+        self.on_event(Event(stage, component, "done", variant, precision, seconds, progress=self.steps.now()))
+
+    def target(self, *, palettized: bool) -> str:
+        """The deployment target of this run's float16 or palettized packages."""
+        return self.options.target(palettized=palettized, xl=self.geometry.xl)
+
+    def progress(self, counter: Counter) -> None:
+        """Report a coremltools counter of the running stage as a progress event."""
+        now = self.steps.now(counter)
+        self.on_event(Event(now.step, now.component, "progress", now.layout, now.precision, progress=now))
+
+    def metadata(self, spec: ComponentSpec, attention: Attention | None, precision: str, *,
+                 component: str | None = None) -> PackageMetadata:
+        """What a package of this run says about itself (``component``: a chunk's name)."""
+        return PackageMetadata(
+            source_id=self.source.id, source_sha=self.source.sha, component=component or spec.name,
+            attention=attention.value if attention else None, precision=precision,
+            converter=self.converter, license=self.source.license,
+            description=spec.description + (f" (chunk {component[-1]} of 2)" if component else ""),
+            deployment_target=self.target(palettized=precision_bits(precision) is not None))
+
+    def package_path(self, repo: str, attention: Attention, component: str) -> Path:
+        """Where a package of this run goes."""
+        return packages_dir(self.out, repo, attention) / package_file_name(self.source.id, component)
+
+    def rel(self, path: Path) -> str:
+        """A path as the report records it (relative to the output folder)."""
+        return path.relative_to(self.out).as_posix()
