@@ -154,7 +154,7 @@ def chunk_unet(package: Path, *, component: str = "unet") -> Chunks:
 
 def chunk_features(model, unet_inputs: list, unet_outputs: list) -> tuple[list, list]:
     """A chunk's declared inputs and outputs as TensorSpecs, described like the UNet's where they are its own."""
-    from workers.convert.geometry import TensorSpec
+    from workers.convert.features import TensorSpec
     from workers.validate.readback import _features
 
     known = {t.name: t.description for t in unet_inputs + unet_outputs}

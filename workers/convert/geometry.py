@@ -15,16 +15,6 @@ from workers.errors import OptionsError, SourceError
 
 
 @dataclass(frozen=True)
-class TensorSpec:
-    """One input or output feature of a package."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # "float16" or "float32"
-    description: str
-
-
-@dataclass(frozen=True)
 class Geometry:
     """Every size the specs need, read from the source's configs (and the user's overrides)."""
 

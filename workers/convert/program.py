@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from workers.errors import ConversionError
-from workers.convert.geometry import TensorSpec
+from workers.convert.features import TensorSpec
 from workers.convert.targets import deployment_target
 
 _DTYPES = {"float16": np.float16, "float32": np.float32}

@@ -30,7 +30,8 @@ from workers.validate.thresholds import ValidationBars
 from workers.compress.palettize import WEIGHT_THRESHOLD
 from workers.validate.readback import Accounting, PackageContents, account_parameters, load_read_back, read_package
 from workers.validate.report import Check
-from workers.convert.geometry import Geometry, TensorSpec
+from workers.convert.features import TensorSpec
+from workers.convert.geometry import Geometry
 
 if TYPE_CHECKING:
     from workers.convert.specs import ComponentSpec

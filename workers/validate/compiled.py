@@ -18,7 +18,7 @@ from workers.names import CHECK_DATA_DIR, compiled_file_name
 from workers.validate.checks import coreml_available, input_dtypes, psnr_check
 from workers.validate.report import Check, Report, precision_bits
 from workers.validate.thresholds import ValidationBars
-from workers.convert.geometry import TensorSpec
+from workers.convert.features import TensorSpec
 
 @dataclass
 class CheckData:

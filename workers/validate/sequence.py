@@ -24,8 +24,9 @@ from typing import Any, Callable
 from torch import nn
 
 from workers.convert.chunk import validate_chunks
-from workers.convert.geometry import Geometry, TensorSpec
-from workers.convert.specs import ComponentSpec, resolve_outputs
+from workers.convert.features import TensorSpec
+from workers.convert.geometry import Geometry
+from workers.convert.specs import ComponentSpec
 from workers.names import Attention
 from workers.validate.checks import psnr_check, run_module, validate_package
 from workers.validate.readback import Accounting
@@ -48,7 +49,7 @@ def component_inputs(spec: ComponentSpec, geometry: Geometry, modules: dict, see
                      per_sample: bool = False) -> ComponentInputs:
     """The features, trace inputs (``seed``), check inputs (``seed + 1``) and float32 reference of a component
     (computed one sample at a time with ``per_sample``: see :func:`workers.validate.checks.run_module`)."""
-    outputs = resolve_outputs(spec, geometry, modules)
+    outputs = spec.resolved_outputs(geometry, modules)
     io = ComponentInputs(spec.inputs(geometry), outputs, spec.sample_inputs(geometry, seed),
                          spec.sample_inputs(geometry, seed + 1), {})
     io.reference = run_module(spec.reference(modules), io.check, [t.name for t in outputs], per_sample=per_sample)

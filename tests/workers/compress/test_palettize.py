@@ -125,7 +125,7 @@ def test_package_palettizes_every_matrix_and_keeps_vectors_float16(tmp_path) -> 
 
     from workers.convert.program import convert_module, save_package
     from workers.compress.palettize import palettize_package
-    from workers.convert.geometry import TensorSpec
+    from workers.convert.features import TensorSpec
     from workers.validate.readback import read_package
     from workers.validate.checks import structure_check
 

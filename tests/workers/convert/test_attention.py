@@ -155,7 +155,7 @@ def test_split_einsum_programs_have_no_linear_ops(attention: Attention) -> None:
     from collections import Counter
 
     from workers.convert.program import convert_module
-    from workers.convert.geometry import TensorSpec
+    from workers.convert.features import TensorSpec
     from workers.validate.readback import load_program
     from workers.convert.specs import UNetSpec
 

@@ -65,3 +65,13 @@ def test_specs_declare_apples_component_names() -> None:
                            "safety_checker"]
     assert [s.name for s in SPECS.values() if s.depends_on_attention] == ["unet", "refiner"]
     assert [s.name for s in SPECS.values() if s.palettize] == ["text_encoder", "text_encoder_2", "unet", "refiner"]
+
+
+def test_the_specs_implement_exactly_the_declared_components() -> None:
+    from workers.components import CHUNKED, COMPONENTS, PER_LAYOUT
+    from workers.names import COMPILED_NAMES
+
+    assert tuple(SPECS) == COMPONENTS  # the light facts the service reads are the specs' own
+    assert PER_LAYOUT == {s.name for s in SPECS.values() if s.depends_on_attention}
+    assert set(CHUNKED) <= PER_LAYOUT and set(COMPILED_NAMES) == set(COMPONENTS) | {
+        c for pair in CHUNKED.values() for c in pair}

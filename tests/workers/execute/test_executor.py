@@ -18,7 +18,7 @@ from workers.execute.executor import ProgramError, execute_program
 from workers.names import Attention
 from workers.source.resolve import resolve_source
 from workers.convert.geometry import read_geometry
-from workers.convert.specs import SPECS, resolve_outputs
+from workers.convert.specs import SPECS
 from workers.validate.readback import account_parameters, read_package
 from workers.validate.checks import program_check, psnr, run_module
 
@@ -28,7 +28,7 @@ def _reference(source: Path, component: str, latent_size=None, batch_size: int =
     spec = SPECS[component]
     geometry = read_geometry(source, latent_size=latent_size, batch_size=batch_size)
     modules = spec.load(source, {}, True)
-    outputs = resolve_outputs(spec, geometry, modules)
+    outputs = spec.resolved_outputs(geometry, modules)
     inputs = spec.sample_inputs(geometry, seed)
     reference = run_module(spec.reference(modules), inputs, [t.name for t in outputs])
     return inputs, reference, spec.compared(geometry), modules

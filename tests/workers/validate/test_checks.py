@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from workers.convert.geometry import TensorSpec
+from workers.convert.features import TensorSpec
 from workers.validate.readback import PackageContents
 from workers.validate.checks import coreml_check, psnr, psnr_check, structure_check
 from workers.validate.thresholds import ValidationBars
