@@ -26,7 +26,7 @@ def demo(
 ) -> None:
     """Try everything offline: a dev Hub in a temporary folder, a tiny pipeline pushed to it, a job through every
     stage (packages only off a Mac), the published repos and the status page, served until Ctrl+C."""
-    from service.cli.jobs import _print_status, follow_local
+    from service.cli.jobs import print_status, follow_local
     from service.db import session_scope
     from service.demo import (
         demo_session,
@@ -52,7 +52,7 @@ def demo(
             follow_local(job_id, lambda j: run_demo_job(run, j), database_url=run.settings.database_url)
             with session_scope(run.settings.database_url) as session:
                 job = get_job(session, job_id)
-                _print_status(job)
+                print_status(job)
                 state, repos = job.state, [p.repo_id for p in job.published]
                 layouts = list(job.options["attentions"])
             if state != "succeeded":

@@ -54,7 +54,7 @@ def submit_command(options_type: type[JobOptions] = JobOptions):
         if local or wait:
             with session_scope() as session:
                 final = get_job(session, job.id)
-                _print_status(final)
+                print_status(final)
                 if final.state != "succeeded":
                     raise typer.Exit(1)
 
@@ -135,7 +135,7 @@ def _figures(figure: dict) -> str:
                      for name in ("psnr_program", "psnr_torch") if figure.get(name) is not None)
 
 
-def _print_status(job) -> None:
+def print_status(job) -> None:
     from service.jobs import job_summary
 
     data = job_summary(job)
@@ -169,7 +169,7 @@ def status(job_id: int = typer.Argument(..., min=1, max=MAX_ID, help=JOB_ID_HELP
         if as_json:
             print_json(job_summary(job))
         else:
-            _print_status(job)
+            print_status(job)
 
 
 def jobs(state: str = typer.Option(None, help="Only jobs in this state."),

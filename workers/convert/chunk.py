@@ -155,7 +155,7 @@ def chunk_unet(package: Path, *, component: str = "unet") -> Chunks:
 def chunk_features(model, unet_inputs: list, unet_outputs: list) -> tuple[list, list]:
     """A chunk's declared inputs and outputs as TensorSpecs, described like the UNet's where they are its own."""
     from workers.convert.features import TensorSpec
-    from workers.validate.readback import _features
+    from workers.validate.readback import feature_list
 
     known = {t.name: t.description for t in unet_inputs + unet_outputs}
     spec = model.get_spec().description
@@ -163,7 +163,7 @@ def chunk_features(model, unet_inputs: list, unet_outputs: list) -> tuple[list, 
     def specs(features) -> list:
         return [TensorSpec(name, shape, dtype, known.get(name, "An activation chunk 1 of the UNet computes for "
                                                                "chunk 2 (float32, cast from float16)"))
-                for name, shape, dtype in _features(features)]
+                for name, shape, dtype in feature_list(features)]
 
     return specs(spec.input), specs(spec.output)
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from workers.source.configs import MAX_ACTIVATION_BYTES, check_configs, largest_activation
+from workers.source.config_checks import check_configs, largest_activation
+from workers.source.configs import MAX_ACTIVATION_BYTES
 from workers.errors import OptionsError, SourceError
 
 

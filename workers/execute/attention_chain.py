@@ -1,7 +1,7 @@
 """Fused attention chains: ``matmul → softmax → matmul`` run one block of query rows at a time.
 
-:func:`_attention_chains` finds the chains in a program that can be fused without changing any value;
-:func:`_run_attention_chain` computes one, rounding the scores and probabilities exactly as the program
+:func:`attention_chains` finds the chains in a program that can be fused without changing any value;
+:func:`run_attention_chain` computes one, rounding the scores and probabilities exactly as the program
 declares, without holding all the scores at once.  Used by :func:`workers.execute.executor.execute_program`.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from workers.execute.kernels_base import Precision, _Args, _dtype_name, _input_vars, _native, _storage
+from workers.execute.kernels_base import Precision, Args, dtype_name, input_vars, native, storage_dtype
 
 
 _ROW_BLOCK_BYTES = 4 << 20  # float32 scores of one block of query rows in a fused attention chain
 
 
-def _attention_chains(operations: list, outputs: set[str]) -> dict[int, tuple[int, int]]:
+def attention_chains(operations: list, outputs: set[str]) -> dict[int, tuple[int, int]]:
     """Score matmul index -> (softmax index, value matmul index) for each ``matmul → softmax → matmul``.
 
     Taken only where the scores and probabilities feed nothing else, the softmax runs over the last axis,
@@ -25,7 +25,7 @@ def _attention_chains(operations: list, outputs: set[str]) -> dict[int, tuple[in
     index_of = {op.outputs[0].name: i for i, op in enumerate(operations) if len(op.outputs) == 1}
     consumers: dict[str, list[int]] = {}
     for i, op in enumerate(operations):
-        for var in _input_vars(op):
+        for var in input_vars(op):
             consumers.setdefault(var.name, []).append(i)
 
     def sole_user(op, op_type: str) -> int | None:
@@ -61,10 +61,10 @@ def _attention_chains(operations: list, outputs: set[str]) -> dict[int, tuple[in
     return chains
 
 
-def _run_attention_chain(first: _Args, softmax: _Args, second: _Args, precision: Precision) -> torch.Tensor:
+def run_attention_chain(first: Args, softmax: Args, second: Args, precision: Precision) -> torch.Tensor:
     """``matmul(softmax(matmul(q, k)), v)`` block by block of query rows, every step rounded as declared."""
-    score_dtype = _storage(_dtype_name(first.op.outputs[0]), precision)
-    probability_dtype = _storage(_dtype_name(softmax.op.outputs[0]), precision)
+    score_dtype = storage_dtype(dtype_name(first.op.outputs[0]), precision)
+    probability_dtype = storage_dtype(dtype_name(softmax.op.outputs[0]), precision)
     q, k, v = first.r("x"), first.r("y"), second.r("y")
     if first.v("transpose_x", False):
         q = q.transpose(-1, -2)
@@ -84,7 +84,7 @@ def _run_attention_chain(first: _Args, softmax: _Args, second: _Args, precision:
         for start in range(0, rows, block):
             scores = torch.matmul(q[n, start:start + block].float(), kn).to(score_dtype)
             if scores.dtype == torch.float16 and probability_dtype == torch.float16:
-                probabilities = _native(lambda t: torch.softmax(t, dim=-1), scores)
+                probabilities = native(lambda t: torch.softmax(t, dim=-1), scores)
             else:
                 probabilities = torch.softmax(scores.float(), dim=-1)
             out[n, start:start + block] = torch.matmul(probabilities.to(probability_dtype).float(), vn)

@@ -35,21 +35,11 @@ import numpy as np
 import torch
 
 from workers.execute import kernels_math, kernels_shape
-from workers.execute.attention_chain import _attention_chains, _run_attention_chain
-from workers.execute.kernels_base import (Kernel, Precision, ProgramError, _Args, _dtype_name, _input_vars, _storage,
-                                  _tensor)
+from workers.execute.attention_chain import attention_chains, run_attention_chain
+from workers.execute.kernels_base import (Args, Kernel, Precision, ProgramError, dtype_name, input_vars, storage_dtype,
+                                          to_tensor)
 
 OPS: dict[str, Kernel] = {**kernels_math.OPS, **kernels_shape.OPS}
-
-
-# --- the program ----------------------------------------------------------------------------------
-
-def operation_counts(program) -> dict[str, int]:
-    """Operations of a program's main function by type (constants included)."""
-    counts: dict[str, int] = {}
-    for op in program.functions["main"].operations:
-        counts[op.op_type] = counts.get(op.op_type, 0) + 1
-    return counts
 
 
 def _is_constant(op) -> bool:
@@ -68,86 +58,103 @@ def execute_program(program, inputs: dict[str, Any], *, precision: Precision = "
     """Run the program's main function on ``inputs`` (feature name -> array); returns its outputs.
 
     ``constants`` may hold already-expanded values of ``constexpr_*`` operations by output name (as
-    :func:`workers.validate.checks.read_package` keeps them); others are expanded when first used.  Each value
-    is freed after its last use.  Outputs come back as numpy arrays in their declared type (float16
+    :func:`workers.validate.readback.read_package` keeps them); others are expanded when first used.  Each
+    value is freed after its last use.  Outputs come back as numpy arrays in their declared type (float16
     values widened to float32).  Raises ProgramError.
     """
     if precision not in ("float16", "float32"):
         raise ValueError(f"precision must be float16 or float32, not {precision!r}")
-    function = program.functions["main"]
-    operations = list(function.operations)
-    producers = {out.name: op for op in operations for out in op.outputs}
-    last_use: dict[str, int] = {}
-    for index, op in enumerate(operations):
-        if op.blocks:
-            raise ProgramError(f"operation {op.op_type} ({op.name}) has nested blocks, which the executor "
-                               "does not implement")
-        if not _is_constant(op) and op.op_type not in OPS:
-            raise ProgramError(f"the program uses operation {op.op_type!r} ({op.name}), which the executor "
-                               "does not implement")
-        for var in _input_vars(op):
-            last_use[var.name] = index
-    outputs = [var.name for var in function.outputs]
-    for name in outputs:
-        last_use[name] = len(operations)
+    run = _Execution(program.functions["main"], precision, constants or {})
+    run.bind(inputs)
+    for index, op in enumerate(run.operations):
+        if not _is_constant(op):
+            run.step(index, op)
+    return run.results()
 
-    env: dict[str, torch.Tensor] = {}
-    for name, var in function.inputs.items():
-        if name not in inputs:
-            raise ProgramError(f"the program needs input {name!r}")
-        value = inputs[name]
-        tensor = value.detach() if isinstance(value, torch.Tensor) else _tensor(value)
-        storage = _storage(_dtype_name(var), precision)
-        env[name] = tensor.to(storage) if storage.is_floating_point else tensor.to(torch.int64)
-        expected = _static_shape(var)
-        if expected is not None and tuple(env[name].shape) != expected:
-            raise ProgramError(f"input {name!r} has shape {tuple(env[name].shape)}, the program needs {expected}")
-    constants = constants or {}
 
-    def constant(var) -> torch.Tensor:
-        op = producers[var.name]
-        value = constants.get(var.name)
+class _Execution:
+    """One run of a program's main function: the values computed so far, and when each can be freed."""
+
+    def __init__(self, function, precision: Precision, constants: dict[str, np.ndarray]) -> None:
+        self.function, self.precision, self.constants = function, precision, constants
+        self.operations = list(function.operations)
+        self.producers = {out.name: op for op in self.operations for out in op.outputs}
+        self.last_use: dict[str, int] = {}
+        for index, op in enumerate(self.operations):
+            if op.blocks:
+                raise ProgramError(f"operation {op.op_type} ({op.name}) has nested blocks, which the executor "
+                                   "does not implement")
+            if not _is_constant(op) and op.op_type not in OPS:
+                raise ProgramError(f"the program uses operation {op.op_type!r} ({op.name}), which the executor "
+                                   "does not implement")
+            for var in input_vars(op):
+                self.last_use[var.name] = index
+        self.outputs = [var.name for var in function.outputs]
+        for name in self.outputs:
+            self.last_use[name] = len(self.operations)
+        self.chains = attention_chains(self.operations, set(self.outputs))
+        self.fused: dict[int, int] = {}  # softmax / value matmul index -> its chain's first index
+        for first, (j, k) in self.chains.items():
+            self.fused[j] = self.fused[k] = first
+        self.env: dict[str, torch.Tensor] = {}
+
+    def bind(self, inputs: dict[str, Any]) -> None:
+        """The program's inputs, stored as their declared types, checked against their declared shapes."""
+        for name, var in self.function.inputs.items():
+            if name not in inputs:
+                raise ProgramError(f"the program needs input {name!r}")
+            value = inputs[name]
+            tensor = value.detach() if isinstance(value, torch.Tensor) else to_tensor(value)
+            storage = storage_dtype(dtype_name(var), self.precision)
+            self.env[name] = tensor.to(storage) if storage.is_floating_point else tensor.to(torch.int64)
+            expected = _static_shape(var)
+            if expected is not None and tuple(self.env[name].shape) != expected:
+                raise ProgramError(f"input {name!r} has shape {tuple(self.env[name].shape)}, the program needs "
+                                   f"{expected}")
+
+    def constant(self, var) -> torch.Tensor:
+        """A constant's value (expanded now unless given already), stored as its declared type."""
+        op = self.producers[var.name]
+        value = self.constants.get(var.name)
         if value is None:
             value = var.val if op.op_type == "const" else op.materialized_val_inference()
         if value is None:
             raise ProgramError(f"constant {var.name} ({op.op_type}) has no value")
-        tensor = _tensor(value)
+        tensor = to_tensor(value)
         if tensor.is_floating_point():
-            return tensor.to(_storage(_dtype_name(var), precision))
+            return tensor.to(storage_dtype(dtype_name(var), self.precision))
         return tensor if tensor.dtype == torch.bool else tensor.to(torch.int64)
 
-    def fetch(var) -> torch.Tensor:
-        value = env.get(var.name)
+    def fetch(self, var) -> torch.Tensor:
+        value = self.env.get(var.name)
         if value is not None:
             return value
-        if var.name in producers and _is_constant(producers[var.name]):
-            return constant(var)
+        if var.name in self.producers and _is_constant(self.producers[var.name]):
+            return self.constant(var)
         raise ProgramError(f"value {var.name} is used before it is computed")
 
-    chains = _attention_chains(operations, set(outputs))
-    fused: dict[int, int] = {}  # softmax / value matmul index -> its chain's first index
-    for first, (j, k) in chains.items():
-        fused[j] = fused[k] = first
+    def args(self, op) -> Args:
+        return Args(op, self.fetch, storage_dtype(dtype_name(op.outputs[0]), self.precision))
 
-    def args(op) -> _Args:
-        return _Args(op, fetch, _storage(_dtype_name(op.outputs[0]), precision))
+    def step(self, index: int, op) -> None:
+        """Run one operation (a fused attention chain at its first one), then free what it used last."""
+        if index not in self.fused:
+            storages = [storage_dtype(dtype_name(out), self.precision) for out in op.outputs]
+            if index in self.chains:
+                j, k = self.chains[index]
+                result = run_attention_chain(self.args(op), self.args(self.operations[j]),
+                                             self.args(self.operations[k]), self.precision)
+                produced = self.operations[k]  # the chain's result is the value matmul's output
+                storages = [storage_dtype(dtype_name(produced.outputs[0]), self.precision)]
+            else:
+                result, produced = OPS[op.op_type](Args(op, self.fetch, storages[0])), op
+            self.store(produced, result, storages)
+        for var in input_vars(op):  # a fused operation frees only what it was the last to use
+            if self.last_use.get(var.name) == index:
+                self.env.pop(var.name, None)
 
-    for index, op in enumerate(operations):
-        if _is_constant(op):
-            continue
-        if index in fused:  # computed with its chain; only what it was the last to use is freed here
-            for var in _input_vars(op):
-                if last_use.get(var.name) == index:
-                    env.pop(var.name, None)
-            continue
-        storages = [_storage(_dtype_name(out), precision) for out in op.outputs]
-        if index in chains:
-            j, k = chains[index]
-            op = operations[k]  # the chain's result is the value matmul's output
-            storages = [_storage(_dtype_name(op.outputs[0]), precision)]
-            result = _run_attention_chain(args(operations[index]), args(operations[j]), args(op), precision)
-        else:
-            result = OPS[op.op_type](_Args(op, fetch, storages[0]))
+    def store(self, op, result, storages: list[torch.dtype]) -> None:
+        """An operation's results as its declared types, checked against its declared shapes."""
         results = result if isinstance(result, tuple) else (result,)
         if len(results) != len(op.outputs):
             raise ProgramError(f"operation {op.op_type} ({op.name}) gave {len(results)} outputs, "
@@ -161,13 +168,11 @@ def execute_program(program, inputs: dict[str, Any], *, precision: Precision = "
             if expected is not None and tuple(value.shape) != expected:
                 raise ProgramError(f"operation {op.op_type} ({op.name}) gave shape {tuple(value.shape)}, "
                                    f"the program declares {expected}")
-            env[out.name] = value
-        del result, results
-        for var in _input_vars(operations[index]):
-            if last_use.get(var.name) == index:
-                env.pop(var.name, None)
-    missing = [name for name in outputs if name not in env]
-    if missing:
-        raise ProgramError(f"the program never computes its outputs {', '.join(missing)}")
-    return {name: env[name].float().numpy() if env[name].is_floating_point() else env[name].numpy()
-            for name in outputs}
+            self.env[out.name] = value
+
+    def results(self) -> dict[str, np.ndarray]:
+        missing = [name for name in self.outputs if name not in self.env]
+        if missing:
+            raise ProgramError(f"the program never computes its outputs {', '.join(missing)}")
+        return {name: self.env[name].float().numpy() if self.env[name].is_floating_point() else self.env[name].numpy()
+                for name in self.outputs}

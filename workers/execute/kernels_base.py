@@ -1,7 +1,7 @@
 """What every kernel of the program executor (:mod:`workers.execute.executor`) builds on.
 
 :class:`ProgramError`; how the program's values are stored (``Precision``, float16 or float32); an
-operation's resolved inputs (``_Args``); the two ways a step is computed without changing its result (on
+operation's resolved inputs (``Args``); the two ways a step is computed without changing its result (on
 the stored float16 values where torch's kernel rounds once, or in float32 slices within ``CHUNK_BYTES``);
 and the registry decorator the kernel modules fill their ``OPS`` tables with.
 """
@@ -25,17 +25,17 @@ class ProgramError(RuntimeError):
 
 # --- values ---------------------------------------------------------------------------------------
 
-_INT_RANGES = {"int8": (8, True), "uint8": (8, False), "int16": (16, True), "uint16": (16, False),
+INT_RANGES = {"int8": (8, True), "uint8": (8, False), "int16": (16, True), "uint16": (16, False),
                "int32": (32, True), "uint32": (32, False), "int64": (64, True)}
 
 
-def _dtype_name(var) -> str:
+def dtype_name(var) -> str:
     from coremltools.converters.mil.mil import types
 
     return types.builtin_to_string(var.dtype)
 
 
-def _storage(dtype: str, precision: Precision) -> torch.dtype:
+def storage_dtype(dtype: str, precision: Precision) -> torch.dtype:
     """How a value of the program's ``dtype`` is held."""
     if dtype == "fp16":
         return torch.float16 if precision == "float16" else torch.float32
@@ -46,7 +46,7 @@ def _storage(dtype: str, precision: Precision) -> torch.dtype:
     return torch.int64  # every integer type, wrapped to its width where a cast makes one
 
 
-def _tensor(value: Any) -> torch.Tensor:
+def to_tensor(value: Any) -> torch.Tensor:
     array = np.asarray(value)
     if array.dtype == np.float64:
         array = array.astype(np.float32)
@@ -57,9 +57,9 @@ def _tensor(value: Any) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
-def _wrap(x: torch.Tensor, dtype: str) -> torch.Tensor:
+def wrap(x: torch.Tensor, dtype: str) -> torch.Tensor:
     """An integer tensor reduced to the range of a narrower integer type, as a C cast does."""
-    bits, signed = _INT_RANGES[dtype]
+    bits, signed = INT_RANGES[dtype]
     if bits == 64:
         return x
     x = x & ((1 << bits) - 1)
@@ -70,7 +70,7 @@ def _wrap(x: torch.Tensor, dtype: str) -> torch.Tensor:
 
 # --- operation arguments ----------------------------------------------------------------------------
 
-class _Args:
+class Args:
     """The resolved inputs of one operation: tensors for computation, plain values for attributes."""
 
     def __init__(self, op, fetch: Callable[[Any], torch.Tensor], out_dtype: torch.dtype) -> None:
@@ -120,16 +120,16 @@ class _Args:
                             "which the executor does not implement")
 
 
-def _axis(axis: int, rank: int) -> int:
+def normal_axis(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
-def _axes(a: _Args, name: str, rank: int) -> list[int] | None:
+def axes_of(a: Args, name: str, rank: int) -> list[int] | None:
     axes = a.ints(name)
-    return None if axes is None else sorted(_axis(i, rank) for i in axes)
+    return None if axes is None else sorted(normal_axis(i, rank) for i in axes)
 
 
-def _sliced(fn: Callable[..., torch.Tensor], tensors: list[torch.Tensor], out_shape: tuple[int, ...],
+def sliced(fn: Callable[..., torch.Tensor], tensors: list[torch.Tensor], out_shape: tuple[int, ...],
             out_dtype: torch.dtype, keep: Iterable[int] = ()) -> torch.Tensor:
     """``fn(*tensors)`` rounded to ``out_dtype``, computed in slices so its float32 temporaries stay small.
 
@@ -148,11 +148,11 @@ def _sliced(fn: Callable[..., torch.Tensor], tensors: list[torch.Tensor], out_sh
         index = (slice(None),) * dim + (slice(start, start + step),)
         parts = [t[index] if t.shape[dim] > 1 else t for t in tensors]
         shape = out_shape[:dim] + (min(step, out_shape[dim] - start),) + out_shape[dim + 1:]
-        out[index] = _sliced(fn, parts, shape, out_dtype, keep)
+        out[index] = sliced(fn, parts, shape, out_dtype, keep)
     return out
 
 
-def _native(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
+def native(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
     """One elementwise step on stored values: torch's float16 kernels compute in float32 and round once.
 
     Where torch has no float16 kernel for it, the step is computed in float32 and rounded by the caller.
@@ -163,7 +163,7 @@ def _native(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Te
         return fn(*(t.float() if t.is_floating_point() else t for t in tensors))
 
 
-def _input_vars(op) -> list:
+def input_vars(op) -> list:
     out = []
     for value in op.inputs.values():
         if isinstance(value, (list, tuple)):
@@ -175,10 +175,10 @@ def _input_vars(op) -> list:
 
 # --- the kernel registry ------------------------------------------------------------------------------
 
-Kernel = Callable[[_Args], Any]
+Kernel = Callable[[Args], Any]
 
 
-def _registrar(table: dict[str, Kernel]) -> Callable[..., Callable[[Kernel], Kernel]]:
+def registrar(table: dict[str, Kernel]) -> Callable[..., Callable[[Kernel], Kernel]]:
     """A decorator ``_op(*names)`` entering the decorated kernel in ``table`` under each operation name."""
     def _op(*names: str):
         def register(fn):

@@ -13,10 +13,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from workers.execute.kernels_base import _INT_RANGES, Kernel, _Args, _axes, _axis, _native, _registrar, _sliced, _wrap
+from workers.execute.kernels_base import INT_RANGES, Kernel, Args, axes_of, normal_axis, native, registrar, sliced, wrap
 
 OPS: dict[str, Kernel] = {}
-_op = _registrar(OPS)
+_op = registrar(OPS)
 
 
 _UNARY: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -35,9 +35,9 @@ _EXACT_IN_FLOAT16 = {"abs", "ceil", "cos", "exp", "exp2", "floor", "relu", "roun
                      "logical_or", "logical_xor"}
 
 
-def _elementwise(fn: Callable[..., torch.Tensor], name: str, inputs: tuple[str, ...]) -> Callable[[_Args], torch.Tensor]:
+def _elementwise(fn: Callable[..., torch.Tensor], name: str, inputs: tuple[str, ...]) -> Callable[[Args], torch.Tensor]:
     if name in _EXACT_IN_FLOAT16:
-        return lambda a: _native(fn, *(a.r(i) for i in inputs))
+        return lambda a: native(fn, *(a.r(i) for i in inputs))
     return lambda a: fn(*(a.t(i) for i in inputs))
 
 
@@ -56,27 +56,27 @@ for _name, _fn in _BINARY.items():
 
 
 @_op("rsqrt")
-def _rsqrt(a: _Args) -> torch.Tensor:
+def _rsqrt(a: Args) -> torch.Tensor:
     return torch.rsqrt(a.t("x") + a.v("epsilon", 1e-12))
 
 
 @_op("inverse")
-def _inverse(a: _Args) -> torch.Tensor:
+def _inverse(a: Args) -> torch.Tensor:
     return 1.0 / (a.t("x") + a.v("epsilon", 1e-4))
 
 
 @_op("log")
-def _log(a: _Args) -> torch.Tensor:
+def _log(a: Args) -> torch.Tensor:
     return torch.log(a.t("x") + a.v("epsilon", 1e-45))
 
 
 @_op("clip")
-def _clip(a: _Args) -> torch.Tensor:
-    return _native(lambda x: torch.clamp(x, a.v("alpha"), a.v("beta")), a.r("x"))
+def _clip(a: Args) -> torch.Tensor:
+    return native(lambda x: torch.clamp(x, a.v("alpha"), a.v("beta")), a.r("x"))
 
 
 @_op("gelu")
-def _gelu(a: _Args) -> torch.Tensor:
+def _gelu(a: Args) -> torch.Tensor:
     mode, x = a.v("mode", "EXACT"), a.t("x")
     if mode == "EXACT":
         return F.gelu(x)
@@ -88,33 +88,33 @@ def _gelu(a: _Args) -> torch.Tensor:
 
 
 @_op("select")
-def _select(a: _Args) -> torch.Tensor:
+def _select(a: Args) -> torch.Tensor:
     return torch.where(a.r("cond").bool(), a.r("a"), a.r("b"))
 
 
 @_op("cast")
-def _cast(a: _Args) -> torch.Tensor:
+def _cast(a: Args) -> torch.Tensor:
     x, dtype = a.t("x"), a.v("dtype")
     if dtype in ("fp16", "fp32", "fp64"):
         return x.float()
     if dtype == "bool":
         return x != 0
-    if dtype not in _INT_RANGES:
+    if dtype not in INT_RANGES:
         raise a.unsupported("dtype", dtype)
     if x.is_floating_point():
         x = torch.trunc(x)  # numpy's (and coremltools') float-to-integer cast rounds towards zero
-    return _wrap(x.to(torch.int64), dtype)
+    return wrap(x.to(torch.int64), dtype)
 
 
 # linear algebra
 
 @_op("linear")
-def _linear(a: _Args) -> torch.Tensor:
+def _linear(a: Args) -> torch.Tensor:
     return F.linear(a.t("x"), a.t("weight"), a.t("bias") if a.has("bias") else None)
 
 
 @_op("matmul")
-def _matmul(a: _Args) -> torch.Tensor:
+def _matmul(a: Args) -> torch.Tensor:
     x, y = a.r("x"), a.r("y")
     if a.v("transpose_x", False) and x.dim() > 1:
         x = x.transpose(-1, -2)
@@ -124,17 +124,17 @@ def _matmul(a: _Args) -> torch.Tensor:
         return torch.matmul(x.float(), y.float())
     shape = torch.broadcast_shapes(x.shape[:-2], y.shape[:-2]) + (x.shape[-2], y.shape[-1])
     x, y = x.expand(shape[:-2] + x.shape[-2:]), y.expand(shape[:-2] + y.shape[-2:])
-    return _sliced(lambda p, q: torch.matmul(p.float(), q.float()), [x, y], shape, a.out_dtype,
+    return sliced(lambda p, q: torch.matmul(p.float(), q.float()), [x, y], shape, a.out_dtype,
                    keep=range(len(shape) - 2, len(shape)))
 
 
 @_op("einsum")
-def _einsum(a: _Args) -> torch.Tensor:
+def _einsum(a: Args) -> torch.Tensor:
     equation = a.v("equation")
     return torch.einsum(equation, *a.ts("values"))
 
 
-def _conv_padding(a: _Args, x: torch.Tensor, kernel: list[int], strides: list[int],
+def _conv_padding(a: Args, x: torch.Tensor, kernel: list[int], strides: list[int],
                   dilations: list[int]) -> list[int]:
     """(before, after) per spatial dimension, in dimension order."""
     pad_type = a.v("pad_type", "valid")
@@ -154,7 +154,7 @@ def _conv_padding(a: _Args, x: torch.Tensor, kernel: list[int], strides: list[in
 
 
 @_op("conv")
-def _conv(a: _Args) -> torch.Tensor:
+def _conv(a: Args) -> torch.Tensor:
     x, weight = a.t("x"), a.t("weight")
     n = weight.dim() - 2
     strides = a.ints("strides") or [1] * n
@@ -177,22 +177,22 @@ def _conv(a: _Args) -> torch.Tensor:
 # normalisation and reductions
 
 @_op("batch_norm")
-def _batch_norm(a: _Args) -> torch.Tensor:
+def _batch_norm(a: Args) -> torch.Tensor:
     x = a.t("x")
     return F.batch_norm(x, a.t("mean"), a.t("variance"), a.t("gamma") if a.has("gamma") else None,
                         a.t("beta") if a.has("beta") else None, False, 0.0, a.v("epsilon", 1e-5))
 
 
 @_op("instance_norm")
-def _instance_norm(a: _Args) -> torch.Tensor:
+def _instance_norm(a: Args) -> torch.Tensor:
     return F.instance_norm(a.t("x"), weight=a.t("gamma") if a.has("gamma") else None,
                            bias=a.t("beta") if a.has("beta") else None, eps=a.v("epsilon", 1e-5))
 
 
 @_op("layer_norm")
-def _layer_norm(a: _Args) -> torch.Tensor:
+def _layer_norm(a: Args) -> torch.Tensor:
     x = a.t("x")
-    axes = _axes(a, "axes", x.dim()) or list(range(x.dim()))
+    axes = axes_of(a, "axes", x.dim()) or list(range(x.dim()))
     gamma = a.t("gamma") if a.has("gamma") else None
     beta = a.t("beta") if a.has("beta") else None
     eps = a.v("epsilon", 1e-5)
@@ -209,12 +209,12 @@ def _layer_norm(a: _Args) -> torch.Tensor:
 
 
 @_op("softmax")
-def _softmax(a: _Args) -> torch.Tensor:
+def _softmax(a: Args) -> torch.Tensor:
     x = a.r("x")
-    axis = _axis(a.v("axis", -1), x.dim())
+    axis = normal_axis(a.v("axis", -1), x.dim())
     if x.dtype == torch.float16 and a.out_dtype == torch.float16:
-        return _native(lambda t: torch.softmax(t, dim=axis), x)
-    return _sliced(lambda t: torch.softmax(t.float(), dim=axis), [x], tuple(x.shape), a.out_dtype, keep=[axis])
+        return native(lambda t: torch.softmax(t, dim=axis), x)
+    return sliced(lambda t: torch.softmax(t.float(), dim=axis), [x], tuple(x.shape), a.out_dtype, keep=[axis])
 
 
 _REDUCE: dict[str, Callable[[torch.Tensor, list[int], bool], torch.Tensor]] = {
@@ -240,13 +240,13 @@ def _each(x: torch.Tensor, dims: list[int], keep: bool, fn: Callable) -> torch.T
 _ONE_STEP_REDUCTIONS = ("reduce_mean", "reduce_sum", "reduce_max", "reduce_min")  # float32 accumulation inside
 
 
-def _reduce(fn: Callable[[torch.Tensor, list[int], bool], torch.Tensor], one_step: bool) -> Callable[[_Args], torch.Tensor]:
-    def run(a: _Args) -> torch.Tensor:
+def _reduce(fn: Callable[[torch.Tensor, list[int], bool], torch.Tensor], one_step: bool) -> Callable[[Args], torch.Tensor]:
+    def run(a: Args) -> torch.Tensor:
         x = a.r("x") if one_step else a.t("x")
-        axes = _axes(a, "axes", x.dim())
+        axes = axes_of(a, "axes", x.dim())
         axes = axes if axes is not None else list(range(x.dim()))
         keep = bool(a.v("keep_dims", False))
-        return _native(lambda t: fn(t, axes, keep), x) if one_step else fn(x, axes, keep)
+        return native(lambda t: fn(t, axes, keep), x) if one_step else fn(x, axes, keep)
     return run
 
 
@@ -255,8 +255,8 @@ for _name, _fn in _REDUCE.items():
 
 
 @_op("reduce_argmax", "reduce_argmin")
-def _reduce_arg(a: _Args) -> torch.Tensor:
+def _reduce_arg(a: Args) -> torch.Tensor:
     x = a.t("x")
-    axis = _axis(a.v("axis", -1), x.dim())
+    axis = normal_axis(a.v("axis", -1), x.dim())
     fn = torch.argmax if a.op.op_type == "reduce_argmax" else torch.argmin
     return fn(x, dim=axis, keepdim=bool(a.v("keep_dims", False)))

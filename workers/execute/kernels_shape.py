@@ -12,16 +12,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from workers.execute.kernels_base import Kernel, _Args, _axes, _axis, _registrar
+from workers.execute.kernels_base import Kernel, Args, axes_of, normal_axis, registrar
 
 OPS: dict[str, Kernel] = {}
-_op = _registrar(OPS)
+_op = registrar(OPS)
 
 
 # shapes and layout
 
 @_op("reshape")
-def _reshape(a: _Args) -> torch.Tensor:
+def _reshape(a: Args) -> torch.Tensor:
     x, shape = a.r("x"), a.ints("shape")
     # 0 copies the input's dimension at the same position counted from the right (iOS 17; the same as
     # iOS 15's rule where that one applies)
@@ -34,24 +34,24 @@ def _reshape(a: _Args) -> torch.Tensor:
 
 
 @_op("transpose")
-def _transpose(a: _Args) -> torch.Tensor:
+def _transpose(a: Args) -> torch.Tensor:
     x = a.r("x")
-    return x.permute([_axis(p, x.dim()) for p in a.ints("perm")])
+    return x.permute([normal_axis(p, x.dim()) for p in a.ints("perm")])
 
 
 @_op("expand_dims")
-def _expand_dims(a: _Args) -> torch.Tensor:
+def _expand_dims(a: Args) -> torch.Tensor:
     x = a.r("x")
     rank = x.dim() + len(a.ints("axes"))
-    for axis in sorted(_axis(i, rank) for i in a.ints("axes")):
+    for axis in sorted(normal_axis(i, rank) for i in a.ints("axes")):
         x = x.unsqueeze(axis)
     return x
 
 
 @_op("squeeze")
-def _squeeze(a: _Args) -> torch.Tensor:
+def _squeeze(a: Args) -> torch.Tensor:
     x = a.r("x")
-    axes = _axes(a, "axes", x.dim())
+    axes = axes_of(a, "axes", x.dim())
     if axes is None:
         return x.squeeze()
     for axis in reversed(axes):
@@ -60,9 +60,9 @@ def _squeeze(a: _Args) -> torch.Tensor:
 
 
 @_op("concat")
-def _concat(a: _Args) -> torch.Tensor:
+def _concat(a: Args) -> torch.Tensor:
     values = a.rs("values")
-    axis = _axis(a.v("axis"), values[0].dim())
+    axis = normal_axis(a.v("axis"), values[0].dim())
     if a.v("interleave", False):  # element i of each input, then element i+1 of each
         stacked = torch.stack(values, dim=axis + 1)
         shape = list(values[0].shape)
@@ -72,15 +72,15 @@ def _concat(a: _Args) -> torch.Tensor:
 
 
 @_op("stack")
-def _stack(a: _Args) -> torch.Tensor:
+def _stack(a: Args) -> torch.Tensor:
     values = a.rs("values")
-    return torch.stack(values, dim=_axis(a.v("axis"), values[0].dim() + 1))
+    return torch.stack(values, dim=normal_axis(a.v("axis"), values[0].dim() + 1))
 
 
 @_op("split")
-def _split(a: _Args) -> tuple[torch.Tensor, ...]:
+def _split(a: Args) -> tuple[torch.Tensor, ...]:
     x = a.r("x")
-    axis = _axis(a.v("axis"), x.dim())
+    axis = normal_axis(a.v("axis"), x.dim())
     sizes = a.ints("split_sizes")
     if sizes is None:
         n = a.v("num_splits")
@@ -92,7 +92,7 @@ def _split(a: _Args) -> tuple[torch.Tensor, ...]:
 
 
 @_op("tile")
-def _tile(a: _Args) -> torch.Tensor:
+def _tile(a: Args) -> torch.Tensor:
     return a.r("x").repeat(a.ints("reps"))
 
 
@@ -101,7 +101,7 @@ def _positions(begin: int | None, end: int | None, stride: int, size: int) -> ra
 
 
 @_op("slice_by_index")
-def _slice_by_index(a: _Args) -> torch.Tensor:
+def _slice_by_index(a: Args) -> torch.Tensor:
     x = a.r("x")
     rank = x.dim()
     begin, end = a.ints("begin"), a.ints("end")
@@ -111,7 +111,7 @@ def _slice_by_index(a: _Args) -> torch.Tensor:
     squeeze_mask = a.v("squeeze_mask") if a.has("squeeze_mask") else [False] * rank
     for d in range(rank):
         if squeeze_mask[d]:
-            positions = range(_axis(begin[d], x.shape[d]), _axis(begin[d], x.shape[d]) + 1)
+            positions = range(normal_axis(begin[d], x.shape[d]), normal_axis(begin[d], x.shape[d]) + 1)
         else:
             positions = _positions(None if begin_mask[d] else begin[d], None if end_mask[d] else end[d],
                                    stride[d], x.shape[d])
@@ -126,9 +126,9 @@ def _slice_by_index(a: _Args) -> torch.Tensor:
 
 
 @_op("gather")
-def _gather(a: _Args) -> torch.Tensor:
+def _gather(a: Args) -> torch.Tensor:
     x, indices = a.r("x"), a.t("indices").to(torch.int64)
-    axis = _axis(a.v("axis", 0), x.dim())
+    axis = normal_axis(a.v("axis", 0), x.dim())
     if a.v("batch_dims", 0):
         raise a.unsupported("batch_dims", a.v("batch_dims"))
     indices = torch.where(indices < 0, indices + x.shape[axis], indices)
@@ -137,7 +137,7 @@ def _gather(a: _Args) -> torch.Tensor:
 
 
 @_op("gather_nd")
-def _gather_nd(a: _Args) -> torch.Tensor:
+def _gather_nd(a: Args) -> torch.Tensor:
     x, indices = a.r("x"), a.t("indices").to(torch.int64)
     if a.v("batch_dims", 0):
         raise a.unsupported("batch_dims", a.v("batch_dims"))
@@ -147,7 +147,7 @@ def _gather_nd(a: _Args) -> torch.Tensor:
 
 
 @_op("pad")
-def _pad(a: _Args) -> torch.Tensor:
+def _pad(a: Args) -> torch.Tensor:
     x, pad = a.r("x"), a.ints("pad")
     mode = a.v("mode", "constant")
     pairs = [(pad[i], pad[i + 1]) for i in range(0, len(pad), 2)]  # from the first padded dimension on
@@ -164,7 +164,7 @@ def _pad(a: _Args) -> torch.Tensor:
 
 
 @_op("upsample_nearest_neighbor")
-def _upsample_nearest(a: _Args) -> torch.Tensor:
+def _upsample_nearest(a: Args) -> torch.Tensor:
     x = a.r("x")
     scales = (float(a.v("scale_factor_height", 1.0)), float(a.v("scale_factor_width", 1.0)))
     if x.dim() == 4 and all(scale.is_integer() and scale >= 1 for scale in scales):

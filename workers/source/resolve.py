@@ -20,7 +20,8 @@ from workers.errors import (
 from workers.hub.client import hub_errors
 from workers.names import looks_like_repo_id
 from workers.package.card import license_id
-from workers.source.configs import check_configs, read_json
+from workers.source.config_checks import check_configs
+from workers.source.configs import read_json
 from workers.source.pipelines import (
     DEFAULT_MAX_BYTES,
     XL_PIPELINES,

@@ -54,7 +54,7 @@ def _strip(name: str) -> str:
     return name
 
 
-def _features(features) -> list[tuple[str, tuple[int, ...], str]]:
+def feature_list(features) -> list[tuple[str, tuple[int, ...], str]]:
     out = []
     for f in features:
         arr = f.type.multiArrayType
@@ -158,7 +158,7 @@ def read_package(path: Path, *, threshold: int = 2048) -> PackageContents:
             lut = op.inputs["lut"].val  # iOS 16: (palette,); iOS 18: (groups…, palette, vector size)
             lut_sizes.add(int(lut.size if lut.ndim == 1 else lut.shape[-2]))
             expanded[op.outputs[0].name] = weights[_strip(op.name)] = op.materialized_val_inference()
-    return PackageContents(_features(spec.description.input), _features(spec.description.output),
+    return PackageContents(feature_list(spec.description.input), feature_list(spec.description.output),
                            dict(spec.description.metadata.userDefined), weights, lut_ops, lut_sizes,
                            unpalettized_weights(program, threshold), program, expanded)
 

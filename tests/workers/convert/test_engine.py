@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import OptionsError, ValidationError
+from workers.errors import OptionsError, ValidationError
 from tests.helpers import negate_largest_weight
 from workers.convert import component
 from workers.convert.engine import convert_pipeline

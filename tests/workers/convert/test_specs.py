@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import OptionsError, SourceError, UnsupportedModelError
+from workers.errors import OptionsError, SourceError, UnsupportedModelError
 from workers.convert.geometry import read_geometry
 from workers.convert.specs import SPECS
 

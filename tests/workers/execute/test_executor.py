@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.errors import ValidationError
+from workers.errors import ValidationError
 from tests.helpers import scale_constants, set_operation_input
 from workers.execute import executor, kernels_base
 from workers.convert.engine import convert_pipeline
@@ -77,9 +77,9 @@ def test_sliced_and_fused_attention_give_the_same_result(sd2_pipeline: Path, sd2
     program = read_package(out / package.path).program
     operations = list(program.functions["main"].operations)
     softmaxes = sum(op.op_type == "softmax" for op in operations)
-    assert len(executor._attention_chains(operations, {"noise_pred"})) == softmaxes == 8  # every attention
+    assert len(executor.attention_chains(operations, {"noise_pred"})) == softmaxes == 8  # every attention
     fused = {p: execute_program(program, inputs, precision=p)["noise_pred"] for p in ("float32", "float16")}
-    monkeypatch.setattr(executor, "_attention_chains", lambda operations, outputs: {})
+    monkeypatch.setattr(executor, "attention_chains", lambda operations, outputs: {})
     monkeypatch.setattr(kernels_base, "CHUNK_BYTES", 64 << 10)  # scores of 2,304 x 2,304 in many slices
     for precision, bar in (("float32", 120), ("float16", 60)):
         sliced = execute_program(program, inputs, precision=precision)["noise_pred"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import ConversionError, SourceError, ToolUnavailableError
+from workers.errors import ConversionError, SourceError, ToolUnavailableError
 from workers.package.compile import bundle_variant, compile_package, find_compiler, require_compiler, tokenizer_files
 
 

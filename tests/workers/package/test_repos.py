@@ -131,7 +131,7 @@ def test_compiled_models_are_checked_against_the_reference(output: Path, xcrun_d
 
 
 def test_a_compiled_model_below_its_bar_fails_the_stage(output: Path, xcrun_double) -> None:
-    from service.errors import ValidationError
+    from workers.errors import ValidationError
 
     with pytest.raises(ValidationError) as caught:
         package_output(output, namespace="studio", compiled=True, compiler=("xcrun", "coremlcompiler"),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import OptionsError, SourceError, UnsupportedModelError
+from workers.errors import OptionsError, SourceError, UnsupportedModelError
 from workers.convert.engine import convert_pipeline
 from workers.options import ConvertOptions
 from workers.source.fetch import fetch_source

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import GatedSourceError, SourceNotFoundError, UnsupportedModelError
+from workers.errors import GatedSourceError, SourceNotFoundError, UnsupportedModelError
 from tests.hub_double import HubDouble
 from workers.source.fetch import fetch_source
 from workers.source.resolve import resolve_source
@@ -44,7 +44,7 @@ def test_hub_source_is_pinned_to_a_sha_and_fetches_only_what_it_needs(hub: HubDo
 
 
 def test_too_large_hub_sources_are_refused_from_the_file_list(hub: HubDouble) -> None:
-    from service.errors import SourceError
+    from workers.errors import SourceError
 
     with pytest.raises(SourceError, match="too large"):
         resolve_source("org/tiny-sd2", endpoint=hub.endpoint, max_bytes=1000)
@@ -80,14 +80,14 @@ def test_single_file_repo_is_not_a_diffusers_pipeline(hub: HubDouble, tmp_path: 
 
 
 def test_unreachable_hub_is_a_clear_error() -> None:
-    from service.errors import SourceError
+    from workers.errors import SourceError
 
     with pytest.raises(SourceError, match="cannot reach the Hub|answered"):
         resolve_source("org/tiny-sd2", endpoint="http://127.0.0.1:9")
 
 
 def test_damaged_hub_weights_are_refused_after_download_naming_the_file(hub: HubDouble, tmp_path: Path) -> None:
-    from service.errors import SourceError
+    from workers.errors import SourceError
 
     repo = hub.repos["org/tiny-sd2"].folder
     weights = repo / "vae" / "diffusion_pytorch_model.safetensors"
@@ -98,7 +98,7 @@ def test_damaged_hub_weights_are_refused_after_download_naming_the_file(hub: Hub
 
 
 def test_a_hub_source_without_tokenizer_files_is_refused_before_download(hub: HubDouble) -> None:
-    from service.errors import SourceError
+    from workers.errors import SourceError
 
     (hub.repos["org/tiny-sd2"].folder / "tokenizer" / "vocab.json").unlink()
     with pytest.raises(SourceError, match="tokenizer folder lacks vocab.json and merges.txt"):
@@ -107,7 +107,7 @@ def test_a_hub_source_without_tokenizer_files_is_refused_before_download(hub: Hu
 
 
 def test_a_download_folder_with_links_out_is_refused(hub: HubDouble, tmp_path: Path) -> None:
-    from service.errors import SourceError
+    from workers.errors import SourceError
 
     local = tmp_path / "download"
     local.mkdir()

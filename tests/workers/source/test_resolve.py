@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import SourceError, SourceNotFoundError, UnsafeWeightsError, UnsupportedModelError
+from workers.errors import SourceError, SourceNotFoundError, UnsafeWeightsError, UnsupportedModelError
 from workers.names import looks_like_repo_id
 from workers.source.resolve import resolve_source
 

@@ -12,7 +12,7 @@ from service.api import create_api
 from service.cli import app
 from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
 DOCKERFILE = (ROOT / "docker" / "Dockerfile").read_text()
 OTHER_VARIABLES = {"HF_TOKEN", "HF_ENDPOINT", "HF_HUB_DISABLE_TELEMETRY", "PIP_EXTRA_INDEX_URL", "PIP_NO_CACHE_DIR",
