@@ -133,7 +133,7 @@ def test_validate_a_downloaded_repo_with_its_report(sd1_conversion, tmp_path: Pa
 
 def test_validate_without_a_report_says_what_to_do(tmp_path: Path) -> None:
     result = run("validate", str(tmp_path))
-    assert result.returncode == 2
+    assert result.returncode == 1  # an output error, not a bad option
     assert result.stderr.strip().startswith(f"Error: {tmp_path} holds no report.json.")
     assert len(result.stderr.strip().splitlines()) == 1
 

@@ -100,7 +100,7 @@ def test_publish_refuses_a_conversion_of_some_components_only(sd1_pipeline: Path
     # no Hub and the compiler double: the refusal comes before either is used
     published = run("publish", str(out), "--namespace", "studio",
                     env={"HF_ENDPOINT": "http://127.0.0.1:1", "PATH": f"{DOUBLES}{os.pathsep}{os.environ['PATH']}"})
-    assert published.returncode == 2
+    assert published.returncode == 1  # an incomplete output, not a bad option
     assert published.stderr.startswith("Error: studio/coreml-tiny-sd1 (variant original) ")
     assert "missing: text_encoder; unet (or both unet_chunk1 and unet_chunk2); vae_decoder. Convert again without " \
            "--components" in " ".join(published.stderr.split())

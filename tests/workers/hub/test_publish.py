@@ -13,7 +13,8 @@ from huggingface_hub.errors import RepositoryNotFoundError
 
 from workers.hub.download import download_variant
 from workers.errors import OptionsError, OutputError, PublishError, SourceNotFoundError
-from workers.hub.publish import publish_tree, with_retries
+from workers.hub.client import with_retries
+from workers.hub.publish import publish_tree
 from workers.package.repos import package_output
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -240,7 +241,7 @@ def test_client_errors_are_not_taken_for_network_errors(status) -> None:
 @pytest.mark.parametrize(("headers", "waited"), [({"Retry-After": "7"}, 7.0), ({"Retry-After": "86400"}, 60.0),
                                                  ({"Retry-After": "soon"}, None), ({}, None)])
 def test_retry_after_is_honoured_within_a_bound(headers, waited) -> None:
-    from workers.hub.publish import retry_after
+    from workers.hub.client import retry_after
 
     sleeps: list[float] = []
     answers = iter([_HTTPError(429, {k.lower(): v for k, v in headers.items()}), "done"])
