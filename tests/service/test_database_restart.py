@@ -19,7 +19,7 @@ from tests.service.cli.test_cli import run
 from tests.service.test_queue import _job, _job_id
 
 pytestmark = pytest.mark.slow
-REDIS = "redis://127.0.0.1:6379/11"  # not the dbs other process tests use
+REDIS = "redis://127.0.0.1:6379/13"  # its own db: it flushes it, and test files run side by side
 
 
 def _pg_ctl(data: Path, port: int, *args: str) -> None:

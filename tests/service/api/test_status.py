@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "s3cret-Operator-token-0123456789"
 NO_BROKER = "redis://127.0.0.1:1/0"
-BROKER = "redis://127.0.0.1:6379/11"  # as test_metrics: only its own messages are removed
+BROKER = "redis://127.0.0.1:6379/14"  # its own db (test files run side by side); only its own messages are removed
 _NO_CHROMIUM = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                                                                 "(apt-get install -y chromium)")
 
