@@ -6,6 +6,8 @@ Queues: ``default`` (merge, package), ``convert`` (fetch, convert: any OS with c
 
 from __future__ import annotations
 
+import threading
+import time
 from functools import lru_cache
 
 from celery import Celery
@@ -59,9 +61,40 @@ def stage_signature(stage: str, *args, settings: Settings | None = None):
     return sender.signature(f"coreml_publisher.{stage}", args=args, immutable=True)
 
 
+_BROADCAST = threading.Lock()
+_ANSWERS: dict[str, tuple[float, dict]] = {}
+
+
+def active_queues(broker_url: str, *, timeout: float = 1.0, max_age: float = 0.0) -> dict[str, list[dict]]:
+    """Each worker that answers a broadcast within ``timeout`` seconds, with the queues it consumes.
+
+    One broadcast at a time per process, and an answer younger than ``max_age`` seconds is shared: Celery's
+    broadcast takes a connection from the app's pool (``broker_pool_limit``, 10) and, while holding it, a
+    producer whose connection comes from the same pool, so ten broadcasts at once each hold one connection
+    and wait for ever for another.  A caller that cannot get its turn within ``timeout`` gets the last
+    answer (or raises TimeoutError when there is none).
+    """
+    answered = _ANSWERS.get(broker_url)
+    if answered is not None and time.monotonic() - answered[0] < max_age:
+        return answered[1]
+    if not _BROADCAST.acquire(timeout=timeout):
+        if answered is None:
+            raise TimeoutError("another broadcast to the workers is under way")
+        return answered[1]
+    try:
+        answered = _ANSWERS.get(broker_url)
+        if answered is not None and time.monotonic() - answered[0] < max_age:
+            return answered[1]
+        replies = app_for(broker_url).control.inspect(timeout=timeout).active_queues() or {}
+        _ANSWERS[broker_url] = (time.monotonic(), replies)
+        return replies
+    finally:
+        _BROADCAST.release()
+
+
 def macos_worker_alive(timeout: float = 1.0) -> bool:
     """Whether any running worker consumes the ``macos`` queue."""
-    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    replies = active_queues(app.conf.broker_url, timeout=timeout)
     return any(q.get("name") == "macos" for queues in replies.values() for q in queues)
 
 

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
                                                    "when an API token is set; writes, cancel and retry still need it")
     api_host: str = Field("127.0.0.1", description="Address the HTTP API binds")
     api_port: int = Field(8000, description="Port of the HTTP API")
+    api_concurrency: int = Field(32, ge=1, description="Requests the API works on at once; more wait for a slot")
+    api_queue_wait: float = Field(5.0, gt=0, description="Seconds a request waits for a slot before the API "
+                                                         "answers 503 with Retry-After (busy)")
     webhook_secret: SecretStr | None = Field(None, description="Secret the Hub sends in X-Webhook-Secret")
     sweep_time: str = Field("03:00", description="When the nightly sweep runs, HH:MM in UTC")
     max_source_gb: float = Field(30.0, description="Largest source (weights to convert, GB) a job accepts")

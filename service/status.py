@@ -19,6 +19,7 @@ from service.watch import watch_rows
 
 RECENT = timedelta(minutes=15)  # a host that ran or beat for a stage this recently counts as seen
 PROGRESS_KEYS = ("component", "layout", "precision", "step", "done", "total", "fraction", "eta_seconds", "counter")
+WORKERS_MAX_AGE = 5.0  # seconds one broadcast's answer about the workers serves the page
 
 
 @dataclass
@@ -49,14 +50,16 @@ def hosts_seen(session: Session, *, since: datetime | None = None) -> list[HostS
     return sorted(hosts.values(), key=lambda h: h.last_seen, reverse=True)
 
 
-def celery_workers(settings: Settings, *, timeout: float = 1.0) -> dict[str, list[str]] | None:
+def celery_workers(settings: Settings, *, timeout: float = 1.0,
+                   max_age: float = WORKERS_MAX_AGE) -> dict[str, list[str]] | None:
     """Each running Celery worker and the queues it consumes, from a broadcast answered within ``timeout``
-    seconds; None when it fails.  Ask only once the broker has answered a quick check
+    seconds (shared by the requests of ``max_age`` seconds, see :func:`service.celery_app.active_queues`);
+    None when it fails.  Ask only once the broker has answered a quick check
     (:func:`service.metrics.queue_depths`): against a dead broker the broadcast retries its connection."""
     try:
-        from service.celery_app import app_for
+        from service.celery_app import active_queues
 
-        replies = app_for(settings.broker_url).control.inspect(timeout=timeout).active_queues() or {}
+        replies = active_queues(settings.broker_url, timeout=timeout, max_age=max_age)
     except Exception:  # a status page reports; it does not raise
         return None
     return {name: sorted(q.get("name", "?") for q in queues) for name, queues in sorted(replies.items())}

@@ -1,5 +1,9 @@
 """What the API's handlers depend on: the settings, a database session, the bearer-token checks of writes and
-reads."""
+reads.
+
+The settings and token checks are ``async``: they never block, so FastAPI runs them on the event loop
+instead of sending each to the thread pool that the handlers and the database session need.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from service.db import session_scope
 from service.settings import Settings
 
 
-def settings(request: Request) -> Settings:
+async def settings(request: Request) -> Settings:
     """The settings the app was created with."""
     return request.app.state.settings
 
@@ -24,7 +28,7 @@ def session(config: Settings = Depends(settings)) -> Iterator[Session]:
         yield db
 
 
-def require_token(request: Request, config: Settings = Depends(settings)) -> None:
+async def require_token(request: Request, config: Settings = Depends(settings)) -> None:
     """Writes need ``Authorization: Bearer <COREML_PUBLISH_API_TOKEN>`` (compared in constant time)."""
     expected = config.api_token.get_secret_value() if config.api_token else None
     if expected is None:
@@ -33,7 +37,7 @@ def require_token(request: Request, config: Settings = Depends(settings)) -> Non
         raise HTTPException(401, "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_reader(request: Request) -> None:
+async def require_reader(request: Request) -> None:
     """Reads (jobs, watches, metrics) follow the status page's rule: open without a token or with
     ``COREML_PUBLISH_PUBLIC_STATUS``, else the bearer token (or the page's sign-in cookie)."""
     if not signin.may_read(request):

@@ -54,6 +54,7 @@ _SECRET_NAME = re.compile(r"token|secret|passw|key|sig|auth|credential|session|c
 _HUB_TOKEN = re.compile(r"\b(hf|api_org)_[A-Za-z0-9]{16,}")
 _BEARER = re.compile(r"\b(bearer\s+)[\w.~+/=-]+", re.IGNORECASE)
 MASK = "***"
+SHUTDOWN_GRACE = 10  # seconds the API waits for requests in progress after SIGTERM
 
 
 def mask_secrets(text: str, secrets: tuple[str, ...] = ()) -> str:
@@ -109,5 +110,6 @@ def api(host: str = typer.Option(None, help="Address (default: COREML_PUBLISH_AP
     settings = get_settings()
     settings.check_api(host)
     secrets = [s.get_secret_value() for s in (settings.api_token, settings.webhook_secret) if s is not None]
+    # a SIGTERM ends the process within SHUTDOWN_GRACE seconds, whatever requests are still in progress
     uvicorn.run(create_api(settings), host=host or settings.api_host, port=port or settings.api_port,
-                log_config=api_log_config(secrets))
+                log_config=api_log_config(secrets), timeout_graceful_shutdown=SHUTDOWN_GRACE)
