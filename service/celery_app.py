@@ -11,14 +11,36 @@ import time
 from functools import lru_cache
 
 from celery import Celery
+from celery.backends.redis import RedisBackend
 from celery.schedules import crontab
 
 from service.settings import Settings, get_settings
 
 
+class StageResults(RedisBackend):
+    """Celery's Redis result backend, kept for what needs it (chord counters, stage return values), minus the
+    subscriptions a sender makes to the result channels of the tasks it sends (and of a chord's parts):
+    nothing here waits on a task's result, and each subscription was dropped from ``AsyncResult.__del__``
+    while the interpreter shut down, reconnecting to Redis and printing a traceback (``sys.meta_path is
+    None``) at the end of ``submit`` and ``reap``."""
+
+    def on_task_call(self, producer, task_id) -> None:
+        return None
+
+    def add_pending_result(self, result, weak: bool = False, start_drainer: bool = True):
+        return result
+
+
+def result_backend(broker_url: str) -> str:
+    """The result backend's URL: :class:`StageResults` on the broker's Redis, Celery's own for other brokers."""
+    if broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return f"{__name__}:StageResults+{broker_url}"
+    return broker_url
+
+
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery("coreml_publisher", broker=settings.broker_url, backend=settings.broker_url,
+    app = Celery("coreml_publisher", broker=settings.broker_url, backend=result_backend(settings.broker_url),
                  include=["service.tasks"])
     app.conf.update(
         task_default_queue="default",

@@ -162,27 +162,48 @@ def silent_for(result: StageResult, now: datetime) -> float:
     return float("inf") if beat is None else (now - aware(beat)).total_seconds()
 
 
-def stuck_reason(job: Job, *, now: datetime, timeout: float) -> str | None:
-    """Why an unfinished job has no live task (never sent; its worker went silent), or None.
+UNSENT = "unsent"  # the task id of a job whose last send to the queue failed
 
-    A job waiting for a macOS worker, or queued behind other work after being sent, is not stuck.
+
+def last_activity(job: Job) -> datetime:
+    """When the job was last sent, or one of its stages last started, beat or finished."""
+    moments = [job.enqueued_at or job.created_at] + [t for r in job.stages
+                                                      for t in (r.started_at, r.heartbeat_at, r.finished_at) if t]
+    return max(aware(t) for t in moments)
+
+
+def stuck_reason(job: Job, *, now: datetime, timeout: float, waiting: set[int] | None = None) -> str | None:
+    """Why an unfinished job has no live task, or None.
+
+    Stuck: its last send failed; it never reached the queue; a running stage's worker went silent; or,
+    when ``waiting`` (the ids of the jobs with a message waiting in the broker's queues) is known, nothing of
+    it ran or waited for ``timeout`` seconds: its next stage's message was lost with a worker that died
+    holding it (before acknowledging it, or between two stages) or with the broker.  A job waiting for a
+    macOS worker, or queued behind other work after being sent, is not stuck.
     """
     if job.state not in (JobState.QUEUED.value, JobState.RUNNING.value):
         return None
+    if job.task_id == UNSENT:
+        return "its last send to the queue failed"
     for result in job.stages:
         if result.state == "running" and silent_for(result, now) > timeout:
             where = f"{result.stage}{' ' + result.part if result.part else ''}"
             return f"the worker on {result.worker_host} went silent during {where}"
-    sent = job.enqueued_at or job.created_at
-    if job.state == JobState.QUEUED.value and job.task_id is None and (now - aware(sent)).total_seconds() > timeout:
+    idle = (now - last_activity(job)).total_seconds() > timeout
+    if job.state == JobState.QUEUED.value and job.task_id is None and idle:
         return "it never reached the queue"
+    if waiting is not None and job.task_id is not None and idle and job.id not in waiting \
+            and not any(result.state == "running" for result in job.stages):
+        done = [r for r in job.stages if r.state == "succeeded"]
+        after = f" after {max(done, key=lambda r: aware(r.finished_at or r.started_at)).stage}" if done else ""
+        return f"its next stage{after} was lost (no worker runs it and none waits in the queue)"
     return None
 
 
 def sent_before_restart(job: Job, broker_started_at: datetime | None) -> str | None:
     """Why an unfinished job's queued work may be gone: it was sent before the broker last started (a broker
     without persistence forgets queued messages and chord state), or None."""
-    if broker_started_at is None or job.task_id is None or job.state not in (
+    if broker_started_at is None or job.task_id in (None, UNSENT) or job.state not in (
             JobState.QUEUED.value, JobState.RUNNING.value, JobState.WAITING.value):
         return None
     if aware(job.enqueued_at or job.created_at) < broker_started_at:
@@ -205,6 +226,15 @@ def revive_job(session: Session, job: Job, reason: str, *, timeout: float | None
     job.revivals += 1
     record_event(session, job.id, f"sent again: {reason}", level="warning")
     session.flush()
+
+
+def record_unsent(session: Session, job_id: int) -> None:
+    """Mark a job whose send to the queue failed: the reaper's next pass, or a submit of the same job, sends it
+    at once (without waiting for the heartbeat timeout)."""
+    job = get_job(session, job_id)
+    if job.task_id is None:
+        job.task_id = UNSENT
+        session.flush()
 
 
 def record_sent(session: Session, job_id: int, task_id: str) -> None:

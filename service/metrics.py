@@ -13,12 +13,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import func, select
 
+from service.broker import QUEUES
 from service.db import session_scope
 from service.models import Job, JobState, StageResult
 from service.settings import Settings
 
 STAGE_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0)  # seconds; a full-size run: minutes
-QUEUES = ("convert", "default", "publish", "macos")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 

@@ -1,9 +1,10 @@
 """The reaper: finds jobs with no live task and sends them again, or fails them after ``max_revivals``.
 
 A job is stuck when it was recorded but never reached the queue (the broker was down at submit), when a
-running stage's heartbeats stopped (its worker was killed as a whole, its host lost power), or when it was
-sent before the broker last restarted (a Redis without persistence forgets queued messages and chord
-state).  Stages are idempotent and skip themselves once done, and a second delivery of a running stage waits
+running stage's heartbeats stopped (its worker was killed as a whole, its host lost power), when nothing of
+it has run or waited in a queue for the heartbeat timeout (a worker died holding its next message, before
+acknowledging it or between two stages, see :mod:`service.broker`), or when it was sent before the broker
+last restarted (a Redis without persistence forgets queued messages and chord state).  Stages are idempotent and skip themselves once done, and a second delivery of a running stage waits
 for it, so sending a job again resumes it where it stopped.  The scheduler
 runs a pass every minute; ``coreml-publish reap`` runs one by hand.
 """
@@ -12,12 +13,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy import select
 
 from service.db import session_scope
 from service.errors import ServiceUnavailableError
+from service.broker import broker_started_at, waiting_jobs
 from service.jobs import record_event, revive_job, sent_before_restart, set_state, stuck_reason
 from service.models import Job, JobState, utcnow
 from service.settings import Settings, get_settings
@@ -34,35 +36,19 @@ class Reaped:
     reason: str
 
 
-def broker_started_at(url: str) -> datetime | None:
-    """When the broker (Redis) last started, rounded late (its uptime counts whole seconds) so that work sent
-    in that second counts as sent before; None for other brokers or when it does not answer."""
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        return None
-    try:
-        import redis
-
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        uptime = int(client.info("server")["uptime_in_seconds"])
-        client.close()
-    except Exception as e:  # the broker is down: nothing to compare with this pass
-        log.warning("cannot ask the broker when it started: %s", e.__class__.__name__)
-        return None
-    return utcnow() - timedelta(seconds=uptime - 1)
-
-
 def reap(*, settings: Settings | None = None, now: datetime | None = None) -> list[Reaped]:
     """One pass over the unfinished jobs; returns what it did to each stuck one."""
     settings = settings or get_settings()
     now = now or utcnow()
     restarted = broker_started_at(settings.broker_url)
+    waiting = waiting_jobs(settings.broker_url)
     done, resend = [], []
     with session_scope(settings.database_url) as session:
         unfinished = [JobState.QUEUED.value, JobState.RUNNING.value, JobState.WAITING.value]
         query = select(Job).where(Job.state.in_(unfinished)) \
             .order_by(Job.id).with_for_update(skip_locked=True)  # two reapers never take the same job
         for job in session.scalars(query):
-            reason = stuck_reason(job, now=now, timeout=settings.heartbeat_timeout)
+            reason = stuck_reason(job, now=now, timeout=settings.heartbeat_timeout, waiting=waiting)
             timeout: float | None = settings.heartbeat_timeout
             if reason is None:
                 reason, timeout = sent_before_restart(job, restarted), None

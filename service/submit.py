@@ -7,12 +7,16 @@ enqueues; stages are sent by task name, so sending work never imports the tasks 
 
 from __future__ import annotations
 
+import logging
+
+from service.broker import waiting_jobs
 from service.db import session_scope
 from service.errors import OptionsError, ServiceUnavailableError
 from service.jobs import (
     Submitted,
     get_job,
     record_sent,
+    record_unsent,
     retry_job,
     revive_job,
     stuck_reason,
@@ -22,6 +26,7 @@ from service.models import Trigger, utcnow
 from service.settings import Settings, get_settings
 from workers.options import JobOptions
 
+log = logging.getLogger(__name__)
 LOCAL = "local"  # the task id of jobs run in the submitting process (`submit --local`)
 
 
@@ -77,7 +82,8 @@ def retry(job_id: int, *, settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     with session_scope(settings.database_url) as session:
         job = get_job(session, job_id)
-        reason = stuck_reason(job, now=utcnow(), timeout=settings.heartbeat_timeout)
+        reason = stuck_reason(job, now=utcnow(), timeout=settings.heartbeat_timeout,
+                              waiting=waiting_jobs(settings.broker_url))
         if reason:
             revive_job(session, job, f"retried after {reason}", timeout=settings.heartbeat_timeout)
         else:
@@ -97,6 +103,7 @@ def send(job_id: int, options: JobOptions, *, settings: Settings) -> str:
     except Exception as e:  # kombu/redis connection errors: their classes vary with the transport
         if not _broker_error(e):
             raise
+        _mark_unsent(job_id, settings)
         raise ServiceUnavailableError(
             f"job {job_id} is recorded, but the queue at {_where(settings.broker_url)} does not answer "
             f"({e.__class__.__name__})",
@@ -104,6 +111,15 @@ def send(job_id: int, options: JobOptions, *, settings: Settings) -> str:
     with session_scope(settings.database_url) as session:
         record_sent(session, job_id, task_id)
     return task_id
+
+
+def _mark_unsent(job_id: int, settings: Settings) -> None:
+    """Record the failed send, so that the next submit of the job (or the reaper's next pass) sends it at once."""
+    try:
+        with session_scope(settings.database_url) as session:
+            record_unsent(session, job_id)
+    except Exception as e:  # the database went too: the reaper finds the job after the heartbeat timeout
+        log.warning("could not record that job %s was not sent: %s", job_id, e.__class__.__name__)
 
 
 def _broker_error(error: BaseException) -> bool:

@@ -58,24 +58,97 @@ def _age(url: str, job_id: int, seconds: float) -> None:
             result.heartbeat_at = result.started_at = job.created_at
 
 
-def test_a_job_the_broker_never_took_is_recorded_then_sent_by_the_reaper(world) -> None:
+def test_a_job_whose_send_failed_is_sent_by_the_next_reaper_pass_once_the_broker_is_back(world) -> None:
     url, settings = world["url"], world["settings"]
     job_id = _job(url)
     world["broker"]["up"] = False
     with pytest.raises(ServiceUnavailableError, match=f"job {job_id} is recorded") as caught:
         send(job_id, JobOptions(namespace="org"), settings=settings)
     assert "pw" not in caught.value.one_line() and "redis://127.0.0.1:6379" in caught.value.one_line()
+    assert [(r.job_id, r.action) for r in reap(settings=settings)] == [(job_id, "not sent")]  # still down
+    world["broker"]["up"] = True
+    done = reap(settings=settings)  # at once: no heartbeat timeout to wait for
+    assert [(r.job_id, r.action) for r in done] == [(job_id, "sent again")]
+    assert "last send to the queue failed" in done[0].reason
+    with session_scope(url) as session:
+        job = get_job(session, job_id)
+        assert job.task_id == f"task-{job_id}-1" and job.state == "queued"
+        assert any("sent again" in e.message for e in job.events)
+    assert reap(settings=settings) == []  # it has a task now
+
+
+def test_a_submit_again_after_a_failed_send_sends_at_once(world, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal says the job is sent "by submitting again": the second submit, as soon as the broker is
+    back, sends it (it used to answer "already exists (queued)" until the heartbeat timeout)."""
+    from types import SimpleNamespace
+
+    from service.submit import create_job
+
+    settings = world["settings"]
+    source = SimpleNamespace(sha=SHA, extras=(), to_dict=lambda: {"repo_id": "org/model"})
+    monkeypatch.setattr("workers.source.resolve.resolve_source", lambda *a, **k: source)
+    world["broker"]["up"] = False
+    with pytest.raises(ServiceUnavailableError):
+        create_job(source_repo="org/model", options=JobOptions(namespace="org"), settings=settings)
+    world["broker"]["up"] = True
+    again = create_job(source_repo="org/model", options=JobOptions(namespace="org"), settings=settings)
+    assert not again.created and world["sent"] == [again.job.id]
+    assert any("last send to the queue failed" in note for note in again.notes)
+
+
+def test_a_job_recorded_but_never_sent_is_sent_by_the_reaper_after_the_timeout(world) -> None:
+    """The submitting process died between recording the job and sending it."""
+    url, settings = world["url"], world["settings"]
+    job_id = _job(url)
     assert reap(settings=settings) == []  # not stuck yet: recorded less than heartbeat_timeout ago
     _age(url, job_id, 120)
-    world["broker"]["up"] = True
     done = reap(settings=settings)
     assert [(r.job_id, r.action) for r in done] == [(job_id, "sent again")]
     assert "never reached the queue" in done[0].reason
+
+
+@pytest.mark.parametrize("between", ["fetch", "merge", None])
+def test_a_job_whose_next_message_was_lost_is_sent_again(world, monkeypatch, between) -> None:
+    """A worker killed between two stages (after ``between`` succeeded), or before acknowledging a message it
+    took (nothing ran yet): no stage runs, no message waits in the queues."""
+    url, settings = world["url"], world["settings"]
+    job_id = _job(url)
+    waiting: set[int] = set()
+    monkeypatch.setattr("service.reaper.waiting_jobs", lambda url: waiting)
     with session_scope(url) as session:
         job = get_job(session, job_id)
-        assert job.task_id == f"task-{job_id}-1" and job.revivals == 1 and job.state == "queued"
-        assert any("sent again" in e.message for e in job.events)
-    assert reap(settings=settings) == []  # it has a task now
+        job.task_id = "first"
+        if between:
+            set_state(session, job, JobState.RUNNING)
+            for stage in ("fetch", "merge")[:("fetch", "merge").index(between) + 1]:
+                result = stage_result(session, job, stage)
+                result.state, result.started_at, result.finished_at = "succeeded", utcnow(), utcnow()
+    assert reap(settings=settings) == []  # idle for less than the heartbeat timeout: maybe just taken
+    _age(url, job_id, 120)
+    with session_scope(url) as session:
+        for result in get_job(session, job_id).stages:
+            result.finished_at = utcnow() - timedelta(seconds=100)
+    waiting.add(job_id)
+    assert reap(settings=settings) == []  # its next message waits in a queue (behind other work)
+    waiting.clear()
+    done = reap(settings=settings)
+    assert [(r.job_id, r.action) for r in done] == [(job_id, "sent again")]
+    assert "was lost" in done[0].reason and (between is None or f"after {between}" in done[0].reason)
+    with session_scope(url) as session:
+        assert get_job(session, job_id).task_id == f"task-{job_id}-1"
+    assert reap(settings=settings) == []  # sent just now
+
+
+def test_without_a_readable_broker_an_idle_job_is_left_alone(world, monkeypatch) -> None:
+    """Another broker than Redis (or one that does not answer): queued work cannot be seen, so an idle job
+    is not taken for lost."""
+    url, settings = world["url"], world["settings"]
+    job_id = _job(url)
+    monkeypatch.setattr("service.reaper.waiting_jobs", lambda url: None)
+    with session_scope(url) as session:
+        get_job(session, job_id).task_id = "first"
+    _age(url, job_id, 600)
+    assert reap(settings=settings) == []
 
 
 def test_a_stage_whose_worker_went_silent_is_sent_again_and_a_live_one_is_not(world) -> None:
@@ -206,15 +279,6 @@ def test_work_sent_before_the_broker_restarted_is_sent_again_and_live_stages_are
         assert job.stages[0].state == "running" and job.stages[0].runner == "alive"  # its runner goes on
         assert job.state == "running" and job.task_id == f"task-{before}-1"
     assert reap(settings=settings) == []  # sent after the restart now
-
-
-def test_the_broker_start_time_comes_from_redis() -> None:
-    from service.reaper import broker_started_at
-
-    started = broker_started_at("redis://127.0.0.1:6379/0")
-    assert started is not None and started <= utcnow()
-    assert broker_started_at("redis://127.0.0.1:1/0") is None  # nothing listens: no comparison this pass
-    assert broker_started_at("amqp://guest@127.0.0.1//") is None
 
 
 def test_a_full_disk_fails_the_stage_with_one_line_and_retry_resumes(world, monkeypatch, tmp_path) -> None:

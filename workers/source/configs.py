@@ -10,6 +10,7 @@ SDXL, the largest model of this family.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,17 @@ MAX_POSITIONS = 4096  # CLIP: 77 (long-context CLIP variants: 248)
 MAX_WIDTH = 65536  # text / vision MLP widths; OpenCLIP bigG: 5,120
 MAX_TEXT_LAYERS = 256  # OpenCLIP bigG: 32
 MAX_IMAGE_SIZE = 4096  # safety checker input side; SD: 224
+# the real-valued fields the models compute with, wherever they appear in a component's config (a safety
+# checker nests its text and vision configs): (lowest, highest, whether the lowest is allowed)
+FLOAT_RANGES = {
+    "norm_eps": (0.0, 0.1, False),  # SD: 1e-5 (UNet), 1e-6 (VAE)
+    "layer_norm_eps": (0.0, 0.1, False),  # CLIP: 1e-5
+    "scaling_factor": (0.0, 100.0, False),  # SD 1.x/2.x: 0.18215, SDXL: 0.13025
+    "shift_factor": (-100.0, 100.0, True),
+    "mid_block_scale_factor": (0.0, 100.0, False),  # SD: 1
+    "dropout": (0.0, 1.0, True),
+    "attention_dropout": (0.0, 1.0, True),
+}
 
 
 def shown(value: object) -> str:
@@ -43,11 +55,66 @@ def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def numbers(data: object) -> list[tuple[str, object]]:
+    """Every (path, value) of a parsed JSON document whose value is a number, ``a.b[2]`` style, walked
+    without recursion (a config may nest deeply)."""
+    found, stack = [], [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
+        elif is_number(value):
+            found.append((path, value))
+    return found
+
+
+def check_finite(data: object, *, label: str, source: str, hint: str) -> None:
+    """Refuse a NaN or an infinity anywhere in a config (JSON's ``NaN``, ``Infinity``, or a literal like
+    ``1e999`` that overflows to one): a model built from it computes NaNs, and so would the reference it
+    is checked against."""
+    for path, value in sorted(numbers(data)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SourceError(f"{label}: {path} is {shown(value)}; every number in a config must be finite",
+                              source=source, hint=hint)
+
+
 class Config:
     """One JSON config of a source folder; its values read with a type and range check each."""
 
     def __init__(self, data: dict, file: str, source: str) -> None:
         self.data, self.file, self.source = data, file, source
+        self.check_floats()
+
+    def check_floats(self) -> None:
+        """The fields of FLOAT_RANGES, wherever they are in the config: numbers within their range."""
+        for path, value in sorted(self.fields(FLOAT_RANGES)):
+            low, high, low_allowed = FLOAT_RANGES[path.rsplit(".", 1)[-1]]
+            if value is None:
+                continue
+            if not is_number(value):
+                raise self.wrong(path, value, "a number")
+            if value > high or value < low or (value == low and not low_allowed):
+                span = f"{'from' if low_allowed else 'above'} {low:g} {'to' if low_allowed else 'up to'} {high:g}"
+                raise UnsupportedModelError(
+                    f"{self.file}: {path} {shown(value)} is outside the range a Stable Diffusion model uses "
+                    f"({span})", source=self.source,
+                    hint=f"{self.file} is damaged or not a Stable Diffusion model's; fix it or pick another source.")
+
+    def fields(self, names: dict | set) -> list[tuple[str, object]]:
+        """(path, value) of every key in ``names`` at any depth of the config."""
+        found, stack = [], [("", self.data)]
+        while stack:
+            path, value = stack.pop()
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    where = f"{path}.{key}" if path else str(key)
+                    if key in names:
+                        found.append((where, item))
+                    elif isinstance(item, dict):
+                        stack.append((where, item))
+        return found
 
     @classmethod
     def read(cls, root: Path, component: str, name: str = "config.json") -> "Config":
@@ -132,6 +199,7 @@ def read_json(file: Path, *, label: str, source: str, hint: str | None = None) -
         raise SourceError(f"{label} cannot be read ({e.strerror})", source=source, hint=hint) from e
     if not isinstance(data, dict):
         raise SourceError(f"{label} is not a JSON object", source=source, hint=hint)
+    check_finite(data, label=label, source=source, hint=hint)
     return data
 
 

@@ -155,6 +155,18 @@ def test_weights_contradicting_the_config_are_refused_naming_component_and_tenso
     ("unet/config.json", {"block_out_channels": [16384, 16384], "layers_per_block": 32}, UnsupportedModelError,
      "describes a UNet of about .* billion parameters"),
     ("unet/config.json", {"sample_size": 1024}, UnsupportedModelError, "sample_size 1024 makes one activation"),
+    # non-finite numbers anywhere (JSON's Infinity and NaN, a literal overflowing to infinity), then the
+    # real-valued fields the models compute with, each held to its range
+    ("unet/config.json", {"norm_eps": float("inf")}, SourceError, "norm_eps is inf; every number in a config"),
+    ("unet/config.json", {"norm_eps": float("nan")}, SourceError, "norm_eps is nan; every number"),
+    ("vae/config.json", {"scaling_factor": float("-inf")}, SourceError, "scaling_factor is -inf"),
+    ("unet/config.json", {"block_out_channels": [32, float("inf")]}, SourceError, r"block_out_channels\[1\] is inf"),
+    ("text_encoder/config.json", {"layer_norm_eps": float("nan")}, SourceError, "layer_norm_eps is nan"),
+    ("unet/config.json", {"norm_eps": 0.0}, UnsupportedModelError, r"norm_eps 0.0 is outside the range .*above 0"),
+    ("unet/config.json", {"norm_eps": 1e308}, UnsupportedModelError, "norm_eps 1e\\+308 is outside"),
+    ("vae/config.json", {"scaling_factor": -0.18215}, UnsupportedModelError, "scaling_factor -0.18215 is outside"),
+    ("text_encoder/config.json", {"layer_norm_eps": "small"}, SourceError, "layer_norm_eps must be a number"),
+    ("unet/config.json", {"mid_block_scale_factor": 1e9}, UnsupportedModelError, "mid_block_scale_factor"),
 ])
 def test_bad_config_values_are_refused_naming_file_and_field(source: Path, tmp_path: Path, file: str,
                                                              changes: dict, error: type, words: str) -> None:
