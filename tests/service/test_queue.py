@@ -237,3 +237,55 @@ def test_a_worker_killed_while_its_commit_is_in_flight_leaves_one_commit_per_rep
     assert state == "succeeded", error
     assert published == ["studio/coreml-tiny-kill2"]
     _one_commit_each(api, published)
+
+
+def _lose_the_next_message(job_id: int) -> None:
+    """Take the job's waiting message out of its queue into kombu's ``unacked`` hash, as a worker that
+    reserved it and was killed before acknowledging it leaves it (redelivered only after the visibility
+    timeout, hours later)."""
+    import redis
+
+    from service.broker import job_of
+
+    client = redis.Redis.from_url(REDIS)
+    for raw in client.lrange("convert", 0, -1):
+        if job_of(raw) == job_id:
+            client.lrem("convert", 1, raw)
+            client.hset("unacked", f"dead-worker-{job_id}", json.dumps([json.loads(raw), "", "convert"]))
+            return
+    raise AssertionError(f"no message of job {job_id} waits in the convert queue")
+
+
+@pytest.mark.parametrize("killed", ["before acknowledging fetch", "between fetch and convert"])
+def test_a_worker_killed_between_stages_or_before_acknowledging_leaves_no_job_stuck(service, killed) -> None:
+    """The reaper sees no running stage and no waiting message, and sends the job again once it has been
+    idle for the heartbeat timeout; the job finishes with one commit per repo."""
+    from service.reaper import reap
+    from service.settings import Settings
+
+    name = f"studio/tiny-lost-{killed.split()[0]}"
+    api = _source(service, name)
+    for worker in [p for p in service["workers"] if p.poll() is None]:  # nobody takes the message meanwhile
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+    result = run("submit", name, "--packages-only", "--bits", "0", "--attention", "original", env=service["env"])
+    job_id = _job_id(result.stdout)
+    _lose_the_next_message(job_id)
+    if killed.startswith("between"):  # the dead worker ran fetch, then died before sending the convert parts
+        fetched = subprocess.run(["python", "-c", f"from service.runner import run_stage; run_stage({job_id}, 'fetch')"],
+                                 env={**os.environ, **service["env"]}, capture_output=True, text=True, timeout=300)
+        assert fetched.returncode == 0, fetched.stderr[-2000:]
+        assert _job(service, job_id)[1][("fetch", "")] == "succeeded"
+    service["start_worker"]()
+    settings = Settings(database_url=service["db"], broker_url=REDIS, heartbeat_timeout=5)
+    assert not [r for r in reap(settings=settings) if r.job_id == job_id]  # not idle for 5 s yet, perhaps
+    time.sleep(6)
+    revived = _wait(lambda: [r for r in reap(settings=settings) if r.job_id == job_id], 30, "the reaper")
+    assert revived[0].action == "sent again" and "was lost" in revived[0].reason
+    if killed.startswith("between"):
+        assert "after fetch" in revived[0].reason
+    _wait(lambda: _job(service, job_id)[0] in ("succeeded", "failed"), 300, "the job to finish")
+    state, stages, published, error = _job(service, job_id)
+    assert state == "succeeded", error
+    assert published == [f"studio/coreml-{name.split('/')[1]}"]
+    _one_commit_each(api, published)
