@@ -6,6 +6,7 @@ One router per resource (``service/api/<resource>.py``), typed request and respo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import reprlib
 
@@ -33,6 +34,8 @@ from service.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 RETRY_AFTER = 30  # seconds a client should wait after a 503
 MAX_BODY = 64 * 1024  # bytes of a request body (a job request is a few hundred); the Hub webhook has its own cap
+MAX_DRAIN = 64 * 2**20  # bytes of a refused body read to its end before the 413 (beyond: the connection is cut)
+DRAIN_SECONDS = 10.0  # and for at most this long
 MAX_ECHO = 100  # characters of a refused input repeated in an error
 _ECHO = reprlib.Repr()  # a bounded repr: nested or long inputs are cut, whatever their size
 _ECHO.maxlevel, _ECHO.maxdict, _ECHO.maxlist, _ECHO.maxtuple, _ECHO.maxset = 3, 4, 4, 4, 4
@@ -93,20 +96,27 @@ class BodyLimit:
     """ASGI middleware refusing request bodies over ``limit`` bytes with 413, before anything parses them.
 
     The body is read here (up to the limit, whatever Content-Length says) and handed on whole; the Hub
-    webhook (``/webhooks/``) reads its body itself, with its own cap.
+    webhook (``/webhooks/``) reads its body itself, with its own cap.  A refused body is read to its end
+    (up to ``drain`` bytes, for ``drain_seconds``) before the 413 is sent: a client still sending when the
+    server closes the connection sees a reset instead of the answer.  A client that asked
+    ``Expect: 100-continue`` has sent nothing yet and gets the 413 at once.
     """
 
-    def __init__(self, app, limit: int = MAX_BODY, exempt: tuple[str, ...] = ("/webhooks/",)) -> None:
+    def __init__(self, app, limit: int = MAX_BODY, exempt: tuple[str, ...] = ("/webhooks/",),
+                 drain: int = MAX_DRAIN, drain_seconds: float = DRAIN_SECONDS) -> None:
         self.app, self.limit, self.exempt = app, limit, exempt
+        self.drain, self.drain_seconds = drain, drain_seconds
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(self.exempt):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         try:
             if declared is not None and int(declared) > self.limit:
-                await self._refuse(scope, receive, send)
+                sending = headers.get(b"expect", b"").lower() != b"100-continue" and int(declared) <= self.drain
+                await self._refuse(scope, receive, send, read=0 if sending else None)
                 return
         except ValueError:
             await JSONResponse({"error": "malformed Content-Length", "hint": None}, status_code=400)(
@@ -118,7 +128,7 @@ class BodyLimit:
             chunk = message.get("body", b"") if message["type"] == "http.request" else b""
             size += len(chunk)
             if size > self.limit:
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, read=size if message.get("more_body") else None)
                 return
             chunks.append(chunk)
         first = message if message["type"] != "http.request" else \
@@ -134,7 +144,27 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope, receive, send) -> None:
+    async def _drain(self, receive, read: int) -> None:
+        """Read and drop the rest of a body, up to ``self.drain`` bytes in all, for at most drain_seconds."""
+        async def rest() -> None:
+            size = read
+            while size <= self.drain:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                size += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+
+        try:
+            await asyncio.wait_for(rest(), self.drain_seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _refuse(self, scope, receive, send, *, read: int | None) -> None:
+        """413; ``read``: bytes of the body read so far when the rest is to be drained first (None: answer now)."""
+        if read is not None:
+            await self._drain(receive, read)
         response = JSONResponse({"error": f"request body larger than {self.limit} bytes",
                                  "hint": "Send only the request's fields: a job request is a few hundred bytes."},
                                 status_code=413, headers={"Connection": "close"})

@@ -273,3 +273,49 @@ def test_api_docs_load_their_assets_from_the_api_itself(tmp_path: Path) -> None:
             served = client.get(asset)
             assert served.status_code == 200 and len(served.content) > 1000, asset
     assert client.get("/openapi.json").json()["info"]["title"] == "coreml-publisher"
+
+
+@pytest.mark.parametrize("expect", [False, True])
+def test_a_large_declared_body_gets_its_413_not_a_reset(tmp_path: Path, expect: bool) -> None:
+    """A client sending 10 MB with a Content-Length reads the 413 (it used to be cut off mid-send and see a
+    reset); one that asked ``Expect: 100-continue`` gets the 413 without sending the body."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from service.db import upgrade
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(url)
+    app = create_api(Settings(database_url=url, broker_url="redis://127.0.0.1:1/0"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    size = 10_000_000
+    head = (f"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {size}\r\n{'Expect: 100-continue' + chr(13) + chr(10) if expect else ''}\r\n").encode()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as connection:
+            connection.sendall(head)
+            if not expect:
+                chunk = b"x" * 65536
+                for _ in range(size // len(chunk)):
+                    connection.sendall(chunk)
+                connection.sendall(b"x" * (size % len(chunk)))
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                data = connection.recv(65536)
+                if not data:
+                    break
+                answer += data
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"request body larger than 65536 bytes" in answer
