@@ -1,7 +1,10 @@
 """Sanitising the upstream model card carried below ours: someone else's text published under our name.
 
-Raw HTML is dropped (the text of ordinary elements kept; scripts, styles and frames dropped whole), links
-and images may only point to http(s), mailto or relative targets, and fenced code stays as it is.
+Raw HTML is dropped by ``nh3`` (the binding of the Rust ``ammonia`` sanitiser, parsing as a browser does):
+the text of ordinary elements is kept, scripts, styles, frames, SVG and MathML are dropped whole, and so
+are comments.  What no HTML sanitiser knows is Markdown, so that part is written here: fenced code stays as
+it is (renderers show it as text), autolinks become Markdown links, and Markdown links, images and link
+definitions may only point to http(s), mailto or relative targets.
 """
 
 from __future__ import annotations
@@ -9,20 +12,21 @@ from __future__ import annotations
 import html
 import re
 
+import nh3
+
 SAFE_SCHEMES = frozenset({"http", "https", "mailto"})
 _LINE_END = re.compile(r"\r\n|\r|\n")  # CommonMark's line endings, and only those (str.splitlines knows more)
 _OPENER = re.compile(r"(`{3,}|~{3,})(.*)")  # a fence opener at the start of a line (not indented: see below)
 _CLOSER = re.compile(r" {0,3}(`{3,}|~{3,})[ \t]*")
 # elements whose content is code or another document: dropped whole, not just their tags
-_DROPPED = "script|style|iframe|frame|frameset|object|embed|applet|noscript|noembed|template|textarea|title|" \
-           "xmp|svg|math|select|plaintext"
-_WINDOW = 1024  # longest tag or autolink parsed as one; a longer one is escaped and shown as text
-_HTML = re.compile(
-    r"(?P<comment><!--)"
-    r"|<(?P<scheme>[A-Za-z][A-Za-z0-9+.-]{1,31}):(?P<rest>[^\s<>]*)>"  # autolink <scheme:...>
-    r"|(?P<email><[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+>)"
-    r"|(?P<tag></?(?P<name>[A-Za-z][^\s/>\"']*+)(?:[^>\"']++|\"[^\"]*+\"|'[^']*+')*+>)"
-    r"|(?P<other><(?=[A-Za-z/!?]))")
+_DROPPED = {"script", "style", "iframe", "frame", "frameset", "object", "embed", "applet", "noscript", "noembed",
+            "template", "textarea", "title", "xmp", "svg", "math", "select", "plaintext"}
+# an autolink: <scheme:...> or <address@host>, bounded in length
+_AUTOLINK = re.compile(r"<(?P<url>[A-Za-z][A-Za-z0-9+.-]{1,31}:[^\s<>]{0,2000})>"
+                       r"|<(?P<email>[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,200}@[A-Za-z0-9.-]{1,200})>")
+_BLANK_LINE = re.compile(r"(\n[ \t]*\n)")
+# what nh3 escapes in text that Markdown needs as it was; "&lt;" stays: a "<" that opened no tag
+_UNESCAPED = (("&gt;", ">"), ("&quot;", '"'), ("&#39;", "'"), ("&amp;", "&"))
 _SIMPLE_LINK = re.compile(r"(?P<bang>!?)\[(?P<text>[^\[\]\n]*)\]\(\s*(?P<dest><[^<>\n]*>|[^\s()<>]*"
                           r"(?:\([^\s()]*\)[^\s()<>]*)*)(?:\s+(?:\"[^\"\n]*\"|'[^'\n]*'|\([^()\n]*\)))?\s*\)")
 # a link reference definition, wherever it is (in a quote or list too): ``[label]: target``
@@ -100,54 +104,30 @@ def _links(text: str) -> str:
     return _DEFINITION.sub(lambda m: m.group(0) if safe_url(m.group("dest")) else "", text)
 
 
+def _autolinks(text: str) -> str:
+    """``<https://x>`` as ``[https://x](https://x)`` (an HTML sanitiser takes it for a tag), ``<a@b.c>`` as a
+    mailto link; an autolink to another scheme is shown as text."""
+    def link(match: re.Match) -> str:
+        if match.group("email"):
+            return f"[{match.group('email')}](mailto:{match.group('email')})"
+        url = match.group("url")
+        return f"[{url}]({url})" if safe_url(url) and "(" not in url and ")" not in url else html.escape(match.group(0))
+
+    return _AUTOLINK.sub(link, text)
+
+
 def _drop_html(text: str) -> str:
-    """Raw HTML out: tags dropped, dangerous elements dropped with their content, any other ``<`` escaped.
+    """Raw HTML out (nh3 with no tag allowed), the Markdown around it as it was.
 
-    Each construct is matched within a bounded window (a longer "tag" is escaped, not parsed), and the end
-    of an element or comment is looked up once per name, so the work stays linear in the text.
+    Block by block (Markdown ends a paragraph, and most HTML blocks, at a blank line): an unclosed tag or
+    element then drops the rest of its own block, not the rest of the card.
     """
-    lower = text.lower()
-    ends: dict[str, int] = {}  # "</script", "-->", ... -> where it next occurs (-1: nowhere after)
-    pieces: list[str] = []
-    position = 0
-
-    def next_end(marker: str, after: int) -> int:
-        if marker not in ends or 0 <= ends[marker] < after:
-            ends[marker] = lower.find(marker, after)
-        return ends[marker]
-
-    while (found := text.find("<", position)) >= 0:
-        pieces.append(text[position:found])
-        match = _HTML.match(text, found, min(len(text), found + _WINDOW))
-        if match is None:  # a "<" that starts nothing ("a < b")
-            pieces.append("<")
-            position = found + 1
-            continue
-        position = match.end()
-        if match.group("comment"):
-            end = next_end("-->", position)
-            if end < 0:
-                pieces.append("&lt;")
-                position = found + 1
-            else:
-                position = end + 3
-        elif match.group("scheme"):
-            safe = match.group("scheme").lower() in SAFE_SCHEMES and safe_url(match.group(0))
-            pieces.append(match.group(0) if safe else html.escape(match.group(0)))  # unsafe: shown as text
-        elif match.group("email"):
-            pieces.append(match.group(0))
-        elif match.group("tag"):
-            name = match.group("name").lower()
-            if not match.group(0).startswith("</") and re.fullmatch(_DROPPED, name, re.IGNORECASE):
-                end = next_end(f"</{name}", position)
-                if end >= 0:  # the element and everything in it; unclosed: only its tag
-                    close = text.find(">", end)
-                    position = len(text) if close < 0 else close + 1
-            # any other tag: dropped, the text around it stays
-        else:
-            pieces.append("&lt;")
-            position = found + 1
-    pieces.append(text[position:])
+    pieces = _BLANK_LINE.split(text)
+    for i in range(0, len(pieces), 2):  # the odd pieces are the blank lines between blocks
+        cleaned = nh3.clean(_autolinks(pieces[i]), tags=set(), clean_content_tags=_DROPPED, strip_comments=True)
+        for escaped, plain in _UNESCAPED:
+            cleaned = cleaned.replace(escaped, plain)
+        pieces[i] = cleaned
     return "".join(pieces)
 
 

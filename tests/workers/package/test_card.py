@@ -96,6 +96,35 @@ def test_upstream_html_and_script_links_are_dropped_and_markdown_kept() -> None:
     assert "<strong>bold</strong>" in rendered and "<code>code</code>" in rendered
 
 
+@pytest.mark.parametrize("attack", [
+    '<a href="JaVaScRiPt:alert(1)">mixed case</a>',
+    '<a href="&#x6A;&#x61;&#x76;&#x61;script:alert(1)">entities</a>',
+    '<a href="&#0000106avascript:alert(1)">padded entity</a>',
+    '<a href="java\tscript:alert(1)">tab inside</a>',
+    "<svg onload=alert(1)>",
+    "<svg/onload=alert(1)>",
+    "<img src=x onerror=alert(1)",  # unclosed
+    "<img src=x onerror=alert(1)//",
+    "<scr<script>ipt>alert(1)</script>",  # a tag inside a tag's name
+    "<img src=x <!-- x --> onerror=alert(1)>",  # a comment inside a tag
+    "<!--><img src=x onerror=alert(1)>-->",
+    "<a href=\"data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==\">data</a>",
+    "[data](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+    "[entity md](&#x6A;avascript:alert(1))",
+    "<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>",
+    "<noscript><p title=\"</noscript><img src=x onerror=alert(1)>\">",
+    "<iframe srcdoc=\"<script>alert(1)</script>\">",
+    "<object data=\"javascript:alert(1)\">",
+    "<body onload=alert(1)>",
+    "<<script>script>alert(1)<</script>/script>",
+])
+def test_classic_bypasses_are_neutralised(attack: str) -> None:
+    clean = sanitize_markdown(f"before\n\n{attack}\n\nafter")
+    rendered = _render(clean)
+    assert _dangerous(rendered) == [], (clean, rendered)
+    assert "before" in clean and "after" in clean
+
+
 def test_fenced_code_is_kept_verbatim_but_only_when_it_really_is_code() -> None:
     text = "```html\n<script>alert(1)</script>\n```\n\n1. item\n\n   ```\n   x\n<script>alert(2)</script>\n   ```\n"
     clean = sanitize_markdown(text)
