@@ -23,7 +23,19 @@ _CONVERTING = {"sd1_conversion", "sd2_conversion", "sd2_layouts_conversion", "sd
 _SLOW_MODULES = {"tests.service.test_queue", "tests.service.cli.test_publish"}  # real workers, or convert through the CLI
 
 
+# the longest test files, longest first (measured): run first, so that the two workers of `-n 2 --dist loadfile`
+# finish together instead of one waiting on a long file handed out last
+_LONGEST_FIRST = ("tests/service/test_queue.py", "tests/service/cli/test_publish.py",
+                  "tests/service/test_local_and_api.py", "tests/workers/execute/test_executor.py",
+                  "tests/service/test_secrets.py", "tests/service/test_multihost.py",
+                  "tests/service/test_broker_restart.py", "tests/service/api/test_status.py",
+                  "tests/service/test_progress.py", "tests/service/cli/test_cli.py",
+                  "tests/service/test_database_restart.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {path: i for i, path in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))  # stable: in-file order kept
     for item in items:  # `python -m pytest -m "not slow"`: the quick subset
         if _CONVERTING & set(getattr(item, "fixturenames", ())) or item.module.__name__ in _SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
