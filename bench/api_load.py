@@ -225,11 +225,12 @@ def read_requests(count: int, job_ids: list[int]) -> list[tuple[str, str, None, 
     return [("GET", routes[i % len(routes)], None, auth) for i in range(count)]
 
 
-def write_requests(count: int, repos: list[str]) -> list[tuple[str, str, dict, dict]]:
+def write_requests(count: int, repos: list[str], hub: str) -> list[tuple[str, str, dict, dict]]:
     """Alternately ``POST /jobs`` (same options for a repo every time) and a webhook for the repo's main commit."""
     from huggingface_hub import HfApi
 
-    heads = {repo: HfApi().model_info(repo).sha for repo in repos}
+    api = HfApi(endpoint=hub, token="alice-token")  # explicit: huggingface_hub reads HF_ENDPOINT once, at import
+    heads = {repo: api.model_info(repo).sha for repo in repos}
     requests = []
     for i in range(count):
         repo = repos[i % len(repos)]
@@ -293,7 +294,7 @@ def run(reads: int, writes: int, sources: int, timeout: float, seeded: int = 100
                    "COREML_PUBLISH_HUB_ENDPOINT": hub, "COREML_PUBLISH_ARTIFACT_STORE": str(root / "artifacts")}
             with serving(env, root / "api.log") as base:
                 result = {"reads": asyncio.run(burst(base, "reads", read_requests(reads, job_ids), timeout))}
-                result["writes"] = asyncio.run(burst(base, "writes", write_requests(writes, repos), timeout))
+                result["writes"] = asyncio.run(burst(base, "writes", write_requests(writes, repos, hub), timeout))
                 result["health_after"] = health_after(base)
             result["stopped_in"] = serving.stopped_in
             result["jobs"] = Counter({key: n for key, n in jobs_per_source(db).items() if '"seeded"' not in key[2]})

@@ -26,11 +26,12 @@ _SLOW_MODULES = {"tests.service.test_queue", "tests.service.cli.test_publish"}  
 # the longest test files, longest first (measured): run first, so that the two workers of `-n 2 --dist loadfile`
 # finish together instead of one waiting on a long file handed out last
 _LONGEST_FIRST = ("tests/service/test_queue.py", "tests/service/cli/test_publish.py",
-                  "tests/service/test_local_and_api.py", "tests/workers/execute/test_executor.py",
-                  "tests/service/test_secrets.py", "tests/service/test_multihost.py",
-                  "tests/service/test_broker_restart.py", "tests/service/api/test_status.py",
-                  "tests/service/test_progress.py", "tests/service/cli/test_cli.py",
-                  "tests/service/test_database_restart.py")
+                  "tests/workers/convert/test_engine.py", "tests/service/cli/test_cli.py",
+                  "tests/workers/execute/test_executor.py", "tests/service/test_local_and_api.py",
+                  "tests/service/test_secrets.py", "tests/workers/convert/test_chunk.py",
+                  "tests/service/test_multihost.py", "tests/workers/convert/test_attention.py",
+                  "tests/service/test_database_restart.py", "tests/service/test_broker_restart.py",
+                  "tests/service/api/test_status.py", "tests/workers/convert/test_targets.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
