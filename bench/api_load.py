@@ -280,6 +280,7 @@ def run(reads: int, writes: int, sources: int, timeout: float, seeded: int = 100
     from workers.devtools.devhub.store import Store
 
     root = Path(tempfile.mkdtemp(prefix="coreml-publish-load-"))
+    saved = dict(os.environ)  # given back afterwards: a caller's (a test run's) environment is not changed
     broker = redis.Redis.from_url(BROKER)
     broker.flushdb()
     try:
@@ -301,6 +302,8 @@ def run(reads: int, writes: int, sources: int, timeout: float, seeded: int = 100
             result["log"] = (root / "api.log").read_text(errors="replace")
             return result
     finally:
+        os.environ.clear()
+        os.environ.update(saved)
         broker.flushdb()
         shutil.rmtree(root, ignore_errors=True)
 
