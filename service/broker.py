@@ -24,7 +24,8 @@ PRIORITY_STEPS = (3, 6, 9)  # kombu's default steps above 0 (step 0 is the queue
 MAX_MESSAGES = 100_000  # read at most this many messages per list
 
 
-def _is_redis(url: str) -> bool:
+def is_redis(url: str) -> bool:
+    """Whether ``url`` is a Redis broker's (whose queues and start time this module can read)."""
     return url.startswith(("redis://", "rediss://", "unix://"))
 
 
@@ -53,7 +54,7 @@ def job_of(raw: bytes) -> int | None:
 def waiting_jobs(url: str) -> set[int] | None:
     """The ids of the jobs with a stage message waiting in one of the queues; None when unknown (not Redis,
     or the broker does not answer)."""
-    if not _is_redis(url):
+    if not is_redis(url):
         return None
     try:
         client = _client(url)
@@ -74,7 +75,7 @@ def waiting_jobs(url: str) -> set[int] | None:
 def broker_started_at(url: str) -> datetime | None:
     """When the broker (Redis) last started, rounded late (its uptime counts whole seconds) so that work sent
     in that second counts as sent before; None for other brokers or when it does not answer."""
-    if not _is_redis(url):
+    if not is_redis(url):
         return None
     try:
         client = _client(url)

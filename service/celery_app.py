@@ -33,7 +33,9 @@ class StageResults(RedisBackend):
 
 def result_backend(broker_url: str) -> str:
     """The result backend's URL: :class:`StageResults` on the broker's Redis, Celery's own for other brokers."""
-    if broker_url.startswith(("redis://", "rediss://", "unix://")):
+    from service.broker import is_redis
+
+    if is_redis(broker_url):
         return f"{__name__}:StageResults+{broker_url}"
     return broker_url
 

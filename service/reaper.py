@@ -4,9 +4,10 @@ A job is stuck when it was recorded but never reached the queue (the broker was 
 running stage's heartbeats stopped (its worker was killed as a whole, its host lost power), when nothing of
 it has run or waited in a queue for the heartbeat timeout (a worker died holding its next message, before
 acknowledging it or between two stages, see :mod:`service.broker`), or when it was sent before the broker
-last restarted (a Redis without persistence forgets queued messages and chord state).  Stages are idempotent and skip themselves once done, and a second delivery of a running stage waits
-for it, so sending a job again resumes it where it stopped.  The scheduler
-runs a pass every minute; ``coreml-publish reap`` runs one by hand.
+last restarted (a Redis without persistence forgets queued messages and chord state).  Stages are
+idempotent and skip themselves once done, and a second delivery of a running stage waits for it, so sending
+a job again resumes it where it stopped.  The scheduler runs a pass every minute; ``coreml-publish reap``
+runs one by hand.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from service.broker import broker_started_at, waiting_jobs
 from service.db import session_scope
 from service.errors import ServiceUnavailableError
-from service.broker import broker_started_at, waiting_jobs
 from service.jobs import record_event, revive_job, sent_before_restart, set_state, stuck_reason
 from service.models import Job, JobState, utcnow
 from service.settings import Settings, get_settings

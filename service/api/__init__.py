@@ -114,13 +114,14 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         try:
-            if declared is not None and int(declared) > self.limit:
-                sending = headers.get(b"expect", b"").lower() != b"100-continue" and int(declared) <= self.drain
-                await self._refuse(scope, receive, send, read=0 if sending else None)
-                return
+            length = int(declared) if declared is not None else None
         except ValueError:
             await JSONResponse({"error": "malformed Content-Length", "hint": None}, status_code=400)(
                 scope, receive, send)
+            return
+        if length is not None and length > self.limit:
+            sending = headers.get(b"expect", b"").lower() != b"100-continue" and length <= self.drain
+            await self._refuse(scope, receive, send, read=0 if sending else None)
             return
         chunks, size, message = [], 0, {"type": "http.request", "body": b"", "more_body": True}
         while message["type"] == "http.request" and message.get("more_body", False):

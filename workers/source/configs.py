@@ -55,18 +55,21 @@ def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def numbers(data: object) -> list[tuple[str, object]]:
-    """Every (path, value) of a parsed JSON document whose value is a number, ``a.b[2]`` style, walked
-    without recursion (a config may nest deeply)."""
-    found, stack = [], [("", data)]
+def entries(data: object) -> list[tuple[str, object, object]]:
+    """Every (path, key, value) below a parsed JSON document, ``a.b[2]`` style (the key is the dict key, or
+    the list index), walked without recursion: a config may nest deeply."""
+    found: list[tuple[str, object, object]] = []
+    stack: list[tuple[str, object]] = [("", data)]
     while stack:
         path, value = stack.pop()
         if isinstance(value, dict):
-            stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+            items = [(f"{path}.{k}" if path else str(k), k, v) for k, v in value.items()]
         elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(value))
-        elif is_number(value):
-            found.append((path, value))
+            items = [(f"{path}[{i}]", i, v) for i, v in enumerate(value)]
+        else:
+            continue
+        found.extend(items)
+        stack.extend((where, item) for where, _, item in items)
     return found
 
 
@@ -74,7 +77,7 @@ def check_finite(data: object, *, label: str, source: str, hint: str) -> None:
     """Refuse a NaN or an infinity anywhere in a config (JSON's ``NaN``, ``Infinity``, or a literal like
     ``1e999`` that overflows to one): a model built from it computes NaNs, and so would the reference it
     is checked against."""
-    for path, value in sorted(numbers(data)):
+    for path, _, value in sorted(entries(data), key=lambda entry: entry[0]):
         if isinstance(value, float) and not math.isfinite(value):
             raise SourceError(f"{label}: {path} is {shown(value)}; every number in a config must be finite",
                               source=source, hint=hint)
@@ -89,7 +92,7 @@ class Config:
 
     def check_floats(self) -> None:
         """The fields of FLOAT_RANGES, wherever they are in the config: numbers within their range."""
-        for path, value in sorted(self.fields(FLOAT_RANGES)):
+        for path, value in sorted(self.fields(FLOAT_RANGES), key=lambda field: field[0]):
             low, high, low_allowed = FLOAT_RANGES[path.rsplit(".", 1)[-1]]
             if value is None:
                 continue
@@ -104,17 +107,7 @@ class Config:
 
     def fields(self, names: dict | set) -> list[tuple[str, object]]:
         """(path, value) of every key in ``names`` at any depth of the config."""
-        found, stack = [], [("", self.data)]
-        while stack:
-            path, value = stack.pop()
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    where = f"{path}.{key}" if path else str(key)
-                    if key in names:
-                        found.append((where, item))
-                    elif isinstance(item, dict):
-                        stack.append((where, item))
-        return found
+        return [(path, value) for path, key, value in entries(self.data) if isinstance(key, str) and key in names]
 
     @classmethod
     def read(cls, root: Path, component: str, name: str = "config.json") -> "Config":
