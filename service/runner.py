@@ -221,7 +221,8 @@ def _pinned(spec: JobSpec, settings: Settings) -> Source:
     return resolve_source(spec.source_repo, revision=spec.source_sha, endpoint=settings.hub_endpoint,
                           max_bytes=int(settings.max_source_gb * 1e9), vae=spec.options.vae,
                           refiner=spec.options.refiner, vae_revision=spec.options.vae_sha,
-                          refiner_revision=spec.options.refiner_sha)
+                          refiner_revision=spec.options.refiner_sha, base=spec.options.base,
+                          base_revision=spec.options.base_sha)
 
 
 MANIFEST = "manifest.json"  # what the fetch stage fetched (workers.source.fetch.Manifest), in its artifact
@@ -267,7 +268,7 @@ def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
 
     options = spec.options
     with _source(spec, settings) as source:
-        wanted = [c for c in select_components(source, None) if options.components is None or c in options.components]
+        wanted = select_components(source, options.conversion())
         if part == "shared":
             components = tuple(c for c in wanted if not depends_on_attention(c))
             attentions = options.attentions

@@ -58,7 +58,8 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
                             max_bytes=int(settings.max_source_gb * 1e9),
                             need_safety_checker=options.components is None or "safety_checker" in options.components,
                             vae=options.vae, refiner=options.refiner, vae_revision=options.vae_sha,
-                            refiner_revision=options.refiner_sha)
+                            refiner_revision=options.refiner_sha, base=options.base,
+                            base_revision=options.base_sha)
     options = options.pinned({kind: extra.sha for kind, extra in source.extras})
     with session_scope(settings.database_url) as session:
         submitted = submit_job(session, source_repo=source_repo, source_sha=source.sha, options=options,

@@ -7,14 +7,18 @@ holds the two together); the options, the job service and the packaging step rea
 
 from __future__ import annotations
 
-COMPONENTS: tuple[str, ...] = ("text_encoder", "text_encoder_2", "unet", "refiner", "vae_decoder", "vae_encoder",
-                               "safety_checker")
+COMPONENTS: tuple[str, ...] = ("text_encoder", "text_encoder_2", "unet", "controlled_unet", "refiner", "vae_decoder",
+                               "vae_encoder", "safety_checker", "controlnet")
 
 # converted once per attention layout; every other component is converted once and shared by all layouts
-PER_LAYOUT: frozenset[str] = frozenset({"unet", "refiner"})
+PER_LAYOUT: frozenset[str] = frozenset({"unet", "controlled_unet", "refiner", "controlnet"})
+
+# converted only when asked for (``--controlled-unet``): the option that asks for each
+ON_REQUEST: dict[str, str] = {"controlled_unet": "controlled_unet"}
 
 # the UNets that are cut in two (the SDXL refiner's too: Swift's UnetRefinerChunk1/2), and their chunks' names
 CHUNKED: dict[str, tuple[str, str]] = {"unet": ("unet_chunk1", "unet_chunk2"),
+                                       "controlled_unet": ("controlled_unet_chunk1", "controlled_unet_chunk2"),
                                        "refiner": ("refiner_chunk1", "refiner_chunk2")}
 
 
@@ -29,8 +33,10 @@ def whole_of(component: str) -> str | None:
 
 
 def pipeline_of(components: set[str] | frozenset[str]) -> str:
-    """Which Swift pipeline a set of components is for: ``sd`` (1.x/2.x), ``sdxl``, or ``sdxl-refiner`` (a second
-    text encoder without a first)."""
+    """Which Swift pipeline a set of components is for: ``sd`` (1.x/2.x), ``sdxl``, ``sdxl-refiner`` (a second
+    text encoder without a first), or ``controlnet`` (a ControlNet repo's, loaded beside an SD 1.x/2.x one)."""
+    if "controlnet" in components:
+        return "controlnet"
     if "text_encoder_2" not in components:
         return "sd"
     return "sdxl" if "text_encoder" in components else "sdxl-refiner"

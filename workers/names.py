@@ -56,10 +56,19 @@ COMPILED_NAMES: dict[str, str] = {
     "refiner": "UnetRefiner",
     "refiner_chunk1": "UnetRefinerChunk1",
     "refiner_chunk2": "UnetRefinerChunk2",
+    "controlled_unet": "ControlledUnet",  # Swift's spelling: ControlledUnet, never ControlledUNet
+    "controlled_unet_chunk1": "ControlledUnetChunk1",
+    "controlled_unet_chunk2": "ControlledUnetChunk2",
     "vae_decoder": "VAEDecoder",
     "vae_encoder": "VAEEncoder",
     "safety_checker": "SafetyChecker",
+    "controlnet": "controlnet/",  # + the ControlNet's own name (:func:`controlnet_name`)
 }
+# the component part of a package file name where it differs from the component (Apple's converter's names)
+PACKAGE_SUFFIXES: dict[str, str] = {"controlled_unet": "control-unet",
+                                    "controlled_unet_chunk1": "control-unet_chunk1",
+                                    "controlled_unet_chunk2": "control-unet_chunk2"}
+CONTROLNET_FOLDER = "controlnet"  # where compiled ControlNets go, in a variant's compiled folder and its zip
 
 REPORT_FILE = "report.json"
 CHECK_DATA_DIR = "_validation"  # per component: the check inputs and float32 reference outputs (not published)
@@ -72,12 +81,35 @@ def model_version(source_id: str) -> str:
 
 
 def package_file_name(source_id: str, component: str) -> str:
-    """``Stable_Diffusion_version_{model_version}_{component}.mlpackage``."""
-    return f"Stable_Diffusion_version_{model_version(source_id)}_{component}.mlpackage"
+    """``Stable_Diffusion_version_{model_version}_{component}.mlpackage`` (a ControlledUnet's component part is
+    ``control-unet``); a ControlNet's: ``ControlNet_{model_version}.mlpackage``."""
+    if component == "controlnet":
+        return f"ControlNet_{model_version(source_id)}.mlpackage"
+    return f"Stable_Diffusion_version_{model_version(source_id)}_{PACKAGE_SUFFIXES.get(component, component)}.mlpackage"
 
 
-def compiled_file_name(component: str) -> str:
-    """The ``.mlmodelc`` folder name the Swift pipeline expects for a package component."""
+def package_component(file_name: str) -> str | None:
+    """The component a package file name (:func:`package_file_name`) is of, or None."""
+    stem = file_name.removesuffix(".mlpackage")
+    if stem.startswith("ControlNet_") and file_name.endswith(".mlpackage"):
+        return "controlnet"
+    suffixes = {PACKAGE_SUFFIXES.get(c, c): c for c in COMPILED_NAMES if c != "controlnet"}
+    return next((suffixes[s] for s in sorted(suffixes, key=len, reverse=True) if stem.endswith(f"_{s}")), None)
+
+
+def controlnet_name(source_id: str) -> str:
+    """A ControlNet's compiled name, as Apple's bundler makes it: the model version split on ``_`` and ``-``,
+    each word title-cased (``org/sd-controlnet-canny`` → ``OrgSdControlnetCanny``)."""
+    return "".join(word.title() for word in re.split("_|-", model_version(source_id)))
+
+
+def compiled_file_name(component: str, source_id: str | None = None) -> str:
+    """The ``.mlmodelc`` name the Swift pipeline expects for a package component, relative to a variant's compiled
+    folder (a ControlNet's, ``controlnet/<Name>.mlmodelc``, needs its ``source_id``)."""
+    if component == "controlnet":
+        if source_id is None:
+            raise ValueError("a ControlNet's compiled name needs its source id")
+        return f"{CONTROLNET_FOLDER}/{controlnet_name(source_id)}.mlmodelc"
     return f"{COMPILED_NAMES[component]}.mlmodelc"
 
 

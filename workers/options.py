@@ -5,7 +5,7 @@ with a one-line hint, before any work):
 
 - :class:`ConvertOptions`: what the engine makes (attention layouts, palettization, components, sizes,
   deployment target, UNet chunks);
-- :class:`SourceOptions`: what the source is combined with (``--vae``, ``--refiner``);
+- :class:`SourceOptions`: what the source is combined with (``--vae``, ``--refiner``; a ControlNet's ``--base``);
 - :class:`JobOptions`, both of those plus what a job adds: where it publishes, with which visibility, and
   the commits of its extra repos, pinned when the job is recorded.
 
@@ -232,6 +232,9 @@ class ConvertOptions(Options):
                                                         "(UnetChunk1/UnetChunk2), for iPhone and iPad.")
     chunks_only: bool = option(False, cli="switch", help="Ship the UNet chunks instead of the whole float16 UNet "
                                                          "(implies --chunk-unet).")
+    controlled_unet: bool = option(False, cli="switch",
+                                   help="SD 1.x/2.x: also ship a UNet that takes ControlNet residuals "
+                                        "(ControlledUnet), for the ControlNets converted with --base.")
     seed: int = internal(0, keyed="set", help="Seed of the trace and check inputs")
     bars: ValidationBars = internal(ValidationBars(), load=ValidationBars.from_dict,
                                     help="The validation bars (the service's settings)")
@@ -269,6 +272,11 @@ class ConvertOptions(Options):
             object.__setattr__(self, "components", tuple(c for c in COMPONENTS if c in self.components))
             if self.chunk_unet and "unet" not in self.components:
                 raise OptionsError("--chunk-unet needs the unet component", hint="Add unet to --components.")
+            if "controlled_unet" in self.components:
+                object.__setattr__(self, "controlled_unet", True)
+            if self.controlled_unet and "vae_encoder" not in self.components:  # apps read the image size there
+                raise OptionsError("--controlled-unet needs the vae_encoder component: apps read the image size "
+                                   "from it", hint="Add vae_encoder to --components.")
         if self.latent_size is not None:
             object.__setattr__(self, "latent_size", tuple(self.latent_size))
 
@@ -289,7 +297,8 @@ class ConvertOptions(Options):
 
 @dataclass(frozen=True, kw_only=True)
 class SourceOptions(Options):
-    """What the source is combined with: another VAE, an SDXL refiner's UNet (a Hub repo or a folder each)."""
+    """What the source is combined with: another VAE, an SDXL refiner's UNet, a ControlNet's base pipeline (a Hub
+    repo or a folder each)."""
 
     vae: str | None = option(None, metavar="REPO", max_length=MAX_REPO_ID, too_long="is not a Hub repo id",
                              from_user=_empty_to_none,
@@ -300,7 +309,12 @@ class SourceOptions(Options):
                                  from_user=_empty_to_none,
                                  help="SDXL: also ship this refiner's UNet (UnetRefiner) in the base's repos.")
 
-    EXTRAS: typing.ClassVar[tuple[str, ...]] = ("vae", "refiner")
+    base: str | None = option(None, metavar="REPO", max_length=MAX_REPO_ID, too_long="is not a Hub repo id",
+                              from_user=_empty_to_none,
+                              help="A ControlNet source: the SD 1.x/2.x pipeline (Hub repo or folder) it is used "
+                                   "with; its configs give the sizes, and must match the ControlNet's.")
+
+    EXTRAS: typing.ClassVar[tuple[str, ...]] = ("vae", "refiner", "base")
 
     def __post_init__(self) -> None:
         self._check_sources()
@@ -310,6 +324,9 @@ class SourceOptions(Options):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value.strip()):
                 raise OptionsError(f"--{name} must name a Hub repo or a folder", hint=f"Pass --{name} org/name.")
+        if self.base is not None and (self.vae is not None or self.refiner is not None):
+            raise OptionsError("--base is for a ControlNet source, which takes no --vae or --refiner",
+                               hint="Drop --vae and --refiner, or drop --base for a pipeline source.")
 
 
 def _sha(value: Any) -> bool:
@@ -329,6 +346,7 @@ class JobOptions(SourceOptions, ConvertOptions):
                                  help="Publish .mlpackage files only (no macOS worker needed).")
     vae_sha: str | None = internal(None, keyed="set", help="The --vae repo's commit (pinned when recorded)")
     refiner_sha: str | None = internal(None, keyed="set", help="The --refiner repo's commit (pinned when recorded)")
+    base_sha: str | None = internal(None, keyed="set", help="The --base repo's commit (pinned when recorded)")
 
     def __post_init__(self) -> None:
         if not self.namespace:
@@ -341,6 +359,9 @@ class JobOptions(SourceOptions, ConvertOptions):
                                     "with '-' or '.', without '--' or '..' (e.g. your user or org name).")
         self._check_conversion()
         self._check_sources()
+        if self.base is not None and self.controlled_unet:
+            raise OptionsError("--controlled-unet is for a pipeline source, and --base makes this a ControlNet one",
+                               hint="Submit the base pipeline with --controlled-unet, and the ControlNet with --base.")
         for name in self.EXTRAS:
             value = getattr(self, name)
             if value is not None and (not looks_like_repo_id(value) or "/" not in value):
@@ -352,7 +373,7 @@ class JobOptions(SourceOptions, ConvertOptions):
                                    hint=f"Leave {name}_sha out: it is pinned when the job is recorded.")
 
     def pinned(self, shas: dict[str, str | None]) -> "JobOptions":
-        """These options with the ``--vae``/``--refiner`` commits (by kind: ``{"vae": sha}``) filled in, so the
+        """These options with the ``--vae``/``--refiner``/``--base`` commits (by kind: ``{"vae": sha}``) filled in, so the
         job converts, and is deduplicated by, exactly those commits."""
         return dataclasses.replace(self, **{f"{kind}_sha": shas.get(kind) for kind in self.EXTRAS
                                             if getattr(self, kind) is not None})
@@ -372,10 +393,11 @@ class JobOptions(SourceOptions, ConvertOptions):
         return ConvertOptions(**(values | changes))
 
     def parts(self) -> list[str]:
-        """Independent conversion parts, fanned out to workers: the shared components, then one per layout."""
+        """Independent conversion parts, fanned out to workers: the shared components, then one per layout (a
+        ControlNet, ``--base``, has only the latter)."""
         wanted = set(self.components) if self.components else None
         parts = []
-        if wanted is None or any(not depends_on_attention(c) for c in wanted):
+        if self.base is None and (wanted is None or any(not depends_on_attention(c) for c in wanted)):
             parts.append("shared")
         if wanted is None or any(depends_on_attention(c) for c in wanted):
             parts += [f"unet-{a.value}" for a in self.attentions]

@@ -21,7 +21,8 @@ def convert(
     allow_pickle: bool = typer.Option(False, help="Load .bin/.ckpt weights (runs code from the file: trusted sources only)."),
     options: dict,
 ) -> None:
-    """Convert a Stable Diffusion 1.x/2.x or SDXL pipeline into float16 and palettized Core ML packages.
+    """Convert a Stable Diffusion 1.x/2.x or SDXL pipeline (or a ControlNet, with --base) into float16 and
+    palettized Core ML packages.
 
     Writes OUT/coreml-<name>/{original,split_einsum_v2}/packages/*.mlpackage, the same under
     OUT/coreml-<name>-palettized/, and OUT/report.json; every package is validated against the torch
@@ -47,7 +48,7 @@ def convert(
                                   max_bytes=int(settings.max_source_gb * 1e9),
                                   need_safety_checker=conversion.components is None
                                   or "safety_checker" in conversion.components, vae=extras.vae,
-                                  refiner=extras.refiner)
+                                  refiner=extras.refiner, base=extras.base)
         printer.status.update(f"fetching {resolved.id}…")
         with fetched(resolved) as fetched_source:
             report = convert_pipeline(fetched_source, out, conversion, on_event=printer)
@@ -85,7 +86,7 @@ def validate(
     local = Path(recorded["path"]) if recorded.get("path") else None
     # the VAE and refiner the conversion took: their Hub repo, else the folder they were read from
     extras = {kind: recorded[kind].get("repo_id") or recorded[kind].get("path")
-              for kind in ("vae", "refiner") if isinstance(recorded.get(kind), dict)}
+              for kind in ("vae", "refiner", "base") if isinstance(recorded.get(kind), dict)}
     printer = EventPrinter()
     try:
         if source is None and local is not None and local.is_dir():

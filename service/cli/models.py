@@ -16,8 +16,11 @@ def tiny_pipeline(
     seed: int = typer.Option(0, help="Seed of the random weights."),
     push: str = typer.Option(None, metavar="REPO", help="Also upload it to this Hub repo (e.g. one on the dev Hub)."),
     private: bool = typer.Option(False, help="With --push: create the repo as private."),
+    controlnet_for: Path = typer.Option(None, metavar="FOLDER", help="Write a tiny random ControlNet for the tiny "
+                                                                     "SD 1.x / 2.x pipeline in FOLDER instead."),
 ) -> None:
-    """Write a tiny random Stable Diffusion pipeline (a few MB, safetensors) to OUT, and optionally push it."""
+    """Write a tiny random Stable Diffusion pipeline (a few MB, safetensors) to OUT, and optionally push it;
+    with --controlnet-for, a tiny ControlNet for one."""
     from service.errors import OptionsError
     from workers.devtools.tiny import STYLES, build_tiny_pipeline
     from workers.convert.outdir import check_output_dir
@@ -27,10 +30,19 @@ def tiny_pipeline(
     check_output_dir(out)
     if out.exists() and any(out.iterdir()):
         raise OptionsError(f"{out} exists and is not empty", hint="Pick a new folder.")
+    if controlnet_for is not None and not (controlnet_for / "unet" / "config.json").is_file():
+        raise OptionsError(f"--controlnet-for {controlnet_for} is not a tiny pipeline's folder (no unet/config.json)",
+                           hint="Make one first: coreml-publish tiny-pipeline ./tiny-sd")
     if push:
         _check_push(push)
-    build_tiny_pipeline(out, style=style, seed=seed)
-    stdout.print(f"Wrote a tiny random {style} pipeline to {out}")
+    if controlnet_for is not None:
+        from workers.devtools.tiny import build_tiny_controlnet
+
+        build_tiny_controlnet(out, controlnet_for, seed=seed)
+        style = "controlnet"
+    else:
+        build_tiny_pipeline(out, style=style, seed=seed)
+    stdout.print(f"Wrote a tiny random {style} {'model' if controlnet_for else 'pipeline'} to {out}")
     if push:
         commit = _push(out, push, private=private, style=style)
         stdout.print(f"Pushed it to {push} (commit {commit[:10]})")

@@ -311,11 +311,12 @@ def channel_time_path(unet: nn.Module) -> None:
     text_time = getattr(unet.config, "addition_embed_type", None) == "text_time"
     extra = [n for n in ("class_embedding", "add_embedding") if getattr(unet, n, None) is not None
              and not (n == "add_embedding" and text_time)]
-    blocks = [b for b in (*unet.down_blocks, unet.mid_block, *unet.up_blocks) if b is not None]
+    # a ControlNet has the down path and mid block only
+    blocks = [b for b in (*unet.down_blocks, unet.mid_block, *getattr(unet, "up_blocks", ())) if b is not None]
     extra += sorted({type(b).__name__ for b in blocks} - _TIME_BLOCKS)
     if extra:
         raise UnsupportedModelError(f"not supported in split_einsum layouts: {', '.join(extra)}", source="unet")
-    _elementwise(unet.time_embed_act, "time embedding activation")
+    _elementwise(getattr(unet, "time_embed_act", None), "time embedding activation")
     unet.time_embedding = ChannelTimestepEmbedding(unet.time_embedding)
     if text_time:
         unet.add_embedding = ChannelTimestepEmbedding(unet.add_embedding)

@@ -41,7 +41,13 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
         raise OptionsError(f"{source.id} has not been fetched", hint="Call fetch_source first.")
     geometry = read_geometry(source.path, latent_size=options.latent_size, batch_size=options.batch_size)
     options.target(palettized=False, xl=geometry.xl)  # an override older than SDXL's is refused before any work
-    components = select_components(source, options.components)
+    components = select_components(source, options)
+    if geometry.xl and "controlled_unet" in components:
+        raise OptionsError("--controlled-unet is for SD 1.x / 2.x pipelines: Apple's Swift pipeline runs no SDXL "
+                           "ControlNet", hint="Drop --controlled-unet for this SDXL source.")
+    if "controlnet" in components and options.batch_size != 2:
+        raise OptionsError("a ControlNet is converted with batch size 2: the Swift pipeline always feeds it two "
+                           "samples", hint="Drop --batch-size.")
     out.mkdir(parents=True, exist_ok=True)
     run = Run(source, out, options, geometry, on_event)
     # the two repo trees are this run's output: nothing from an earlier run may be published with them

@@ -37,6 +37,16 @@ class Geometry:
     refiner_context_dim: int = 0  # an SDXL refiner shipped beside the base (its UNet's context, pooled width and
     refiner_text_embeds_dim: int = 0  # time_ids); 0: none
     refiner_time_ids: int = 0
+    # the UNet's down-path outputs a ControlNet adds to, as (channels, downsampling), the mid block last
+    # (:func:`workers.source.config_checks.residual_levels`): the ControlledUnet's and ControlNet's residuals
+    residuals: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:  # read back from a report's JSON, the pairs are lists
+        object.__setattr__(self, "residuals", tuple(tuple(pair) for pair in self.residuals))
+
+    def residual_shapes(self) -> list[tuple[int, int, int, int]]:
+        """The shape of each ``additional_residual_<i>``: (batch, channels, h, w) at that point of the UNet."""
+        return [(self.batch_size, c, self.latent_height // f, self.latent_width // f) for c, f in self.residuals]
 
     @property
     def xl(self) -> bool:
@@ -94,4 +104,4 @@ def read_geometry(path: Path, *, latent_size: tuple[int, int] | None = None,
                     text_encoder_2_dim=sizes.text_widths[1], text_embeds_dim=sizes.text_embeds_dim,
                     time_ids=sizes.time_ids, vae_precision="float32" if sizes.vae_float32 else "float16",
                     refiner_context_dim=sizes.refiner[0], refiner_text_embeds_dim=sizes.refiner[1],
-                    refiner_time_ids=sizes.refiner[2])
+                    refiner_time_ids=sizes.refiner[2], residuals=sizes.residuals)

@@ -9,7 +9,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
-from workers.components import CHUNKED, COMPONENTS
+from workers.components import CHUNKED, COMPONENTS, ON_REQUEST
 from workers.convert.geometry import Geometry
 from workers.convert.lean import LEAN_ABOVE_BYTES, float32_bytes
 from workers.convert.program import PackageMetadata
@@ -24,12 +24,14 @@ from workers.validate.report import Event, Report, precision_bits
 from workers.versions import converter_id, toolchain
 
 
-def select_components(source: Source, wanted: tuple[str, ...] | None) -> list[str]:
-    """The components to convert, in conversion order; refuses ones the source lacks."""
+def select_components(source: Source, options: ConvertOptions) -> list[str]:
+    """The components to convert, in conversion order: ``options.components``, or every one the source has (those
+    converted on request, the ControlledUnet, when their option asks); refuses ones the source lacks."""
+    wanted = options.components
     available = [c for c in COMPONENTS
                  if all(need in source.components for need in SPECS[c].needs)]
     if wanted is None:
-        return available
+        return [c for c in available if c not in ON_REQUEST or getattr(options, ON_REQUEST[c])]
     missing = [c for c in wanted if c not in available]
     if missing:
         raise OptionsError(f"the source has no {', '.join(missing)}",
@@ -63,7 +65,7 @@ class Run:
             repos={"float16": self.fp16_repo, "palettized": self.palettized_repo},
         )
         # the components whose UNet converts memory-lean (their weight headers read once, here)
-        self.lean = {name for name in select_components(source, options.components)
+        self.lean = {name for name in select_components(source, options)
                      if converts_lean(spec_for(name, geometry), source, options)}
         weights = sum(os.path.getsize(source.path / name) for names in source.weight_files.values()
                       for name in names if source.path and os.path.isfile(source.path / name))
@@ -74,7 +76,7 @@ class Run:
         """How many top-level stages :func:`workers.convert.component.convert_component` runs for this run's components (a package that fails
         validation skips some; a stage beyond the plan raises the total, see workers.progress.Steps)."""
         total = 0
-        for name in select_components(self.source, self.options.components):
+        for name in select_components(self.source, self.options):
             spec = spec_for(name, self.geometry)
             layouts = len(self.options.attentions) if spec.depends_on_attention else 1
             total += 2 + 2 * layouts + (name in self.lean)  # load, reference (a lean one loads again in

@@ -211,6 +211,36 @@ def build_tiny_vae(out: Path, *, seed: int = 0, sample_size: int = 8, float16_sa
     return Path(out)
 
 
+def build_tiny_controlnet(out: Path, base: Path, *, seed: int = 0, condition: str = "canny",
+                          license: str = "openrail") -> Path:
+    """Write a tiny random diffusers ``ControlNetModel`` repo folder for the tiny pipeline at ``base`` (its UNet's
+    structure and weights, as ``ControlNetModel.from_unet`` makes a ControlNet; the conditioning embedding
+    downsamples by the base VAE's factor), as ControlNet repos are published: ``config.json`` and safetensors
+    weights at the root, and a card naming the base and the condition.  The zero-initialised layers get random
+    weights, so the residuals matter."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    vae = json.loads((Path(base) / "vae" / "config.json").read_text())
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet")
+    embedding = tuple(16 * 2 ** i for i in range(factor.bit_length()))  # one stride-2 step per factor of two
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=embedding)
+    with torch.no_grad():
+        for layer in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                      controlnet.controlnet_cond_embedding.conv_out):
+            layer.weight.normal_(0.0, 0.3)
+            layer.bias.uniform_(-0.1, 0.1)
+    randomize_norms(controlnet)
+    out = Path(out)
+    controlnet.save_pretrained(out, safe_serialization=True)
+    (out / "README.md").write_text(
+        f"---\nlicense: {license}\nbase_model: {Path(base).name}\ntags:\n- controlnet\n- {condition}\n---\n\n"
+        f"# Tiny random ControlNet ({condition})\n\nRandom weights, for testing conversions.\n")
+    return out
+
+
 def save_pipeline(out: Path, *, unet, vae, text_encoder, scheduler, safety_checker=None,
                   title: str, license: str = "creativeml-openrail-m") -> Path:
     """Write diffusers ``StableDiffusionPipeline`` folder from its modules (safetensors weights).

@@ -16,6 +16,7 @@ from datetime import date
 
 import yaml
 
+from workers.package.card_controlnet import controlled_unet_section, controlnet_sections, residual_rows
 from workers.package.sanitize import sanitize_markdown
 from workers.names import COMPILED_NAMES, compiled_file_name, package_file_name
 from workers.validate.report import Check, PackageResult, Report, precision_bits
@@ -100,10 +101,18 @@ def render_card(report: Report, *, kind: str, repo_id: str, sibling_id: str | No
     packages = report.packages_of(report.repos[kind])
     base = report.source.get("repo_id")
     label = f"[{base}](/{base})" if base else f"`{report.source['id']}`"  # Hub-relative links work on any Hub
+    controlnet = report.pipeline == "controlnet"
     lines = _heading(report, kind, packages, label, sibling_id)
-    lines += _variants_section(report.source["id"], packages, repo_id, variants, compiled)
+    lines += _variants_section(report.source["id"], packages, repo_id, variants, compiled, controlnet=controlnet)
+    if controlnet:
+        tags = split_front_matter(upstream)[0].get("tags") if upstream else None
+        lines += controlnet_sections(report, tags if isinstance(tags, list) else None)
+    else:
+        lines += controlled_unet_section(report)
     lines += _provenance(report, kind, packages, label, today)
     lines += _validation(packages)
+    if controlnet:
+        lines += residual_rows(packages)
     if upstream:
         lines += _upstream(upstream, label)
     return "\n".join(lines)
@@ -120,17 +129,20 @@ def _heading(report: Report, kind: str, packages: list[PackageResult], label: st
             meta["base_model_relation"] = "quantized"
     meta["pipeline_tag"] = "text-to-image"
     xl = (geometry.get("time_ids") or 0) > 0
+    controlnet = report.pipeline == "controlnet"
     meta["tags"] = TAGS + (["stable-diffusion-diffusers"] if geometry["context_dim"] == 768 else []) \
-        + (["stable-diffusion-xl"] if xl else []) + (["palettized"] if kind == "palettized" else [])
+        + (["stable-diffusion-xl"] if xl else []) + (["controlnet"] if controlnet else []) \
+        + (["palettized"] if kind == "palettized" else [])
     group = options.get("group_size") or 0
     palette = f", one palette per {group} output channels" if group else ""
     what = (f"{options.get('bits')}-bit palettized weights{palette}{_kept(packages)}" if kind == "palettized"
             else f"float16 weights{_kept(packages, only='float32')}")
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
              f"# Core ML {source['id'].split('/')[-1]} ({'palettized' if kind == 'palettized' else 'float16'})", "",
-             f"{label} converted to Core ML with {what}, for Apple's Swift "
-             "[`StableDiffusion`](https://github.com/apple/ml-stable-diffusion) package"
-             + (" (`StableDiffusionXLPipeline`)" if xl else "") + " and the apps built on it. "
+             f"{label}" + (" (a ControlNet)" if controlnet else "") + f" converted to Core ML with {what}, for "
+             "Apple's Swift [`StableDiffusion`](https://github.com/apple/ml-stable-diffusion) package"
+             + (" (`StableDiffusionXLPipeline`)" if xl else "") + " and the apps built on it"
+             + (", beside a base model's `ControlledUnet`" if controlnet else "") + ". "
              f"Needs {os_name(repo_target(report, kind))} or later.", ""]
     if sibling_id:
         other = "palettized" if kind == "float16" else "float16"
@@ -139,7 +151,7 @@ def _heading(report: Report, kind: str, packages: list[PackageResult], label: st
 
 
 def _variants_section(source_id: str, packages: list[PackageResult], repo_id: str, variants: list[str],
-                      compiled: bool) -> list[str]:
+                      compiled: bool, *, controlnet: bool = False) -> list[str]:
     """The repo's tree, what each variant is for, and how to download one."""
     repo_name = repo_id.split("/")[-1]
     lines = ["## Variants", "", "```", "README.md"]
@@ -149,17 +161,21 @@ def _variants_section(source_id: str, packages: list[PackageResult], repo_id: st
     for v in variants:
         lines.append(f"{v}/")
         if compiled:
-            lines.append("  compiled/   " + "  ".join([compiled_file_name(c) for c in components]
-                                                    + ["merges.txt", "vocab.json"]))
+            lines.append("  compiled/   " + "  ".join([compiled_file_name(c, source_id) for c in components]
+                                                    + ([] if controlnet else ["merges.txt", "vocab.json"])))
         lines.append("  packages/   " + "  ".join(package_file_name(source_id, c) for c in components))
     lines += ["```", ""]
     lines += [f"- `{v}`: {_VARIANT_USE.get(v, v)}." for v in variants]
-    lines += ["- `compiled/` holds `.mlmodelc` resources and the tokenizer, ready for the Swift pipeline; "
-              "`packages/` holds `.mlpackage` files for Xcode and coremltools." if compiled else
+    lines += [("- `compiled/` holds the compiled ControlNet, to go beside a base model's resources; " if controlnet
+               else "- `compiled/` holds `.mlmodelc` resources and the tokenizer, ready for the Swift pipeline; ")
+              + "`packages/` holds `.mlpackage` files for Xcode and coremltools." if compiled else
               "- `packages/` holds `.mlpackage` files for Xcode and coremltools. **Compiled resources are absent** "
               "from this repo (no macOS worker compiled them): compile with "
               "`xcrun coremlcompiler compile <package> <outdir>` on a Mac.", ""]
-    if compiled:
+    if compiled and controlnet:
+        lines += ["Each zip holds `controlnet/<Name>.mlmodelc` of one variant at its top, to unzip into a base "
+                  "model's unzipped folder of the same variant.", ""]
+    elif compiled:
         lines += ["Each zip holds one folder named like the zip, with the compiled resources of one variant: "
                   "what apps such as swift-coreml-diffusers download and unzip.", ""]
     lines += ["## Download one variant", "", "```python", "from huggingface_hub import snapshot_download, hf_hub_download", ""]
@@ -221,9 +237,11 @@ def _upstream(upstream: str, label: str) -> list[str]:
 
 
 def _extra_sources(source: dict) -> list[str]:
-    """Provenance lines of the sources a conversion took components from besides its own (--vae, --refiner)."""
+    """Provenance lines of the sources a conversion took components from besides its own (--vae, --refiner, a
+    ControlNet's --base)."""
     lines = []
-    for kind, text in (("vae", "VAE (instead of the source's)"), ("refiner", "Refiner UNet (`UnetRefiner`)")):
+    for kind, text in (("vae", "VAE (instead of the source's)"), ("refiner", "Refiner UNet (`UnetRefiner`)"),
+                       ("base", "Base pipeline (its configs: the sizes)")):
         extra = source.get(kind)
         if extra:
             label = f"[{extra['repo_id']}](/{extra['repo_id']})" if extra.get("repo_id") else f"`{extra['id']}`"

@@ -41,10 +41,12 @@ def require_compiler() -> tuple[str, ...]:
 
 
 def compile_package(package: Path, out_dir: Path, component: str, *,
-                    command: tuple[str, ...] = COMPILER) -> Path:
-    """Compile one package into ``out_dir/<SwiftName>.mlmodelc`` (replacing a previous one)."""
-    target = out_dir / compiled_file_name(component)
+                    command: tuple[str, ...] = COMPILER, source_id: str | None = None) -> Path:
+    """Compile one package into ``out_dir/<SwiftName>.mlmodelc`` (a ControlNet's, of ``source_id``, into
+    ``out_dir/controlnet/<Name>.mlmodelc``), replacing a previous one."""
+    target = out_dir / compiled_file_name(component, source_id)
     out_dir.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".compile-") as tmp:
         result = subprocess.run([*command, "compile", str(package), tmp], capture_output=True, text=True)
         produced = Path(tmp) / f"{package.stem}.mlmodelc"
@@ -81,13 +83,15 @@ def tokenizer_files(tokenizer_dir: Path) -> dict[str, bytes]:
     }
 
 
-def bundle_variant(packages: dict[str, Path], compiled_dir: Path, tokenizer_dir: Path, *,
-                   command: tuple[str, ...] = COMPILER) -> list[Path]:
-    """Compile every package of one variant (component → package) into ``compiled_dir`` with the tokenizer."""
+def bundle_variant(packages: dict[str, Path], compiled_dir: Path, tokenizer_dir: Path | None, *,
+                   command: tuple[str, ...] = COMPILER, source_id: str | None = None) -> list[Path]:
+    """Compile every package of one variant (component → package) into ``compiled_dir`` with the tokenizer (none
+    for a ControlNet repo's variant, ``tokenizer_dir`` None: its models go beside a base's, which has one)."""
     shutil.rmtree(compiled_dir, ignore_errors=True)
     compiled_dir.mkdir(parents=True)
-    made = [compile_package(path, compiled_dir, component, command=command) for component, path in packages.items()]
-    for name, data in tokenizer_files(tokenizer_dir).items():
+    made = [compile_package(path, compiled_dir, component, command=command, source_id=source_id)
+            for component, path in packages.items()]
+    for name, data in (tokenizer_files(tokenizer_dir) if tokenizer_dir is not None else {}).items():
         (compiled_dir / name).write_bytes(data)
         made.append(compiled_dir / name)
     return made

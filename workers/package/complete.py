@@ -10,7 +10,7 @@ from typing import Iterable, Protocol
 
 from workers.components import pipeline_of
 from workers.errors import OutputError
-from workers.names import COMPILED_NAMES, REPORT_FILE, compiled_file_name
+from workers.names import CONTROLNET_FOLDER, REPORT_FILE, compiled_file_name, package_component
 from workers.validate.report import Report
 
 
@@ -37,28 +37,37 @@ XL_REQUIRED_COMPONENTS = {"text_encoder": REQUIRED_COMPONENTS["text_encoder"],
                           "text_encoder_2": (("text_encoder_2",),),
                           **{k: v for k, v in REQUIRED_COMPONENTS.items() if k != "text_encoder"}}
 REFINER_REQUIRED_COMPONENTS = {k: v for k, v in XL_REQUIRED_COMPONENTS.items() if k != "text_encoder"}
+# a ControlNet repo's variant: the ControlNet alone (unpacked into a base's variant, it joins what is there)
+CONTROLNET_REQUIRED_COMPONENTS = {"controlnet": (("controlnet",),)}
+# a variant with a ControlledUnet also ships the VAE encoder: apps read the image size from it and match
+# ControlNets by it (Mochi Diffusion offers no ControlNet without it)
+CONTROLLED = ("controlled_unet", "controlled_unet_chunk1", "controlled_unet_chunk2")
 
 
 def required_components(pipeline: str = "sd") -> dict[str, tuple[tuple[str, ...], ...]]:
     """The requirements of a variant of an SD 1.x/2.x (``sd``), SDXL base or SDXL refiner pipeline."""
     return {"sd": REQUIRED_COMPONENTS, "sdxl": XL_REQUIRED_COMPONENTS,
-            "sdxl-refiner": REFINER_REQUIRED_COMPONENTS}[pipeline]
+            "sdxl-refiner": REFINER_REQUIRED_COMPONENTS, "controlnet": CONTROLNET_REQUIRED_COMPONENTS}[pipeline]
 
 
 def missing_parts(components: Iterable[str], *, failed: Iterable[str] = (),
-                  compiled: Iterable[str] | None = None, pipeline: str = "sd") -> list[str]:
+                  compiled: Iterable[str] | None = None, pipeline: str = "sd", source_id: str | None = None) -> list[str]:
     """What one variant lacks to be published: the completeness rule, for reports and trees alike.
 
     ``components`` are the variant's usable packages (present, not failed); ``failed`` its packages that
     failed validation (they count as missing and are named as such); ``compiled`` the names in its compiled
     folder, or None for a packages-only variant.  Returns one phrase per missing piece (empty: complete):
-    every requirement of ``required_components(pipeline)``, then, compiled, each present required component's
-    ``.mlmodelc`` and the tokenizer files.
+    every requirement of ``required_components(pipeline)`` (with a ControlledUnet, the VAE encoder too), then,
+    compiled, each present required component's ``.mlmodelc`` (a ControlNet's, of ``source_id``, in
+    ``controlnet/``) and the tokenizer files (a ControlNet repo's variant has none).
     """
     have, failed = set(components), set(failed) - set(components)
     missing: list[str] = []
     wanted: list[str] = []  # the required components there, whose compiled resources must be there too
-    for alternatives in required_components(pipeline).values():
+    required = dict(required_components(pipeline))
+    if have & set(CONTROLLED):
+        required["vae_encoder"] = (("vae_encoder",),)
+    for alternatives in required.values():
         met = [alternative for alternative in alternatives if have.issuperset(alternative)]
         if met:
             wanted += [c for alternative in met for c in alternative]
@@ -66,9 +75,9 @@ def missing_parts(components: Iterable[str], *, failed: Iterable[str] = (),
             missing.append(_lacking(alternatives, have, failed))
     if compiled is not None:
         names = set(compiled)
-        missing += [f"compiled/{compiled_file_name(c)}" for c in dict.fromkeys(wanted)
-                    if compiled_file_name(c) not in names]
-        missing += [f"compiled/{name}" for name in TOKENIZER_FILES if name not in names]
+        missing += [f"compiled/{compiled_file_name(c, source_id)}" for c in dict.fromkeys(wanted)
+                    if compiled_file_name(c, source_id) not in names]
+        missing += [f"compiled/{name}" for name in TOKENIZER_FILES if name not in names and pipeline != "controlnet"]
     return missing
 
 
@@ -90,10 +99,11 @@ def _lacking(alternatives: tuple[tuple[str, ...], ...], have: set[str], failed: 
 
 
 def _require_complete(repo: str, variant: str, components: set[str], *, failed: set[str] = frozenset(),
-                      compiled: set[str] | None = None, namespace: str | None = None, pipeline: str = "sd") -> None:
+                      compiled: set[str] | None = None, namespace: str | None = None, pipeline: str = "sd",
+                      source_id: str | None = None) -> None:
     """The one error for an incomplete variant (:func:`missing_parts`): repo, variant and every missing
     piece on one line, and what to do about it."""
-    missing = missing_parts(components, failed=failed, compiled=compiled, pipeline=pipeline)
+    missing = missing_parts(components, failed=failed, compiled=compiled, pipeline=pipeline, source_id=source_id)
     if not missing:
         return
     required = required_components(pipeline)
@@ -124,7 +134,7 @@ def check_complete(report: Report, repo: str, variant: str, *, out: Path | None 
     failed = {p.component for p in packages if p.status == "failed"}
     compiled = None if compiled_dir is None else _compiled_names(compiled_dir)
     _require_complete(repo, variant, usable, failed=failed - usable, compiled=compiled, namespace=namespace,
-                      pipeline=report.pipeline)
+                      pipeline=report.pipeline, source_id=report.source.get("id"))
 
 
 def repo_variants(report: Report, folder: Path) -> tuple[str, ...]:
@@ -149,22 +159,25 @@ def check_tree(tree: Tree, *, namespace: str | None = None) -> None:
     for variant in tree.variants:
         failed = {p.component for p in report.packages_of(tree.name, variant) if p.status == "failed"} \
             if report else set()
-        components = _package_components(tree.folder / variant / "packages")
+        packages = _package_components(tree.folder / variant / "packages")
+        components = set(packages)
         compiled = _compiled_names(tree.folder / variant / "compiled") if tree.compiled else None
         pipeline = report.pipeline if report else pipeline_of(components)
+        source_id = report.source.get("id") if report else packages.get("controlnet")
         _require_complete(tree.name, variant, components - failed, failed=failed, compiled=compiled,
-                          namespace=namespace, pipeline=pipeline)
+                          namespace=namespace, pipeline=pipeline, source_id=source_id)
 
 
-def _package_components(folder: Path) -> set[str]:
-    """The components of the ``Stable_Diffusion_version_<model>_<component>.mlpackage`` folders in ``folder``."""
-    by_length = sorted(COMPILED_NAMES, key=len, reverse=True)  # unet_chunk1 before unet
-    found = set()
+def _package_components(folder: Path) -> dict[str, str | None]:
+    """The components of the ``.mlpackage`` folders in ``folder`` (:func:`workers.names.package_component`), each
+    with the model it names where that is known from the name alone (a ControlNet's: the ``<org>_<name>`` part,
+    its compiled name's source)."""
+    found: dict[str, str | None] = {}
     for package in folder.glob("*.mlpackage") if folder.is_dir() else ():
-        stem = package.name.removesuffix(".mlpackage")
-        component = next((c for c in by_length if stem.endswith(f"_{c}")), None)
+        component = package_component(package.name)
         if component and package.is_dir() and any(package.iterdir()):
-            found.add(component)
+            found[component] = package.name.removeprefix("ControlNet_").removesuffix(".mlpackage") \
+                if component == "controlnet" else None
     return found
 
 
@@ -172,5 +185,7 @@ def _compiled_names(folder: Path) -> set[str]:
     """The non-empty ``.mlmodelc`` folders and the files in a compiled folder."""
     if not folder.is_dir():
         return set()
-    return {p.name for p in folder.iterdir()
-            if (p.is_dir() and any(p.iterdir()) if p.suffix == ".mlmodelc" else p.is_file())}
+    found = {p.name for p in folder.iterdir()
+             if (p.is_dir() and any(p.iterdir()) if p.suffix == ".mlmodelc" else p.is_file())}
+    nested = folder / CONTROLNET_FOLDER  # a ControlNet repo's variant: controlnet/<Name>.mlmodelc
+    return found | ({f"{CONTROLNET_FOLDER}/{name}" for name in _compiled_names(nested)} if nested.is_dir() else set())

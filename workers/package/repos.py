@@ -48,22 +48,24 @@ class RepoTree:
     compiled: bool
 
 
-def write_zip(folder: Path, target: Path, top: str) -> Path:
-    """Zip ``folder``'s contents under one top-level folder ``top``; byte-identical for identical input.
+def write_zip(folder: Path, target: Path, top: str | None) -> Path:
+    """Zip ``folder``'s contents under one top-level folder ``top`` (None: at the zip's top, as a ControlNet repo's
+    ``controlnet/<Name>.mlmodelc``); byte-identical for identical input.
 
     Files are streamed from disk; entries are sorted with fixed dates and permissions.
     """
     tmp = target.with_name(f".{target.name}.partial")
     entries = sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix())
     with zipfile.ZipFile(tmp, "w", allowZip64=True) as archive:
-        for directory in [folder] + [p for p in entries if p.is_dir()]:
+        for directory in ([folder] if top else []) + [p for p in entries if p.is_dir()]:
             rel = directory.relative_to(folder).as_posix()
-            name = f"{top}/" if rel == "." else f"{top}/{rel}/"
+            name = f"{top}/" if rel == "." else f"{top}/{rel}/" if top else f"{rel}/"
             info = zipfile.ZipInfo(name, ZIP_DATE)
             info.external_attr = (stat.S_IFDIR | 0o755) << 16 | 0x10
             archive.writestr(info, b"")
         for path in (p for p in entries if p.is_file()):
-            info = zipfile.ZipInfo(f"{top}/{path.relative_to(folder).as_posix()}", ZIP_DATE)
+            rel = path.relative_to(folder).as_posix()
+            info = zipfile.ZipInfo(f"{top}/{rel}" if top else rel, ZIP_DATE)
             info.external_attr = (stat.S_IFREG | 0o644) << 16
             info.compress_type = zipfile.ZIP_STORED if path.suffix in STORED_SUFFIXES else zipfile.ZIP_DEFLATED
             with path.open("rb") as source, archive.open(info, "w", force_zip64=True) as sink:
@@ -92,8 +94,9 @@ def package_output(out: Path, *, namespace: str, compiled: bool, compiler: tuple
     check_output(report, out, namespace=namespace)  # before any work: an incomplete variant is never packaged
     step = on_step or (lambda message: None)
     source_dir = source_dir or Path(report.source["path"] or "")
-    tokenizer = source_tokenizer(source_dir)
-    if compiled and not tokenizer.is_dir():
+    controlnet = report.pipeline == "controlnet"  # its zips unpack into a base's folder: no tokenizer of its own
+    tokenizer = None if controlnet else source_tokenizer(source_dir)
+    if compiled and tokenizer is not None and not tokenizer.is_dir():
         raise SourceError(f"the source's tokenizer folder {tokenizer} is gone", source=report.source["id"],
                           hint="Convert again so the source is available, then publish.")
     # the repos this run publishes: a card links its sibling only when that one is published too
@@ -111,11 +114,11 @@ def package_output(out: Path, *, namespace: str, compiled: bool, compiler: tuple
                 continue
             step(f"compiling {name}/{variant}")
             bundle_variant({p.component: out / p.path for p in report.packages_of(name, variant)}, compiled_dir, tokenizer,
-                           command=compiler or ("xcrun", "coremlcompiler"))
+                           command=compiler or ("xcrun", "coremlcompiler"), source_id=report.source["id"])
             check_compiled(out, report, name, variant, compiled_dir, predict=predict, on_step=step)
             check_complete(report, name, variant, out=out, compiled_dir=compiled_dir, namespace=namespace)
             step(f"zipping {archive.name}")
-            write_zip(compiled_dir, archive, archive.stem)
+            write_zip(compiled_dir, archive, None if controlnet else archive.stem)
         sibling = present.get("palettized" if kind == "float16" else "float16")
         upstream = source_dir / "README.md"
         card = render_card(report, kind=kind, repo_id=f"{namespace}/{name}",

@@ -51,6 +51,7 @@ def check_configs(root: Path) -> SourceSizes:
     else:
         sample = (unet.integer("sample_size", 64, high=MAX_SAMPLE_SIZE),) * 2
     unet_levels = _unet_levels(unet, context)
+    residuals = residual_levels(unet)
     vae_channels, upcast = _vae(vae, in_channels)
     texts = {key: _text(root, text, width, "tokenizer" + key[len("text_encoder"):])
              for (key, text), width in zip(encoders.items(), widths)}
@@ -72,7 +73,7 @@ def check_configs(root: Path) -> SourceSizes:
                         unet_levels=unet_levels, vae_channels=tuple(vae_channels),
                         text_widths=(width_of.get("text_encoder", 0), width_of.get("text_encoder_2", 0)),
                         text_embeds_dim=text_embeds_dim, time_ids=time_ids, vae_float32=xl and upcast,
-                        refiner=refiner)
+                        refiner=refiner, residuals=residuals)
     needed, where = largest_activation(sizes, sample, batch_size=2)
     if needed > MAX_ACTIVATION_BYTES:
         raise unet.too_much_memory("sample_size", sample_value, needed, where)
@@ -203,6 +204,21 @@ def _unet_levels(unet: Config, context: int) -> tuple[tuple[int, int, bool], ...
     _refuse_parameters(unet, "UNet", parameters, f"block_out_channels {channels}, layers_per_block "
                        f"{layers}, transformer_layers_per_block {transformers}")
     return tuple(zip(channels, heads, attention))
+
+
+def residual_levels(config: Config) -> tuple[tuple[int, int], ...]:
+    """The down path's outputs a ControlNet adds to (a UNet's, or a ControlNet's own), in diffusers' order:
+    ``conv_in``, every ResNet of every down block, every downsampler, then the mid block; each as (channels, how
+    much it is downsampled).  The same config keys mean the same in a UNet's and a ControlNet's config."""
+    channels = config.integers("block_out_channels", [320, 640, 1280, 1280], high=MAX_CHANNELS)
+    n = len(channels)
+    layers = config.per_block("layers_per_block", 2, n, high=MAX_LAYERS_PER_BLOCK)
+    found = [(channels[0], 1)]
+    for level, (width, count) in enumerate(zip(channels, layers)):
+        found += [(width, 2 ** level)] * count
+        if level < n - 1:  # every down block but the last ends with a downsampler
+            found.append((width, 2 ** (level + 1)))
+    return tuple(found) + ((channels[-1], 2 ** (n - 1)),)
 
 
 def _vae_parameters(channels: list[int], layers: int) -> int:

@@ -218,6 +218,8 @@ class SourceSizes:
     vae_float32: bool = False  # the SDXL VAE overflows in float16: converted in float32 unless it says otherwise
     # an SDXL refiner's UNet shipped beside a base's (``refiner/``): its context, pooled width and time_ids
     refiner: tuple[int, int, int] = (0, 0, 0)
+    # the UNet's down-path outputs a ControlNet's residuals are added to: (channels, downsampling), mid block last
+    residuals: tuple[tuple[int, int], ...] = ()
 
     @property
     def xl(self) -> bool:

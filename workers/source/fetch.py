@@ -134,12 +134,16 @@ _EXTRA_FOLDERS = {"vae": "vae", "refiner": "refiner"}
 
 def compose(source: Source) -> Source:
     """One folder that reads as a single source: the source's own files, with the extra sources' components
-    linked in (``vae/``: the ``--vae`` one, replacing the source's; ``refiner/``: the refiner's UNet).
+    linked in (``vae/``: the ``--vae`` one, replacing the source's; ``refiner/``: the refiner's UNet); a
+    ControlNet's (``--base``): the base's configs and tokenizer, with the ControlNet in ``controlnet/``.
 
     The folder holds links only, in a fresh temporary folder; the sources stay where they were fetched.
     """
     assert source.path is not None
     folder = Path(tempfile.mkdtemp(prefix=f"coreml-publish-{source.name}-"))
+    base = dict(source.extras).get("base")
+    if base is not None:
+        return _compose_controlnet(source, base, folder)
     taken = {_EXTRA_FOLDERS[kind] for kind, _ in source.extras}
     for entry in sorted(source.path.iterdir()):
         if entry.name not in taken:
@@ -156,6 +160,16 @@ def compose(source: Source) -> Source:
             components.append(name)
     return replace(source, path=folder, weight_files=weight_files, weight_variant=variants,
                    components=tuple(components), origin=source.path)
+
+
+def _compose_controlnet(source: Source, base: Source, folder: Path) -> Source:
+    assert base.path is not None and source.path is not None
+    for entry in sorted(base.path.iterdir()):
+        if entry.name not in ("controlnet", "README.md"):
+            (folder / entry.name).symlink_to(entry.absolute(), target_is_directory=entry.is_dir())
+    (folder / "controlnet").symlink_to(source.path.absolute(), target_is_directory=True)
+    weights = {"controlnet": tuple(f"controlnet/{f}" for f in source.weight_files["controlnet"])}
+    return replace(source, path=folder, weight_files=weights, origin=source.path)
 
 
 def _weights(source: Source) -> list[str]:

@@ -31,6 +31,15 @@ from workers.source.pipelines import (
     raise_not_diffusers,
     read_model_index,
 )
+from workers.source.controlnet import (
+    base_configs,
+    base_only,
+    check_fit,
+    controlnet_source,
+    is_controlnet,
+    require_base,
+    root_config,
+)
 from workers.source.source import Source, source_files
 from workers.source.weights import check_weight_files
 
@@ -48,20 +57,27 @@ def resolve_source(
     refiner: str | None = None,
     vae_revision: str | None = None,
     refiner_revision: str | None = None,
+    base: str | None = None,
+    base_revision: str | None = None,
 ) -> Source:
     """Resolve a local folder or a Hub repo id into a checked :class:`Source`.
 
     ``max_bytes`` bounds the size of the weights the conversion would read.  ``vae`` (a VAE repo or folder,
     see :func:`resolve_vae`) replaces the source's VAE; ``refiner`` (an SDXL refiner, see
     :func:`resolve_refiner`) adds its UNet to an SDXL base's packages.  Both are resolved here too, each at
-    its ``*_revision`` when given (a job's pinned commits), else at its main branch's head.
+    its ``*_revision`` when given (a job's pinned commits), else at its main branch's head.  A ControlNet
+    source (:mod:`workers.source.controlnet`) needs ``base``, the SD 1.x / 2.x pipeline it is used with (its
+    configs only), and is refused when it does not fit it.
 
     Raises SourceNotFoundError, UnsupportedModelError, UnsafeWeightsError, GatedSourceError, SourceError.
     """
     found = _resolve_main(source, revision=revision, source_id=source_id, allow_pickle=allow_pickle,
                           need_safety_checker=need_safety_checker, token=token, endpoint=endpoint,
                           max_bytes=max_bytes)
+    require_base(found, base)
     extras = []
+    if base:
+        extras.append(("base", resolve_base(found, base, revision=base_revision, token=token, endpoint=endpoint)))
     if refiner:
         if found.pipeline_class not in XL_PIPELINES:
             raise OptionsError(f"--refiner needs an SDXL base source, and {found.id} is a {found.pipeline_class}",
@@ -95,19 +111,25 @@ def _resolve_main(source: str, *, revision: str | None, source_id: str | None, a
 
 def resolve_local(path: Path, *, source_id: str | None = None, allow_pickle: bool = False,
                   need_safety_checker: bool = True, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
-    """Check a local diffusers folder."""
+    """Check a local diffusers folder (a pipeline, or a ControlNet)."""
     path = path.resolve()
     if not path.is_dir():
         raise SourceError(f"{path} is a file, not a diffusers folder", source=str(path),
                           hint="Single-file checkpoints are not supported yet; pass a diffusers folder.")
     sizes = source_files(path, source=str(path))
     files = list(sizes)
-    index = read_model_index(path / "model_index.json", source=str(path), files=files)
     license_ = card_license_of(path / "README.md")
     name = source_id or path.name
     if source_id is not None and not looks_like_repo_id(source_id):
         raise SourceError(f"--source-id {source_id!r} is not a valid repo id", source=str(path),
                           hint="Use the form org/name.")
+    config = root_config(path, source=str(path)) if not (path / "model_index.json").is_file() else None
+    if is_controlnet(config):
+        found = controlnet_source(str(path), config, files, allow_pickle=allow_pickle, id=name, license=license_,
+                                  path=path, repo_id=source_id)
+        check_weight_files(path, list(found.weight_files["controlnet"]), source=str(path))
+        return found
+    index = read_model_index(path / "model_index.json", source=str(path), files=files)
     checked = check_pipeline(index, files, source=str(path), allow_pickle=allow_pickle,
                              need_safety_checker=need_safety_checker, sizes=sizes, max_bytes=max_bytes)
     # the files are at hand: their configs and weight headers are checked now, before any work
@@ -128,6 +150,16 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
         files = [s.rfilename for s in info.siblings or []]
         sizes = {s.rfilename: s.size for s in info.siblings or [] if s.size is not None}
         if "model_index.json" not in files:
+            config = read_json(Path(hf_hub_download(repo_id, "config.json", revision=info.sha, token=token,
+                                                    endpoint=endpoint)), label="config.json", source=repo_id) \
+                if "config.json" in files else None
+            if is_controlnet(config):
+                card = info.card_data
+                sizes = {s.rfilename: s.size for s in info.siblings or [] if s.size is not None}
+                return controlnet_source(repo_id, config, files, allow_pickle=allow_pickle, id=repo_id,
+                                         repo_id=repo_id, revision=revision or "main", sha=info.sha,
+                                         private=bool(info.private), license=license_id(card.get("license"))
+                                         if card is not None else None).pinned(sizes)
             raise_not_diffusers(repo_id, files)
         index_path = hf_hub_download(repo_id, "model_index.json", revision=info.sha, token=token,
                                      endpoint=endpoint)
@@ -138,6 +170,27 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
                              need_safety_checker=need_safety_checker, sizes=sizes, max_bytes=max_bytes)
     return Source(id=repo_id, repo_id=repo_id, revision=revision or "main", sha=info.sha,
                   license=license_, private=bool(info.private), **checked).pinned(sizes)
+
+
+def resolve_base(controlnet: Source, ref: str, *, revision: str | None = None, token: str | None = None,
+                 endpoint: str | None = None) -> Source:
+    """``--base``: the SD 1.x / 2.x pipeline a ControlNet source is used with (a Hub repo at ``revision``, else its
+    main branch, or a folder), checked to fit the ControlNet (:func:`workers.source.controlnet.check_fit`); only its
+    configs and tokenizer are fetched.  Raises as :func:`resolve_source`."""
+    found = base_only(resolve_source(ref, revision=revision, token=token, endpoint=endpoint,
+                                     need_safety_checker=False))
+    unet, vae = base_configs(found, token=token, endpoint=endpoint)
+    if controlnet.path is not None:
+        config = read_json(controlnet.path / "config.json", label="config.json", source=controlnet.id)
+    else:
+        from huggingface_hub import hf_hub_download
+
+        with hub_errors(controlnet.repo_id, controlnet.sha):
+            config = read_json(Path(hf_hub_download(controlnet.repo_id, "config.json", revision=controlnet.sha,
+                                                    token=token, endpoint=endpoint)),
+                               label="config.json", source=controlnet.id)
+    check_fit(config, unet, vae, source=controlnet.id, base=ref)
+    return found
 
 
 def resolve_vae(ref: str, *, revision: str | None = None, token: str | None = None,

@@ -129,7 +129,8 @@ def check_compiled(out: Path, report: Report, repo: str, variant: str, compiled_
                                                       predict=predict)
             check = chained[whole]
         else:
-            check = compiled_check(compiled_dir / compiled_file_name(package.component), data, threshold, units,
+            check = compiled_check(compiled_dir / compiled_file_name(package.component, report.source["id"]), data,
+                                   threshold, units,
                                    predict=predict)
         package.checks = [c for c in package.checks if c.name != "psnr_coreml"] + [check]
         if check.failed:

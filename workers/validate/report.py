@@ -145,7 +145,10 @@ class Report:
 
     @property
     def pipeline(self) -> str:
-        """Which Swift pipeline the packages are for: ``sd`` (1.x/2.x), ``sdxl``, or ``sdxl-refiner``."""
+        """Which Swift pipeline the packages are for: ``sd`` (1.x/2.x), ``sdxl``, ``sdxl-refiner``, or
+        ``controlnet`` (a ControlNet repo's, loaded beside an SD 1.x/2.x one)."""
+        if self.source.get("pipeline_class") == "ControlNetModel":
+            return "controlnet"
         time_ids = self.geometry.get("time_ids")
         if time_ids is None:  # recorded before SDXL: what the components say
             return pipeline_of({p.component for p in self.packages})

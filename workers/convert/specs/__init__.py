@@ -17,6 +17,8 @@ output ``hidden_embeds`` (the penultimate layer's hidden states) and ``pooled_ou
 original SDXL one) is converted in float32, with float32 inputs.  :func:`spec_for` picks the SDXL text
 encoder spec; the others read the difference from the geometry.
 
+| controlled_unet | the unet's, then additional_residual_0..N-1 (B,c,h/f,w/f) fp16   | noise_pred (B,4,h,w) fp32 |
+| controlnet     | the unet's, then controlnet_cond (B,3,fh,fw) fp16         | additional_residual_0..N-1 fp32 |
 | safety_checker | clip_input (1,3,224,224), images (1,H,W,3), adjustment (1,) | filtered_images, has_nsfw_concepts, concept_scores |
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from workers.convert.geometry import Geometry
 from workers.convert.specs.base import ComponentSpec
+from workers.convert.specs.controlnet import ControlledUnetSpec, ControlNetSpec
 from workers.convert.specs.safety import SafetyCheckerSpec
 from workers.convert.specs.text import TextEncoder2Spec, TextEncoderSpec, XLTextEncoderSpec
 from workers.convert.specs.unet import RefinerSpec, UNetSpec
@@ -33,8 +36,8 @@ __all__ = ["SPECS", "ComponentSpec", "UNetSpec", "spec_for"]
 
 SPECS: dict[str, ComponentSpec] = {
     spec.name: spec
-    for spec in (TextEncoderSpec(), TextEncoder2Spec(), UNetSpec(), RefinerSpec(), VAEDecoderSpec(), VAEEncoderSpec(),
-                 SafetyCheckerSpec())
+    for spec in (TextEncoderSpec(), TextEncoder2Spec(), UNetSpec(), ControlledUnetSpec(), RefinerSpec(),
+                 VAEDecoderSpec(), VAEEncoderSpec(), SafetyCheckerSpec(), ControlNetSpec())
 }
 XL_SPECS: dict[str, ComponentSpec] = {"text_encoder": XLTextEncoderSpec()}
 
