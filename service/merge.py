@@ -42,6 +42,6 @@ def merge_outputs(parts: list[Path], out: Path) -> Report:
         merged.timings.update({f"{part.name}/{k}": v for k, v in report.timings.items()})
         attentions += [a for a in report.attentions if a not in attentions]
     merged.options.update(attentions=list(sort_attentions(attentions)), components=None,
-                          **{flag: any(r.options.get(flag) for r in reports) for flag in ("chunk_unet", "chunks_only")})
+                          **{flag: any(r.options.get(flag) for r in reports) for flag in ("chunk_unet", "chunks_only", "controlled_unet")})
     merged.save(out)
     return merged

@@ -313,8 +313,10 @@ def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | No
     # the tokenizer and card travel with the output, so a macOS worker elsewhere can bundle them
     folder = fetch_files(_pinned(spec, settings), ("tokenizer", "tokenizer_2"), names=("README.md",),
                          endpoint=settings.hub_endpoint)
-    tokenizer = source_tokenizer(folder)
-    shutil.copytree(tokenizer, out / "_source" / tokenizer.name, dirs_exist_ok=True)
+    (out / "_source").mkdir(exist_ok=True)
+    if spec.options.base is None:  # a ControlNet's repos carry no tokenizer: they go beside a base's
+        tokenizer = source_tokenizer(folder)
+        shutil.copytree(tokenizer, out / "_source" / tokenizer.name, dirs_exist_ok=True)
     if (folder / "README.md").is_file():
         shutil.copy(folder / "README.md", out / "_source" / "README.md")
     return {"packages": len(report.packages)}, store.push(spec.id, "out")

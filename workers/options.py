@@ -274,9 +274,6 @@ class ConvertOptions(Options):
                 raise OptionsError("--chunk-unet needs the unet component", hint="Add unet to --components.")
             if "controlled_unet" in self.components:
                 object.__setattr__(self, "controlled_unet", True)
-            if self.controlled_unet and "vae_encoder" not in self.components:  # apps read the image size there
-                raise OptionsError("--controlled-unet needs the vae_encoder component: apps read the image size "
-                                   "from it", hint="Add vae_encoder to --components.")
         if self.latent_size is not None:
             object.__setattr__(self, "latent_size", tuple(self.latent_size))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from huggingface_hub import HfApi
+from huggingface_hub import HfApi, hf_hub_download
 
 from service.api import create_api
 from service.db import session_scope
@@ -158,3 +158,57 @@ def snapshot(url: str, repo: str, folder: Path) -> str:
     from huggingface_hub import snapshot_download
 
     return snapshot_download(repo, endpoint=url, token="alice-token", local_dir=folder)
+
+
+def test_a_controlled_unet_and_a_controlnet_publish_into_repos_apps_load_together(devhub, tmp_path: Path,
+                                                                                  xcrun_double) -> None:
+    """Through the dev Hub, every stage, compiled with the xcrun double: a base with --controlled-unet, then a
+    ControlNet repo with --base; their zips unpacked into one folder make the layout the Swift pipeline loads."""
+    import os
+    import zipfile
+
+    from service.db import upgrade
+    from workers.devtools.tiny import build_tiny_controlnet
+
+    url, _ = devhub
+    api = HfApi(endpoint=url, token="alice-token")
+    base = build_tiny_pipeline(tmp_path / "tiny-sd", style="sd1", seed=4)
+    controlnet = build_tiny_controlnet(tmp_path / "sd-controlnet-canny", base, seed=5, base_model="studio/tiny-sd")
+    for repo, folder in (("studio/tiny-sd", base), ("studio/sd-controlnet-canny", controlnet)):
+        api.create_repo(repo)
+        api.upload_folder(repo_id=repo, folder_path=str(folder))
+    database_url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(database_url)
+    env = {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token", "PATH": os.environ["PATH"],
+           "COREML_PUBLISH_DATABASE_URL": database_url, "COREML_PUBLISH_BROKER_URL": "redis://127.0.0.1:1/0",
+           "COREML_PUBLISH_ARTIFACT_STORE": str(tmp_path / "artifacts"), "COREML_PUBLISH_SCRATCH": str(tmp_path)}
+    common = ("--local", "--namespace", "studio", "--attention", "split_einsum_v2", "--bits", "0")
+    result = run("submit", "studio/tiny-sd", "--controlled-unet", *common, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = run("submit", "studio/sd-controlnet-canny", "--base", "studio/tiny-sd", *common, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    files = set(HfApi(endpoint=url).list_repo_files("studio/coreml-sd-controlnet-canny"))
+    assert "split_einsum_v2/packages/ControlNet_studio_sd-controlnet-canny.mlpackage/Manifest.json" in files
+    assert "split_einsum_v2/compiled/controlnet/StudioSdControlnetCanny.mlmodelc/coremldata.bin" in files
+    unpacked = tmp_path / "app"
+    for repo in ("coreml-tiny-sd", "coreml-sd-controlnet-canny"):
+        archive = Path(hf_hub_download(f"studio/{repo}", f"{repo}_split_einsum_v2_compiled.zip", endpoint=url,
+                                       local_dir=tmp_path / "zips"))
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(unpacked / "coreml-tiny-sd_split_einsum_v2_compiled" if repo != "coreml-tiny-sd"
+                         else unpacked)
+    folder = unpacked / "coreml-tiny-sd_split_einsum_v2_compiled"
+    assert {p.name for p in folder.iterdir()} == {
+        "TextEncoder.mlmodelc", "Unet.mlmodelc", "ControlledUnet.mlmodelc", "VAEDecoder.mlmodelc",
+        "VAEEncoder.mlmodelc", "SafetyChecker.mlmodelc", "merges.txt", "vocab.json", "controlnet"}
+    assert [p.name for p in (folder / "controlnet").iterdir()] == ["StudioSdControlnetCanny.mlmodelc"]
+    card = Path(hf_hub_download("studio/coreml-sd-controlnet-canny", "README.md", endpoint=url,
+                                local_dir=tmp_path / "card")).read_text()
+    assert "Condition: canny" in card and "[studio/tiny-sd](/studio/tiny-sd)" in card and "controlnet" in card
+    base_card = Path(hf_hub_download("studio/coreml-tiny-sd", "README.md", endpoint=url,
+                                     local_dir=tmp_path / "card2")).read_text()
+    assert "ControlledUnet.mlmodelc" in base_card and "--base studio/tiny-sd" in base_card
+    with session_scope(database_url) as session:
+        jobs = sorted(list_jobs(session), key=lambda j: j.id)
+        assert [j.state for j in jobs] == ["succeeded", "succeeded"]
+        assert jobs[1].options["base"] == "studio/tiny-sd" and len(jobs[1].options["base_sha"]) == 40

@@ -207,12 +207,13 @@ def build_tiny_vae(out: Path, *, seed: int = 0, sample_size: int = 8, float16_sa
     vae = _xl_vae(sample_size, float16_safe=float16_safe)
     randomize_norms(vae)
     vae.save_pretrained(out, safe_serialization=True)
-    (Path(out) / "README.md").write_text("---\nlicense: mit\n---\n\n# Tiny random SDXL VAE\n")
+    (Path(out) / "README.md").write_text("---\nlicense: mit\n---\n\n"
+        f"# Tiny random SDXL VAE\n")
     return Path(out)
 
 
 def build_tiny_controlnet(out: Path, base: Path, *, seed: int = 0, condition: str = "canny",
-                          license: str = "openrail") -> Path:
+                          license: str = "openrail", base_model: str | None = None) -> Path:
     """Write a tiny random diffusers ``ControlNetModel`` repo folder for the tiny pipeline at ``base`` (its UNet's
     structure and weights, as ``ControlNetModel.from_unet`` makes a ControlNet; the conditioning embedding
     downsamples by the base VAE's factor), as ControlNet repos are published: ``config.json`` and safetensors
@@ -236,7 +237,8 @@ def build_tiny_controlnet(out: Path, base: Path, *, seed: int = 0, condition: st
     out = Path(out)
     controlnet.save_pretrained(out, safe_serialization=True)
     (out / "README.md").write_text(
-        f"---\nlicense: {license}\nbase_model: {Path(base).name}\ntags:\n- controlnet\n- {condition}\n---\n\n"
+        f"---\nlicense: {license}\n" + (f"base_model: {base_model}\n" if base_model else "")
+        + f"tags:\n- controlnet\n- {condition}\n---\n\n"
         f"# Tiny random ControlNet ({condition})\n\nRandom weights, for testing conversions.\n")
     return out
 
