@@ -232,9 +232,8 @@ class ConvertOptions(Options):
                                                         "(UnetChunk1/UnetChunk2), for iPhone and iPad.")
     chunks_only: bool = option(False, cli="switch", help="Ship the UNet chunks instead of the whole float16 UNet "
                                                          "(implies --chunk-unet).")
-    controlled_unet: bool = option(False, cli="switch",
-                                   help="SD 1.x/2.x: also ship a UNet that takes ControlNet residuals "
-                                        "(ControlledUnet), for the ControlNets converted with --base.")
+    controlled_unet: bool = option(False, cli="switch", help="SD 1.x/2.x: also ship a UNet that takes ControlNet "
+                                                             "residuals (ControlledUnet), for ControlNets made with --base.")
     seed: int = internal(0, keyed="set", help="Seed of the trace and check inputs")
     bars: ValidationBars = internal(ValidationBars(), load=ValidationBars.from_dict,
                                     help="The validation bars (the service's settings)")

@@ -207,8 +207,7 @@ def build_tiny_vae(out: Path, *, seed: int = 0, sample_size: int = 8, float16_sa
     vae = _xl_vae(sample_size, float16_safe=float16_safe)
     randomize_norms(vae)
     vae.save_pretrained(out, safe_serialization=True)
-    (Path(out) / "README.md").write_text("---\nlicense: mit\n---\n\n"
-        f"# Tiny random SDXL VAE\n")
+    (Path(out) / "README.md").write_text("---\nlicense: mit\n---\n\n# Tiny random SDXL VAE\n")
     return Path(out)
 
 

@@ -56,8 +56,10 @@ def xl_contract(b: int, h: int, w: int, widths: tuple[int, int], pooled: int, ti
 
 
 def test_every_registered_spec_is_in_the_contract_test() -> None:
-    # the refiner spec is the UNet's with a refiner's sizes (checked in the SDXL job test)
-    assert set(contract(2, 8, 8, 32, 8)) | set(xl_contract(2, 8, 8, (32, 48), 48, 6, 8)) | {"refiner"} == set(SPECS)
+    # the refiner spec is the UNet's with a refiner's sizes (checked in the SDXL job test); the ControlNet specs'
+    # contract is written out in tests/workers/convert/specs/test_controlnet.py
+    assert set(contract(2, 8, 8, 32, 8)) | set(xl_contract(2, 8, 8, (32, 48), 48, 6, 8)) | {
+        "refiner", "controlled_unet", "controlnet"} == set(SPECS)
 
 
 def _tree(out: Path) -> set[str]:

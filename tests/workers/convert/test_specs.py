@@ -61,10 +61,12 @@ def test_mismatched_text_encoder_is_refused(sd1_pipeline: Path, tmp_path: Path) 
 
 
 def test_specs_declare_apples_component_names() -> None:
-    assert list(SPECS) == ["text_encoder", "text_encoder_2", "unet", "refiner", "vae_decoder", "vae_encoder",
-                           "safety_checker"]
-    assert [s.name for s in SPECS.values() if s.depends_on_attention] == ["unet", "refiner"]
-    assert [s.name for s in SPECS.values() if s.palettize] == ["text_encoder", "text_encoder_2", "unet", "refiner"]
+    assert list(SPECS) == ["text_encoder", "text_encoder_2", "unet", "controlled_unet", "refiner", "vae_decoder",
+                           "vae_encoder", "safety_checker", "controlnet"]
+    assert [s.name for s in SPECS.values() if s.depends_on_attention] == ["unet", "controlled_unet", "refiner",
+                                                                          "controlnet"]
+    assert [s.name for s in SPECS.values() if s.palettize] == ["text_encoder", "text_encoder_2", "unet",
+                                                               "controlled_unet", "refiner", "controlnet"]
 
 
 def test_the_specs_implement_exactly_the_declared_components() -> None:
