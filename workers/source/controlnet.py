@@ -92,21 +92,24 @@ def check_fit(controlnet: dict, unet: dict, vae: dict, *, source: str, base: str
                                     hint="Pass the base the ControlNet was trained for.")
 
 
-def base_configs(base: Source, *, token: str | None, endpoint: str | None) -> tuple[dict, dict]:
-    """The base's UNet and VAE configs (read from its folder, or downloaded at its pinned commit)."""
+def read_configs(source: Source, names: tuple[str, ...], *, label: str = "", token: str | None,
+                 endpoint: str | None) -> list[dict]:
+    """JSON files of a resolved source (repo-relative ``names``), read from its folder or downloaded at its pinned
+    commit; ``label`` prefixes their names in errors (``--base``)."""
     from huggingface_hub import hf_hub_download
 
     from workers.hub.client import hub_errors
 
     found = []
-    for name in BASE_FILES:
-        if base.path is not None:
-            file = base.path / name
+    for name in names:
+        if source.path is not None:
+            file = source.path / name
         else:
-            with hub_errors(base.repo_id, base.sha):
-                file = Path(hf_hub_download(base.repo_id, name, revision=base.sha, token=token, endpoint=endpoint))
-        found.append(read_json(file, label=f"--base {name}", source=base.id))
-    return found[0], found[1]
+            with hub_errors(source.repo_id, source.sha):
+                file = Path(hf_hub_download(source.repo_id, name, revision=source.sha, token=token,
+                                            endpoint=endpoint))
+        found.append(read_json(file, label=f"{label} {name}".strip(), source=source.id))
+    return found
 
 
 def require_base(source: Source, base: str | None) -> None:

@@ -32,11 +32,12 @@ from workers.source.pipelines import (
     read_model_index,
 )
 from workers.source.controlnet import (
-    base_configs,
+    BASE_FILES,
     base_only,
     check_fit,
     controlnet_source,
     is_controlnet,
+    read_configs,
     require_base,
     root_config,
 )
@@ -149,23 +150,20 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
         info = api.model_info(repo_id, revision=revision, files_metadata=True)
         files = [s.rfilename for s in info.siblings or []]
         sizes = {s.rfilename: s.size for s in info.siblings or [] if s.size is not None}
+        card = info.card_data
+        license_ = license_id(card.get("license")) if card is not None else None
         if "model_index.json" not in files:
             config = read_json(Path(hf_hub_download(repo_id, "config.json", revision=info.sha, token=token,
                                                     endpoint=endpoint)), label="config.json", source=repo_id) \
                 if "config.json" in files else None
             if is_controlnet(config):
-                card = info.card_data
-                sizes = {s.rfilename: s.size for s in info.siblings or [] if s.size is not None}
                 return controlnet_source(repo_id, config, files, allow_pickle=allow_pickle, id=repo_id,
                                          repo_id=repo_id, revision=revision or "main", sha=info.sha,
-                                         private=bool(info.private), license=license_id(card.get("license"))
-                                         if card is not None else None).pinned(sizes)
+                                         private=bool(info.private), license=license_).pinned(sizes)
             raise_not_diffusers(repo_id, files)
         index_path = hf_hub_download(repo_id, "model_index.json", revision=info.sha, token=token,
                                      endpoint=endpoint)
     index = read_model_index(Path(index_path), source=repo_id, files=files)
-    card = info.card_data
-    license_ = license_id(card.get("license")) if card is not None else None
     checked = check_pipeline(index, files, source=repo_id, allow_pickle=allow_pickle,
                              need_safety_checker=need_safety_checker, sizes=sizes, max_bytes=max_bytes)
     return Source(id=repo_id, repo_id=repo_id, revision=revision or "main", sha=info.sha,
@@ -179,16 +177,8 @@ def resolve_base(controlnet: Source, ref: str, *, revision: str | None = None, t
     configs and tokenizer are fetched.  Raises as :func:`resolve_source`."""
     found = base_only(resolve_source(ref, revision=revision, token=token, endpoint=endpoint,
                                      need_safety_checker=False))
-    unet, vae = base_configs(found, token=token, endpoint=endpoint)
-    if controlnet.path is not None:
-        config = read_json(controlnet.path / "config.json", label="config.json", source=controlnet.id)
-    else:
-        from huggingface_hub import hf_hub_download
-
-        with hub_errors(controlnet.repo_id, controlnet.sha):
-            config = read_json(Path(hf_hub_download(controlnet.repo_id, "config.json", revision=controlnet.sha,
-                                                    token=token, endpoint=endpoint)),
-                               label="config.json", source=controlnet.id)
+    unet, vae = read_configs(found, BASE_FILES, label="--base", token=token, endpoint=endpoint)
+    config, = read_configs(controlnet, ("config.json",), token=token, endpoint=endpoint)
     check_fit(config, unet, vae, source=controlnet.id, base=ref)
     return found
 

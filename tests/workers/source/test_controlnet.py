@@ -51,27 +51,25 @@ def test_an_sdxl_base_is_refused(controlnet, tmp_path) -> None:
         resolve_source(str(controlnet), base=str(xl))
 
 
-def test_an_sdxl_controlnet_is_refused_with_the_reason(controlnet, sd1_pipeline, tmp_path) -> None:
-    folder = tmp_path / "controlnet-sdxl"
+def _changed(controlnet: Path, folder: Path, **config_changes) -> Path:
+    """A copy of the ControlNet folder with its config changed."""
     folder.mkdir()
-    config = json.loads((controlnet / "config.json").read_text())
-    config.update(addition_embed_type="text_time", addition_time_embed_dim=256,
-                  projection_class_embeddings_input_dim=2816)
+    config = json.loads((controlnet / "config.json").read_text()) | config_changes
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "diffusion_pytorch_model.safetensors").write_bytes((controlnet / "diffusion_pytorch_model.safetensors")
                                                                  .read_bytes())
+    return folder
+
+
+def test_an_sdxl_controlnet_is_refused_with_the_reason(controlnet, sd1_pipeline, tmp_path) -> None:
+    folder = _changed(controlnet, tmp_path / "controlnet-sdxl", addition_embed_type="text_time",
+                      addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
     with pytest.raises(UnsupportedModelError, match="SDXL ControlNet, and Apple's Swift pipeline runs"):
         resolve_source(str(folder), base=str(sd1_pipeline))
 
 
 def test_a_controlnet_whose_conditioning_is_another_size_is_refused(controlnet, sd1_pipeline, tmp_path) -> None:
-    folder = tmp_path / "controlnet-8x"
-    folder.mkdir()
-    config = json.loads((controlnet / "config.json").read_text())
-    config["conditioning_embedding_out_channels"] = [16, 32, 96, 256]
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / "diffusion_pytorch_model.safetensors").write_bytes((controlnet / "diffusion_pytorch_model.safetensors")
-                                                                 .read_bytes())
+    folder = _changed(controlnet, tmp_path / "controlnet-8x", conditioning_embedding_out_channels=[16, 32, 96, 256])
     with pytest.raises(UnsupportedModelError, match="conditioning image is 8x the latent size, the base's images "
                                                     "are 2x"):
         resolve_source(str(folder), base=str(sd1_pipeline))

@@ -33,10 +33,6 @@ def residual_specs(g: Geometry, dtype: str) -> list[TensorSpec]:
             for i, shape in enumerate(shapes)]
 
 
-def _split(residuals: tuple[torch.Tensor, ...]) -> dict:
-    return {"down_block_additional_residuals": tuple(residuals[:-1]), "mid_block_additional_residual": residuals[-1]}
-
-
 class ControlledUnetSpec(UNetSpec):
     """The UNet that also takes a ControlNet's residuals (``--controlled-unet``; SD 1.x / 2.x)."""
 
@@ -48,18 +44,9 @@ class ControlledUnetSpec(UNetSpec):
     def inputs(self, g):
         return super().inputs(g) + residual_specs(g, "float16")
 
-    def reference(self, modules):
-        def forward(self, sample, timestep, context, *residuals):
-            return (self.unet(sample, timestep, context.squeeze(2).transpose(1, 2), return_dict=False,
-                              **_split(residuals))[0],)
-
-        return Wrapper(forward, unet=modules["unet"]).eval()
-
-    def export_module(self, modules, attention):
-        def forward(self, sample, timestep, context, *residuals):
-            return (self.unet(sample, timestep, context, return_dict=False, **_split(residuals))[0],)
-
-        return Wrapper(forward, unet=export_unet(modules["unet"], attention)).eval()
+    def conditioning(self, extra):
+        """The residuals, as diffusers' UNet takes a ControlNet's: the down path's, then the mid block's."""
+        return {"down_block_additional_residuals": tuple(extra[:-1]), "mid_block_additional_residual": extra[-1]}
 
 
 class ControlNetSpec(ComponentSpec):

@@ -56,16 +56,24 @@ class UNetSpec(ComponentSpec):
         return {"unet": load_lean_component(UNet2DConditionModel, path, self.needs[0], variant=variants.get(self.needs[0]),
                                    meta=meta)}
 
+    def conditioning(self, extra: tuple[torch.Tensor, ...]) -> dict:
+        """The UNet's keyword arguments for the inputs after the first three (SDXL's added conditioning)."""
+        return {"added_cond_kwargs": _added(extra)}
+
     def reference(self, modules):
-        def forward(self, sample, timestep, context, *added):
+        spec = self
+
+        def forward(self, sample, timestep, context, *extra):
             return (self.unet(sample, timestep, context.squeeze(2).transpose(1, 2), return_dict=False,
-                              added_cond_kwargs=_added(added))[0],)
+                              **spec.conditioning(extra))[0],)
 
         return Wrapper(forward, unet=modules["unet"]).eval()
 
     def export_module(self, modules, attention):
-        def forward(self, sample, timestep, context, *added):
-            return (self.unet(sample, timestep, context, return_dict=False, added_cond_kwargs=_added(added))[0],)
+        spec = self
+
+        def forward(self, sample, timestep, context, *extra):
+            return (self.unet(sample, timestep, context, return_dict=False, **spec.conditioning(extra))[0],)
 
         return Wrapper(forward, unet=export_unet(modules["unet"], attention)).eval()
 
