@@ -4,6 +4,13 @@
     python bench/full_size.py --model sd15 --attention split_einsum_v2 --bits 0
     python bench/full_size.py --model sd15 --chunk-unet          # also the UNet chunks for iOS
     python bench/full_size.py --model sdxl                       # SDXL base 1.0 (2.6 B-parameter UNet)
+    python bench/full_size.py --model sd15 --controlnet          # + ControlledUnet, + SD 1.5's ControlNet
+
+With ``--controlnet`` the base job also converts the ControlledUnet beside the UNet (the text encoder and VAE are
+left out: they are the same as without it), then SD 1.5's ControlNet (``ControlNetModel.from_unet`` of the
+random UNet, 361 M parameters, its zero layers moved off zero) is converted with the random pipeline as its
+``--base``; the summary gives the ControlledUnet's time and peak per variant against the plain UNet's, and the
+ControlNet job's against the UNet's.
 
 Builds, in code and with random weights, pipelines with the exact architectures of SD 1.5, SD 2.1-base and
 SDXL base 1.0 (two text encoders, the float32 VAE; nothing is downloaded), saves them as diffusers folders, and runs the conversion engine on them exactly as
@@ -152,6 +159,7 @@ class Run:
     build_seconds: float = 0.0
     passed: bool = False
     failures: list[str] = field(default_factory=list)
+    controlnet_total: float = 0.0  # the ControlNet job's wall time (--controlnet)
 
 
 def build(model: str, folder: Path, seed: int = 0) -> None:
@@ -174,9 +182,27 @@ def build(model: str, folder: Path, seed: int = 0) -> None:
                   title=f"Random {title} pipeline", license="creativeml-openrail-m")
 
 
+def build_controlnet(base: Path, folder: Path, seed: int = 1) -> None:
+    """SD 1.5's ControlNet for the random pipeline at ``base``: diffusers' ``from_unet`` (its default conditioning
+    embedding, as the published SD 1.5 ControlNets), with the zero-initialised layers given random weights."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    from workers.devtools.tiny import randomize_norms
+
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(str(base), subfolder="unet"))
+    with torch.no_grad():
+        for layer in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                      controlnet.controlnet_cond_embedding.conv_out):
+            layer.weight.normal_(0.0, 0.02)
+            layer.bias.uniform_(-0.01, 0.01)
+    randomize_norms(controlnet)
+    controlnet.save_pretrained(folder, safe_serialization=True)
+
+
 def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memory: Memory,
-              chunk_unet: bool = False) -> Run:
-    from service.errors import ValidationError
+              chunk_unet: bool = False, controlnet: bool = False) -> Run:
     from workers.convert.engine import convert_pipeline
     from workers.validate.report import Event
     from workers.options import ConvertOptions
@@ -204,16 +230,32 @@ def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memor
                   flush=True)
 
     source = resolve_local(source_dir, source_id=f"bench/{model}")
-    options = ConvertOptions(attentions=attentions, bits=bits, chunk_unet=chunk_unet,
-                             components=XL_COMPONENTS if model == "sdxl" else COMPONENTS)
+    components = ("unet", "controlled_unet") if controlnet else XL_COMPONENTS if model == "sdxl" else COMPONENTS
+    options = ConvertOptions(attentions=attentions, bits=bits, chunk_unet=chunk_unet, components=components)
     started = time.perf_counter()
-    try:
-        report = convert_pipeline(source, out, options, on_event=on_event)
-        run.passed = True
-    except ValidationError as e:
-        report = e.report
-        run.failures = list(e.failures)
+    report, run.passed, run.failures = _convert(convert_pipeline, source, out, options, on_event)
     run.total = time.perf_counter() - started
+    if controlnet:
+        from workers.source.fetch import fetched
+        from workers.source.resolve import resolve_source
+
+        folder = work / "sd-controlnet"
+        shutil.rmtree(folder, ignore_errors=True)
+        memory.reset()
+        started = time.perf_counter()
+        build_controlnet(source_dir, folder)
+        run.rows.append(Row("build", "controlnet", "", "float32", time.perf_counter() - started, memory.peak()))
+        run.source_bytes += sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        gc.collect()
+        started = time.perf_counter()
+        with fetched(resolve_source(str(folder), source_id="bench/sd-controlnet", base=str(source_dir))) as found:
+            cn_report, passed, failures = _convert(convert_pipeline, found, work / "controlnet-out",
+                                                   ConvertOptions(attentions=attentions, bits=bits), on_event)
+        run.controlnet_total = time.perf_counter() - started
+        run.passed, run.failures = run.passed and passed, run.failures + failures
+        report.packages.extend(cn_report.packages)
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(work / "controlnet-out", ignore_errors=True)
     run.peak = max(r.peak for r in run.rows if r.stage != "build")  # the conversion's (building is the bench's)
     for package in report.packages:
         key = f"{package.repo.split('/')[-1]} {package.variant}"
@@ -226,6 +268,16 @@ def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memor
     shutil.rmtree(source_dir, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     return run
+
+
+def _convert(convert_pipeline, source, out: Path, options, on_event):
+    """The engine's run: (report, passed, failures), a failed validation's report kept."""
+    from service.errors import ValidationError
+
+    try:
+        return convert_pipeline(source, out, options, on_event=on_event), True, []
+    except ValidationError as e:
+        return e.report, False, list(e.failures)
 
 
 def _op_count(package: Path) -> int:
@@ -249,7 +301,7 @@ def print_run(run: Run, reference: dict | None) -> None:
         print(f"{r.stage:<10} {r.component:<13} {r.variant:<16} {r.precision:<17} {r.seconds:>8.1f} "
               f"{r.peak / 2**30:>12.2f}")
     print("per component (all its stages):")
-    for component in ("pipeline",) + XL_COMPONENTS:
+    for component in ("pipeline",) + XL_COMPONENTS + ("controlled_unet", "controlnet"):
         rows = [r for r in run.rows if r.component == component]
         if rows:
             print(f"  {component:<13} {sum(r.seconds for r in rows):>8.1f} s  peak {max(r.peak for r in rows) / 2**30:.2f} GiB")
@@ -273,6 +325,8 @@ def print_run(run: Run, reference: dict | None) -> None:
     print("operations in each float16 program:")
     for key, count in sorted(run.ops.items()):
         print(f"  {key:<60} {count:>6}")
+    if run.controlnet_total:
+        print_controlnet(run)
     if reference:
         print(f"against the reference ({reference['what']}):")
         for label, (seconds, peak) in reference["figures"].items():
@@ -285,6 +339,31 @@ def print_run(run: Run, reference: dict | None) -> None:
                       f"{ours[0] / 60:5.1f} min, {ours[1] / 2**30:5.1f} GB; reference "
                       f"{'-' if not seconds else f'{seconds / 60:.1f} min'}, {peak:.1f} GB -> {ratio}, "
                       f"{ours[1] / 2**30 / peak:.2f}x memory")
+
+
+def print_controlnet(run: Run) -> None:
+    """The ControlledUnet against the plain UNet, per variant and precision (its convert or palettize, reference
+    and validate stages), and the ControlNet job against the UNet's share of the base job."""
+    def cost(component: str, variant: str | None = None, precision: str | None = None) -> tuple[float, int]:
+        rows = [r for r in run.rows if r.component == component and r.stage not in ("build", "execute")
+                and (variant is None or r.variant in (variant, "(shared)"))
+                and (precision is None or r.precision == precision or r.variant == "(shared)")]
+        return sum(r.seconds for r in rows), max((r.peak for r in rows), default=0)
+
+    print("ControlledUnet against the UNet (convert or palettize, validate; the shared load and reference in each):")
+    variants = sorted({(r.variant, r.precision) for r in run.rows
+                       if r.component == "unet" and r.variant != "(shared)" and r.stage in ("convert", "palettize")})
+    for variant, precision in variants:
+        (ours, ours_peak), (unet, unet_peak) = cost("controlled_unet", variant, precision), cost("unet", variant, precision)
+        print(f"  {variant:<16} {precision:<17} {ours:7.1f} s vs {unet:7.1f} s = {ours / unet:.2f}x time; "
+              f"peak {ours_peak / 2**30:5.2f} vs {unet_peak / 2**30:5.2f} GiB = {ours_peak / unet_peak:.2f}x")
+    (ours, ours_peak), (unet, unet_peak) = cost("controlled_unet"), cost("unet")
+    print(f"  {'all variants':<34} {ours:7.1f} s vs {unet:7.1f} s = {ours / unet:.2f}x time; "
+          f"peak {ours_peak / 2**30:5.2f} vs {unet_peak / 2**30:5.2f} GiB = {ours_peak / unet_peak:.2f}x")
+    cn, cn_peak = cost("controlnet")
+    print(f"ControlNet (SD 1.5's, every layout and precision) {cn:.1f} s of stages, {run.controlnet_total:.1f} s job "
+          f"vs the UNet's {unet:.1f} s = {cn / unet:.2f}x time; peak {cn_peak / 2**30:.2f} vs "
+          f"{unet_peak / 2**30:.2f} GiB = {cn_peak / unet_peak:.2f}x")
 
 
 # Apple's converter (python_coreml_stable_diffusion.torch2coreml) on this machine, SD 1.5 architecture,
@@ -318,6 +397,8 @@ def main() -> None:
     parser.add_argument("--attention", default="original,split_einsum_v2", help="comma-separated layouts")
     parser.add_argument("--bits", type=int, default=6, help="palettization bits; 0 for float16 only")
     parser.add_argument("--chunk-unet", action="store_true", help="also cut each float16 UNet into two chunks")
+    parser.add_argument("--controlnet", action="store_true",
+                        help="SD 1.x/2.x: the UNet and the ControlledUnet only, then the model's ControlNet")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
@@ -332,7 +413,10 @@ def main() -> None:
     runs = []
     for model in models:
         print(f"{MODELS[model]}: building and converting in {work}", flush=True)
-        run = run_model(model, work, attentions, args.bits or None, memory, chunk_unet=args.chunk_unet)
+        if args.controlnet and model == "sdxl":
+            sys.exit("error: --controlnet: SDXL ControlNets are not converted; pick sd15 or sd21-base")
+        run = run_model(model, work, attentions, args.bits or None, memory, chunk_unet=args.chunk_unet,
+                        controlnet=args.controlnet)
         runs.append(run)
         print_run(run, REFERENCE if model == "sd15" else None)
     if not memory.can_reset:
