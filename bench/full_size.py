@@ -188,17 +188,11 @@ def build_controlnet(base: Path, folder: Path, seed: int = 1) -> None:
     import torch
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    from workers.devtools.tiny import randomize_norms
+    from workers.devtools.tiny import wake_controlnet
 
     torch.manual_seed(seed)
     controlnet = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(str(base), subfolder="unet"))
-    with torch.no_grad():
-        for layer in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-                      controlnet.controlnet_cond_embedding.conv_out):
-            layer.weight.normal_(0.0, 0.02)
-            layer.bias.uniform_(-0.01, 0.01)
-    randomize_norms(controlnet)
-    controlnet.save_pretrained(folder, safe_serialization=True)
+    wake_controlnet(controlnet, weight_std=0.02, bias=0.01).save_pretrained(folder, safe_serialization=True)
 
 
 def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memory: Memory,

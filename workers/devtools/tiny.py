@@ -226,13 +226,8 @@ def build_tiny_controlnet(out: Path, base: Path, *, seed: int = 0, condition: st
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet")
     embedding = tuple(16 * 2 ** i for i in range(factor.bit_length()))  # one stride-2 step per factor of two
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=embedding)
-    with torch.no_grad():
-        for layer in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-                      controlnet.controlnet_cond_embedding.conv_out):
-            layer.weight.normal_(0.0, 0.3)
-            layer.bias.uniform_(-0.1, 0.1)
-    randomize_norms(controlnet)
+    controlnet = wake_controlnet(ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=embedding),
+                                 weight_std=0.3, bias=0.1)
     out = Path(out)
     controlnet.save_pretrained(out, safe_serialization=True)
     (out / "README.md").write_text(
@@ -240,6 +235,21 @@ def build_tiny_controlnet(out: Path, base: Path, *, seed: int = 0, condition: st
         + f"tags:\n- controlnet\n- {condition}\n---\n\n"
         f"# Tiny random ControlNet ({condition})\n\nRandom weights, for testing conversions.\n")
     return out
+
+
+def wake_controlnet(controlnet, *, weight_std: float, bias: float):
+    """A ControlNet made by ``ControlNetModel.from_unet`` with its zero-initialised layers (the residual
+    projections, the conditioning embedding's last convolution) given random weights (normal, ``weight_std``)
+    and biases (uniform in ±``bias``) and its norms randomised, so its residuals matter; returned for chaining."""
+    import torch
+
+    with torch.no_grad():
+        for layer in (*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                      controlnet.controlnet_cond_embedding.conv_out):
+            layer.weight.normal_(0.0, weight_std)
+            layer.bias.uniform_(-bias, bias)
+    randomize_norms(controlnet)
+    return controlnet
 
 
 def save_pipeline(out: Path, *, unet, vae, text_encoder, scheduler, safety_checker=None,
