@@ -121,6 +121,45 @@ def repo_names(source_name: str) -> tuple[str, str]:
     return base, f"{base}-palettized"
 
 
-def packages_dir(out: Path, repo_name: str, attention: Attention) -> Path:
-    """``OUT/<repo-name>/<variant>/packages``."""
-    return out / repo_name / attention.value / "packages"
+def packages_dir(out: Path, repo_name: str, variant: Attention | str) -> Path:
+    """``OUT/<repo-name>/<variant>/packages`` (a variant: a layout, or ``<layout>/<W>x<H>``, :func:`variant_name`)."""
+    return out / repo_name / (variant.value if isinstance(variant, Attention) else variant) / "packages"
+
+
+# Image sizes: ``<W>x<H>`` in pixels (width first, as people say them), the folder name of a size's variants
+_SIZE = re.compile(r"^([1-9][0-9]{0,5})x([1-9][0-9]{0,5})$")
+
+
+def parse_size(text: str) -> tuple[int, int] | None:
+    """``(width, height)`` of a ``<W>x<H>`` text (``512x768``; ``X`` and spaces around it allowed), or None."""
+    found = _SIZE.match(text.strip().lower().replace(" ", "")) if isinstance(text, str) else None
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def size_name(size: tuple[int, int]) -> str:
+    """The folder name of an image size: ``<W>x<H>``."""
+    return f"{size[0]}x{size[1]}"
+
+
+def variant_name(attention: Attention | str, size: tuple[int, int] | None = None) -> str:
+    """A variant's folder, relative to its repo: the layout (``original``) at the model's native size, else
+    ``<layout>/<W>x<H>`` (``original/512x768``)."""
+    layout = attention.value if isinstance(attention, Attention) else attention
+    return layout if size is None else f"{layout}/{size_name(size)}"
+
+
+def variant_layout(variant: str) -> Attention:
+    """The attention layout of a variant (:func:`variant_name`)."""
+    return Attention(variant.split("/", 1)[0])
+
+
+def variant_size(variant: str) -> tuple[int, int] | None:
+    """The image size of a variant at an extra size, or None (the native size: Apple's paths)."""
+    _, _, size = variant.partition("/")
+    return parse_size(size) if size else None
+
+
+def check_data_name(component: str, variant: str | None = None) -> str:
+    """The file a component's check data is kept in under ``_validation/`` (per size: their inputs differ)."""
+    size = variant_size(variant) if variant else None
+    return f"{component}@{size_name(size)}" if size else component

@@ -27,13 +27,22 @@ from typing import Any, Callable, Literal
 
 from workers.components import COMPONENTS, depends_on_attention
 from workers.errors import OptionsError
-from workers.names import MAX_NAMESPACE, MAX_REPO_ID, Attention, looks_like_repo_id, valid_namespace
+from workers.names import (
+    MAX_NAMESPACE,
+    MAX_REPO_ID,
+    Attention,
+    looks_like_repo_id,
+    parse_size,
+    size_name,
+    valid_namespace,
+)
 from workers.validate.thresholds import ValidationBars
 
 CONVERT, JOB = "convert", "job"  # where users set an option: the convert command; jobs (CLI, API, watches)
 BOTH = frozenset({CONVERT, JOB})
 DEFAULT_ATTENTIONS: tuple[Attention, ...] = (Attention.ORIGINAL, Attention.SPLIT_EINSUM_V2)
 DEFAULT_BITS = 6
+MAX_RESOLUTIONS = 8  # extra image sizes a job converts
 Keyed = Literal["always", "set"] | None
 
 
@@ -90,6 +99,10 @@ def _pair(value: Any) -> tuple[int, int] | None:
 
 def _components(value: Any) -> tuple[str, ...] | None:
     return tuple(value) if value else None
+
+
+def _sizes(value: Any) -> tuple[str, ...]:
+    return tuple(value) if value else ()
 
 
 def _layout_order(attention: Attention) -> int:
@@ -203,6 +216,25 @@ def _json(value: Any) -> Any:
     return value
 
 
+def _resolutions(values: Any) -> tuple[str, ...]:
+    """``--resolution``'s sizes as ``<W>x<H>`` texts, without repeats, smallest first (so equal requests key
+    equal); refuses what is not a size, and more than :data:`MAX_RESOLUTIONS`.  Whether the model can take
+    them is :func:`workers.convert.geometry.check_resolutions`'s to say."""
+    values = (values,) if isinstance(values, str) else tuple(values or ())
+    sizes = []
+    for value in values:
+        size = parse_size(value) if isinstance(value, str) else None
+        if size is None:
+            raise OptionsError(f"--resolution {str(value)[:32]!r} is not an image size",
+                               hint="Give width x height in pixels, like 512x768 (several comma-separated).")
+        if size not in sizes:
+            sizes.append(size)
+    if len(sizes) > MAX_RESOLUTIONS:
+        raise OptionsError(f"--resolution lists {len(sizes)} sizes; a job converts at most {MAX_RESOLUTIONS}",
+                           hint="Split them over several jobs.")
+    return tuple(size_name(s) for s in sorted(sizes, key=lambda s: (s[0] * s[1], s)))
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConvertOptions(Options):
     """What a conversion makes.  ``bits=None`` makes float16 packages only."""
@@ -223,7 +255,16 @@ class ConvertOptions(Options):
     latent_size: tuple[int, int] | None = option(None, surfaces={CONVERT}, cli="pair", metavar="H W",
                                                  from_user=_pair,
                                                  help="Latent height and width (default: the UNet's sample_size).")
+    resolutions: tuple[str, ...] = option(
+        (), flag="--resolution", cli="comma", metavar="WxH", max_length=MAX_RESOLUTIONS, from_user=_sizes,
+        help="Also convert at these image sizes, width x height in pixels (comma-separated on a command line, e.g. "
+             "512x768,768x512; at most 8): each is a variant of its own, <layout>/<W>x<H>, its weights shared with "
+             "the native size's.")
     batch_size: int = option(2, surfaces={CONVERT}, help="UNet batch: 2 for classifier-free guidance, or 1.")
+    unet_batch_one: bool = option(False, cli="switch",
+                                  help="UNets (and ControlledUnets) of batch one instead of two, for models run "
+                                       "without classifier-free guidance (SDXL Turbo, LCM); the same as "
+                                       "--batch-size 1.")
     deployment_target: str | None = option(
         None, max_length=16, from_user=_empty_to_none,
         help="Minimum OS of every package: iOS15-iOS18 or macOS12-macOS15 (default: float16 macOS13/iOS16, "
@@ -275,6 +316,13 @@ class ConvertOptions(Options):
                 object.__setattr__(self, "controlled_unet", True)
         if self.latent_size is not None:
             object.__setattr__(self, "latent_size", tuple(self.latent_size))
+        object.__setattr__(self, "resolutions", _resolutions(self.resolutions))
+        if self.batch_size not in (1, 2):
+            raise OptionsError(f"--batch-size must be 1 or 2, not {self.batch_size}",
+                               hint="Use 2 for classifier-free guidance (the default) or 1.")
+        if self.unet_batch_one or self.batch_size == 1:  # one choice, two spellings: both say it
+            object.__setattr__(self, "batch_size", 1)
+            object.__setattr__(self, "unet_batch_one", True)
 
     def target(self, *, palettized: bool, xl: bool = False) -> str:
         """The deployment target of float16 or palettized packages (of an SDXL pipeline with ``xl``);

@@ -60,3 +60,24 @@ def test_a_job_converts_with_its_own_options() -> None:
     assert (part.bits, part.deployment_target, part.chunk_unet, part.attentions) == (
         2, "iOS17", True, (Attention.SPLIT_EINSUM_V2,))
     assert job.parts() == ["shared", "unet-original", "unet-split_einsum_v2"]
+
+
+def test_sizes_are_normalised_so_equal_requests_key_equal() -> None:
+    one = JobOptions(namespace="org", resolutions=("768x512", "512X768", "768x512"))
+    other = JobOptions.from_user(namespace="org", resolutions=["512x768", " 768x512"])
+    assert one.resolutions == other.resolutions == ("512x768", "768x512") and one.key() == other.key()
+    assert '"resolutions":["512x768","768x512"]' in one.key()
+    assert JobOptions.from_dict(one.stored()) == one
+    with pytest.raises(OptionsError, match="'512' is not an image size"):
+        ConvertOptions(resolutions=("512",))
+    with pytest.raises(OptionsError, match="lists 9 sizes; a job converts at most 8"):
+        ConvertOptions(resolutions=tuple(f"{64 * i}x512" for i in range(1, 10)))
+
+
+def test_a_batch_one_unet_is_one_choice_with_two_spellings() -> None:
+    assert ConvertOptions(unet_batch_one=True).batch_size == 1 and ConvertOptions(batch_size=1).unet_batch_one
+    assert JobOptions(namespace="org", unet_batch_one=True).key() != JobOptions(namespace="org").key()
+    with pytest.raises(OptionsError, match="--batch-size must be 1 or 2, not 3"):
+        ConvertOptions(batch_size=3, unet_batch_one=True)
+    with pytest.raises(OptionsError, match="--batch-size must be 1 or 2, not 0"):
+        ConvertOptions(batch_size=0)
