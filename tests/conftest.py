@@ -18,8 +18,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 # fixtures that convert with coremltools (or build pipelines to convert); tests using them are slow
-_CONVERTING = {"sd1_conversion", "sd2_conversion", "sd2_layouts_conversion", "sd1_pipeline", "sd2_pipeline",
-               "hub_with_source", "trees"}
+_CONVERTING = {"sd1_conversion", "sd2_conversion", "sd2_layouts_conversion", "sd1_sizes_conversion", "sd1_pipeline",
+               "sd2_pipeline", "hub_with_source", "trees"}
 _SLOW_MODULES = {"tests.service.test_queue", "tests.service.cli.test_publish"}  # real workers, or convert through the CLI
 
 
@@ -78,6 +78,17 @@ def sd1_conversion(sd1_pipeline: Path, tmp_path_factory: pytest.TempPathFactory)
     """The SD1 fixture converted with default options: (output folder, report)."""
     out = tmp_path_factory.mktemp("sd1-out")
     return out, _convert(sd1_pipeline, out)
+
+
+@pytest.fixture(scope="session")
+def sd1_sizes_conversion(sd1_pipeline: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The SD1 fixture at its native 32x32 px and at 32x48 (portrait) and 48x32 (landscape), split_einsum_v2,
+    UNet chunks too: (output folder, report)."""
+    from workers.names import Attention
+
+    out = tmp_path_factory.mktemp("sd1-sizes-out")
+    return out, _convert(sd1_pipeline, out, attentions=(Attention.SPLIT_EINSUM_V2,),
+                         resolutions=("48x32", "32x48", "32x32"), chunk_unet=True)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,10 @@ COMPONENTS: tuple[str, ...] = ("text_encoder", "text_encoder_2", "unet", "contro
 # converted once per attention layout; every other component is converted once and shared by all layouts
 PER_LAYOUT: frozenset[str] = frozenset({"unet", "controlled_unet", "refiner", "controlnet"})
 
+# the same program at every image size (``--resolution``): converted once, placed in every size's variants; every
+# other component takes the image (or latent) size in its inputs and is converted at each size
+SIZE_INDEPENDENT: frozenset[str] = frozenset({"text_encoder", "text_encoder_2"})
+
 # converted only when asked for (``--controlled-unet``): the option that asks for each
 ON_REQUEST: dict[str, str] = {"controlled_unet": "controlled_unet"}
 

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import torch
 
-from workers.components import CHUNKED
+from workers.components import CHUNKED, SIZE_INDEPENDENT
 from workers.convert.chunk import chunk_features, chunk_unet
 from workers.convert.program import apply_metadata, convert_lean, convert_module, save_package
 from workers.convert.run import Run
 from workers.convert.specs import ComponentSpec
 from workers.compress.palettize import palettize_package
 from workers.memory import release_memory
-from workers.names import Attention
-from workers.package.files import link_package, package_size
+from workers.names import Attention, check_data_name, variant_layout
+from workers.package.files import link_package, package_size, share_weights
 from workers.validate.compiled import save_check_data
 from workers.validate.report import PackageResult, precision_label
 from workers.validate.sequence import ComponentChecks
@@ -39,7 +39,7 @@ def convert_component(run: Run, spec: ComponentSpec) -> None:
         # a lean component keeps one layout's module at a time, and runs its batch one sample at a time
         checks = ComponentChecks.start(spec, g, options.bars, modules, options.seed, per_sample=lean)
         # kept beside the output: a macOS worker checks the compiled models with the same inputs
-        save_check_data(run.out, spec.name, checks.io.check, checks.io.inputs, checks.io.reference, checks.compared)
+        save_check_data(run.out, check_data_name(spec.name, run.variant(layouts[0])), checks.io.check, checks.io.inputs, checks.io.reference, checks.compared)
         exports = checks.check_layouts(modules, layouts, keep=not lean, per_sample=lean)
     meta = None
     if lean:  # the float32 weights go; the conversion reads them again as float16, without a float32 trace
@@ -66,17 +66,12 @@ def convert_component(run: Run, spec: ComponentSpec) -> None:
                 run.report.packages.remove(result)
 
 
-def _label(spec: ComponentSpec, attention: Attention) -> str | None:
-    """The layout a package is named by in events and timings; None for one shared by every layout."""
-    return attention.value if spec.depends_on_attention else None
-
-
 def _converted(run: Run, spec: ComponentSpec, checks: ComponentChecks, attention: Attention, export,
                meta: dict | None) -> PackageResult:
     """The float16 package of one layout, converted and saved (not yet validated)."""
-    io, label = checks.io, _label(spec, attention)
+    io, label = checks.io, run.label(spec, attention)
     precision = spec.precision(run.geometry)  # float16, or float32 for a VAE that overflows in float16
-    result = PackageResult(run.fp16_repo, attention.value, spec.name, precision,
+    result = PackageResult(run.fp16_repo, run.variant(attention), spec.name, precision,
                            run.rel(run.package_path(run.fp16_repo, attention, spec.name)),
                            target=run.target(palettized=False))
     started = time.perf_counter()
@@ -87,7 +82,8 @@ def _converted(run: Run, spec: ComponentSpec, checks: ComponentChecks, attention
         else:
             model = convert_module(export, io.trace, io.inputs, io.outputs, component=spec.name,
                                    target=result.target, variant=label, precision=precision)
-        apply_metadata(model, run.metadata(spec, attention if label else None, precision), io.inputs, io.outputs)
+        apply_metadata(model, run.metadata(spec, attention if spec.depends_on_attention else None, precision),
+                       io.inputs, io.outputs)
         save_package(model, run.out / result.path)
         del model
     result.seconds = time.perf_counter() - started
@@ -97,9 +93,10 @@ def _converted(run: Run, spec: ComponentSpec, checks: ComponentChecks, attention
 def _validated(run: Run, spec: ComponentSpec, checks: ComponentChecks, result: PackageResult, export, *,
                bits: int | None) -> None:
     """Every check of one saved package (float16, or palettized to ``bits``), then recorded."""
-    path, label = run.out / result.path, _label(spec, Attention(result.variant))
+    path, attention = run.out / result.path, variant_layout(result.variant)
+    label = run.label(spec, attention)
     with run.stage("validate", spec.name, label, result.precision):
-        result.checks += checks.check_package(path, export, result.variant, bits=bits,
+        result.checks += checks.check_package(path, export, attention.value, bits=bits,
                                               stage=lambda name: run.stage(name, spec.name, label, result.precision))
     _record(run, result, path, spec)
 
@@ -116,7 +113,7 @@ def _chunks(run: Run, spec: ComponentSpec, checks: ComponentChecks, attention: A
             whole: PackageResult) -> None:
     """UnetChunk1 and UnetChunk2 (a refiner's: UnetRefinerChunk1/2) of one validated float16 UNet package,
     saved and validated together."""
-    label, paths = attention.value, []
+    label, paths = run.label(spec, attention), []
     started = time.perf_counter()
     with run.stage("chunk", spec.name, label, "float16"):
         chunks = chunk_unet(run.out / whole.path, component=spec.name)
@@ -130,7 +127,8 @@ def _chunks(run: Run, spec: ComponentSpec, checks: ComponentChecks, attention: A
     with run.stage("validate", f"{spec.name}_chunks", label, "float16"):
         found = checks.check_chunks(run.out / whole.path, *paths)
     for component, path, chunk_checks in zip(CHUNKED[spec.name], paths, found):
-        result = PackageResult(run.fp16_repo, label, component, "float16", run.rel(path), seconds=seconds,
+        result = PackageResult(run.fp16_repo, run.variant(attention), component, "float16", run.rel(path),
+                               seconds=seconds,
                                target=whole.target, checks=chunk_checks)
         if result.status == "failed":
             shutil.rmtree(path, ignore_errors=True)
@@ -145,20 +143,20 @@ def _palettized(run: Run, spec: ComponentSpec, checks: ComponentChecks, attentio
     path = run.package_path(run.palettized_repo, attention, spec.name)
     if not spec.palettize:  # Apple keeps these float16 in palettized repos
         link_package(run.out / float16.path, path)
-        copy = PackageResult(run.palettized_repo, attention.value, spec.name, float16.precision, run.rel(path),
+        copy = PackageResult(run.palettized_repo, run.variant(attention), spec.name, float16.precision, run.rel(path),
                              float16.size_bytes, 0.0, float16.path, float16.target, list(float16.checks))
         _record(run, copy, path, spec)
         return
-    label = _label(spec, attention)
+    label = run.label(spec, attention)
     precision = precision_label(run.options.bits, run.options.group_size)
-    result = PackageResult(run.palettized_repo, attention.value, spec.name, precision, run.rel(path),
+    result = PackageResult(run.palettized_repo, run.variant(attention), spec.name, precision, run.rel(path),
                            target=run.target(palettized=True))
     started = time.perf_counter()
     with run.stage("palettize", spec.name, label, precision):
         model = palettize_package(run.out / float16.path, bits=run.options.bits, component=spec.name,
                                   group_size=run.options.group_size, target=result.target)
-        apply_metadata(model, run.metadata(spec, attention if label else None, precision), checks.io.inputs,
-                       checks.io.outputs)
+        apply_metadata(model, run.metadata(spec, attention if spec.depends_on_attention else None, precision),
+                       checks.io.inputs, checks.io.outputs)
         save_package(model, path)
         del model
     result.seconds = time.perf_counter() - started
@@ -180,5 +178,38 @@ def _record(run: Run, result: PackageResult, path: Path, spec: ComponentSpec) ->
         copy = run.package_path(repo, other, spec.name)
         link_package(path, copy)
         run.report.packages.append(PackageResult(
-            repo, other.value, spec.name, result.precision, run.rel(copy), result.size_bytes, 0.0,
+            repo, run.variant(other), spec.name, result.precision, run.rel(copy), result.size_bytes, 0.0,
             result.path, result.target, list(result.checks)))
+
+
+def share_component(run: Run, name: str) -> None:
+    """A component whose program does not depend on the image size (a text encoder), at an extra size: its native
+    packages placed in that size's variants (hard links), recorded as copies."""
+    native = [p for p in run.report.packages if p.component == name and "/" not in p.variant and p.status == "passed"]
+    for package in native:
+        path = run.package_path(package.repo, variant_layout(package.variant), name)
+        link_package(run.out / package.path, path)
+        run.report.packages.append(PackageResult(
+            package.repo, run.variant(variant_layout(package.variant)), name, package.precision, run.rel(path),
+            package.size_bytes, 0.0, package.shared_from or package.path, package.target, list(package.checks)))
+
+
+def share_size_weights(run: Run) -> int:
+    """Every package of an extra size's run (copies in other layouts and the palettized repo too) given the weight
+    file of its native counterpart (same repo, layout, component and precision) where the bytes are the same, as they are for one model's weights at any size
+    (:func:`workers.package.files.share_weights`); returns the bytes shared."""
+    native = {(p.repo, p.variant, p.component, p.precision): p for p in run.report.packages
+              if "/" not in p.variant and p.status == "passed"}
+    shared = 0
+    for package in run.report.packages:
+        if package.weights_from or package.status != "passed" or package.component in SIZE_INDEPENDENT or \
+                package.variant not in {run.variant(a) for a in run.options.attentions}:
+            continue
+        twin = native.get((package.repo, variant_layout(package.variant).value, package.component, package.precision))
+        if twin is None or not (run.out / package.path).is_dir():
+            continue
+        found = share_weights(run.out / twin.path, run.out / package.path)
+        if found:
+            package.weights_from = twin.path
+            shared += found
+    return shared

@@ -1,7 +1,8 @@
 """The conversion engine: a resolved, fetched source in; validated package trees and a report out.
 
 ``convert_pipeline`` runs load → convert (per attention layout) → validate → palettize → validate for
-every component (:mod:`workers.convert.component`, one :class:`workers.convert.run.Run` for all), writes ``OUT/coreml-<name>/<variant>/packages/*.mlpackage``, the same under
+every component, at the native image size and then at each ``--resolution`` (``<layout>/<W>x<H>`` variants whose
+weight files are hard links to the native ones'; the text encoders are placed there, not converted again) (:mod:`workers.convert.component`, one :class:`workers.convert.run.Run` for all), writes ``OUT/coreml-<name>/<variant>/packages/*.mlpackage``, the same under
 ``OUT/coreml-<name>-palettized/``, and ``OUT/report.json``.  It is a plain library function: the CLI,
 Celery tasks, benchmarks and tests all call it.
 """
@@ -13,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from workers.convert.component import convert_component
-from workers.convert.geometry import read_geometry
+from workers.components import SIZE_INDEPENDENT
+from workers.convert.component import convert_component, share_component, share_size_weights
+from workers.convert.geometry import check_resolutions, read_geometry, size_geometry
 from workers.convert.outdir import check_output_dir
 from workers.convert.run import Run, select_components
 from workers.convert.specs import spec_for
@@ -48,8 +50,10 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
     if "controlnet" in components and options.batch_size != 2:
         raise OptionsError("a ControlNet is converted with batch size 2: the Swift pipeline always feeds it two "
                            "samples", hint="Drop --batch-size.")
+    sizes = [(size, size_geometry(source.path, geometry, size))  # every size refused before any work
+             for size in check_resolutions(options.resolutions, native=geometry.image_size, step=geometry.size_step)]
     out.mkdir(parents=True, exist_ok=True)
-    run = Run(source, out, options, geometry, on_event)
+    run = Run(source, out, options, geometry, on_event, sizes=sizes)
     # the two repo trees are this run's output: nothing from an earlier run may be published with them
     for folder in (run.fp16_repo, run.palettized_repo, CHECK_DATA_DIR):
         shutil.rmtree(out / folder, ignore_errors=True)
@@ -58,6 +62,14 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
         for name in components:
             convert_component(run, spec_for(name, geometry))
             release_memory()
+            for size, sized_geometry in sizes:  # the same weights at each extra size, each program its own
+                sized = run.at_size(size, sized_geometry)
+                if name in SIZE_INDEPENDENT:
+                    share_component(sized, name)
+                    continue
+                convert_component(sized, spec_for(name, sized_geometry))
+                share_size_weights(sized)
+                release_memory()
     finally:
         run.report.timings["total"] = time.perf_counter() - started
         run.report.save(out)

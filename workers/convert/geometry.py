@@ -7,12 +7,14 @@ module is built (the checks are in :mod:`workers.source.configs`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Iterable
 
 from workers.source.config_checks import check_configs, largest_activation
 from workers.source.configs import MAX_ACTIVATION_BYTES
 from workers.errors import OptionsError, SourceError
+from workers.names import parse_size, size_name
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,22 @@ class Geometry:
     # the UNet's down-path outputs a ControlNet adds to, as (channels, downsampling), the mid block last
     # (:func:`workers.source.config_checks.residual_levels`): the ControlledUnet's and ControlNet's residuals
     residuals: tuple[tuple[int, int], ...] = ()
+    down_factor: int = 8  # the UNet's total downsampling: latent sides are multiples of it
+
+    @property
+    def size_step(self) -> int:
+        """The pixels every side of an image size must be a multiple of (64 for SD)."""
+        return self.down_factor * self.vae_scale_factor
+
+    def at_size(self, size: tuple[int, int]) -> "Geometry":
+        """This geometry at another image size (width, height in pixels)."""
+        return replace(self, latent_height=size[1] // self.vae_scale_factor,
+                       latent_width=size[0] // self.vae_scale_factor)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) of the images, in pixels."""
+        return self.image_width, self.image_height
 
     def __post_init__(self) -> None:  # read back from a report's JSON, the pairs are lists
         object.__setattr__(self, "residuals", tuple(tuple(pair) for pair in self.residuals))
@@ -104,4 +122,64 @@ def read_geometry(path: Path, *, latent_size: tuple[int, int] | None = None,
                     text_encoder_2_dim=sizes.text_widths[1], text_embeds_dim=sizes.text_embeds_dim,
                     time_ids=sizes.time_ids, vae_precision="float32" if sizes.vae_float32 else "float16",
                     refiner_context_dim=sizes.refiner[0], refiner_text_embeds_dim=sizes.refiner[1],
-                    refiner_time_ids=sizes.refiner[2], residuals=sizes.residuals)
+                    refiner_time_ids=sizes.refiner[2], residuals=sizes.residuals,
+                    down_factor=sizes.down_factor)
+
+
+def check_resolutions(resolutions: Iterable[str], *, native: tuple[int, int], step: int) -> list[tuple[int, int]]:
+    """The extra image sizes (width, height) of ``--resolution`` a model whose native image is ``native``
+    (width, height in pixels) can be converted at: each side a multiple of ``step`` (the UNet's downsampling
+    times the VAE's factor: 64 px for SD) and at most twice the native side.  The native size itself is no extra
+    size (it is always converted).  Raises OptionsError naming the size and the limit."""
+    sizes = []
+    for text in resolutions:
+        size = parse_size(text)
+        if size is None:
+            raise OptionsError(f"--resolution {str(text)[:32]!r} is not an image size",
+                               hint="Give width x height in pixels, like 512x768.")
+        if size == native:
+            continue
+        for side, value, limit in (("width", size[0], native[0]), ("height", size[1], native[1])):
+            if value % step:
+                raise OptionsError(f"--resolution {size_name(size)}: the {side} {value} px is not a multiple of "
+                                   f"{step} px, what this model's UNet and VAE downsample by",
+                                   hint=f"Pick sides divisible by {step}, like {size_name(_nearest(size, step))}.")
+            if value > 2 * limit:
+                raise OptionsError(f"--resolution {size_name(size)}: the {side} {value} px is more than twice the "
+                                   f"model's native {limit} px ({size_name(native)}), beyond what it was trained "
+                                   "for", hint=f"Keep each side at most {2 * limit} px.")
+        sizes.append(size)
+    return sizes
+
+
+def native_image(unet: dict, vae: dict, *, source: str) -> tuple[tuple[int, int], int]:
+    """From a UNet's and a VAE's ``config.json``: the native image size (width, height in pixels) and the step
+    its sides come in (:func:`check_resolutions`), for checks made before a source is fetched.  Raises
+    SourceError for configs without the sizes."""
+    try:
+        sample = unet.get("sample_size", 64)
+        h, w = (sample, sample) if isinstance(sample, int) else tuple(sample)
+        down, factor = 2 ** (len(unet["block_out_channels"]) - 1), 2 ** (len(vae["block_out_channels"]) - 1)
+        if not all(isinstance(v, int) and v > 0 for v in (h, w, down, factor)):
+            raise TypeError
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise SourceError("unet/config.json or vae/config.json holds no usable sample_size or block_out_channels",
+                          source=source, hint="Fix the configs, or convert without --resolution.") from None
+    return (w * factor, h * factor), down * factor
+
+
+def _nearest(size: tuple[int, int], step: int) -> tuple[int, int]:
+    return tuple(max(step, round(v / step) * step) for v in size)
+
+
+def size_geometry(path: Path, geometry: Geometry, size: tuple[int, int]) -> Geometry:
+    """``geometry`` at another image size (width, height in pixels, checked by :func:`check_resolutions`),
+    refused when one of its activations would be too large (as the native size's is)."""
+    sized = geometry.at_size(size)
+    needed, where = largest_activation(check_configs(path), (sized.latent_height, sized.latent_width),
+                                       geometry.batch_size)
+    if needed > MAX_ACTIVATION_BYTES:
+        raise OptionsError(f"--resolution {size_name(size)} makes one activation ({where}) of "
+                           f"{needed / 1e9:,.0f} GB; the limit is {MAX_ACTIVATION_BYTES / 1e9:.0f} GB",
+                           hint="Pick a smaller size.")
+    return sized

@@ -3,20 +3,21 @@ its report, and its steps as timed, followed events (:meth:`Run.stage`)."""
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
-from workers.components import CHUNKED, COMPONENTS, ON_REQUEST
+from workers.components import CHUNKED, COMPONENTS, ON_REQUEST, SIZE_INDEPENDENT
 from workers.convert.geometry import Geometry
 from workers.convert.lean import LEAN_ABOVE_BYTES, float32_bytes
 from workers.convert.program import PackageMetadata
 from workers.convert.specs import SPECS, ComponentSpec, spec_for
 from workers.errors import OptionsError
 from workers.memory import release_memory
-from workers.names import Attention, package_file_name, packages_dir, repo_names
+from workers.names import Attention, package_file_name, packages_dir, repo_names, size_name, variant_name
 from workers.options import ConvertOptions
 from workers.progress import Counter, Steps, model_class, observe_tqdm
 from workers.source.source import Source
@@ -54,8 +55,11 @@ class Run:
     """One conversion run: what it converts, where its packages go, how it reports them."""
 
     def __init__(self, source: Source, out: Path, options: ConvertOptions, geometry: Geometry,
-                 on_event: Callable[[Event], None] | None) -> None:
+                 on_event: Callable[[Event], None] | None, *,
+                 sizes: list[tuple[tuple[int, int], Geometry]] = ()) -> None:
         self.source, self.out, self.options, self.geometry = source, out, options, geometry
+        self.sizes = list(sizes)  # the extra image sizes, each with its geometry
+        self.size: tuple[int, int] | None = None  # an extra image size's run (:meth:`at_size`); None: the native
         self.on_event = on_event or (lambda event: None)
         self.fp16_repo, self.palettized_repo = repo_names(source.name)
         self.converter = converter_id()
@@ -64,6 +68,8 @@ class Run:
             geometry=geometry.to_dict(), toolchain=toolchain(),
             repos={"float16": self.fp16_repo, "palettized": self.palettized_repo},
         )
+        # the sizes made beside the native one (a requested native size is that one, not an extra)
+        self.report.options["resolutions"] = [size_name(size) for size, _ in self.sizes]
         # the components whose UNet converts memory-lean (their weight headers read once, here)
         self.lean = {name for name in select_components(source, options)
                      if converts_lean(spec_for(name, geometry), source, options)}
@@ -76,7 +82,9 @@ class Run:
         """How many top-level stages :func:`workers.convert.component.convert_component` runs for this run's components (a package that fails
         validation skips some; a stage beyond the plan raises the total, see workers.progress.Steps)."""
         total = 0
-        for name in select_components(self.source, self.options):
+        names = select_components(self.source, self.options)
+        sized = [name for name in names if name not in SIZE_INDEPENDENT] * len(self.sizes)
+        for name in names + sized:
             spec = spec_for(name, self.geometry)
             layouts = len(self.options.attentions) if spec.depends_on_attention else 1
             total += 2 + 2 * layouts + (name in self.lean)  # load, reference (a lean one loads again in
@@ -129,9 +137,27 @@ class Run:
             description=spec.description + (f" (chunk {component[-1]} of 2)" if component else ""),
             deployment_target=self.target(palettized=precision_bits(precision) is not None))
 
+    def at_size(self, size: tuple[int, int], geometry: Geometry) -> "Run":
+        """This run at an extra image size (width, height): the same report, steps and events; its packages go to
+        the ``<layout>/<W>x<H>`` variants."""
+        sized = copy.copy(self)
+        sized.size, sized.geometry = size, geometry
+        return sized
+
+    def variant(self, attention: Attention) -> str:
+        """The variant a package of this run in ``attention``'s layout belongs to (:func:`workers.names.variant_name`)."""
+        return variant_name(attention, self.size)
+
+    def label(self, spec: ComponentSpec, attention: Attention) -> str | None:
+        """The variant a package is named by in events and timings: its variant, for a component converted per
+        layout; the size (or None, at the native size) for one shared by every layout."""
+        if spec.depends_on_attention:
+            return self.variant(attention)
+        return size_name(self.size) if self.size else None
+
     def package_path(self, repo: str, attention: Attention, component: str) -> Path:
         """Where a package of this run goes."""
-        return packages_dir(self.out, repo, attention) / package_file_name(self.source.id, component)
+        return packages_dir(self.out, repo, self.variant(attention)) / package_file_name(self.source.id, component)
 
     def rel(self, path: Path) -> str:
         """A path as the report records it (relative to the output folder)."""

@@ -1,5 +1,6 @@
 """Core ML's own predictions with compiled models (macOS workers, in the compile stage), against the float32
-reference the conversion kept beside its output (``_validation/<component>.npz``): the check inputs in the
+reference the conversion kept beside its output (``_validation/<component>.npz``; an extra size's
+``<component>@<W>x<H>.npz``): the check inputs in the
 packages' input types, the reference outputs, and which outputs are compared."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from workers.components import CHUNKED, whole_of
 from workers.convert.chunk import input_names
 from workers.errors import ValidationError
-from workers.names import CHECK_DATA_DIR, compiled_file_name
+from workers.names import CHECK_DATA_DIR, check_data_name, compiled_file_name
 from workers.validate.checks import coreml_available, input_dtypes, psnr_check
 from workers.validate.report import Check, Report, precision_bits
 from workers.validate.thresholds import ValidationBars
@@ -116,7 +117,8 @@ def check_compiled(out: Path, report: Report, repo: str, variant: str, compiled_
     failures, chained = [], {}  # per chunked UNet: the chained check of its pair
     for package in packages:
         whole = whole_of(package.component)
-        data = load_check_data(out, whole or package.component)  # chunks are checked chained, as their UNet
+        # chunks are checked chained, as their UNet; each size has its own check data
+        data = load_check_data(out, check_data_name(whole or package.component, variant))
         if data is None:
             continue  # converted before check data was kept: nothing to compare with
         (on_step or (lambda m: None))(f"predicting with {repo}/{variant} {package.component}")

@@ -20,7 +20,7 @@ from workers.convert.geometry import Geometry
 from workers.convert.specs import spec_for
 from workers.errors import OptionsError, OutputError
 from workers.memory import release_memory
-from workers.names import REPORT_FILE, Attention
+from workers.names import REPORT_FILE, variant_layout, variant_size
 from workers.source.source import Source
 from workers.validate.report import Check, Event, PackageResult, Report, precision_bits
 from workers.validate.sequence import ComponentChecks
@@ -87,8 +87,10 @@ def verify_output(out: Path, source: Source, bars: ValidationBars | None = None,
                            hint="Point at the folder convert wrote, or at a downloaded repo with its report.json.")
     for component in COMPONENTS:  # UNet chunks are checked with their UNet, chained
         packages = [p for p in present if p.component == component or whole_of(p.component) == component]
-        if packages:
-            _verify_component(out, source, spec_for(component, geometry), geometry, bars, seed, packages, notify)
+        for size in dict.fromkeys(variant_size(p.variant) for p in packages):  # the native size first
+            sized = geometry if size is None else geometry.at_size(size)
+            _verify_component(out, source, spec_for(component, sized), sized, bars, seed,
+                              [p for p in packages if variant_size(p.variant) == size], notify)
             release_memory()
     report.save(out)
     report.packages = present  # what was checked; the file keeps every package
@@ -100,20 +102,20 @@ def _verify_component(out: Path, source: Source, spec, geometry: Geometry, bars:
     """Every package of one component checked again, in the conversion's order (workers.validate.sequence)."""
     modules = spec.load(source.path, source.weight_variant, source.use_safetensors)
     checks = ComponentChecks.start(spec, geometry, bars, modules, seed)
-    variants = tuple(dict.fromkeys(p.variant for p in packages))
-    exports = {a.value: module for a, module in checks.check_layouts(modules, tuple(map(Attention, variants))).items()}
+    layouts = tuple(dict.fromkeys(variant_layout(p.variant) for p in packages))
+    exports = {a.value: module for a, module in checks.check_layouts(modules, layouts).items()}
     chunks = [p for p in packages if whole_of(p.component)]
     packages = [p for p in packages if not whole_of(p.component)]
     float16 = [p for p in packages if precision_bits(p.precision) is None]
     for package in float16 + [p for p in packages if p not in float16]:
         label = dict(variant=package.variant, precision=package.precision)
         notify(Event("validate", spec.name, "start", **label))
-        path = package_location(out, package)
+        path, layout = package_location(out, package), variant_layout(package.variant).value
         if not path.exists():
-            package.checks = checks.layout_check(package.variant) + [
+            package.checks = checks.layout_check(layout) + [
                 Check("structure", "failed", "package", detail=f"{package.path} is missing")]
         else:
-            package.checks = checks.check_package(path, exports[package.variant], package.variant,
+            package.checks = checks.check_package(path, exports[layout], layout,
                                                   bits=precision_bits(package.precision))
         notify(Event("validate", spec.name, "failed" if package.status == "failed" else "done", **label,
                      detail="; ".join(package.failures())))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from workers.components import pipeline_of
 from workers.errors import OutputError
-from workers.names import REPORT_FILE
+from workers.names import REPORT_FILE, parse_size, variant_name
 from workers.progress import Progress
 
 
@@ -63,6 +63,7 @@ class PackageResult:
     shared_from: str | None = None  # the package this one is a copy of (layout-independent components)
     target: str | None = None  # the deployment target it is written for (workers.convert.targets)
     checks: list[Check] = field(default_factory=list)
+    weights_from: str | None = None  # an extra size's package: the native one whose weight file it shares
 
     @property
     def status(self) -> str:
@@ -142,6 +143,13 @@ class Report:
     def attentions(self) -> list[str]:
         """The attention layouts the conversion made, in its order."""
         return list(self.options.get("attentions") or ())
+
+    @property
+    def variants(self) -> list[str]:
+        """Every variant the conversion made, in its order: per layout, the native size (its folder the layout's
+        name), then each ``--resolution`` (``<layout>/<W>x<H>``)."""
+        sizes = self.options.get("resolutions") or ()
+        return [v for a in self.attentions for v in (a, *(variant_name(a, parse_size(s)) for s in sizes))]
 
     @property
     def pipeline(self) -> str:

@@ -334,3 +334,71 @@ def test_memory_is_collected_only_when_the_process_holds_enough_to_matter(monkey
     memory.release_memory(above=0)
     assert collected == [1]
     assert 0 < memory.resident_bytes() < 1 << 50
+
+
+def test_every_size_is_a_complete_variant_of_its_own_with_the_native_weights(sd1_sizes_conversion) -> None:
+    """--resolution: a portrait and a landscape size beside the native 32x32 px; each size's components have its
+    shapes, are validated at it, and share the native packages' weight files (the same bytes, hard-linked)."""
+    import os
+
+    from workers.names import check_data_name, variant_size
+    from workers.package.complete import check_output
+
+    tmp_path, report = sd1_sizes_conversion
+    assert report.passed and report.options["resolutions"] == ["32x48", "48x32"]  # the native size is no extra one
+    assert report.variants == ["split_einsum_v2", "split_einsum_v2/32x48", "split_einsum_v2/48x32"]
+    check_output(report, tmp_path)  # every size's folder has what the Swift pipeline loads
+    for width, height in ((32, 48), (48, 32)):
+        variant = f"split_einsum_v2/{width}x{height}"
+        packages = {(p.repo, p.component): p for p in report.packages if p.variant == variant}
+        assert {c for r, c in packages if r == "coreml-tiny-sd1"} == {
+            "text_encoder", "unet", "unet_chunk1", "unet_chunk2", "vae_decoder", "vae_encoder", "safety_checker"}
+        expected = contract(2, height // 2, width // 2, 32, 2)
+        for name, (inputs, outputs) in expected.items():
+            package = packages[("coreml-tiny-sd1", name)]
+            assert package.path == f"coreml-tiny-sd1/{variant}/packages/" \
+                                   f"Stable_Diffusion_version_tests_tiny-sd1_{name}.mlpackage"
+            contents = read_package(tmp_path / package.path)
+            assert (contents.inputs, contents.outputs) == (inputs, outputs), (variant, name)
+            contents.release()
+            if name == "text_encoder":  # the same program at every size: placed, not converted again
+                assert package.shared_from and not package.weights_from
+                continue
+            assert package.weights_from and {c.name for c in package.checks} >= {"psnr_program", "psnr_torch"}
+            assert all(not c.failed for c in package.checks)
+            assert (tmp_path / "_validation" / f"{check_data_name(name, variant)}.npz").is_file()
+        for (repo, name), package in packages.items():
+            if name == "text_encoder" or name == "safety_checker" and repo.endswith("palettized"):
+                continue
+            native = next(p for p in report.packages if (p.repo, p.component, p.precision) ==
+                          (repo, name, package.precision) and variant_size(p.variant) is None)
+            ours, theirs = (tmp_path / p.path / "Data/com.apple.CoreML/weights/weight.bin" for p in (package, native))
+            assert ours.read_bytes() == theirs.read_bytes() and os.path.samefile(ours, theirs), (repo, name)
+            # the program is the size's own
+            assert (tmp_path / package.path / "Data/com.apple.CoreML/model.mlmodel").read_bytes() != \
+                (tmp_path / native.path / "Data/com.apple.CoreML/model.mlmodel").read_bytes()
+    palettized = [p for p in report.packages if p.repo == "coreml-tiny-sd1-palettized" and p.component == "unet"]
+    assert {p.variant for p in palettized} == set(report.variants) and all(p.weights_from for p in palettized[1:])
+
+
+@pytest.mark.parametrize("size,message", [("30x32", "not a multiple of 4"), ("32x72", "more than twice"),
+                                          ("banana", "not an image size")])
+def test_sizes_the_model_cannot_take_are_refused_before_any_work(sd1_pipeline, tmp_path, size, message) -> None:
+    with pytest.raises(OptionsError, match=message):
+        convert_pipeline(resolve_source(str(sd1_pipeline), source_id="tests/tiny-sd1"), tmp_path / "out",
+                         ConvertOptions(resolutions=(size,)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_batch_one_unet_takes_one_sample_and_is_validated(sd1_pipeline, tmp_path) -> None:
+    report = convert_pipeline(resolve_source(str(sd1_pipeline), source_id="tests/tiny-sd1"), tmp_path, ConvertOptions(
+        attentions=(Attention.ORIGINAL,), bits=None, unet_batch_one=True, controlled_unet=True,
+        components=("unet", "controlled_unet", "vae_encoder")))
+    assert report.passed and report.options["batch_size"] == 1
+    for name in ("unet", "controlled_unet"):
+        package = next(p for p in report.packages if p.component == name)
+        contents = read_package(tmp_path / package.path)
+        assert [shape[0] for _, shape, _ in contents.inputs] == [1] * len(contents.inputs)
+        assert contents.outputs == [("noise_pred", (1, 4, 16, 16), F32)]
+        contents.release()
+        assert any(c.name == "psnr_program" and not c.failed for c in package.checks)
