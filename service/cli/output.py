@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from workers.names import size_name, variant_size
+
 console = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False)
 
@@ -113,7 +115,8 @@ def report_table(report) -> Table:
     for p in report.packages:
         if p.shared_from:
             continue
-        variant = "all layouts" if p.path in copied else p.variant
+        size = variant_size(p.variant)
+        variant = (f"all layouts at {size_name(size)}" if size else "all layouts") if p.path in copied else p.variant
         checks = {c.name: c for c in p.checks}
         mark = "[green]✓[/]" if p.status == "passed" else "[red]✗[/]"
         size = f"{p.size_bytes / 1e6:.1f} MB" if p.size_bytes else "deleted"
@@ -130,6 +133,9 @@ def summary(report) -> str:
     """The closing line: "All checks passed" only when every check ran; otherwise what was skipped and why."""
     made = [p for p in report.packages if not p.shared_from]
     counts = f"{len(made)} packages made, {len(report.packages)} placed in the trees (layout-independent ones are shared)"
+    sized = [p for p in made if p.weights_from]
+    if sized:
+        counts += f"; {len(sized)} at extra sizes share the native packages' weight files"
     skipped: dict[tuple[str, str], int] = {}
     for p in made:
         for c in p.checks:

@@ -75,6 +75,9 @@ def download(
     compiled: bool = typer.Option(False, "--compiled", help="The compiled resources (default)."),
     packages: bool = typer.Option(False, "--packages", help="The .mlpackage files."),
     zip_: bool = typer.Option(False, "--zip", help="The variant's zip, as apps download it."),
+    resolution: str = typer.Option(None, "--resolution", metavar="WxH",
+                                   help="The variant at this image size (width x height in pixels, e.g. 512x768; "
+                                        "default: the model's native size)."),
     revision: str = typer.Option(None, help="Branch, tag or commit (default: main)."),
 ) -> None:
     """Download one variant of a published repo: only the files asked for."""
@@ -85,5 +88,6 @@ def download(
     if len(chosen) > 1:
         raise OptionsError("choose one of --compiled, --packages, --zip", hint="Pass just one of them.")
     with console.status(f"downloading {repo}…"):
-        path = download_variant(repo, out, variant=variant, kind=(chosen or ["compiled"])[0], revision=revision)
+        path = download_variant(repo, out, variant=variant, kind=(chosen or ["compiled"])[0], revision=revision,
+                                resolution=resolution)
     stdout.print(f"Downloaded to {path}")

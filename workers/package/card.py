@@ -18,7 +18,7 @@ import yaml
 
 from workers.package.card_controlnet import controlled_unet_section, controlnet_sections, residual_rows
 from workers.package.sanitize import sanitize_markdown
-from workers.names import COMPILED_NAMES, compiled_file_name, package_file_name
+from workers.names import COMPILED_NAMES, compiled_file_name, package_file_name, variant_layout, variant_size
 from workers.validate.report import Check, PackageResult, Report, precision_bits
 from workers.convert.targets import SPEC_VERSIONS, os_name
 
@@ -87,8 +87,9 @@ def card_license(text: str) -> str | None:
 
 
 def zip_name(repo_name: str, variant: str) -> str:
-    """``<repo-name>_<variant>_compiled.zip``: the name apps download."""
-    return f"{repo_name}_{variant}_compiled.zip"
+    """``<repo-name>_<variant>_compiled.zip``: the name apps download (an extra size's variant
+    ``<layout>/<W>x<H>`` gives ``<repo-name>_<layout>_<W>x<H>_compiled.zip``)."""
+    return f"{repo_name}_{variant.replace('/', '_')}_compiled.zip"
 
 
 def render_card(report: Report, *, kind: str, repo_id: str, sibling_id: str | None, variants: list[str],
@@ -104,6 +105,7 @@ def render_card(report: Report, *, kind: str, repo_id: str, sibling_id: str | No
     controlnet = report.pipeline == "controlnet"
     lines = _heading(report, kind, packages, label, sibling_id)
     lines += _variants_section(report.source["id"], packages, repo_id, variants, compiled, controlnet=controlnet)
+    lines += _sizes_section(report, repo_id, variants, compiled)
     if controlnet:
         tags = split_front_matter(upstream)[0].get("tags") if upstream else None
         lines += controlnet_sections(report, tags if isinstance(tags, list) else None)
@@ -165,7 +167,7 @@ def _variants_section(source_id: str, packages: list[PackageResult], repo_id: st
                                                     + ([] if controlnet else ["merges.txt", "vocab.json"])))
         lines.append("  packages/   " + "  ".join(package_file_name(source_id, c) for c in components))
     lines += ["```", ""]
-    lines += [f"- `{v}`: {_VARIANT_USE.get(v, v)}." for v in variants]
+    lines += [f"- `{v}`: {_variant_use(v)}." for v in variants]
     lines += [("- `compiled/` holds the compiled ControlNet, to go beside a base model's resources; " if controlnet
                else "- `compiled/` holds `.mlmodelc` resources and the tokenizer, ready for the Swift pipeline; ")
               + "`packages/` holds `.mlpackage` files for Xcode and coremltools." if compiled else
@@ -187,6 +189,40 @@ def _variants_section(source_id: str, packages: list[PackageResult], repo_id: st
     return lines + ["```", ""]
 
 
+def _variant_use(variant: str) -> str:
+    """What a variant is for: its layout's use, and its image size when it is not the native one."""
+    use = _VARIANT_USE.get(variant_layout(variant).value, variant)
+    size = variant_size(variant)
+    return use if size is None else f"{use}; {size[0]}×{size[1]} px images (width × height)"
+
+
+def _sizes_section(report: Report, repo_id: str, variants: list[str], compiled: bool) -> list[str]:
+    """Every image size the repo holds, with its variants and zips (none for a repo at its native size only)."""
+    sized = [v for v in variants if variant_size(v)]
+    if not sized:
+        return []
+    g, repo_name = report.geometry, repo_id.split("/")[-1]
+    native = f"{g['latent_width'] * g['vae_scale_factor']}×{g['latent_height'] * g['vae_scale_factor']}"
+    lines = ["## Image sizes", "",
+             "A Core ML model takes one input size, so each image size is a variant of its own: the native "
+             f"{native} px in each layout's folder (Apple's paths), every other size in `<layout>/<W>x<H>/`. "
+             "The weight files of a model are the same at every size (one object on the Hub, one download "
+             "cache entry); only the programs differ. Pick the folder (or zip) of the size to generate at.", "",
+             "| size (width × height) | variant | " + ("zip |" if compiled else "folder |"), "|---|---|---|"]
+    for v in variants:
+        size = variant_size(v)
+        label = f"{size[0]}×{size[1]}" if size else f"{native} (native)"
+        where = zip_name(repo_name, v) if compiled else f"{v}/packages/"
+        lines.append(f"| {label} | `{v}` | `{where}` |")
+    return lines + [""]
+
+
+def _batch(options: dict) -> str:
+    batch = options.get("batch_size", 2)
+    return f"UNet batch {batch}" + (" (for models run without classifier-free guidance, as SDXL Turbo or LCM: "
+                                    "the Swift pipeline calls it once per branch)" if batch == 1 else "")
+
+
 def _provenance(report: Report, kind: str, packages: list[PackageResult], label: str,
                 today: date | None) -> list[str]:
     """Where the weights come from, what converted them, for which OS and sizes, and when."""
@@ -198,8 +234,10 @@ def _provenance(report: Report, kind: str, packages: list[PackageResult], label:
             *_extra_sources(source),
             f"- Converter: {toolchain['converter']}; coremltools {toolchain['coremltools']}, torch "
             f"{toolchain['torch']}, diffusers {toolchain['diffusers']}, transformers {toolchain['transformers']}",
-            f"- Deployment target: {target}, {os_name(target)}{_older_copies(packages, target)}; UNet batch "
-            f"{report.options['batch_size']}, latent {height}×{width} ({height * factor}×{width * factor} px)",
+            f"- Deployment target: {target}, {os_name(target)}{_older_copies(packages, target)}; "
+            f"{_batch(report.options)}, latent {height}×{width} ({width * factor}×{height * factor} px, width × "
+            "height)" + (f"; also at {', '.join(report.options['resolutions'])} px" if report.options.get(
+                "resolutions") else ""),
             f"- Converted: {(today.isoformat() if today else report.started_at[:10]) or date.today().isoformat()}",
             ""]
 

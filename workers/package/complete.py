@@ -138,8 +138,9 @@ def check_complete(report: Report, repo: str, variant: str, *, out: Path | None 
 
 
 def repo_variants(report: Report, folder: Path) -> tuple[str, ...]:
-    """The attention layouts of the run that have packages in this repo folder, in the run's order."""
-    return tuple(v for v in report.attentions if (folder / v / "packages").is_dir())
+    """The variants of the run (attention layouts, and each at its extra sizes) that have packages in this repo
+    folder, in the run's order."""
+    return tuple(v for v in report.variants if (folder / v / "packages").is_dir())
 
 
 def check_output(report: Report, out: Path, *, namespace: str | None = None) -> None:

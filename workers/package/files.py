@@ -26,3 +26,40 @@ def link_package(src: Path, dst: Path) -> None:
             shutil.copy2(s, d)
 
     shutil.copytree(src, dst, copy_function=link)
+
+
+WEIGHTS = "Data/com.apple.CoreML/weights"  # a package's weight files
+
+
+def share_weights(src: Path, dst: Path) -> int:
+    """Hard-link ``dst``'s weight files to ``src``'s where they are byte for byte the same (the same component at
+    another image size: one file on disk, one object on the Hub); returns the bytes now shared (0: none)."""
+    shared = 0
+    for theirs in sorted((dst / WEIGHTS).glob("*")) if (dst / WEIGHTS).is_dir() else ():
+        ours = src / WEIGHTS / theirs.name
+        if not ours.is_file() or not theirs.is_file() or ours.stat().st_size != theirs.stat().st_size:
+            continue
+        if os.path.samefile(ours, theirs):
+            shared += ours.stat().st_size
+            continue
+        if not _same_bytes(ours, theirs):
+            continue
+        tmp = theirs.with_name(f".{theirs.name}.link")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(ours, tmp)
+        except OSError:
+            continue  # another filesystem: the copy stays (the Hub still stores one object for equal bytes)
+        os.replace(tmp, theirs)
+        shared += ours.stat().st_size
+    return shared
+
+
+def _same_bytes(a: Path, b: Path, chunk: int = 1 << 22) -> bool:
+    with a.open("rb") as x, b.open("rb") as y:
+        while True:
+            left, right = x.read(chunk), y.read(chunk)
+            if left != right:
+                return False
+            if not left:
+                return True
