@@ -6,6 +6,8 @@
 * **one** ``create_commit`` per repo, with explicit add/delete operations and ``parent_commit`` set to the
   head it was computed against; a concurrent push (412) is retried from the new head;
 * files the Hub already has unchanged are not uploaded again; an identical re-publish makes no commit;
+* each distinct content is uploaded once: files with the same bytes (an extra image size's weights, hard-linked
+  to the native size's) are one LFS object, sent before the commit; the commit's other copies find it there;
 * errors the Hub answers with a status are retried only when the status is transient (408, 429, 5xx),
   honouring ``Retry-After`` (bounded); transport errors (timeouts, refused connections) are retried too;
   any other client error (400, 401, 403, 404, ...) stops at once with a one-line error naming the repo
@@ -119,6 +121,18 @@ def publish_tree(tree: RepoTree, *, namespace: str, source_sha: str | None, priv
         raise error from e
 
 
+def _upload_each_content_once(api, repo_id: str, operations: list) -> None:
+    """Pre-upload one addition per distinct content. huggingface_hub asks the LFS batch endpoint for every
+    addition in one request, so two paths with the same bytes would be sent twice; once one copy is uploaded, the
+    commit's batch request finds the object present and skips the others."""
+    firsts: dict[bytes, object] = {}
+    for op in operations:
+        if hasattr(op, "upload_info") and not op._is_uploaded:  # an add; _is_uploaded: done by an earlier attempt
+            firsts.setdefault(op.upload_info.sha256, op)
+    if len(firsts) < sum(hasattr(op, "upload_info") for op in operations):
+        api.preupload_lfs_files(repo_id, additions=list(firsts.values()))
+
+
 def _push(api, tree: RepoTree, repo_id: str, *, source_sha: str | None, private: bool, retry: dict,
           state: dict, step: Callable[[str], None]) -> Published:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
@@ -139,6 +153,7 @@ def _push(api, tree: RepoTree, repo_id: str, *, source_sha: str | None, private:
         operations += [CommitOperationDelete(path_in_repo=path) for path in remote
                        if path not in local and path != ".gitattributes"]
         step(f"pushing {repo_id} ({len(local)} files)")
+        with_retries(lambda: _upload_each_content_once(api, repo_id, operations), **retry)
         try:
             info = with_retries(lambda: api.create_commit(
                 repo_id, operations, commit_message=f"Core ML conversion of {source_sha or 'a local source'}",

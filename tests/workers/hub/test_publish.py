@@ -337,3 +337,50 @@ def test_the_split_einsum_variant_downloads_like_the_others(tmp_path: Path, devh
     with pytest.raises(OptionsError, match="unknown variant 'split_einsum_v3'") as caught:
         download_variant("studio/coreml-small", tmp_path, variant="split_einsum_v3", endpoint=NO_HUB)
     assert caught.value.hint == "Use one of original, split_einsum, split_einsum_v2."
+
+
+def test_sizes_publish_as_variants_of_their_own_sharing_the_native_weights(sd1_sizes_conversion, devhub, tmp_path,
+                                                                           xcrun_double, monkeypatch) -> None:
+    """--resolution through the dev Hub: each extra size's compiled folder and zip at Apple-style names, the card's
+    size table, and each weight file uploaded once for all sizes (one LFS object)."""
+    from workers.devtools.devhub.store import Store
+
+    out = Path(shutil.copytree(sd1_sizes_conversion[0], tmp_path / "out", symlinks=True))
+    report = json.loads((out / "report.json").read_text())
+    report["source"]["sha"] = SHA
+    (out / "report.json").write_text(json.dumps(report))
+    fp16 = package_output(out, namespace="studio", compiled=True, compiler=("xcrun", "coremlcompiler"))[0]
+    uploads: list[str] = []
+    put = Store.put_object_stream
+    monkeypatch.setattr(Store, "put_object_stream",
+                        lambda self, chunks, expected=None: (expected and uploads.append(expected)) or put(self, chunks,
+                                                                                                  expected))
+    result = _publish(fp16, devhub)
+    url, repo = devhub[0], "studio/coreml-tiny-sd1"
+    assert result.repo_id == repo and result.changed
+    files = HfApi(endpoint=url).list_repo_tree(repo, recursive=True, expand=True)
+    lfs = {f.path: f.lfs.sha256 for f in files if getattr(f, "lfs", None)}
+    assert len(uploads) == len(set(uploads)) == len(set(lfs.values()))  # every object sent once
+    for size in ("32x48", "48x32"):
+        weights = f"split_einsum_v2/{size}/packages/Stable_Diffusion_version_tests_tiny-sd1_unet.mlpackage/" \
+                  "Data/com.apple.CoreML/weights/weight.bin"
+        assert lfs[weights] == lfs[weights.replace(f"/{size}", "")]
+        folder = download_variant(repo, tmp_path / size, variant="split_einsum_v2", resolution=size, endpoint=url)
+        assert folder == tmp_path / size / "split_einsum_v2" / size / "compiled"
+        assert {p.name for p in folder.iterdir()} == {
+            "TextEncoder.mlmodelc", "Unet.mlmodelc", "UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc",
+            "VAEDecoder.mlmodelc", "VAEEncoder.mlmodelc", "SafetyChecker.mlmodelc", "merges.txt", "vocab.json"}
+        archive = download_variant(repo, tmp_path / f"zip-{size}", variant="split_einsum_v2", kind="zip",
+                                   resolution=size, endpoint=url)
+        assert archive.name == f"coreml-tiny-sd1_split_einsum_v2_{size}_compiled.zip"
+        assert {n.split("/")[0] for n in zipfile.ZipFile(archive).namelist()} == {archive.name[:-4]}
+    native = download_variant(repo, tmp_path / "native", variant="split_einsum_v2", endpoint=url)
+    assert native == tmp_path / "native" / "split_einsum_v2" / "compiled" and (native / "Unet.mlmodelc").is_dir()
+    assert not (native / "32x48").exists()
+    card = ModelCard(Path(hf_hub_download(repo, "README.md", endpoint=url, local_dir=tmp_path / "card")).read_text())
+    assert "## Image sizes" in card.text and "| 32×32 (native) | `split_einsum_v2` |" in card.text
+    assert "| 32×48 | `split_einsum_v2/32x48` | `coreml-tiny-sd1_split_einsum_v2_32x48_compiled.zip` |" in card.text
+    with pytest.raises(OptionsError, match="not an image size"):
+        download_variant(repo, tmp_path / "bad", resolution="tall", endpoint=url)
+    with pytest.raises(SourceNotFoundError):
+        download_variant(repo, tmp_path / "missing", variant="split_einsum_v2", resolution="64x64", endpoint=url)
