@@ -60,6 +60,7 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
                             vae=options.vae, refiner=options.refiner, vae_revision=options.vae_sha,
                             refiner_revision=options.refiner_sha, base=options.base,
                             base_revision=options.base_sha)
+    check_request(source, options, settings=settings)
     options = options.pinned({kind: extra.sha for kind, extra in source.extras})
     with session_scope(settings.database_url) as session:
         submitted = submit_job(session, source_repo=source_repo, source_sha=source.sha, options=options,
@@ -76,6 +77,23 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
     if (submitted.created or revived) and not local:
         send(job_id, options, settings=settings)
     return submitted
+
+
+def check_request(source, options: JobOptions, *, settings: Settings) -> None:
+    """What the source's configs refuse of the options, said before a job is recorded (the conversion checks
+    again): image sizes it cannot take, a ControlledUnet for SDXL.  Raises OptionsError, SourceError."""
+    from workers.convert.geometry import check_resolutions, native_image
+    from workers.source.controlnet import BASE_FILES, read_configs
+    from workers.source.pipelines import XL_PIPELINES
+
+    if options.controlled_unet and source.pipeline_class in XL_PIPELINES:
+        raise OptionsError("--controlled-unet is for SD 1.x / 2.x pipelines: Apple's Swift pipeline runs no SDXL "
+                           "ControlNet", hint="Drop --controlled-unet for this SDXL source.")
+    if options.resolutions:
+        sizes_from = dict(source.extras).get("base", source)  # a ControlNet takes its base's sizes
+        unet, vae = read_configs(sizes_from, BASE_FILES, token=None, endpoint=settings.hub_endpoint)
+        native, step = native_image(unet, vae, source=sizes_from.id)
+        check_resolutions(options.resolutions, native=native, step=step)
 
 
 def retry(job_id: int, *, settings: Settings | None = None) -> None:

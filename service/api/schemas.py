@@ -19,9 +19,10 @@ def _shown(value: str) -> str:
 
 
 class _Request(BaseModel):
-    """What every request built from the options' declarations checks: texts no longer than their bound (so
-    the error names what is wrong and never repeats a huge value)."""
+    """What every request built from the options' declarations checks: no field it does not know, texts no
+    longer than their bound (so the error names what is wrong and never repeats a huge value)."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is refused, not silently left at its default
     limits: ClassVar[dict[str, tuple[int, str]]] = {}
 
     @field_validator("*")

@@ -81,6 +81,13 @@ def test_http_api(hub_with_source: str, database_url: str, monkeypatch: pytest.M
     bad = client.post("/jobs", json={"repo": "studio/missing"}, headers=auth)
     assert bad.status_code == 404 and "not found" in bad.json()["error"]
     assert client.post("/jobs", json={"repo": "studio/tiny-sd", "bits": 3}, headers=auth).status_code == 422
+    # sizes are checked against the source's configs before a job is recorded (the tiny model: 32x32 px, step 4)
+    too_big = client.post("/jobs", json={"repo": "studio/tiny-sd", "resolutions": ["32x72"]}, headers=auth)
+    assert too_big.status_code == 422 and "more than twice the model's native 32 px" in too_big.json()["error"]
+    assert "not a multiple of 4 px" in client.post("/jobs", json={"repo": "studio/tiny-sd", "resolutions": ["30x32"]},
+                                                   headers=auth).json()["error"]
+    sized = client.post("/jobs", json={**body, "resolutions": ["48x32"]}, headers=auth)
+    assert sized.status_code == 201 and sized.json()["id"] != job["id"] and len(sent) == 3  # sizes key the job
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")
     assert ready.status_code == 503 and ready.json()["database"] == "ok" and "unreachable" in ready.json()["broker"]

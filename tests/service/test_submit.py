@@ -30,3 +30,15 @@ def test_a_retry_while_the_queue_is_down_is_refused_as_unavailable_and_keeps_the
         retry(job_id, settings=settings)
     with session_scope(url) as session:
         assert get_job(session, job_id).state == "queued"  # recorded: the reaper sends it once the queue is back
+
+
+def test_a_controlled_unet_for_an_sdxl_source_is_refused_before_a_job_is_recorded() -> None:
+    from types import SimpleNamespace
+
+    from service.submit import check_request
+    from workers.errors import OptionsError
+
+    source = SimpleNamespace(id="org/sdxl", pipeline_class="StableDiffusionXLPipeline", extras=())
+    with pytest.raises(OptionsError, match="--controlled-unet is for SD 1.x / 2.x pipelines"):
+        check_request(source, JobOptions(namespace="org", controlled_unet=True), settings=Settings())
+    check_request(source, JobOptions(namespace="org"), settings=Settings())  # no sizes, no ControlNet: nothing read

@@ -143,6 +143,10 @@ def test_bad_namespaces_are_refused_before_any_work(client: TestClient, database
     ({"repo": ["studio/other"]}, "repo"),
     ({"repo": 7}, "repo"),
     ({"repo": "studio/other", "namespace": 7}, "namespace"),
+    ({"repo": "studio/other", "resolutions": ["tall"]}, "'tall' is not an image size"),
+    ({"repo": "studio/other", "resolutions": [f"{64 * i}x512" for i in range(1, 10)]}, "resolutions: List should have at most 8 items"),
+    ({"repo": "studio/other", "batch_size": 1}, "batch_size: Extra inputs are not permitted"),
+    ({"repo": "studio/other", "resolution": ["512x768"]}, "resolution: Extra inputs are not permitted"),
     ({}, "repo"),
 ])
 def test_bad_job_requests_get_one_line(client: TestClient, database: str, resolved: list[str], route: str,
