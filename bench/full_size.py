@@ -5,6 +5,12 @@
     python bench/full_size.py --model sd15 --chunk-unet          # also the UNet chunks for iOS
     python bench/full_size.py --model sdxl                       # SDXL base 1.0 (2.6 B-parameter UNet)
     python bench/full_size.py --model sd15 --controlnet          # + ControlledUnet, + SD 1.5's ControlNet
+    python bench/full_size.py --model sd15 --components unet --attention original --resolution 512x768
+
+With ``--resolution`` each extra image size is converted after the native one, as a job with that option does;
+the summary gives each size's time (its load, reference, convert, palettize and validate stages) as a share of
+the native size's, per component, and the weight bytes it adds that are not hard links to the native packages'
+(what an upload of the size sends beyond its programs).
 
 With ``--controlnet`` the base job also converts the ControlledUnet beside the UNet (the text encoder and VAE are
 left out: they are the same as without it), then SD 1.5's ControlNet (``ControlNetModel.from_unet`` of the
@@ -160,6 +166,7 @@ class Run:
     passed: bool = False
     failures: list[str] = field(default_factory=list)
     controlnet_total: float = 0.0  # the ControlNet job's wall time (--controlnet)
+    new_weight_bytes: dict[str, int] = field(default_factory=dict)  # extra size -> weight bytes not shared
 
 
 def build(model: str, folder: Path, seed: int = 0) -> None:
@@ -196,7 +203,8 @@ def build_controlnet(base: Path, folder: Path, seed: int = 1) -> None:
 
 
 def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memory: Memory,
-              chunk_unet: bool = False, controlnet: bool = False) -> Run:
+              chunk_unet: bool = False, controlnet: bool = False, components: tuple[str, ...] | None = None,
+              resolutions: tuple[str, ...] = ()) -> Run:
     from workers.convert.engine import convert_pipeline
     from workers.validate.report import Event
     from workers.options import ConvertOptions
@@ -224,8 +232,10 @@ def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memor
                   flush=True)
 
     source = resolve_local(source_dir, source_id=f"bench/{model}")
-    components = ("unet", "controlled_unet") if controlnet else XL_COMPONENTS if model == "sdxl" else COMPONENTS
-    options = ConvertOptions(attentions=attentions, bits=bits, chunk_unet=chunk_unet, components=components)
+    components = components or (("unet", "controlled_unet") if controlnet else
+                                XL_COMPONENTS if model == "sdxl" else COMPONENTS)
+    options = ConvertOptions(attentions=attentions, bits=bits, chunk_unet=chunk_unet, components=components,
+                             resolutions=resolutions)
     started = time.perf_counter()
     report, run.passed, run.failures = _convert(convert_pipeline, source, out, options, on_event)
     run.total = time.perf_counter() - started
@@ -251,6 +261,7 @@ def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memor
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(work / "controlnet-out", ignore_errors=True)
     run.peak = max(r.peak for r in run.rows if r.stage != "build")  # the conversion's (building is the bench's)
+    run.new_weight_bytes = _new_weight_bytes(out, report.options.get("resolutions", []))
     for package in report.packages:
         key = f"{package.repo.split('/')[-1]} {package.variant}"
         run.sizes[key] = run.sizes.get(key, 0) + package.size_bytes
@@ -262,6 +273,33 @@ def run_model(model: str, work: Path, attentions: tuple, bits: int | None, memor
     shutil.rmtree(source_dir, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     return run
+
+
+def _new_weight_bytes(out: Path, sizes: list[str]) -> dict[str, int]:
+    """Per extra size: the bytes of its packages' weight files that are not the native packages' files."""
+    def weights(pattern: str) -> list[Path]:
+        return list(out.glob(f"*/{pattern}/packages/*.mlpackage/Data/com.apple.CoreML/weights/weight.bin"))
+
+    native = {(p.stat().st_dev, p.stat().st_ino) for p in weights("*")}
+    return {size: sum(p.stat().st_size for p in weights(f"*/{size}")
+                      if (p.stat().st_dev, p.stat().st_ino) not in native) for size in sizes}
+
+
+def print_sizes(run: Run) -> None:
+    """Each extra size's cost against the native size's, per component (its chunks included)."""
+    from workers.names import parse_size
+
+    print("extra image sizes against the native size (load, reference, convert, palettize, validate):")
+    components = sorted({r.component.removesuffix("_chunks") for r in run.rows if r.stage != "build"})
+    for size, new_bytes in run.new_weight_bytes.items():
+        for component in components:
+            rows = [r for r in run.rows if r.component.removesuffix("_chunks") == component and r.stage != "execute"]
+            sized = sum(r.seconds for r in rows if r.variant == size or r.variant.endswith(f"/{size}"))
+            native = sum(r.seconds for r in rows if parse_size(r.variant.split("/")[-1]) is None)
+            if sized and native:
+                print(f"  {size:<10} {component:<16} {sized:7.1f} s vs native {native:7.1f} s = "
+                      f"{sized / native:.2f}x")
+        print(f"  {size:<10} weight bytes not shared with the native packages: {new_bytes}")
 
 
 def _convert(convert_pipeline, source, out: Path, options, on_event):
@@ -321,6 +359,8 @@ def print_run(run: Run, reference: dict | None) -> None:
         print(f"  {key:<60} {count:>6}")
     if run.controlnet_total:
         print_controlnet(run)
+    if run.new_weight_bytes:
+        print_sizes(run)
     if reference:
         print(f"against the reference ({reference['what']}):")
         for label, (seconds, peak) in reference["figures"].items():
@@ -393,6 +433,8 @@ def main() -> None:
     parser.add_argument("--chunk-unet", action="store_true", help="also cut each float16 UNet into two chunks")
     parser.add_argument("--controlnet", action="store_true",
                         help="SD 1.x/2.x: the UNet and the ControlledUnet only, then the model's ControlNet")
+    parser.add_argument("--components", default=None, help="comma-separated components (default: Apple's four)")
+    parser.add_argument("--resolution", default="", help="comma-separated extra image sizes, WxH in pixels")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
@@ -410,7 +452,8 @@ def main() -> None:
         if args.controlnet and model == "sdxl":
             sys.exit("error: --controlnet: SDXL ControlNets are not converted; pick sd15 or sd21-base")
         run = run_model(model, work, attentions, args.bits or None, memory, chunk_unet=args.chunk_unet,
-                        controlnet=args.controlnet)
+                        controlnet=args.controlnet, resolutions=tuple(filter(None, args.resolution.split(","))),
+                        components=tuple(filter(None, (args.components or "").split(","))) or None)
         runs.append(run)
         print_run(run, REFERENCE if model == "sd15" else None)
     if not memory.can_reset:

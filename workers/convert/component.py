@@ -32,10 +32,10 @@ def convert_component(run: Run, spec: ComponentSpec) -> None:
     """Every package of one component, validated and recorded in ``run``'s report."""
     g, options, source = run.geometry, run.options, run.source
     lean = spec.name in run.lean
-    with run.stage("load", spec.name):
+    with run.stage("load", spec.name, run.size_label):
         modules = spec.load(source.path, source.weight_variant, source.use_safetensors)
     layouts = options.attentions if spec.depends_on_attention else options.attentions[:1]
-    with run.stage("reference", spec.name):
+    with run.stage("reference", spec.name, run.size_label):
         # a lean component keeps one layout's module at a time, and runs its batch one sample at a time
         checks = ComponentChecks.start(spec, g, options.bars, modules, options.seed, per_sample=lean)
         # kept beside the output: a macOS worker checks the compiled models with the same inputs
@@ -45,7 +45,7 @@ def convert_component(run: Run, spec: ComponentSpec) -> None:
     if lean:  # the float32 weights go; the conversion reads them again as float16, without a float32 trace
         del modules
         release_memory()
-        with run.stage("load", spec.name, precision="float16"):
+        with run.stage("load", spec.name, run.size_label, precision="float16"):
             modules = spec.load_lean(source.path, source.weight_variant, meta=False)
             meta = spec.load_lean(source.path, source.weight_variant, meta=True)
             exports = {attention: _float16(spec.export_module(modules, attention)) for attention in layouts}

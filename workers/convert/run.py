@@ -144,6 +144,12 @@ class Run:
         sized.size, sized.geometry = size, geometry
         return sized
 
+    @property
+    def size_label(self) -> str | None:
+        """What the stages shared by every layout (load, reference) are labelled with: the extra size's
+        ``<W>x<H>``, or None at the native size."""
+        return size_name(self.size) if self.size else None
+
     def variant(self, attention: Attention) -> str:
         """The variant a package of this run in ``attention``'s layout belongs to (:func:`workers.names.variant_name`)."""
         return variant_name(attention, self.size)
@@ -151,9 +157,7 @@ class Run:
     def label(self, spec: ComponentSpec, attention: Attention) -> str | None:
         """The variant a package is named by in events and timings: its variant, for a component converted per
         layout; the size (or None, at the native size) for one shared by every layout."""
-        if spec.depends_on_attention:
-            return self.variant(attention)
-        return size_name(self.size) if self.size else None
+        return self.variant(attention) if spec.depends_on_attention else self.size_label
 
     def package_path(self, repo: str, attention: Attention, component: str) -> Path:
         """Where a package of this run goes."""

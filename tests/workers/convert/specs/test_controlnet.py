@@ -146,3 +146,22 @@ def test_the_tiny_controlnet_is_a_published_controlnet_folder(controlnets) -> No
     folder = controlnets["sd1"]
     assert json.loads((folder / "config.json").read_text())["_class_name"] == "ControlNetModel"
     assert (folder / "diffusion_pytorch_model.safetensors").is_file() and "canny" in (folder / "README.md").read_text()
+
+
+def test_a_controlnet_takes_the_sizes_of_its_base(controlnets, sd1_pipeline, tmp_path) -> None:
+    """--resolution on a ControlNet source: its residuals and condition at that size, the weights the native
+    package's, the ControlNet's compiled name unchanged (apps match it to the base's size by its inputs)."""
+    import os
+
+    report = _convert(str(controlnets["sd1"]), tmp_path, base=str(sd1_pipeline), attentions=(Attention.ORIGINAL,),
+                      bits=None, resolutions=("48x32",))
+    assert report.passed and report.variants == ["original", "original/48x32"]
+    native, sized = (next(p for p in report.packages if p.variant == v) for v in report.variants)
+    assert sized.path == native.path.replace("/original/", "/original/48x32/")
+    contents = read_package(tmp_path / sized.path)
+    assert contents.inputs[0] == ("sample", (2, 4, 16, 24), F16) and contents.inputs[-1] == (
+        "controlnet_cond", (2, 3, 32, 48), F16)
+    assert [shape for _, shape, _ in contents.outputs] == residuals(2, 16, 24)
+    contents.release()
+    weights = [tmp_path / p.path / "Data/com.apple.CoreML/weights/weight.bin" for p in (native, sized)]
+    assert os.path.samefile(*weights) and sized.weights_from == native.path
