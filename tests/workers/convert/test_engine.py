@@ -402,3 +402,43 @@ def test_a_batch_one_unet_takes_one_sample_and_is_validated(sd1_pipeline, tmp_pa
         assert contents.outputs == [("noise_pred", (1, 4, 16, 16), F32)]
         contents.release()
         assert any(c.name == "psnr_program" and not c.failed for c in package.checks)
+
+
+def test_sharded_and_fp16_only_weights_convert_to_the_same_packages(sd1_pipeline, sd1_conversion, tmp_path) -> None:
+    """A UNet whose weights are sharded (with their index) and a text encoder present only as the fp16 variant, as
+    such repos are published: resolved, loaded (the memory-lean loader too) and converted to the packages the
+    plain folder gives, weight for weight."""
+    import shutil
+
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from workers.convert.specs.loading import load_lean_component
+
+    source = Path(shutil.copytree(sd1_pipeline, tmp_path / "src" / sd1_pipeline.name))
+    unet = UNet2DConditionModel.from_pretrained(source / "unet")
+    shutil.rmtree(source / "unet")
+    unet.save_pretrained(source / "unet", max_shard_size="500KB")
+    shards = sorted(p.name for p in (source / "unet").glob("*.safetensors"))
+    assert len(shards) > 2 and shards[0] == f"diffusion_pytorch_model-00001-of-{len(shards):05d}.safetensors"
+    assert (source / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    text = CLIPTextModel.from_pretrained(source / "text_encoder")
+    shutil.rmtree(source / "text_encoder")
+    text.half().save_pretrained(source / "text_encoder", variant="fp16")
+    assert [p.name for p in (source / "text_encoder").glob("*.safetensors")] == ["model.fp16.safetensors"]
+
+    resolved = resolve_source(str(source), source_id="tests/tiny-sd1")
+    assert resolved.weight_variant["text_encoder"] == "fp16" and set(resolved.weight_files["unet"]) == {
+        f"unet/{name}" for name in shards + ["diffusion_pytorch_model.safetensors.index.json"]}
+    lean = load_lean_component(UNet2DConditionModel, source, "unet", variant=None, meta=False)
+    assert all(torch.equal(lean.state_dict()[k].half(), v.half()) for k, v in unet.state_dict().items())
+    report = convert_pipeline(resolved, tmp_path / "out", ConvertOptions(
+        attentions=(Attention.ORIGINAL,), bits=None, components=("text_encoder", "unet")))
+    assert report.passed
+    out, _ = sd1_conversion
+    for name in ("text_encoder", "unet"):
+        package = next(p for p in report.packages if p.component == name)
+        ours, plain = (folder / package.path / "Data/com.apple.CoreML/weights/weight.bin"
+                       for folder in (tmp_path / "out", out))
+        assert ours.read_bytes() == plain.read_bytes(), name
