@@ -33,7 +33,7 @@ LOCAL = "local"  # the task id of jobs run in the submitting process (`submit --
 def requested_options(values: dict, *, settings: Settings | None = None,
                       options_type: type[JobOptions] = JobOptions) -> JobOptions:
     """A job's options as a user asks for them (the CLI's or the API's typed values, see
-    :meth:`workers.options.Options.from_user`), publishing under the service's namespace when none is given."""
+    :meth:`workers.declare.Options.from_user`), publishing under the service's namespace when none is given."""
     settings = settings or get_settings()
     return options_type.from_user(**{**values, "namespace": values.get("namespace") or settings.default_namespace
                                      or ""})

@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from workers.names import MAX_REPO_ID, MAX_REVISION
-from workers.options import JOB, Declared, JobOptions
+from workers.declare import JOB, Declared
+from workers.options import JobOptions
 
 _REQUEST = {"repo": (MAX_REPO_ID, "is not a Hub repo id"), "revision": (MAX_REVISION, "is not a branch, tag or commit")}
 MAX_LAYOUT_NAME = 32

@@ -8,7 +8,8 @@ import typer
 
 from service.cli.options import with_options
 from service.cli.output import EventPrinter, report_table, stdout, summary
-from workers.options import CONVERT, ConvertOptions, SourceOptions
+from workers.declare import CONVERT
+from workers.options import ConvertOptions, SourceOptions
 
 
 @with_options(CONVERT, ConvertOptions, SourceOptions)

@@ -9,7 +9,8 @@ import typer
 
 from service.cli.options import with_options
 from service.cli.output import console, stdout
-from workers.options import JOB, JobOptions
+from workers.declare import JOB
+from workers.options import JobOptions
 
 
 @with_options(JOB, JobOptions, only=("attentions", "bits"))

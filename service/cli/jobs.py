@@ -10,7 +10,8 @@ from rich.table import Table
 
 from service.cli.options import with_options
 from service.cli.output import console, print_json, print_listing, short_sha, stdout
-from workers.options import JOB, JobOptions
+from workers.declare import JOB
+from workers.options import JobOptions
 
 FINISHED = ("succeeded", "failed", "cancelled")
 MAX_ID = 2**31 - 1  # the job database's integer range

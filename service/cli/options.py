@@ -24,7 +24,7 @@ def _plain(hint: Any) -> Any:
 
 
 def option_parameters(options: type, surface: str, only: tuple[str, ...] | None = None) -> list[inspect.Parameter]:
-    """The typer parameters of every option of ``options`` (a :class:`workers.options.Options` class) that users
+    """The typer parameters of every option of ``options`` (a :class:`workers.declare.Options` class) that users
     set on ``surface`` (or of those named in ``only``), in declaration order."""
     hints = options.types()
     parameters = []
@@ -64,7 +64,7 @@ def typed_values(options: type, surface: str, given: dict[str, Any]) -> dict[str
 
 def with_options(surface: str, *groups: type, only: tuple[str, ...] | None = None
                  ) -> Callable[[Callable], Callable]:
-    """Give a command every option of ``groups`` (:class:`workers.options.Options` classes) that users set on
+    """Give a command every option of ``groups`` (:class:`workers.declare.Options` classes) that users set on
     ``surface`` (or those named in ``only``): typer sees them as parameters after the command's own (before any parameter the command
     declares keyword-only), and the command receives them typed, in one dict, as its ``options`` argument."""
     def decorate(command: Callable) -> Callable:

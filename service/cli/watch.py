@@ -7,7 +7,8 @@ from rich.table import Table
 
 from service.cli.options import with_options
 from service.cli.output import print_json, print_listing, short_sha, stdout
-from workers.options import JOB, JobOptions
+from workers.declare import JOB
+from workers.options import JobOptions
 
 watch_app = typer.Typer(help="Repos whose Core ML versions are kept current (nightly sweep and Hub webhooks).",
                         no_args_is_help=True)

@@ -15,7 +15,8 @@ from service.api.schemas import job_request
 from service.cli import app
 from service.cli.jobs import submit_command
 from service.settings import Settings
-from workers.options import CONVERT, JOB, ConvertOptions, JobOptions, SourceOptions, option
+from workers.declare import CONVERT, JOB, option
+from workers.options import ConvertOptions, JobOptions, SourceOptions
 
 
 @dataclass(frozen=True, kw_only=True)
