@@ -222,7 +222,8 @@ def _pinned(spec: JobSpec, settings: Settings) -> Source:
                           max_bytes=int(settings.max_source_gb * 1e9), vae=spec.options.vae,
                           refiner=spec.options.refiner, vae_revision=spec.options.vae_sha,
                           refiner_revision=spec.options.refiner_sha, base=spec.options.base,
-                          base_revision=spec.options.base_sha)
+                          base_revision=spec.options.base_sha, checkpoint=spec.options.checkpoint,
+                          config=spec.options.config, config_revision=spec.options.config_sha)
 
 
 MANIFEST = "manifest.json"  # what the fetch stage fetched (workers.source.fetch.Manifest), in its artifact

@@ -59,7 +59,8 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
                             need_safety_checker=options.components is None or "safety_checker" in options.components,
                             vae=options.vae, refiner=options.refiner, vae_revision=options.vae_sha,
                             refiner_revision=options.refiner_sha, base=options.base,
-                            base_revision=options.base_sha)
+                            base_revision=options.base_sha, checkpoint=options.checkpoint, config=options.config,
+                            config_revision=options.config_sha)
     check_request(source, options, settings=settings)
     options = options.pinned({kind: extra.sha for kind, extra in source.extras})
     with session_scope(settings.database_url) as session:

@@ -215,7 +215,16 @@ class SourceOptions(Options):
                               help="A ControlNet source: the SD 1.x/2.x pipeline (Hub repo or folder) it is used "
                                    "with; its configs give the sizes, and must match the ControlNet's.")
 
-    EXTRAS: typing.ClassVar[tuple[str, ...]] = ("vae", "refiner", "base")
+    checkpoint: str | None = option(None, metavar="FILE", max_length=MAX_REPO_ID, too_long="is not a file name",
+                                    from_user=_empty_to_none,
+                                    help="A repo or folder of single-file checkpoints: the one to convert "
+                                         "(needed when it holds several).")
+    config: str | None = option(None, metavar="REPO", max_length=MAX_REPO_ID, too_long="is not a Hub repo id",
+                                from_user=_empty_to_none,
+                                help="A single-file checkpoint: unpack it with this diffusers pipeline's configs "
+                                     "(Hub repo or folder) instead of its architecture's canonical ones.")
+
+    EXTRAS: typing.ClassVar[tuple[str, ...]] = ("vae", "refiner", "base", "config")
 
     def __post_init__(self) -> None:
         self._check_sources()
@@ -228,6 +237,13 @@ class SourceOptions(Options):
         if self.base is not None and (self.vae is not None or self.refiner is not None):
             raise OptionsError("--base is for a ControlNet source, which takes no --vae or --refiner",
                                hint="Drop --vae and --refiner, or drop --base for a pipeline source.")
+        if self.base is not None and (self.checkpoint is not None or self.config is not None):
+            raise OptionsError("--base is for a ControlNet source, and --checkpoint and --config for a single-file "
+                               "one", hint="Drop --base, or drop --checkpoint and --config.")
+        if self.checkpoint is not None and (not isinstance(self.checkpoint, str) or "/" in self.checkpoint
+                                            or self.checkpoint.startswith(".") or not self.checkpoint.strip()):
+            raise OptionsError(f"--checkpoint {str(self.checkpoint)[:100]!r} is not a file at the top of the source",
+                               hint="Pass the checkpoint's file name, e.g. --checkpoint model.safetensors.")
 
 
 def _sha(value: Any) -> bool:
@@ -248,6 +264,7 @@ class JobOptions(SourceOptions, ConvertOptions):
     vae_sha: str | None = internal(None, keyed="set", help="The --vae repo's commit (pinned when recorded)")
     refiner_sha: str | None = internal(None, keyed="set", help="The --refiner repo's commit (pinned when recorded)")
     base_sha: str | None = internal(None, keyed="set", help="The --base repo's commit (pinned when recorded)")
+    config_sha: str | None = internal(None, keyed="set", help="The --config repo's commit (pinned when recorded)")
 
     def __post_init__(self) -> None:
         if not self.namespace:

@@ -49,7 +49,8 @@ def convert(
                                   max_bytes=int(settings.max_source_gb * 1e9),
                                   need_safety_checker=conversion.components is None
                                   or "safety_checker" in conversion.components, vae=extras.vae,
-                                  refiner=extras.refiner, base=extras.base)
+                                  refiner=extras.refiner, base=extras.base, checkpoint=extras.checkpoint,
+                                  config=extras.config)
         printer.status.update(f"fetching {resolved.id}…")
         with fetched(resolved) as fetched_source:
             report = convert_pipeline(fetched_source, out, conversion, on_event=printer)

@@ -278,8 +278,15 @@ def _extra_sources(source: dict) -> list[str]:
     """Provenance lines of the sources a conversion took components from besides its own (--vae, --refiner, a
     ControlNet's --base)."""
     lines = []
+    checkpoint = source.get("checkpoint")
+    if checkpoint:
+        configs = checkpoint.get("configs")
+        lines.append(f"- Single-file checkpoint: `{checkpoint['file']}` (sha256 `{checkpoint['sha256']}`), "
+                     "unpacked by diffusers' single-file loader"
+                     + (f" with the configs of [{configs}](/{configs}) (shipped with the converter)" if configs else ""))
     for kind, text in (("vae", "VAE (instead of the source's)"), ("refiner", "Refiner UNet (`UnetRefiner`)"),
-                       ("base", "Base pipeline (its configs: the sizes)")):
+                       ("base", "Base pipeline (its configs: the sizes)"),
+                       ("config", "Configs (`--config`, for the single-file checkpoint)")):
         extra = source.get(kind)
         if extra:
             label = f"[{extra['repo_id']}](/{extra['repo_id']})" if extra.get("repo_id") else f"`{extra['id']}`"

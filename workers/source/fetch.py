@@ -13,7 +13,7 @@ A source with extra sources (``--vae``, ``--refiner``) comes back as one compose
 
 from __future__ import annotations
 
-import hashlib
+import shutil
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +24,8 @@ from pathlib import Path, PurePosixPath
 from workers.errors import SourceError
 from workers.hub.client import hub_errors
 from workers.source.source import Source, source_files
-from workers.source.weights import check_finite_values, check_weight_files
+from workers.source.unpack import unpack
+from workers.source.weights import check_finite_values, check_weight_files, sha256_of
 
 DOWNLOAD_THREADS = 8  # as huggingface_hub's snapshot_download
 
@@ -68,13 +69,14 @@ def fetch_source(source: Source, *, local_dir: Path | None = None, cache_dir: Pa
     assert source.path is not None
     if check_values:
         check_finite_values(source.path, _weights(source), source=source.id)
-    if not source.extras:
-        return source
     extras = tuple((name, fetch_source(extra, cache_dir=cache_dir, token=token, endpoint=endpoint,
                                        check_values=check_values, manifest=manifest, kind=name,
                                        local_dir=local_dir.with_name(f"{local_dir.name}.{name}") if local_dir else None))
                    for name, extra in source.extras)
-    return compose(replace(source, extras=extras))
+    source = replace(source, extras=extras)
+    if source.checkpoint is not None:  # a single-file checkpoint: a diffusers folder from here on
+        source = unpack(source)
+    return compose(source) if any(kind != "config" for kind, _ in extras) else source
 
 
 def fetch_files(source: Source, folders: tuple[str, ...], *, names: tuple[str, ...] = (),
@@ -99,7 +101,7 @@ def manifest_of(source: Source) -> Manifest:
         folder = part.origin or part.path
         assert folder is not None
         names = part.files if part.files is not None else _weights(part)
-        manifest.sources[kind] = {name: {"size": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
+        manifest.sources[kind] = {name: {"size": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)}
                                   for name in sorted(names)}
     return manifest
 
@@ -116,8 +118,11 @@ def fetched(source: Source, **kwargs) -> Iterator[Source]:
 
 
 def release(source: Source) -> None:
-    """Remove a composed source's folder of links.  Only the links go: never what they point to, and never a
-    folder that holds anything else (then it is left as it is)."""
+    """Remove a composed source's folder of links, and the folder a checkpoint was unpacked in.  Of a composed
+    folder only the links go: never what they point to, and never a folder that holds anything else (then it is
+    left as it is)."""
+    if source.unpacked is not None:
+        shutil.rmtree(source.unpacked, ignore_errors=True)
     if source.origin is None or source.path is None or not source.path.is_dir():
         return
     entries = list(source.path.iterdir())
@@ -144,13 +149,15 @@ def compose(source: Source) -> Source:
     base = dict(source.extras).get("base")
     if base is not None:
         return _compose_controlnet(source, base, folder)
-    taken = {_EXTRA_FOLDERS[kind] for kind, _ in source.extras}
+    taken = {_EXTRA_FOLDERS[kind] for kind, _ in source.extras if kind in _EXTRA_FOLDERS}
     for entry in sorted(source.path.iterdir()):
         if entry.name not in taken:
             (folder / entry.name).symlink_to(entry.absolute(), target_is_directory=entry.is_dir())
     weight_files, variants = dict(source.weight_files), dict(source.weight_variant)
     components = list(source.components)
     for kind, extra in source.extras:
+        if kind not in _EXTRA_FOLDERS:  # the configs a checkpoint was unpacked with
+            continue
         assert extra.path is not None and extra.subfolder is not None
         name, (component,) = _EXTRA_FOLDERS[kind], extra.weight_files
         (folder / name).symlink_to((extra.path / extra.subfolder).absolute(), target_is_directory=True)
@@ -159,7 +166,7 @@ def compose(source: Source) -> Source:
         if name not in components:
             components.append(name)
     return replace(source, path=folder, weight_files=weight_files, weight_variant=variants,
-                   components=tuple(components), origin=source.path)
+                   components=tuple(components), origin=source.origin or source.path)
 
 
 def _compose_controlnet(source: Source, base: Source, folder: Path) -> Source:
@@ -174,14 +181,6 @@ def _compose_controlnet(source: Source, base: Source, folder: Path) -> Source:
 
 def _weights(source: Source) -> list[str]:
     return [f for names in source.weight_files.values() for f in names]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _download(source: Source, *, local_dir: Path | None, cache_dir: Path | None, token: str | None,
@@ -228,7 +227,7 @@ def _check_recorded(folder: Path, source: Source, recorded: dict[str, dict] | No
     for name, entry in sorted(expected.items()):
         path = folder / name
         size = path.stat().st_size if path.is_file() else None
-        changed = size != entry["size"] or (name in fresh and entry.get("sha256") and _sha256(path) != entry["sha256"])
+        changed = size != entry["size"] or (name in fresh and entry.get("sha256") and sha256_of(path) != entry["sha256"])
         if changed:
             raise SourceError(f"{source.repo_id}@{source.sha[:10]}: {name} is not the file this job fetched first "
                               f"({'missing' if size is None else f'{size} bytes'}, recorded "

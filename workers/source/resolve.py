@@ -41,8 +41,9 @@ from workers.source.controlnet import (
     require_base,
     root_config,
 )
+from workers.source.checkpoint import candidates, checkpoint_fields, hub_shapes, local_shapes
 from workers.source.source import Source, source_files
-from workers.source.weights import check_weight_files
+from workers.source.weights import check_weight_files, sha256_of
 
 def resolve_source(
     source: str,
@@ -60,6 +61,9 @@ def resolve_source(
     refiner_revision: str | None = None,
     base: str | None = None,
     base_revision: str | None = None,
+    checkpoint: str | None = None,
+    config: str | None = None,
+    config_revision: str | None = None,
 ) -> Source:
     """Resolve a local folder or a Hub repo id into a checked :class:`Source`.
 
@@ -68,15 +72,22 @@ def resolve_source(
     :func:`resolve_refiner`) adds its UNet to an SDXL base's packages.  Both are resolved here too, each at
     its ``*_revision`` when given (a job's pinned commits), else at its main branch's head.  A ControlNet
     source (:mod:`workers.source.controlnet`) needs ``base``, the SD 1.x / 2.x pipeline it is used with (its
-    configs only), and is refused when it does not fit it.
+    configs only), and is refused when it does not fit it.  A single-file checkpoint source
+    (:mod:`workers.source.checkpoint`; ``checkpoint`` picks the file) is unpacked with its architecture's shipped
+    configs, or with those of ``config`` (a diffusers pipeline at ``config_revision``: its configs only).
 
     Raises SourceNotFoundError, UnsupportedModelError, UnsafeWeightsError, GatedSourceError, SourceError.
     """
+    configs = resolve_config(config, revision=config_revision, token=token, endpoint=endpoint) if config else None
     found = _resolve_main(source, revision=revision, source_id=source_id, allow_pickle=allow_pickle,
                           need_safety_checker=need_safety_checker, token=token, endpoint=endpoint,
-                          max_bytes=max_bytes)
+                          max_bytes=max_bytes, checkpoint=checkpoint, config=configs)
+    if found.checkpoint is None and (checkpoint or config):
+        flag = "--checkpoint" if checkpoint else "--config"
+        raise OptionsError(f"{flag} is for single-file checkpoints, and {found.id} is a {found.pipeline_class} "
+                           "folder", hint=f"Drop {flag}.")
     require_base(found, base)
-    extras = []
+    extras = [("config", configs)] if configs is not None else []
     if base:
         extras.append(("base", resolve_base(found, base, revision=base_revision, token=token, endpoint=endpoint)))
     if refiner:
@@ -91,14 +102,16 @@ def resolve_source(
 
 
 def _resolve_main(source: str, *, revision: str | None, source_id: str | None, allow_pickle: bool,
-                  need_safety_checker: bool, token: str | None, endpoint: str | None, max_bytes: int) -> Source:
+                  need_safety_checker: bool, token: str | None, endpoint: str | None, max_bytes: int,
+                  checkpoint: str | None = None, config: Source | None = None) -> Source:
     path = Path(source).expanduser()
     if path.exists():
         if revision:
             raise SourceError(f"--revision applies to Hub repos, but {source} is a local folder",
                               source=source, hint="Drop --revision, or pass a Hub repo id.")
         return resolve_local(path, source_id=source_id, allow_pickle=allow_pickle,
-                             need_safety_checker=need_safety_checker, max_bytes=max_bytes)
+                             need_safety_checker=need_safety_checker, max_bytes=max_bytes, checkpoint=checkpoint,
+                             config=config, token=token, endpoint=endpoint)
     if source.startswith((".", "/", "~")):
         raise SourceNotFoundError(f"no folder at {source}", source=source,
                                   hint="Check the path, or pass a Hub repo id like org/name.")
@@ -107,24 +120,32 @@ def _resolve_main(source: str, *, revision: str | None, source_id: str | None, a
             f"{source!r} is neither a local folder nor a valid Hub repo id", source=source,
             hint="Pass a diffusers folder or a repo id like stabilityai/stable-diffusion-2-1-base.")
     return resolve_hub(source, revision=revision, allow_pickle=allow_pickle, token=token,
-                       endpoint=endpoint, need_safety_checker=need_safety_checker, max_bytes=max_bytes)
+                       endpoint=endpoint, need_safety_checker=need_safety_checker, max_bytes=max_bytes,
+                       checkpoint=checkpoint, config=config)
 
 
 def resolve_local(path: Path, *, source_id: str | None = None, allow_pickle: bool = False,
-                  need_safety_checker: bool = True, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
-    """Check a local diffusers folder (a pipeline, or a ControlNet)."""
+                  need_safety_checker: bool = True, max_bytes: int = DEFAULT_MAX_BYTES, checkpoint: str | None = None,
+                  config: Source | None = None, token: str | None = None, endpoint: str | None = None) -> Source:
+    """Check a local diffusers folder (a pipeline, or a ControlNet), or a single-file checkpoint (the file, or a
+    folder holding it)."""
     path = path.resolve()
-    if not path.is_dir():
-        raise SourceError(f"{path} is a file, not a diffusers folder", source=str(path),
-                          hint="Single-file checkpoints are not supported yet; pass a diffusers folder.")
+    if source_id is not None and not looks_like_repo_id(source_id):
+        raise SourceError(f"--source-id {source_id!r} is not a valid repo id", source=str(path),
+                          hint="Use the form org/name.")
+    if path.is_file():  # a checkpoint file: its folder, of which only that file is read
+        return _local_checkpoint(path.parent, [path.name], path.name, name=source_id or path.stem, license_=None,
+                                 repo_id=source_id, allow_pickle=allow_pickle, config=config, token=token,
+                                 endpoint=endpoint)
     sizes = source_files(path, source=str(path))
     files = list(sizes)
     license_ = card_license_of(path / "README.md")
     name = source_id or path.name
-    if source_id is not None and not looks_like_repo_id(source_id):
-        raise SourceError(f"--source-id {source_id!r} is not a valid repo id", source=str(path),
-                          hint="Use the form org/name.")
-    config = root_config(path, source=str(path)) if not (path / "model_index.json").is_file() else None
+    config_json = root_config(path, source=str(path)) if not (path / "model_index.json").is_file() else None
+    if not (path / "model_index.json").is_file() and not is_controlnet(config_json) and candidates(files):
+        return _local_checkpoint(path, files, checkpoint, name=name, license_=license_, repo_id=source_id,
+                                 allow_pickle=allow_pickle, config=config, token=token, endpoint=endpoint)
+    config = config_json
     if is_controlnet(config):
         found = controlnet_source(str(path), config, files, allow_pickle=allow_pickle, id=name, license=license_,
                                   path=path, repo_id=source_id)
@@ -139,10 +160,47 @@ def resolve_local(path: Path, *, source_id: str | None = None, allow_pickle: boo
     return Source(id=name, license=license_, path=path, repo_id=source_id, **checked)
 
 
+def _local_checkpoint(folder: Path, files: list[str], wanted: str | None, *, name: str, license_: str | None,
+                      repo_id: str | None, allow_pickle: bool, config: Source | None, token: str | None,
+                      endpoint: str | None) -> Source:
+    chosen: list[Path] = []
+
+    def shapes_of(file: str) -> dict:
+        chosen.append(folder / file)
+        check_weight_files(folder, [file], source=str(folder / file))
+        return local_shapes(folder / file, source=str(folder))
+
+    fields = checkpoint_fields(str(folder), files, wanted=wanted, allow_pickle=allow_pickle, shapes_of=shapes_of,
+                               sha256=None, config=config, read_config=_config_reader(config, token, endpoint))
+    fields["checkpoint_sha256"] = sha256_of(chosen[0])
+    return Source(id=name, license=license_, path=folder, repo_id=repo_id, **fields)
+
+
+def _config_reader(config: Source | None, token: str | None, endpoint: str | None):
+    return None if config is None else \
+        (lambda names: read_configs(config, names, label="--config", token=token, endpoint=endpoint))
+
+
+def resolve_config(ref: str, *, revision: str | None = None, token: str | None = None,
+                   endpoint: str | None = None) -> Source:
+    """``--config``: the diffusers pipeline (a Hub repo at ``revision``, else its main branch, or a folder) whose
+    configs and tokenizers a single-file checkpoint is unpacked with; none of its weights are fetched."""
+    found = resolve_source(ref, revision=revision, token=token, endpoint=endpoint, need_safety_checker=False)
+    if found.checkpoint is not None:
+        raise OptionsError(f"--config {ref} is a single-file checkpoint, not a diffusers pipeline",
+                           hint="Pass --config with a diffusers pipeline (a repo or folder with model_index.json).")
+    configs_only = replace(found, weight_files={}, weight_variant={}, components=tuple(
+        c for c in found.components if c in ("text_encoder", "text_encoder_2", "unet", "vae", "tokenizer",
+                                             "tokenizer_2")))
+    return configs_only.pinned(found.files) if found.files is not None else configs_only
+
+
 def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool = False,
                 token: str | None = None, endpoint: str | None = None,
-                need_safety_checker: bool = True, max_bytes: int = DEFAULT_MAX_BYTES) -> Source:
+                need_safety_checker: bool = True, max_bytes: int = DEFAULT_MAX_BYTES,
+                checkpoint: str | None = None, config: Source | None = None) -> Source:
     """Ask the Hub about a repo, pin the revision to a commit sha and check the file list."""
+    configs = config
     from huggingface_hub import HfApi, hf_hub_download
 
     api = HfApi(endpoint=endpoint, token=token)
@@ -160,6 +218,10 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
                 return controlnet_source(repo_id, config, files, allow_pickle=allow_pickle, id=repo_id,
                                          repo_id=repo_id, revision=revision or "main", sha=info.sha,
                                          private=bool(info.private), license=license_).pinned(sizes)
+            if candidates(files):
+                return _hub_checkpoint(repo_id, info, files, sizes, checkpoint, license_=license_,
+                                       revision=revision, allow_pickle=allow_pickle, config=configs,
+                                       token=token, endpoint=endpoint, max_bytes=max_bytes)
             raise_not_diffusers(repo_id, files)
         index_path = hf_hub_download(repo_id, "model_index.json", revision=info.sha, token=token,
                                      endpoint=endpoint)
@@ -168,6 +230,27 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
                              need_safety_checker=need_safety_checker, sizes=sizes, max_bytes=max_bytes)
     return Source(id=repo_id, repo_id=repo_id, revision=revision or "main", sha=info.sha,
                   license=license_, private=bool(info.private), **checked).pinned(sizes)
+
+
+def _hub_checkpoint(repo_id: str, info, files: list[str], sizes: dict[str, int], wanted: str | None, *,
+                    license_: str | None, revision: str | None, allow_pickle: bool, config: Source | None,
+                    token: str | None, endpoint: str | None, max_bytes: int) -> Source:
+    def shapes_of(file: str) -> dict:
+        if not file.endswith(".safetensors"):
+            raise UnsafeWeightsError(f"{repo_id}: {file} is a pickle checkpoint, which jobs do not load",
+                                     source=repo_id, files=[file])
+        if sizes.get(file, 0) > max_bytes:
+            raise SourceError(f"{repo_id}: {file} is {sizes[file] / 1e9:.1f} GB, over the limit of "
+                              f"{max_bytes / 1e9:.1f} GB", source=repo_id,
+                              hint="Raise COREML_PUBLISH_MAX_SOURCE_GB if this is the model you expect.")
+        return hub_shapes(repo_id, file, sha=info.sha, token=token, endpoint=endpoint)
+
+    fields = checkpoint_fields(repo_id, files, wanted=wanted, allow_pickle=allow_pickle, shapes_of=shapes_of,
+                               sha256=None, config=config, read_config=_config_reader(config, token, endpoint))
+    lfs = next((s.lfs for s in info.siblings or [] if s.rfilename == fields["checkpoint"]), None)
+    fields["checkpoint_sha256"] = (lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None))
+    return Source(id=repo_id, repo_id=repo_id, revision=revision or "main", sha=info.sha, license=license_,
+                  private=bool(info.private), **fields).pinned(sizes)
 
 
 def resolve_base(controlnet: Source, ref: str, *, revision: str | None = None, token: str | None = None,

@@ -40,6 +40,13 @@ class Source:
     origin: Path | None = None  # a composed source's own folder (``path`` is then the folder of links)
     # a Hub source's files a fetch downloads (repo-relative) and their sizes, pinned with its sha
     files: dict[str, int] | None = None
+    # a single-file checkpoint (:mod:`workers.source.checkpoint`): the file, its sha256, its architecture's key,
+    # and the configs it is unpacked with (a shipped folder's name; None: the "config" extra source's)
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    architecture: str | None = None
+    configs: str | None = None
+    unpacked: Path | None = None  # the temporary folder an unpacked checkpoint is in (removed by release)
 
     @property
     def name(self) -> str:
@@ -48,6 +55,8 @@ class Source:
 
     def download_patterns(self) -> list[str]:
         """The files a fetch needs: index, configs, tokenizer, chosen weights, card. Nothing else."""
+        if self.checkpoint is not None:  # a single-file checkpoint: the file (and the card)
+            return ["README.md", self.checkpoint]
         if self.subfolder is not None:  # one component: its config and weights
             return ["README.md", f"{self.subfolder}/config.json".lstrip("/"),
                     *(f for names in self.weight_files.values() for f in names)]
@@ -73,7 +82,7 @@ class Source:
 
     def to_dict(self) -> dict[str, Any]:
         """What a job stores of its source, as JSON: everything but where the files are on one host."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("path", "origin", "extras")}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("path", "origin", "extras", "unpacked")}
         data["extras"] = [[kind, extra.to_dict()] for kind, extra in self.extras]
         return json.loads(json.dumps(data))  # tuples become lists: the JSON a database column holds
 
@@ -91,6 +100,12 @@ class Source:
         found = {"id": self.id, "repo_id": self.repo_id, "revision": self.revision, "sha": self.sha,
                  "path": str(self.origin or self.path), "pipeline_class": self.pipeline_class,
                  "license": self.license}
+        if self.checkpoint is not None:
+            from workers.source.checkpoint import ARCHITECTURES
+
+            canonical = ARCHITECTURES[self.architecture].canonical if self.architecture and self.configs else None
+            found["checkpoint"] = {"file": self.checkpoint, "sha256": self.checkpoint_sha256,
+                                   "architecture": self.architecture, "configs": canonical}
         for kind, extra in self.extras:
             found[kind] = extra.provenance()
         return found

@@ -9,6 +9,8 @@ and runs when the files are at hand, before any conversion work.
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import math
 import struct
@@ -237,3 +239,12 @@ def iter_tensors(file: Path, *, source: str, label: str | None = None):
             dtype = getattr(torch, _TORCH_DTYPES[entry["dtype"]])
             tensor = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
             yield name, tensor.reshape(entry["shape"])
+
+
+def sha256_of(file: Path) -> str:
+    """A file's sha256 (as the Hub's LFS records it), read in 4 MB blocks."""
+    digest = hashlib.sha256()
+    with file.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

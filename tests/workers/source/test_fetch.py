@@ -70,13 +70,20 @@ def test_gated_repo_without_token_says_what_to_do(hub: HubDouble, sd2_pipeline: 
     assert "HF_TOKEN" in caught.value.hint
 
 
-def test_single_file_repo_is_not_a_diffusers_pipeline(hub: HubDouble, tmp_path: Path) -> None:
+def test_a_damaged_single_file_checkpoint_is_refused_naming_it(hub: HubDouble, tmp_path: Path) -> None:
+    from workers.errors import SourceError
+
     folder = tmp_path / "single"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"0")
     hub.add("org/single", folder)
-    with pytest.raises(UnsupportedModelError, match="not a diffusers pipeline.*model.safetensors"):
+    with pytest.raises(SourceError, match="org/single: model.safetensors is not a valid safetensors file"):
         resolve_source("org/single", endpoint=hub.endpoint)
+    (folder / "model.safetensors").unlink()
+    (folder / "notes.txt").write_text("no weights")
+    hub.add("org/nothing", folder)
+    with pytest.raises(UnsupportedModelError, match="org/nothing is not a diffusers pipeline: no model_index.json"):
+        resolve_source("org/nothing", endpoint=hub.endpoint)
 
 
 def test_unreachable_hub_is_a_clear_error() -> None:

@@ -82,8 +82,10 @@ def test_other_pipelines_are_not_supported_yet_naming_the_class(source: Path, cl
 
 def test_a_folder_without_model_index_is_not_a_diffusers_pipeline(source: Path) -> None:
     (source / "model_index.json").unlink()
-    (source / "model.safetensors").write_bytes(b"x")
-    with pytest.raises(UnsupportedModelError, match="not a diffusers pipeline.*model.safetensors"):
+    with pytest.raises(UnsupportedModelError, match="not a diffusers pipeline"):
+        resolve_source(str(source))
+    (source / "model.safetensors").write_bytes(b"x")  # then it is taken for a single-file checkpoint
+    with pytest.raises(SourceError, match="model.safetensors"):
         resolve_source(str(source))
 
 

@@ -77,23 +77,28 @@ def resolve_file(hub: Hub, repo_type: str, namespace: str, name: str, revision: 
     if entry["lfs"]:
         headers |= {"X-Linked-Etag": f'"{entry["sha256"]}"', "X-Linked-Size": str(entry["size"])}
     blob = hub.store.object_path(entry["sha256"])
-    start = 0
-    ranged = re.fullmatch(r"bytes=(\d+)-", request.headers.get("range", ""))
+    start, end = 0, entry["size"]
+    ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", request.headers.get("range", ""))
     if ranged and not head:
         start = min(int(ranged.group(1)), entry["size"])
-    headers["Content-Length"] = str(entry["size"] - start)
+        if ranged.group(2):  # an inclusive end, as HTTP says (a safetensors header read asks for one)
+            end = max(start, min(int(ranged.group(2)) + 1, entry["size"]))
+    headers["Content-Length"] = str(end - start)
     if head:
         return Response(status_code=200, headers=headers, media_type="application/octet-stream")
 
     def chunks():
         with blob.open("rb") as f:
             f.seek(start)
-            while piece := f.read(1 << 20):
+            left = end - start
+            while left > 0 and (piece := f.read(min(1 << 20, left))):
+                left -= len(piece)
                 yield piece
 
-    if start:
-        headers["Content-Range"] = f"bytes {start}-{entry['size'] - 1}/{entry['size']}"
-    return StreamingResponse(chunks(), status_code=206 if start else 200, headers=headers,
+    partial = start > 0 or end < entry["size"]
+    if partial:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{entry['size']}"
+    return StreamingResponse(chunks(), status_code=206 if partial else 200, headers=headers,
                              media_type="application/octet-stream")
 
 
