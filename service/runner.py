@@ -15,10 +15,12 @@ import errno
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from service.db import session_scope
@@ -223,7 +225,8 @@ def _pinned(spec: JobSpec, settings: Settings) -> Source:
                           refiner=spec.options.refiner, vae_revision=spec.options.vae_sha,
                           refiner_revision=spec.options.refiner_sha, base=spec.options.base,
                           base_revision=spec.options.base_sha, checkpoint=spec.options.checkpoint,
-                          config=spec.options.config, config_revision=spec.options.config_sha)
+                          config=spec.options.config, config_revision=spec.options.config_sha,
+                          loras=spec.options.loras, lora_revisions=spec.options.lora_shas)
 
 
 MANIFEST = "manifest.json"  # what the fetch stage fetched (workers.source.fetch.Manifest), in its artifact
@@ -304,7 +307,7 @@ def _report_figures(report) -> dict:
 def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
     from service.merge import merge_outputs
     from workers.package.repos import source_tokenizer
-    from workers.source.fetch import fetch_files
+    from workers.source.fetch import checkpoint_tokenizers, fetch_files
 
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
     parts = [store.pull(spec.id, "parts", p) for p in spec.options.parts()]
@@ -312,12 +315,15 @@ def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | No
     shutil.rmtree(out, ignore_errors=True)
     report = merge_outputs(parts, out)
     # the tokenizer and card travel with the output, so a macOS worker elsewhere can bundle them
-    folder = fetch_files(_pinned(spec, settings), ("tokenizer", "tokenizer_2"), names=("README.md",),
-                         endpoint=settings.hub_endpoint)
+    source = _pinned(spec, settings)
+    folder = fetch_files(source, ("tokenizer", "tokenizer_2"), names=("README.md",), endpoint=settings.hub_endpoint)
     (out / "_source").mkdir(exist_ok=True)
-    if spec.options.base is None:  # a ControlNet's repos carry no tokenizer: they go beside a base's
-        tokenizer = source_tokenizer(folder)
-        shutil.copytree(tokenizer, out / "_source" / tokenizer.name, dirs_exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizers = folder if source.checkpoint is None else \
+            checkpoint_tokenizers(source, Path(scratch) / "configs", endpoint=settings.hub_endpoint)
+        if spec.options.base is None:  # a ControlNet's repos carry no tokenizer: they go beside a base's
+            tokenizer = source_tokenizer(tokenizers)
+            shutil.copytree(tokenizer, out / "_source" / tokenizer.name, dirs_exist_ok=True)
     if (folder / "README.md").is_file():
         shutil.copy(folder / "README.md", out / "_source" / "README.md")
     return {"packages": len(report.packages)}, store.push(spec.id, "out")

@@ -60,7 +60,8 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
                             vae=options.vae, refiner=options.refiner, vae_revision=options.vae_sha,
                             refiner_revision=options.refiner_sha, base=options.base,
                             base_revision=options.base_sha, checkpoint=options.checkpoint, config=options.config,
-                            config_revision=options.config_sha)
+                            config_revision=options.config_sha, loras=options.loras,
+                            lora_revisions=options.lora_shas)
     check_request(source, options, settings=settings)
     options = options.pinned({kind: extra.sha for kind, extra in source.extras})
     with session_scope(settings.database_url) as session:
@@ -84,6 +85,7 @@ def check_request(source, options: JobOptions, *, settings: Settings) -> None:
     """What the source's configs refuse of the options, said before a job is recorded (the conversion checks
     again): image sizes it cannot take, a ControlledUnet for SDXL.  Raises OptionsError, SourceError."""
     from workers.convert.geometry import check_resolutions, native_image
+    from workers.source.checkpoint import configs_of
     from workers.source.controlnet import BASE_FILES, read_configs
     from workers.source.pipelines import XL_PIPELINES
 
@@ -91,7 +93,8 @@ def check_request(source, options: JobOptions, *, settings: Settings) -> None:
         raise OptionsError("--controlled-unet is for SD 1.x / 2.x pipelines: Apple's Swift pipeline runs no SDXL "
                            "ControlNet", hint="Drop --controlled-unet for this SDXL source.")
     if options.resolutions:
-        sizes_from = dict(source.extras).get("base", source)  # a ControlNet takes its base's sizes
+        # a ControlNet takes its base's sizes; a single-file checkpoint its configs' (--config's, or the shipped)
+        sizes_from = dict(source.extras).get("base") or dict(source.extras).get("config") or configs_of(source)
         unet, vae = read_configs(sizes_from, BASE_FILES, token=None, endpoint=settings.hub_endpoint)
         native, step = native_image(unet, vae, source=sizes_from.id)
         check_resolutions(options.resolutions, native=native, step=step)

@@ -32,6 +32,7 @@ from service.jobs import aware, dedupe_key
 from service.submit import create_job
 from service.models import Job, JobState, Trigger, WatchedRepo, WatchState, utcnow
 from workers.options import JobOptions
+from workers.source.lora import lora_repo
 
 log = logging.getLogger(__name__)
 CHECK_INTERVAL = timedelta(hours=24)
@@ -134,14 +135,18 @@ def sweep(*, now: datetime | None = None, due_only: bool = False, settings=None,
             results.append(SweepResult(repo_id, "refused", detail=detail))
             continue
         state, reason, sha = None, None, None
-        asked = repo_id  # the watched repo, then its --vae and --refiner repos: a new commit to any is a new job
+        # the watched repo, then its --vae, --refiner, --config and --lora repos: a new commit to any is a new job
+        asked = repo_id
         try:
             sha = get_head(repo_id)
             extras = {}
-            for kind in ("vae", "refiner"):
+            for kind in ("vae", "refiner", "config"):
                 if getattr(options, kind):
                     asked = f"--{kind} {getattr(options, kind)}"
                     extras[kind] = get_head(getattr(options, kind))
+            for i, lora in enumerate(options.loras):
+                asked = f"--lora {lora_repo(lora)}"
+                extras[f"lora{i}"] = get_head(lora_repo(lora))
             options = options.pinned(extras)
         except GatedSourceError:
             state, reason = WatchState.GATED, "gated: accept its terms with the service's Hub account"

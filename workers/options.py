@@ -27,6 +27,7 @@ from typing import Any
 from workers.components import COMPONENTS, depends_on_attention
 from workers.declare import CONVERT, JOB, Options, field_default, internal, option
 from workers.errors import OptionsError
+from workers.source.lora import MAX_LORAS, hub_parts, lora_text, parse_lora
 from workers.names import (
     MAX_NAMESPACE,
     MAX_REPO_ID,
@@ -90,6 +91,15 @@ def _resolutions(values: Any) -> tuple[str, ...]:
         raise OptionsError(f"--resolution lists {len(sizes)} sizes; a job converts at most {MAX_RESOLUTIONS}",
                            hint="Split them over several jobs.")
     return tuple(size_name(s) for s in sorted(sizes, key=lambda s: (s[0] * s[1], s)))
+
+
+def _loras(values: Any) -> tuple[str, ...]:
+    """``--lora``'s references as normalised ``REF:SCALE`` texts, in the order given, at most :data:`MAX_LORAS`."""
+    values = (values,) if isinstance(values, str) else tuple(values or ())
+    if len(values) > MAX_LORAS:
+        raise OptionsError(f"--lora lists {len(values)} LoRAs; a conversion fuses at most {MAX_LORAS}",
+                           hint="Fuse fewer LoRAs.")
+    return tuple(lora_text(*parse_lora(v)) for v in values)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,6 +234,13 @@ class SourceOptions(Options):
                                 help="A single-file checkpoint: unpack it with this diffusers pipeline's configs "
                                      "(Hub repo or folder) instead of its architecture's canonical ones.")
 
+    loras: tuple[str, ...] = option((), flag="--lora", cli="comma", metavar="REF[:SCALE]", max_length=MAX_LORAS,
+                                    from_user=_loras,
+                                    help="Fuse these LoRAs into the weights before converting (comma-separated on a "
+                                         "command line; at most 8): a Hub repo (org/name, or org/name/FILE for one "
+                                         "of its files), a folder or a file, each with its scale (default 1), in the "
+                                         "kohya / A1111 or diffusers / PEFT format.")
+
     EXTRAS: typing.ClassVar[tuple[str, ...]] = ("vae", "refiner", "base", "config")
 
     def __post_init__(self) -> None:
@@ -237,6 +254,10 @@ class SourceOptions(Options):
         if self.base is not None and (self.vae is not None or self.refiner is not None):
             raise OptionsError("--base is for a ControlNet source, which takes no --vae or --refiner",
                                hint="Drop --vae and --refiner, or drop --base for a pipeline source.")
+        object.__setattr__(self, "loras", _loras(self.loras))
+        if self.base is not None and self.loras:
+            raise OptionsError("--lora is for pipeline sources, and --base makes this a ControlNet one",
+                               hint="Drop --lora, or drop --base.")
         if self.base is not None and (self.checkpoint is not None or self.config is not None):
             raise OptionsError("--base is for a ControlNet source, and --checkpoint and --config for a single-file "
                                "one", hint="Drop --base, or drop --checkpoint and --config.")
@@ -265,6 +286,9 @@ class JobOptions(SourceOptions, ConvertOptions):
     refiner_sha: str | None = internal(None, keyed="set", help="The --refiner repo's commit (pinned when recorded)")
     base_sha: str | None = internal(None, keyed="set", help="The --base repo's commit (pinned when recorded)")
     config_sha: str | None = internal(None, keyed="set", help="The --config repo's commit (pinned when recorded)")
+    lora_shas: tuple[str | None, ...] = internal((), keyed="set", load=tuple,
+                                                 help="The --lora repos' commits, in their order (pinned when "
+                                                      "recorded)")
 
     def __post_init__(self) -> None:
         if not self.namespace:
@@ -289,12 +313,21 @@ class JobOptions(SourceOptions, ConvertOptions):
             if sha is not None and (value is None or not _sha(sha)):
                 raise OptionsError(f"{name}_sha {str(sha)[:60]!r} is not the commit sha of a --{name} repo",
                                    hint=f"Leave {name}_sha out: it is pinned when the job is recorded.")
+        for lora in self.loras:
+            if hub_parts(lora.rpartition(":")[0]) is None or lora.startswith((".", "/", "~")):
+                raise OptionsError(f"--lora {lora[:100]!r} is not a Hub repo",
+                                   hint="Jobs take --lora as org/name[/FILE][:SCALE] (convert takes local ones too).")
+        if self.lora_shas and (len(self.lora_shas) != len(self.loras) or not all(map(_sha, self.lora_shas))):
+            raise OptionsError("lora_shas must be the commit shas of the --lora repos, one each",
+                               hint="Leave lora_shas out: they are pinned when the job is recorded.")
 
     def pinned(self, shas: dict[str, str | None]) -> "JobOptions":
         """These options with the ``--vae``/``--refiner``/``--base`` commits (by kind: ``{"vae": sha}``) filled in, so the
         job converts, and is deduplicated by, exactly those commits."""
-        return dataclasses.replace(self, **{f"{kind}_sha": shas.get(kind) for kind in self.EXTRAS
-                                            if getattr(self, kind) is not None})
+        pins = {f"{kind}_sha": shas.get(kind) for kind in self.EXTRAS if getattr(self, kind) is not None}
+        if self.loras:
+            pins["lora_shas"] = tuple(shas.get(f"lora{i}") for i in range(len(self.loras)))
+        return dataclasses.replace(self, **pins)
 
     def stored(self) -> dict[str, Any]:
         """The options as a job row and the API show them: every option of a job (those users set, and the pinned

@@ -50,7 +50,7 @@ def convert(
                                   need_safety_checker=conversion.components is None
                                   or "safety_checker" in conversion.components, vae=extras.vae,
                                   refiner=extras.refiner, base=extras.base, checkpoint=extras.checkpoint,
-                                  config=extras.config)
+                                  config=extras.config, loras=extras.loras)
         printer.status.update(f"fetching {resolved.id}…")
         with fetched(resolved) as fetched_source:
             report = convert_pipeline(fetched_source, out, conversion, on_event=printer)
@@ -87,8 +87,13 @@ def validate(
     recorded = read_report(out).source
     local = Path(recorded["path"]) if recorded.get("path") else None
     # the VAE and refiner the conversion took: their Hub repo, else the folder they were read from
-    extras = {kind: recorded[kind].get("repo_id") or recorded[kind].get("path")
-              for kind in ("vae", "refiner", "base") if isinstance(recorded.get(kind), dict)}
+    extras: dict = {kind: recorded[kind].get("repo_id") or recorded[kind].get("path")
+                    for kind in ("vae", "refiner", "base", "config") if isinstance(recorded.get(kind), dict)}
+    extras["checkpoint"] = (recorded.get("checkpoint") or {}).get("file")
+    loras = [recorded[k] for k in sorted((k for k in recorded if k.startswith("lora")), key=lambda k: int(k[4:]))]
+    extras["loras"] = tuple(f"{lora['repo_id'] + '/' + lora['file'] if lora.get('repo_id') else Path(lora['path']) / lora['file']}"
+                            f":{lora['scale']:g}" for lora in loras)
+    extras["lora_revisions"] = tuple(lora.get("sha") for lora in loras)
     printer = EventPrinter()
     try:
         if source is None and local is not None and local.is_dir():

@@ -112,12 +112,9 @@ def test_sdxl_job_with_a_vae_and_a_refiner_publishes_one_repo_with_the_swift_nam
     """`submit --local --vae --refiner --chunk-unet`: the refiner's UNet as UnetRefiner (and its chunks) and the
     float16-safe VAE in float16, in the base's repo, through the dev Hub and the compiler double; the card names
     both sources."""
-    import os
-
     import coremltools as ct
 
     from workers.devtools.tiny import build_tiny_vae
-    from tests.conftest import DOUBLES
 
     url, _ = devhub
     api = HfApi(endpoint=url, token="alice-token")
@@ -126,14 +123,7 @@ def test_sdxl_job_with_a_vae_and_a_refiner_publishes_one_repo_with_the_swift_nam
                          ("studio/tiny-vae-fp16", build_tiny_vae(tmp_path / "vae", seed=3))):
         api.create_repo(repo)
         api.upload_folder(repo_id=repo, folder_path=str(folder))
-    from service.db import upgrade
-
-    database = f"sqlite:///{tmp_path / 'jobs.db'}"
-    upgrade(database)
-    env = {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token",
-           "COREML_PUBLISH_DATABASE_URL": database, "COREML_PUBLISH_BROKER_URL": "redis://127.0.0.1:1/0",
-           "COREML_PUBLISH_ARTIFACT_STORE": str(tmp_path / "artifacts"), "COREML_PUBLISH_SCRATCH": str(tmp_path),
-           "PATH": f"{DOUBLES}{os.pathsep}{os.environ['PATH']}"}
+    database, env = local_env(url, tmp_path)
     result = run("submit", "studio/tiny-sdxl", "--local", "--namespace", "studio", "--bits", "0", "--attention",
                  "split_einsum", "--vae", "studio/tiny-vae-fp16", "--refiner", "studio/tiny-refiner", "--chunk-unet",
                  env=env)
@@ -159,6 +149,22 @@ def test_sdxl_job_with_a_vae_and_a_refiner_publishes_one_repo_with_the_swift_nam
     card = (repo / "README.md").read_text()
     assert "- VAE (instead of the source's): [studio/tiny-vae-fp16](/studio/tiny-vae-fp16) at commit `" in card
     assert "- Refiner UNet (`UnetRefiner`): [studio/tiny-refiner](/studio/tiny-refiner) at commit `" in card
+
+
+def local_env(url: str, tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """A fresh SQLite job database and the environment of a `submit --local` against the dev Hub at ``url``, with
+    the compiler double first on PATH."""
+    import os
+
+    from service.db import upgrade
+    from tests.conftest import DOUBLES
+
+    database = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(database)
+    return database, {"HF_ENDPOINT": url, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token",
+                      "COREML_PUBLISH_DATABASE_URL": database, "COREML_PUBLISH_BROKER_URL": "redis://127.0.0.1:1/0",
+                      "COREML_PUBLISH_ARTIFACT_STORE": str(tmp_path / "artifacts"),
+                      "COREML_PUBLISH_SCRATCH": str(tmp_path), "PATH": f"{DOUBLES}{os.pathsep}{os.environ['PATH']}"}
 
 
 def snapshot(url: str, repo: str, folder: Path) -> str:
@@ -219,3 +225,44 @@ def test_a_controlled_unet_and_a_controlnet_publish_into_repos_apps_load_togethe
         jobs = sorted(list_jobs(session), key=lambda j: j.id)
         assert [j.state for j in jobs] == ["succeeded", "succeeded"]
         assert jobs[1].options["base"] == "studio/tiny-sd" and len(jobs[1].options["base_sha"]) == 40
+
+
+def test_a_single_file_checkpoint_with_a_lora_publishes_like_any_source(hub_with_source: str, tmp_path: Path) -> None:
+    """`submit --local` of a Hub repo holding one single-file checkpoint, unpacked with --config's configs, with a
+    --lora repo fused at its scale: every commit pinned in the job, the card names the file, the configs and
+    the LoRA."""
+    from workers.devtools.checkpoint import write_checkpoint
+    from workers.devtools.lora import write_lora
+
+
+    url = hub_with_source
+    api = HfApi(endpoint=url, token="alice-token")
+    base = Path(api.snapshot_download("studio/tiny-sd", local_dir=tmp_path / "tiny-sd-copy"))
+    fine_tune, style = tmp_path / "fine-tune", tmp_path / "style"
+    write_checkpoint(base, fine_tune / "fine-tune-v2.safetensors")
+    write_lora(base, style / "pytorch_lora_weights.safetensors", kind="kohya")
+    for repo, folder in (("studio/fine-tune", fine_tune), ("studio/style", style)):
+        api.create_repo(repo)
+        api.upload_folder(repo_id=repo, folder_path=str(folder))
+    database, env = local_env(url, tmp_path)
+    result = run("submit", "studio/fine-tune", "--local", "--namespace", "studio", "--bits", "0",
+                 "--attention", "original", "--config", "studio/tiny-sd", "--lora", "studio/style:0.5", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with session_scope(database) as session:
+        job = list_jobs(session)[0]
+        assert job.state == "succeeded"
+        assert job.options["config_sha"] == api.model_info("studio/tiny-sd").sha
+        assert job.options["lora_shas"] == [api.model_info("studio/style").sha]
+        assert job.options["loras"] == ["studio/style:0.5"]
+    files = api.list_repo_files("studio/coreml-fine-tune")
+    # the compiled variant carries the tokenizer of the configs the checkpoint was unpacked with
+    assert {"original/compiled/vocab.json", "original/compiled/merges.txt",
+            "original/compiled/Unet.mlmodelc/coremldata.bin"} <= set(files)
+    vocab = hf_hub_download("studio/coreml-fine-tune", "original/compiled/vocab.json", endpoint=url, token="alice-token")
+    assert Path(vocab).read_bytes() == (base / "tokenizer" / "vocab.json").read_bytes()
+    card = hf_hub_download("studio/coreml-fine-tune", "README.md", endpoint=url, token="alice-token")
+    text = Path(card).read_text()
+    assert "- Single-file checkpoint: `fine-tune-v2.safetensors` (sha256 `" in text
+    assert "- Configs (`--config`, for the single-file checkpoint): [studio/tiny-sd](/studio/tiny-sd)" in text
+    assert "- LoRA fused into the weights at scale 0.5: [studio/style](/studio/style), " \
+           "`pytorch_lora_weights.safetensors` at commit `" in text

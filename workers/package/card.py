@@ -291,6 +291,11 @@ def _extra_sources(source: dict) -> list[str]:
         if extra:
             label = f"[{extra['repo_id']}](/{extra['repo_id']})" if extra.get("repo_id") else f"`{extra['id']}`"
             lines.append(f"- {text}: {label}" + (f" at commit `{extra['sha']}`" if extra.get("sha") else ""))
+    loras = [source[k] for k in sorted((k for k in source if k.startswith("lora")), key=lambda k: int(k[4:] or 0))]
+    for lora in loras:
+        label = f"[{lora['repo_id']}](/{lora['repo_id']})" if lora.get("repo_id") else f"`{lora['id']}`"
+        lines.append(f"- LoRA fused into the weights at scale {lora['scale']:g}: {label}, `{lora['file']}`"
+                     + (f" at commit `{lora['sha']}`" if lora.get("sha") else ""))
     return lines
 
 

@@ -23,6 +23,7 @@ from typing import Callable
 from workers.errors import SourceError
 from workers.package.card import render_card, zip_name
 from workers.package.compile import bundle_variant
+from workers.source.unpack import recorded_tokenizers
 from workers.package.complete import check_complete, check_output, check_tree, repo_variants
 from workers.validate.compiled import check_compiled
 from workers.validate.report import Report
@@ -96,6 +97,8 @@ def package_output(out: Path, *, namespace: str, compiled: bool, compiler: tuple
     source_dir = source_dir or Path(report.source["path"] or "")
     controlnet = report.pipeline == "controlnet"  # its zips unpack into a base's folder: no tokenizer of its own
     tokenizer = None if controlnet else source_tokenizer(source_dir)
+    if tokenizer is not None and not tokenizer.is_dir() and report.source.get("checkpoint"):
+        tokenizer = source_tokenizer(recorded_tokenizers(report.source, out / "_configs"))
     if compiled and tokenizer is not None and not tokenizer.is_dir():
         raise SourceError(f"the source's tokenizer folder {tokenizer} is gone", source=report.source["id"],
                           hint="Convert again so the source is available, then publish.")

@@ -178,6 +178,16 @@ def check_configs_fit(shapes: dict[str, list[int]], unet: dict, text: dict | Non
                                              "fine-tuned from.")
 
 
+def configs_of(source):
+    """``source`` as its configs are read before it is fetched: a single-file checkpoint with shipped configs reads
+    them from the shipped folder; any other source is itself."""
+    from dataclasses import replace
+
+    if source.checkpoint is None or source.configs is None:
+        return source
+    return replace(source, path=CONFIGS / source.configs)
+
+
 def checkpoint_fields(source: str, files: list[str], *, wanted: str | None, allow_pickle: bool, shapes_of,
                       sha256: str | None, config=None, read_config=None) -> dict:
     """The :class:`~workers.source.source.Source` fields of a single-file source: the checkpoint chosen from

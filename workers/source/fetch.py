@@ -24,7 +24,9 @@ from pathlib import Path, PurePosixPath
 from workers.errors import SourceError
 from workers.hub.client import hub_errors
 from workers.source.source import Source, source_files
-from workers.source.unpack import unpack
+from workers.source.fuse import fuse, loras_of
+from workers.source.unpack import shipped_configs, unpack
+from workers.source.checkpoint import ARCHITECTURES
 from workers.source.weights import check_finite_values, check_weight_files, sha256_of
 
 DOWNLOAD_THREADS = 8  # as huggingface_hub's snapshot_download
@@ -76,7 +78,9 @@ def fetch_source(source: Source, *, local_dir: Path | None = None, cache_dir: Pa
     source = replace(source, extras=extras)
     if source.checkpoint is not None:  # a single-file checkpoint: a diffusers folder from here on
         source = unpack(source)
-    return compose(source) if any(kind != "config" for kind, _ in extras) else source
+    if loras_of(source):  # LoRAs: fused into the weights before anything is converted
+        source = fuse(source)
+    return compose(source) if any(kind in _EXTRA_FOLDERS or kind == "base" for kind, _ in extras) else source
 
 
 def fetch_files(source: Source, folders: tuple[str, ...], *, names: tuple[str, ...] = (),
@@ -92,6 +96,17 @@ def fetch_files(source: Source, folders: tuple[str, ...], *, names: tuple[str, .
               if name in names or name.split("/", 1)[0] in folders}
     part = replace(source, files=wanted, weight_files={}, extras=())
     return _download(part, local_dir=None, cache_dir=cache_dir, token=token, endpoint=endpoint, recorded=None).path
+
+
+def checkpoint_tokenizers(source: Source, into: Path, *, token: str | None = None,
+                          endpoint: str | None = None) -> Path:
+    """The folder holding a single-file source's tokenizer folders, for a stage that needs no weights: its
+    ``--config``'s (only those files fetched), else the shipped configs' (assembled at ``into``)."""
+    config = dict(source.extras).get("config")
+    if config is not None:
+        return fetch_files(config, ("tokenizer", "tokenizer_2"), token=token, endpoint=endpoint)
+    assert source.architecture is not None
+    return shipped_configs(source.configs or ARCHITECTURES[source.architecture].configs, into)
 
 
 def manifest_of(source: Source) -> Manifest:

@@ -24,6 +24,7 @@ from workers.source.config_checks import check_configs
 from workers.source.configs import read_json
 from workers.source.pipelines import (
     DEFAULT_MAX_BYTES,
+    SUPPORTED_PIPELINES,
     XL_PIPELINES,
     card_license_of,
     check_pipeline,
@@ -42,6 +43,7 @@ from workers.source.controlnet import (
     root_config,
 )
 from workers.source.checkpoint import candidates, checkpoint_fields, hub_shapes, local_shapes
+from workers.source.lora import resolve_lora
 from workers.source.source import Source, source_files
 from workers.source.weights import check_weight_files, sha256_of
 
@@ -64,6 +66,8 @@ def resolve_source(
     checkpoint: str | None = None,
     config: str | None = None,
     config_revision: str | None = None,
+    loras: tuple[str, ...] = (),
+    lora_revisions: tuple[str | None, ...] = (),
 ) -> Source:
     """Resolve a local folder or a Hub repo id into a checked :class:`Source`.
 
@@ -72,7 +76,9 @@ def resolve_source(
     :func:`resolve_refiner`) adds its UNet to an SDXL base's packages.  Both are resolved here too, each at
     its ``*_revision`` when given (a job's pinned commits), else at its main branch's head.  A ControlNet
     source (:mod:`workers.source.controlnet`) needs ``base``, the SD 1.x / 2.x pipeline it is used with (its
-    configs only), and is refused when it does not fit it.  A single-file checkpoint source
+    configs only), and is refused when it does not fit it.  ``loras`` (``REF[:SCALE]`` each, see
+    :func:`workers.source.lora.resolve_lora`, each at its ``lora_revisions`` entry) are fused after the fetch.
+    A single-file checkpoint source
     (:mod:`workers.source.checkpoint`; ``checkpoint`` picks the file) is unpacked with its architecture's shipped
     configs, or with those of ``config`` (a diffusers pipeline at ``config_revision``: its configs only).
 
@@ -98,6 +104,12 @@ def resolve_source(
                                                   token=token, endpoint=endpoint, max_bytes=max_bytes)))
     if vae:
         extras.append(("vae", resolve_vae(vae, revision=vae_revision, token=token, endpoint=endpoint)))
+    if loras and found.pipeline_class not in SUPPORTED_PIPELINES:
+        raise OptionsError(f"--lora is for pipelines, and {found.id} is a {found.pipeline_class}",
+                           hint="Pass --lora with the pipeline the LoRA was trained for.")
+    for i, lora in enumerate(loras):
+        revision_i = lora_revisions[i] if i < len(lora_revisions) else None
+        extras.append((f"lora{i}", resolve_lora(lora, revision=revision_i, token=token, endpoint=endpoint)))
     return replace(found, extras=tuple(extras)) if extras else found
 
 

@@ -46,7 +46,8 @@ class Source:
     checkpoint_sha256: str | None = None
     architecture: str | None = None
     configs: str | None = None
-    unpacked: Path | None = None  # the temporary folder an unpacked checkpoint is in (removed by release)
+    lora_scale: float | None = None  # a LoRA (``--lora``): the scale it is fused at
+    unpacked: Path | None = None  # the temporary folder an unpacked or fused source is in (removed by release)
 
     @property
     def name(self) -> str:
@@ -106,6 +107,8 @@ class Source:
             canonical = ARCHITECTURES[self.architecture].canonical if self.architecture and self.configs else None
             found["checkpoint"] = {"file": self.checkpoint, "sha256": self.checkpoint_sha256,
                                    "architecture": self.architecture, "configs": canonical}
+        if self.lora_scale is not None:
+            found["scale"], found["file"] = self.lora_scale, self.weight_files["lora"][0]
         for kind, extra in self.extras:
             found[kind] = extra.provenance()
         return found

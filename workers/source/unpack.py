@@ -31,6 +31,18 @@ def shipped_configs(name: str, into: Path) -> Path:
     return into
 
 
+def recorded_tokenizers(record: dict, into: Path) -> Path:
+    """Where the tokenizer folders of the single-file source a report records (its provenance) are: its
+    ``--config``'s folder as the conversion read it, else the shipped configs' (assembled at ``into``)."""
+    config = record.get("config") or {}
+    if config.get("path") and Path(config["path"]).is_dir():
+        return Path(config["path"])
+    if not (into / "model_index.json").is_file():
+        shutil.rmtree(into, ignore_errors=True)
+        shipped_configs(ARCHITECTURES[record["checkpoint"]["architecture"]].configs, into)
+    return into
+
+
 def unpack(source: Source) -> Source:
     """The fetched checkpoint source as a checked diffusers folder source (``origin``: where the file is).
 
@@ -55,7 +67,7 @@ def unpack(source: Source) -> Source:
         pipeline_class = getattr(diffusers, architecture.pipeline_class)
         try:
             pipeline = pipeline_class.from_single_file(
-                str(file), config=str(config_dir), local_files_only=True, safety_checker=None,
+                str(file), config=str(config_dir), local_files_only=True, safety_checker=None, feature_extractor=None,
                 requires_safety_checker=False, torch_dtype=torch.float16 if half else torch.float32)
         except (ValueError, KeyError, RuntimeError, OSError) as e:
             raise SourceError(f"{source.id}: {source.checkpoint} cannot be read as an {architecture.title} "

@@ -173,3 +173,32 @@ def test_a_hub_checkpoint_is_recognised_from_its_header_and_pinned(pipelines, de
         ours, theirs = _tensors(unpacked.path), _tensors(pipelines["sdxl"])
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs) and set(ours) == set(theirs)
         assert unpacked.license == "openrail++"
+
+
+@pytest.mark.parametrize(("key", "size"), [("sd1", 512), ("sd2", 768), ("sdxl", 1024)])
+def test_a_checkpoint_with_shipped_configs_takes_their_sizes_before_it_is_fetched(key: str, size: int) -> None:
+    """What a job's submit checks --resolution against: the shipped configs' native size."""
+    from workers.convert.geometry import native_image
+    from workers.source.checkpoint import configs_of
+    from workers.source.controlnet import BASE_FILES, read_configs
+    from workers.source.source import Source
+
+    architecture = ARCHITECTURES[key]
+    source = Source(id="org/x", repo_id="org/x", sha="0" * 40, pipeline_class=architecture.pipeline_class,
+                    model_index={}, components=architecture.components, weight_files={"checkpoint": ("m.safetensors",)},
+                    weight_variant={"checkpoint": None}, checkpoint="m.safetensors", architecture=key,
+                    configs=architecture.configs)
+    unet, vae = read_configs(configs_of(source), BASE_FILES, token=None, endpoint=None)
+    assert native_image(unet, vae, source="org/x")[0] == (size, size)
+
+
+def test_a_published_checkpoint_tree_finds_its_tokenizer_in_the_configs_it_was_unpacked_with(tmp_path: Path) -> None:
+    from workers.source.unpack import recorded_tokenizers
+
+    folder = recorded_tokenizers({"checkpoint": {"architecture": "sdxl"}}, tmp_path / "configs")
+    assert (folder / "tokenizer" / "vocab.json").read_bytes() == (CONFIGS / "clip" / "vocab.json").read_bytes()
+    assert (folder / "tokenizer_2" / "merges.txt").is_file()
+    given = tmp_path / "given"
+    given.mkdir()
+    assert recorded_tokenizers({"checkpoint": {"architecture": "sd1"}, "config": {"path": str(given)}},
+                               tmp_path / "other") == given
