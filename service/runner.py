@@ -256,7 +256,8 @@ def _fetch(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | No
     from workers.validate.report import write_json
 
     store = ArtifactStore(settings.artifact_store, scratch=settings.scratch_path())
-    with fetched(_pinned(spec, settings), endpoint=settings.hub_endpoint) as source:
+    # the files checked and recorded; a checkpoint is unpacked (and LoRAs fused) where it is converted
+    with fetched(_pinned(spec, settings), endpoint=settings.hub_endpoint, prepare=False) as source:
         manifest = manifest_of(source)
     folder = store.path(spec.id, "fetch")
     folder.mkdir(parents=True, exist_ok=True)

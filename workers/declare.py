@@ -30,7 +30,8 @@ class Declared:
     surfaces: frozenset[str]  # where users set it; empty: the library's own (set by code, never typed)
     keyed: Keyed  # part of a job's dedupe key: always, only when set (not the default), or never
     flag: str | None  # the command line's flag ("--attention"); None: --the-name-with-dashes
-    cli: str  # how a command line spells it: "value", "comma" (a comma-separated list), "pair" (two numbers),
+    cli: str  # how a command line spells it: "value", "comma" (a comma-separated list), "repeat" (the flag once
+    #          per value, or comma-separated), "pair" (two numbers),
     #          "switch" (--x/--no-x... as a plain flag), "either" (--private/--public; unset: neither)
     metavar: str | None
     max_length: int | None  # longest text (or list) a request may hold

@@ -234,10 +234,10 @@ class SourceOptions(Options):
                                 help="A single-file checkpoint: unpack it with this diffusers pipeline's configs "
                                      "(Hub repo or folder) instead of its architecture's canonical ones.")
 
-    loras: tuple[str, ...] = option((), flag="--lora", cli="comma", metavar="REF[:SCALE]", max_length=MAX_LORAS,
+    loras: tuple[str, ...] = option((), flag="--lora", cli="repeat", metavar="REF[:SCALE]", max_length=MAX_LORAS,
                                     from_user=_loras,
-                                    help="Fuse these LoRAs into the weights before converting (comma-separated on a "
-                                         "command line; at most 8): a Hub repo (org/name, or org/name/FILE for one "
+                                    help="Fuse this LoRA into the weights before converting (the flag once per LoRA, "
+                                         "at most 8): a Hub repo (org/name, or org/name/FILE for one "
                                          "of its files), a folder or a file, each with its scale (default 1), in the "
                                          "kohya / A1111 or diffusers / PEFT format.")
 

@@ -44,7 +44,7 @@ class _Request(BaseModel):
 def _api_type(hint: Any, declared: Declared, default: Any) -> Any:
     """The JSON type a request gives an option in: lists of names (checked by the options), nullable when the
     default is null."""
-    if declared.cli == "comma":
+    if declared.cli in ("comma", "repeat"):
         return list[str]
     if default is None and type(None) not in typing.get_args(hint):
         return hint | None
@@ -67,7 +67,7 @@ def job_request(options_type: type[JobOptions] = JobOptions) -> type[_Request]:
         if isinstance(default, tuple):
             default = [getattr(v, "value", v) for v in default]
         extra: dict[str, Any] = {}
-        if declared.max_length is not None and declared.cli == "comma":
+        if declared.max_length is not None and declared.cli in ("comma", "repeat"):
             extra["max_length"] = declared.max_length
         elif declared.max_length is not None:
             extra["json_schema_extra"] = {"maxLength": declared.max_length}

@@ -35,6 +35,8 @@ def option_parameters(options: type, surface: str, only: tuple[str, ...] | None 
         names = [declared.flag or "--" + f.name.replace("_", "-")]
         if declared.cli == "comma":
             annotation, default = str, ",".join(getattr(v, "value", v) for v in default) if default else None
+        elif declared.cli == "repeat":  # the flag given once per value (each may be a comma-separated list too)
+            annotation, default = list[str] | None, None
         elif declared.cli == "pair":
             annotation, default = tuple[int, int], default or (0, 0)
         elif declared.cli == "either":
@@ -56,7 +58,9 @@ def typed_values(options: type, surface: str, given: dict[str, Any]) -> dict[str
         value = given[f.name]
         if declared.cli == "comma":
             value = comma_list(value) or None
-        if value is None and declared.cli == "comma":
+        elif declared.cli == "repeat":
+            value = tuple(item for given_value in value or () for item in comma_list(given_value)) or None
+        if value is None and declared.cli in ("comma", "repeat"):
             continue  # not given: the option's own default
         values[f.name] = value
     return values

@@ -57,10 +57,12 @@ class Manifest:
 
 def fetch_source(source: Source, *, local_dir: Path | None = None, cache_dir: Path | None = None,
                  token: str | None = None, endpoint: str | None = None, check_values: bool = True,
-                 manifest: Manifest | None = None, kind: str = "") -> Source:
+                 manifest: Manifest | None = None, kind: str = "", prepare: bool = True) -> Source:
     """Download a Hub source's pinned files and return it with a path (a local source comes back unchanged).
 
-    ``check_values`` scans every safetensors weight file for NaN/inf values (one read of the weights).  With
+    ``check_values`` scans every safetensors weight file for NaN/inf values (one read of the weights).  A
+    single-file checkpoint is unpacked into a diffusers folder, and LoRAs are fused, unless ``prepare`` is False
+    (a stage that only records what was fetched).  With
     ``manifest`` (what an earlier fetch of the same source got), every file is held to its recorded size, and
     a file downloaded now to its recorded sha256.  Raises SourceError when the download fails or the files
     are damaged or differ, and the Hub's errors (:mod:`workers.hub.client`).
@@ -76,9 +78,9 @@ def fetch_source(source: Source, *, local_dir: Path | None = None, cache_dir: Pa
                                        local_dir=local_dir.with_name(f"{local_dir.name}.{name}") if local_dir else None))
                    for name, extra in source.extras)
     source = replace(source, extras=extras)
-    if source.checkpoint is not None:  # a single-file checkpoint: a diffusers folder from here on
+    if prepare and source.checkpoint is not None:  # a single-file checkpoint: a diffusers folder from here on
         source = unpack(source)
-    if loras_of(source):  # LoRAs: fused into the weights before anything is converted
+    if prepare and loras_of(source):  # LoRAs: fused into the weights before anything is converted
         source = fuse(source)
     return compose(source) if any(kind in _EXTRA_FOLDERS or kind == "base" for kind, _ in extras) else source
 

@@ -3,13 +3,15 @@
 
 The pipeline is loaded in float32, each LoRA loaded as an adapter of its own (the kohya / A1111 and the diffusers
 / PEFT formats: diffusers reads both) and fused at its scale, the adapters unloaded, and the fused pipeline saved
-as safetensors in a fresh temporary folder; from there on it is a diffusers source like any other, so the
+as safetensors in a fresh temporary folder (the components no LoRA touched as hard links to the source's files);
+from there on it is a diffusers source like any other, so the
 validation reference is the pipeline with the same LoRAs fused by diffusers.  A LoRA that fits no layer of the
 model is refused naming it.  :func:`workers.source.fetch.release` removes the folder.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import replace
@@ -41,14 +43,15 @@ def fuse(source: Source) -> Source:
         pipeline = DiffusionPipeline.from_pretrained(
             source.path, dtype=torch.float32, variant=next(iter(variants)) if len(variants) == 1 else None,
             use_safetensors=source.use_safetensors, local_files_only=True)
-        for i, lora in enumerate(loras_of(source)):
-            _fuse_one(pipeline, lora, f"lora{i}", source=source.id)
-        pipeline.unload_lora_weights()
+        changed: set[str] = set()
+        for i, lora in enumerate(loras_of(source)):  # each fused and its adapter unloaded before the next
+            changed |= _fuse_one(pipeline, lora, f"lora{i}", source=source.id)
+            pipeline.unload_lora_weights()
         out = folder / "pipeline"
-        pipeline.save_pretrained(out, safe_serialization=True)
+        _link_tree(source.path, out, skip=changed)  # what no LoRA touched: the same files, not written again
+        for component in sorted(changed):
+            getattr(pipeline, component).save_pretrained(out / component, safe_serialization=True)
         del pipeline
-        if (source.path / "README.md").is_file():
-            shutil.copyfile(source.path / "README.md", out / "README.md")
         checked = resolve_local(out, source_id=source.id, need_safety_checker="safety_checker" in source.components)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -60,7 +63,22 @@ def fuse(source: Source) -> Source:
                    weight_variant=checked.weight_variant, use_safetensors=True, unpacked=folder)
 
 
-def _fuse_one(pipeline, lora: Source, name: str, *, source: str) -> None:
+def _link_tree(source: Path, out: Path, *, skip: set[str]) -> None:
+    """``source``'s files (links followed) hard-linked into ``out`` (copied across file systems), but for the
+    top-level folders in ``skip``."""
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if relative.parts[0] in skip or not path.is_file():
+            continue
+        target = out / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path.resolve(), target)
+        except OSError:
+            shutil.copyfile(path, target)
+
+
+def _fuse_one(pipeline, lora: Source, name: str, *, source: str) -> set[str]:
     assert lora.path is not None and lora.lora_scale is not None
     file = lora.path / lora.weight_files["lora"][0]
     try:
@@ -75,6 +93,7 @@ def _fuse_one(pipeline, lora: Source, name: str, *, source: str) -> None:
         raise UnsupportedModelError(f"--lora {lora.id} matches no layer of {source}'s UNet or text encoders",
                                     source=lora.id, hint="Pass a LoRA trained for this model's architecture.")
     pipeline.fuse_lora(components=fused, lora_scale=lora.lora_scale, adapter_names=[name])
+    return set(fused)
 
 
 def _adapted(model, name: str) -> bool:

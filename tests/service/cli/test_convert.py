@@ -54,12 +54,14 @@ def test_a_lora_changes_the_unet_a_package_without_it_fails_the_fused_reference(
     from workers.devtools.lora import write_lora
 
     lora = write_lora(sd1_pipeline, tmp_path / "style" / "style.safetensors", kind="kohya")
+    other = write_lora(sd1_pipeline, tmp_path / "detail" / "pytorch_lora_weights.safetensors", seed=1)
     runner = CliRunner()
-    fused = runner.invoke(app, ["convert", str(sd1_pipeline), "--lora", f"{lora}:0.8", "-o",
-                                str(tmp_path / "fused"), *COMMON])
+    fused = runner.invoke(app, ["convert", str(sd1_pipeline), "--lora", f"{lora}:0.8", "--lora", f"{other.parent}:0.3",
+                                "-o", str(tmp_path / "fused"), *COMMON])
     assert fused.exit_code == 0, fused.output
     report = read_report(tmp_path / "fused")
     assert report.source["lora0"]["scale"] == 0.8 and report.source["lora0"]["file"] == "style.safetensors"
+    assert (report.source["lora1"]["scale"], report.source["lora1"]["path"]) == (0.3, str(other.parent))
     wrong = tmp_path / "plain"
     shutil.copytree(plain, wrong)
     shutil.copy(tmp_path / "fused" / "report.json", wrong / "report.json")

@@ -70,3 +70,16 @@ def test_every_declared_option_is_on_its_commands_and_in_the_api() -> None:
     assert set(schema["properties"]) == {"repo", "revision"} | {f.name for f, _ in JobOptions.declared(JOB)}
     for f, declared in JobOptions.declared(JOB):
         assert schema["properties"][f.name]["description"] == declared.help
+
+
+def test_a_repeated_flag_collects_every_value_in_order() -> None:
+    """``--lora`` once per LoRA (each may also be a comma-separated list): all of them, in the order given, as the
+    options normalise them; the API takes the same list."""
+    from service.cli.options import typed_values
+
+    values = typed_values(JobOptions, JOB, {"loras": ["org/a:0.5", "org/b,org/c:2"]})
+    assert values == {"loras": ("org/a:0.5", "org/b", "org/c:2")}
+    assert JobOptions.from_user(namespace="me", **values).loras == ("org/a:0.5", "org/b:1", "org/c:2")
+    assert typed_values(JobOptions, JOB, {"loras": None}) == {}
+    schema = job_request().model_json_schema()["properties"]["loras"]
+    assert schema["maxItems"] == 8 and schema["items"]["type"] == "string"

@@ -129,3 +129,18 @@ def test_a_hub_lora_is_pinned_and_only_its_file_fetched(pipelines, devhub, tmp_p
     assert dict(other.extras)["lora0"].weight_files["lora"] == ("older/v1.safetensors",)
     with fetched(source, cache_dir=tmp_path / "cache", endpoint=url, token="alice-token") as fused:
         assert fused.provenance()["lora0"]["repo_id"] == "studio/style"
+
+
+def test_several_loras_are_each_fused_at_their_own_scale(pipelines, tmp_path: Path) -> None:
+    import torch
+
+    base = pipelines["sd1"]
+    first = write_lora(base, tmp_path / "a.safetensors", kind="kohya")
+    second = write_lora(base, tmp_path / "b" / "pytorch_lora_weights.safetensors", seed=1)
+    layers, others = lora_layers(base), lora_layers(base, seed=1)
+    with fetched(resolve_source(str(base), loras=(f"{first}:0.8", f"{second.parent}:-0.3"))) as fused:
+        ours, theirs = _weights(fused.path, "unet"), _weights(base, "unet")
+    for name, (a, b) in layers["unet"].items():
+        a1, b1 = others["unet"][name]
+        expected = theirs[name + ".weight"] + 0.8 * b @ a - 0.3 * b1 @ a1
+        assert torch.allclose(ours[name + ".weight"], expected, atol=1e-6), name
