@@ -204,3 +204,29 @@ def test_a_new_commit_to_a_watched_vae_is_a_new_job_pinned_to_that_commit(world,
     api.delete_repo("studio/tiny-vae")
     assert [r.detail for r in sweep(now=NIGHT, settings=world["settings"])] == [
         "--vae studio/tiny-vae is not found: deleted, renamed or made private"]
+
+
+def test_a_new_commit_to_a_watched_lora_is_a_new_job_pinned_to_that_commit(world, tmp_path: Path) -> None:
+    from service.watch import remove_watch
+    from workers.devtools.lora import write_lora
+
+    api = world["api"]
+    api.create_repo("studio/style")
+    write_lora(build_tiny_pipeline(tmp_path / "base", seed=9), tmp_path / "style" / "pytorch_lora_weights.safetensors")
+    api.upload_folder(repo_id="studio/style", folder_path=str(tmp_path / "style"))
+    first = api.model_info("studio/style").sha
+    options = JobOptions.from_user(namespace="studio", packages_only=True, loras=["studio/style:0.5"])
+    with session_scope(world["db"]) as session:
+        remove_watch(session, "studio/tiny-sd")
+        add_watch(session, repo_id="studio/tiny-sd", options=options)
+    assert [r.outcome for r in sweep(now=NIGHT, settings=world["settings"])] == ["submitted"]
+    assert [r.outcome for r in sweep(now=NIGHT, settings=world["settings"])] == ["unchanged"]
+    api.upload_file(repo_id="studio/style", path_or_fileobj=b"v2", path_in_repo="NOTES.md")
+    second = api.model_info("studio/style").sha
+    assert [r.outcome for r in sweep(now=NIGHT, settings=world["settings"])] == ["submitted"]
+    with session_scope(world["db"]) as session:
+        recorded = [(j.options["loras"], j.options["lora_shas"]) for j in reversed(list_jobs(session))]
+    assert recorded == [(["studio/style:0.5"], [first]), (["studio/style:0.5"], [second])]
+    api.delete_repo("studio/style")
+    assert [r.detail for r in sweep(now=NIGHT, settings=world["settings"])] == [
+        "--lora studio/style is not found: deleted, renamed or made private"]
