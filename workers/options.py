@@ -27,7 +27,8 @@ from typing import Any
 from workers.components import COMPONENTS, depends_on_attention
 from workers.declare import CONVERT, JOB, Options, field_default, internal, option
 from workers.errors import OptionsError
-from workers.source.lora import MAX_LORAS, hub_parts, lora_text, parse_lora
+from workers.source.lora import MAX_LORAS, hub_parts, parse_lora
+from workers.source.provenance import lora_text
 from workers.names import (
     MAX_NAMESPACE,
     MAX_REPO_ID,

@@ -81,6 +81,7 @@ def validate(
     from service.errors import ValidationError
     from service.settings import get_settings
     from workers.source.fetch import fetched
+    from workers.source.provenance import recorded_loras, recorded_ref
     from workers.source.resolve import resolve_source
     from workers.validate.output import read_report, verify_output
 
@@ -90,9 +91,8 @@ def validate(
     extras: dict = {kind: recorded[kind].get("repo_id") or recorded[kind].get("path")
                     for kind in ("vae", "refiner", "base", "config") if isinstance(recorded.get(kind), dict)}
     extras["checkpoint"] = (recorded.get("checkpoint") or {}).get("file")
-    loras = [recorded[k] for k in sorted((k for k in recorded if k.startswith("lora")), key=lambda k: int(k[4:]))]
-    extras["loras"] = tuple(f"{lora['repo_id'] + '/' + lora['file'] if lora.get('repo_id') else Path(lora['path']) / lora['file']}"
-                            f":{lora['scale']:g}" for lora in loras)
+    loras = recorded_loras(recorded)
+    extras["loras"] = tuple(recorded_ref(lora) for lora in loras)
     extras["lora_revisions"] = tuple(lora.get("sha") for lora in loras)
     printer = EventPrinter()
     try:

@@ -17,6 +17,7 @@ from datetime import date
 import yaml
 
 from workers.package.card_controlnet import controlled_unet_section, controlnet_sections, residual_rows
+from workers.source.provenance import recorded_loras
 from workers.package.sanitize import sanitize_markdown
 from workers.names import COMPILED_NAMES, compiled_file_name, package_file_name, variant_layout, variant_size
 from workers.validate.report import Check, PackageResult, Report, precision_bits
@@ -291,8 +292,7 @@ def _extra_sources(source: dict) -> list[str]:
         if extra:
             label = f"[{extra['repo_id']}](/{extra['repo_id']})" if extra.get("repo_id") else f"`{extra['id']}`"
             lines.append(f"- {text}: {label}" + (f" at commit `{extra['sha']}`" if extra.get("sha") else ""))
-    loras = [source[k] for k in sorted((k for k in source if k.startswith("lora")), key=lambda k: int(k[4:] or 0))]
-    for lora in loras:
+    for lora in recorded_loras(source):
         label = f"[{lora['repo_id']}](/{lora['repo_id']})" if lora.get("repo_id") else f"`{lora['id']}`"
         lines.append(f"- LoRA fused into the weights at scale {lora['scale']:g}: {label}, `{lora['file']}`"
                      + (f" at commit `{lora['sha']}`" if lora.get("sha") else ""))

@@ -189,11 +189,11 @@ def configs_of(source):
 
 
 def checkpoint_fields(source: str, files: list[str], *, wanted: str | None, allow_pickle: bool, shapes_of,
-                      sha256: str | None, config=None, read_config=None) -> dict:
+                      config=None, read_config=None) -> dict:
     """The :class:`~workers.source.source.Source` fields of a single-file source: the checkpoint chosen from
     ``files``, its architecture recognised from ``shapes_of(file)`` (name -> shape), checked against the configs it
     will be unpacked with (``config``, the ``--config`` pipeline resolved, whose JSON files ``read_config(names)``
-    reads; else the shipped ones of its architecture)."""
+    reads; else the shipped ones of its architecture).  The caller adds the file's sha256."""
     import json
 
     file = choose(files, wanted, source=source, allow_pickle=allow_pickle)
@@ -217,5 +217,5 @@ def checkpoint_fields(source: str, files: list[str], *, wanted: str | None, allo
                       configs=label)
     return dict(pipeline_class=architecture.pipeline_class, model_index=index, components=architecture.components,
                 weight_files={"checkpoint": (file,)}, weight_variant={"checkpoint": None},
-                use_safetensors=file.endswith(".safetensors"), checkpoint=file, checkpoint_sha256=sha256,
-                architecture=architecture.key, configs=configs)
+                use_safetensors=file.endswith(".safetensors"), checkpoint=file, architecture=architecture.key,
+                configs=configs)

@@ -173,7 +173,7 @@ def compose(source: Source) -> Source:
     weight_files, variants = dict(source.weight_files), dict(source.weight_variant)
     components = list(source.components)
     for kind, extra in source.extras:
-        if kind not in _EXTRA_FOLDERS:  # the configs a checkpoint was unpacked with
+        if kind not in _EXTRA_FOLDERS:  # --config and --lora sources: already unpacked with, or fused
             continue
         assert extra.path is not None and extra.subfolder is not None
         name, (component,) = _EXTRA_FOLDERS[kind], extra.weight_files

@@ -41,11 +41,6 @@ def parse_lora(value: str) -> tuple[str, float]:
     return ref, scale
 
 
-def lora_text(ref: str, scale: float) -> str:
-    """The normalised ``REF:SCALE`` a job stores (equal requests key equal)."""
-    return f"{ref}:{scale:g}"
-
-
 def hub_parts(ref: str) -> tuple[str, str | None] | None:
     """A Hub reference's repo id and the file in it (None: the repo's only LoRA), or None if it is not one."""
     parts = ref.split("/")

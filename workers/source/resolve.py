@@ -175,16 +175,13 @@ def resolve_local(path: Path, *, source_id: str | None = None, allow_pickle: boo
 def _local_checkpoint(folder: Path, files: list[str], wanted: str | None, *, name: str, license_: str | None,
                       repo_id: str | None, allow_pickle: bool, config: Source | None, token: str | None,
                       endpoint: str | None) -> Source:
-    chosen: list[Path] = []
-
     def shapes_of(file: str) -> dict:
-        chosen.append(folder / file)
         check_weight_files(folder, [file], source=str(folder / file))
         return local_shapes(folder / file, source=str(folder))
 
     fields = checkpoint_fields(str(folder), files, wanted=wanted, allow_pickle=allow_pickle, shapes_of=shapes_of,
-                               sha256=None, config=config, read_config=_config_reader(config, token, endpoint))
-    fields["checkpoint_sha256"] = sha256_of(chosen[0])
+                               config=config, read_config=_config_reader(config, token, endpoint))
+    fields["checkpoint_sha256"] = sha256_of(folder / fields["checkpoint"])
     return Source(id=name, license=license_, path=folder, repo_id=repo_id, **fields)
 
 
@@ -212,7 +209,6 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
                 need_safety_checker: bool = True, max_bytes: int = DEFAULT_MAX_BYTES,
                 checkpoint: str | None = None, config: Source | None = None) -> Source:
     """Ask the Hub about a repo, pin the revision to a commit sha and check the file list."""
-    configs = config
     from huggingface_hub import HfApi, hf_hub_download
 
     api = HfApi(endpoint=endpoint, token=token)
@@ -223,16 +219,16 @@ def resolve_hub(repo_id: str, *, revision: str | None = None, allow_pickle: bool
         card = info.card_data
         license_ = license_id(card.get("license")) if card is not None else None
         if "model_index.json" not in files:
-            config = read_json(Path(hf_hub_download(repo_id, "config.json", revision=info.sha, token=token,
-                                                    endpoint=endpoint)), label="config.json", source=repo_id) \
+            root = read_json(Path(hf_hub_download(repo_id, "config.json", revision=info.sha, token=token,
+                                                  endpoint=endpoint)), label="config.json", source=repo_id) \
                 if "config.json" in files else None
-            if is_controlnet(config):
-                return controlnet_source(repo_id, config, files, allow_pickle=allow_pickle, id=repo_id,
+            if is_controlnet(root):
+                return controlnet_source(repo_id, root, files, allow_pickle=allow_pickle, id=repo_id,
                                          repo_id=repo_id, revision=revision or "main", sha=info.sha,
                                          private=bool(info.private), license=license_).pinned(sizes)
             if candidates(files):
                 return _hub_checkpoint(repo_id, info, files, sizes, checkpoint, license_=license_,
-                                       revision=revision, allow_pickle=allow_pickle, config=configs,
+                                       revision=revision, allow_pickle=allow_pickle, config=config,
                                        token=token, endpoint=endpoint, max_bytes=max_bytes)
             raise_not_diffusers(repo_id, files)
         index_path = hf_hub_download(repo_id, "model_index.json", revision=info.sha, token=token,
@@ -258,7 +254,7 @@ def _hub_checkpoint(repo_id: str, info, files: list[str], sizes: dict[str, int],
         return hub_shapes(repo_id, file, sha=info.sha, token=token, endpoint=endpoint)
 
     fields = checkpoint_fields(repo_id, files, wanted=wanted, allow_pickle=allow_pickle, shapes_of=shapes_of,
-                               sha256=None, config=config, read_config=_config_reader(config, token, endpoint))
+                               config=config, read_config=_config_reader(config, token, endpoint))
     lfs = next((s.lfs for s in info.siblings or [] if s.rfilename == fields["checkpoint"]), None)
     fields["checkpoint_sha256"] = (lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None))
     return Source(id=repo_id, repo_id=repo_id, revision=revision or "main", sha=info.sha, license=license_,
