@@ -59,7 +59,7 @@ def test_demo_serves_the_status_page_until_ctrl_c_and_removes_its_folder(tmp_pat
         assert "Job 1 (succeeded) dev/tiny-sd@" in stdout
         for stage in ("fetch", "convert shared", "convert unet-original", "merge", "package", "publish"):
             assert f" {stage} done\n" in stdout
-        assert re.search(r"progress convert unet-original: 6/6 steps \(100%\)", "".join(err))
+        assert re.search(r"progress convert unet-original: 7/7 steps \(100%\)", "".join(err))
         repos = _published(stdout)
         assert repos == ["dev/coreml-tiny-sd", "dev/coreml-tiny-sd-palettized"]
         hub = re.search(r"Dev Hub at (http://127\.0\.0\.1:\d+)", stdout)[1]

@@ -147,6 +147,7 @@ def test_a_local_job_records_progress_that_reaches_one_and_is_shown_while_follow
     for output in (submitted[1], followed[1]):
         assert line.search(output), output[-3000:]
         assert "progress convert shared: 16/16 steps (100%)" in output
-        assert "progress convert unet-split_einsum_v2: 4/4 steps (100%)" in output
+        # the UNet: load, reference, load again in float16 (memory-lean), convert, validate
+        assert "progress convert unet-split_einsum_v2: 5/5 steps (100%)" in output
     assert "convert shared done" in followed[0] and "publish done" in followed[0]
 

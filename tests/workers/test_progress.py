@@ -109,11 +109,12 @@ def test_convert_pipeline_progress_is_monotonic_and_reaches_the_plan(sd2_pipelin
     convert_pipeline(resolve_source(str(sd2_pipeline)), tmp_path / "out", options, on_event=events.append)
     progress = [e.progress for e in events]
     assert all(p is not None for p in progress)
-    # text encoder: load, reference, convert, validate, palettize, validate; UNet: the same and chunk, validate
-    assert {p.total for p in progress} == {14}
+    # text encoder: load, reference, convert, validate, palettize, validate; UNet: the same, a load in float16
+    # (memory-lean) and chunk, validate
+    assert {p.total for p in progress} == {15}
     done = [p.done for p in progress]
-    assert done == sorted(done) and done[-1] == 14 and progress[-1].fraction == 1.0
-    assert sum(1 for e in events if e.status == "done" and e.stage != "execute") == 14
+    assert done == sorted(done) and done[-1] == 15 and progress[-1].fraction == 1.0
+    assert sum(1 for e in events if e.status == "done" and e.stage != "execute") == 15
     assert progress[-1].model.startswith("SD ") and progress[-1].model.endswith(" MB")
     counters = [(e.stage, e.component, e.progress.counter) for e in events if e.status == "progress"]
     labels = {(stage, counter.label) for stage, _, counter in counters}

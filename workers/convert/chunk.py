@@ -6,8 +6,9 @@ The Swift ``Unet(chunksAt:)`` feeds chunk 1 the UNet's inputs, feeds chunk 2 chu
 with those same inputs (by feature name), and reads chunk 2's first output.
 
 The cut follows Apple's ``chunk_mlprogram`` rule: walking the program in order, an operation that is not
-a constant, has one output and one consumer, where the weights declared so far reach half of all the
-weights (of such operations, the one closest to half).  Every value computed before the cut and used after
+a constant, has one output and one consumer, where the weights used so far reach half of all the weights
+(of such operations, the one closest to half; Apple counts them where they are declared, which is where they
+are used in a program converted the usual way).  Every value computed before the cut and used after
 it leaves chunk 1 as float32 (cast from float16: exact) and enters chunk 2 as an input of the same name,
 cast back; chunk 2 keeps the UNet inputs it still uses and its single output ``noise_pred``.  A constant
 used on both sides is in both chunks.  Nothing here converts the model again: both chunks are cut from the
@@ -41,11 +42,21 @@ def _weight_bytes(op) -> int:
 
 
 def split_index(operations: list) -> int:
-    """Index of the operation after which the program is cut (Apple's rule, closest to half the weights)."""
-    total = sum(_weight_bytes(op) for op in operations)
+    """Index of the operation after which the program is cut (Apple's rule, closest to half the weights).
+
+    A constant's weights count where it is first used: a memory-lean conversion's program declares every
+    constant at its start (``workers.convert.lean``), where declaration order would put the cut at the top."""
+    position = {id(op): i for i, op in enumerate(operations)}
+    used_at = [0] * len(operations)
+    for i, op in enumerate(operations):
+        size = _weight_bytes(op)
+        if size:
+            first = min((position.get(id(child), i) for child in op.outputs[0].child_ops), default=i)
+            used_at[first] += size
+    total = sum(used_at)
     best, best_gap, seen = None, None, 0
     for i, op in enumerate(operations[:-1]):
-        seen += _weight_bytes(op)
+        seen += used_at[i]
         if op.op_type.startswith("const") or len(op.outputs) != 1 or len(op.outputs[0].child_ops) != 1:
             continue
         gap = abs(seen - total / 2)

@@ -16,7 +16,7 @@ from workers.errors import ConversionError
 from workers.execute.executor import execute_program
 from workers.convert.geometry import read_geometry
 from workers.names import Attention
-from workers.convert.lean import LEAN_ABOVE_BYTES, assign_weights, float16_graph, float32_bytes, meta_tracing, trace_on_meta
+from workers.convert.lean import assign_weights, float16_graph, meta_tracing, trace_on_meta
 from workers.validate.readback import read_package
 from workers.convert.specs import spec_for
 
@@ -104,11 +104,3 @@ def test_a_trace_without_weights_is_refused(sdxl_pipeline: Path) -> None:
     del half.unet.conv_in.bias  # a tensor the weights do not have
     with pytest.raises(ConversionError, match="differ from the weights'.*conv_in.bias"):
         assign_weights(traced, half, "unet")
-
-
-def test_only_large_weights_convert_lean(sdxl_pipeline: Path) -> None:
-    size = float32_bytes(sdxl_pipeline / "unet", None, source="tests")
-    assert 0 < size < LEAN_ABOVE_BYTES
-    parameters = sum(p.numel() for p in spec_for("unet", read_geometry(sdxl_pipeline)).load(
-        sdxl_pipeline, {}, True)["unet"].parameters())
-    assert size == 4 * parameters
