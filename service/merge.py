@@ -3,6 +3,7 @@ different workers, combined into the one output tree the packaging and publishin
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,23 @@ from workers.package.files import link_package
 from workers.errors import OutputError
 from workers.names import CHECK_DATA_DIR, sort_attentions
 from workers.validate.report import Report
+
+
+def _recipes_in(path: Path) -> dict:
+    return json.loads(path.read_text())["recipes"]
+
+
+def _merge_recipe(merged: Report, component: str, recipe: dict, part: Path, out: Path) -> None:
+    """A part's mixed-bit recipe and its file, taken once; each layout's part analyses its own UNet, and two
+    that chose different widths cannot ship as one repo."""
+    if component in merged.recipes:
+        if _recipes_in(part / recipe["file"]) != _recipes_in(out / merged.recipes[component]["file"]):
+            raise OutputError(f"the parts' mixed-bit recipes for {component} differ",
+                              hint="Convert the job again (its parts on one host analyse alike).")
+        return
+    merged.recipes[component] = recipe
+    (out / recipe["file"]).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(part / recipe["file"], out / recipe["file"])
 
 
 def merge_outputs(parts: list[Path], out: Path) -> Report:
@@ -40,6 +58,8 @@ def merge_outputs(parts: list[Path], out: Path) -> Report:
             (out / CHECK_DATA_DIR).mkdir(exist_ok=True)
             shutil.copy2(data, out / CHECK_DATA_DIR / data.name)
         merged.timings.update({f"{part.name}/{k}": v for k, v in report.timings.items()})
+        for component, recipe in report.recipes.items():
+            _merge_recipe(merged, component, recipe, part, out)
         attentions += [a for a in report.attentions if a not in attentions]
     merged.options.update(attentions=list(sort_attentions(attentions)), components=None,
                           **{flag: any(r.options.get(flag) for r in reports) for flag in ("chunk_unet", "chunks_only", "controlled_unet")})

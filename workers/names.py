@@ -121,6 +121,11 @@ def repo_names(source_name: str) -> tuple[str, str]:
     return base, f"{base}-palettized"
 
 
+def mixed_repo_name(source_name: str) -> str:
+    """The mixed-bit repo's name for a source: ``coreml-<name>-mixed-bit``."""
+    return f"{repo_names(source_name)[0]}-mixed-bit"
+
+
 def packages_dir(out: Path, repo_name: str, variant: Attention | str) -> Path:
     """``OUT/<repo-name>/<variant>/packages`` (a variant: a layout, or ``<layout>/<W>x<H>``, :func:`variant_name`)."""
     return out / repo_name / (variant.value if isinstance(variant, Attention) else variant) / "packages"

@@ -50,6 +50,17 @@ def _empty_to_none(value: Any) -> Any:
     return value or None
 
 
+def _bits(value: Any) -> Any:
+    """``--bits`` as users give it: a width (a number, or its text), 0 or nothing for none, or a mixed-bit target
+    (``mixed:4.5``, ``mixed:psnr=40``, kept as text and checked with the other options)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return int(text) or None
+        return text or None
+    return value or None
+
+
 def _pair(value: Any) -> tuple[int, int] | None:
     return tuple(value) if value is not None and any(value) else None
 
@@ -111,8 +122,11 @@ class ConvertOptions(Options):
         DEFAULT_ATTENTIONS, flag="--attention", cli="comma", keyed="always", max_length=8,
         help="Attention layouts (comma-separated on a command line): original (Mac GPU), split_einsum_v2 (Neural Engine), "
              "split_einsum (Neural Engine, the layout older apps ask for).")
-    bits: int | None = option(DEFAULT_BITS, keyed="always", from_user=_empty_to_none,
-                              help="Palettization bits: 1, 2, 4, 6 or 8; 0 (or null) for float16 packages only.")
+    bits: int | str | None = option(
+        DEFAULT_BITS, keyed="always", from_user=_bits, max_length=24,
+        help="Palettization bits: 1, 2, 4, 6 or 8; mixed:4.5 (each layer its own width, 4.5 bits per weight on "
+             "average) or mixed:psnr=40 (the smallest such recipe predicted to reach 40 dB), into a -mixed-bit "
+             "repo; 0 (or null) for float16 packages only.")
     group_size: int = option(0, surfaces={CONVERT},
                              help="One palette per this many output channels (palettized packages then need "
                                   "iOS18/macOS15); 0: one per tensor, as Apple's.")
@@ -146,8 +160,11 @@ class ConvertOptions(Options):
     seed: int = internal(0, keyed="set", help="Seed of the trace and check inputs")
     bars: ValidationBars = internal(ValidationBars(), load=ValidationBars.from_dict,
                                     help="The validation bars (the service's settings)")
+    # Apple's PALETTIZE_MIN_SIZE (workers.compress.sensitivity.MIN_WEIGHTS); tiny test models set it lower
+    mixed_min_weights: int = internal(100_000, help="Layers of at most this many weights stay float16 in a "
+                                                    "mixed-bit recipe")
     lean: bool | None = internal(None, help="Memory-lean UNet conversion (workers.convert.lean); None: when its "
-                                            "float32 weights are that large")
+                                            "weights are safetensors; False: the float32 path")
 
     def __post_init__(self) -> None:
         self._check_conversion()
@@ -163,10 +180,19 @@ class ConvertOptions(Options):
                                hint=f"Use {', '.join(a.value for a in Attention)}.")
         object.__setattr__(self, "attentions", tuple(sorted(set(layouts), key=_layout_order)))
         self.target(palettized=False)
+        object.__setattr__(self, "bits", _bits(self.bits))
+        if isinstance(self.bits, str):
+            from workers.compress.recipe import parse_target
+
+            object.__setattr__(self, "bits", parse_target(self.bits).label)  # one spelling per target
+            if self.group_size:
+                raise OptionsError("--group-size is not supported with a mixed-bit --bits",
+                                   hint="Drop --group-size: mixed-bit recipes use one palette per tensor.")
         if self.bits is not None:
             from workers.compress.palettize import check_bits  # numpy: loaded only when options are made
 
-            check_bits(self.bits, self.target(palettized=True), self.group_size)
+            # a mixed-bit recipe's widths run where 6 bits do (iOS 17 / macOS 14 and up)
+            check_bits(self.uniform_bits or 6, self.target(palettized=True), self.group_size)
         elif self.group_size:
             raise OptionsError("--group-size needs palettized packages, and --bits 0 makes none",
                                hint="Pass --bits 6 (or another width), or drop --group-size.")
@@ -191,6 +217,20 @@ class ConvertOptions(Options):
         if self.unet_batch_one or self.batch_size == 1:  # one choice, two spellings: both say it
             object.__setattr__(self, "batch_size", 1)
             object.__setattr__(self, "unet_batch_one", True)
+
+    @property
+    def uniform_bits(self) -> int | None:
+        """The one width every palettized weight gets; None for float16 only or a mixed-bit target."""
+        return self.bits if isinstance(self.bits, int) else None
+
+    @property
+    def mixed(self):
+        """The mixed-bit target (:class:`workers.compress.recipe.Target`), or None."""
+        if not isinstance(self.bits, str):
+            return None
+        from workers.compress.recipe import parse_target
+
+        return parse_target(self.bits)
 
     def target(self, *, palettized: bool, xl: bool = False) -> str:
         """The deployment target of float16 or palettized packages (of an SDXL pipeline with ``xl``);

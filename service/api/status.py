@@ -70,7 +70,8 @@ def _options(options: dict | None) -> str:
     options = options or {}
     words = [", ".join(options.get("attentions") or [])]
     bits = options.get("bits")
-    words.append("float16 only" if not bits else f"float16 + {bits}-bit")
+    words.append("float16 only" if not bits else f"float16 + {bits}" if isinstance(bits, str) else
+                 f"float16 + {bits}-bit")
     for name, label in (("packages_only", "packages only"), ("chunk_unet", "UNet chunks"),
                         ("chunks_only", "chunks only")):
         if options.get(name):

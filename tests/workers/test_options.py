@@ -81,3 +81,18 @@ def test_a_batch_one_unet_is_one_choice_with_two_spellings() -> None:
         ConvertOptions(batch_size=3, unet_batch_one=True)
     with pytest.raises(OptionsError, match="--batch-size must be 1 or 2, not 0"):
         ConvertOptions(batch_size=0)
+
+
+def test_bits_take_a_width_or_a_mixed_bit_target_spelled_one_way() -> None:
+    # what a command line or a form sends is text: widths become numbers, targets keep one spelling
+    assert ConvertOptions.from_user(bits="4").bits == 4 and ConvertOptions.from_user(bits="0").bits is None
+    mixed = JobOptions.from_user(namespace="org", bits=" mixed:4.50 ")
+    assert mixed.bits == "mixed:4.5" and mixed.uniform_bits is None and mixed.mixed.bits == 4.5
+    assert '"bits":"mixed:4.5"' in mixed.key() and JobOptions.from_dict(mixed.stored()) == mixed
+    assert ConvertOptions(bits="mixed:psnr=40").mixed.psnr == 40.0
+    assert ConvertOptions(bits=6).mixed is None and ConvertOptions(bits=6).uniform_bits == 6
+    for bad, message in (("mixed:12", "between 2 and 8"), ("six", "neither a palettization width nor a mixed-bit")):
+        with pytest.raises(OptionsError, match=message):
+            ConvertOptions.from_user(bits=bad)
+    with pytest.raises(OptionsError, match="--group-size is not supported with a mixed-bit"):
+        ConvertOptions(bits="mixed:4.5", group_size=32, deployment_target="iOS18")

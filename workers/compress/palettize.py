@@ -83,8 +83,12 @@ def histogram_kmeans(weight: np.ndarray, nbits: int) -> tuple[np.ndarray, np.nda
 
 
 def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str = "",
-                      threshold: int = WEIGHT_THRESHOLD, group_size: int = 0, target: str | None = None):
+                      threshold: int = WEIGHT_THRESHOLD, group_size: int = 0, target: str | None = None,
+                      widths: dict[str, int] | None = None):
     """Palettize every weight of a saved float16 package to ``bits`` bits (optimal 1-D k-means).
+
+    With ``widths`` (a mixed-bit recipe: constant name, suffixes stripped, to its width; 16 or absent: it stays
+    float16) each named weight gets its own width instead, through the same palettizer, and ``bits`` is unused.
 
     One palette per tensor (Apple's format), or with ``group_size`` one per that many output channels
     (iOS 18 / macOS 15; a tensor whose channel count it does not divide keeps one palette per tensor).
@@ -99,8 +103,8 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
     from workers.validate.readback import file_blobs, load_program, nonfinite_constants, unpalettized_weights
     from workers.convert.targets import retarget
 
-    def palettizer(granularity: str) -> OpPalettizerConfig:
-        return OpPalettizerConfig(mode="custom", lut_function=partial(histogram_kmeans, nbits=bits),
+    def palettizer(granularity: str, nbits: int = bits) -> OpPalettizerConfig:
+        return OpPalettizerConfig(mode="custom", lut_function=partial(histogram_kmeans, nbits=nbits),
                                   weight_threshold=threshold, granularity=granularity, group_size=group_size or 32)
 
     def scan(model, find) -> list[str]:
@@ -111,11 +115,18 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
     model = ct.models.MLModel(str(package), skip_model_load=True)
     if target and group_size:
         model = retarget(model, target, component=component)
-    config = OptimizationConfig(
-        global_config=palettizer("per_grouped_channel" if group_size else "per_tensor"),
-        op_type_configs={"gather": None},  # embedding tables stay float16, as Apple's are
-        op_name_configs={name: None for name in scan(model, nonfinite_constants)},
-    )
+    if widths is not None:
+        from workers.validate.readback import constant_names
+
+        config = OptimizationConfig(op_name_configs={
+            name: palettizer("per_tensor", widths[key])
+            for key, name in scan(model, constant_names) if widths.get(key, 16) < 16})
+    else:
+        config = OptimizationConfig(
+            global_config=palettizer("per_grouped_channel" if group_size else "per_tensor"),
+            op_type_configs={"gather": None},  # embedding tables stay float16, as Apple's are
+            op_name_configs={name: None for name in scan(model, nonfinite_constants)},
+        )
     try:
         with file_blobs():  # coremltools reloads the program here: its weights read without mapping the file
             model = palettize_weights(model, config)

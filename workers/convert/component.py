@@ -23,6 +23,7 @@ from workers.compress.palettize import palettize_package
 from workers.memory import release_memory
 from workers.names import Attention, check_data_name, variant_layout
 from workers.package.files import link_package, package_size, share_weights
+from workers.validate.checks import run_module
 from workers.validate.compiled import save_check_data
 from workers.validate.report import PackageResult, precision_label
 from workers.validate.sequence import ComponentChecks
@@ -41,6 +42,8 @@ def convert_component(run: Run, spec: ComponentSpec) -> None:
         # kept beside the output: a macOS worker checks the compiled models with the same inputs
         save_check_data(run.out, check_data_name(spec.name, run.variant(layouts[0])), checks.io.check, checks.io.inputs, checks.io.reference, checks.compared)
         exports = checks.check_layouts(modules, layouts, keep=not lean, per_sample=lean)
+    if options.mixed is not None and spec.palettize and spec.name not in run.recipes:
+        _analysed(run, spec, checks, modules)  # while the float32 weights are loaded
     meta = None
     if lean:  # the float32 weights go; the conversion reads them again as float16, without a float32 trace
         del modules
@@ -56,7 +59,7 @@ def convert_component(run: Run, spec: ComponentSpec) -> None:
             _chunks(run, spec, checks, attention, result)
     for attention, result in results.items():
         if result.status == "passed" and options.bits is not None:
-            _palettized(run, spec, checks, attention, result, exports[attention])
+            _palettized(run, spec, checks, attention, result, exports[attention], modules)
     if spec.name in CHUNKED and options.chunks_only:  # the palettized UNets are made: the chunks replace it
         for result in results.values():
             chunked = all(p.status == "passed" for p in run.report.packages
@@ -64,6 +67,30 @@ def convert_component(run: Run, spec: ComponentSpec) -> None:
             if result.status == "passed" and chunked:
                 shutil.rmtree(run.out / result.path, ignore_errors=True)
                 run.report.packages.remove(result)
+
+
+def _analysed(run: Run, spec: ComponentSpec, checks: ComponentChecks, modules: dict) -> None:
+    """The mixed-bit recipe of one component (:mod:`workers.compress.mixed`), analysed on its float32 module and
+    written to the mixed-bit repo's ``recipes/``; every size and layout uses it."""
+    from workers.compress.mixed import analyse_component, save_recipe
+
+    names = [t.name for t in checks.io.outputs]
+    # two timesteps: the first sample of the check inputs and of the trace inputs, as one batch
+    inputs = {k: torch.cat([v[:1], checks.io.trace[k][:1]]) if v.ndim else v for k, v in checks.io.check.items()}
+    reference = spec.reference(modules)
+
+    def forward() -> torch.Tensor:  # every output (a ControlNet's residuals), flattened into one
+        # an SDXL UNet's attention holds gigabytes per sample: one at a time
+        outputs = run_module(reference, inputs, names, per_sample=run.geometry.xl)
+        return torch.cat([torch.from_numpy(outputs[name]).reshape(-1) for name in names])
+
+    with run.stage("analyse", spec.name, run.size_label):
+        recipe = analyse_component(spec.name, reference, forward, run.options.mixed, seed=run.options.seed,
+                                   min_weights=run.options.mixed_min_weights)
+        if recipe is not None:
+            file = save_recipe(run.out / run.palettized_repo, run.source.id, recipe, run.source.sha)
+            run.report.recipes[spec.name] = recipe.summary(run.rel(file))
+    run.recipes[spec.name] = recipe  # None: no layer large enough, the component ships float16
 
 
 def _converted(run: Run, spec: ComponentSpec, checks: ComponentChecks, attention: Attention, export,
@@ -91,12 +118,13 @@ def _converted(run: Run, spec: ComponentSpec, checks: ComponentChecks, attention
 
 
 def _validated(run: Run, spec: ComponentSpec, checks: ComponentChecks, result: PackageResult, export, *,
-               bits: int | None) -> None:
-    """Every check of one saved package (float16, or palettized to ``bits``), then recorded."""
+               bits: int | float | None, widths: dict[str, int] | None = None) -> None:
+    """Every check of one saved package (float16, or palettized to ``bits``; a mixed-bit one to ``widths`` per
+    constant, ``bits`` their average), then recorded."""
     path, attention = run.out / result.path, variant_layout(result.variant)
     label = run.label(spec, attention)
     with run.stage("validate", spec.name, label, result.precision):
-        result.checks += checks.check_package(path, export, attention.value, bits=bits,
+        result.checks += checks.check_package(path, export, attention.value, bits=bits, widths=widths,
                                               stage=lambda name: run.stage(name, spec.name, label, result.precision))
     _record(run, result, path, spec)
 
@@ -138,29 +166,35 @@ def _chunks(run: Run, spec: ComponentSpec, checks: ComponentChecks, attention: A
 
 
 def _palettized(run: Run, spec: ComponentSpec, checks: ComponentChecks, attention: Attention,
-                float16: PackageResult, export) -> None:
-    """The palettized repo's package for one float16 package: palettized, or a float16 copy (VAE)."""
+                float16: PackageResult, export, modules: dict) -> None:
+    """The palettized repo's package for one float16 package: palettized (uniformly, or to the component's
+    mixed-bit recipe: ``modules`` are what ``export`` was built from), or a float16 copy (VAE)."""
     path = run.package_path(run.palettized_repo, attention, spec.name)
-    if not spec.palettize:  # Apple keeps these float16 in palettized repos
+    mixed = run.options.mixed is not None
+    if not spec.palettize or (mixed and run.recipes.get(spec.name) is None):
+        # Apple keeps these float16 in palettized repos; so is a component a mixed-bit recipe found nothing in
         link_package(run.out / float16.path, path)
         copy = PackageResult(run.palettized_repo, run.variant(attention), spec.name, float16.precision, run.rel(path),
                              float16.size_bytes, 0.0, float16.path, float16.target, list(float16.checks))
         _record(run, copy, path, spec)
         return
     label = run.label(spec, attention)
-    precision = precision_label(run.options.bits, run.options.group_size)
+    recipe = run.recipes.get(spec.name) if mixed else None
+    widths = None if recipe is None else recipe.constant_widths(checks.accountings[float16.variant],
+                                                                           spec.reference(modules), export)
+    precision = recipe.precision if recipe else precision_label(run.options.bits, run.options.group_size)
     result = PackageResult(run.palettized_repo, run.variant(attention), spec.name, precision, run.rel(path),
                            target=run.target(palettized=True))
     started = time.perf_counter()
     with run.stage("palettize", spec.name, label, precision):
-        model = palettize_package(run.out / float16.path, bits=run.options.bits, component=spec.name,
-                                  group_size=run.options.group_size, target=result.target)
+        model = palettize_package(run.out / float16.path, bits=run.options.uniform_bits or 6, component=spec.name,
+                                  group_size=run.options.group_size, target=result.target, widths=widths)
         apply_metadata(model, run.metadata(spec, attention if spec.depends_on_attention else None, precision),
                        checks.io.inputs, checks.io.outputs)
         save_package(model, path)
         del model
     result.seconds = time.perf_counter() - started
-    _validated(run, spec, checks, result, export, bits=run.options.bits)
+    _validated(run, spec, checks, result, export, bits=recipe.average if recipe else run.options.bits, widths=widths)
 
 
 def _record(run: Run, result: PackageResult, path: Path, spec: ComponentSpec) -> None:

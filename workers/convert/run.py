@@ -16,7 +16,8 @@ from workers.convert.program import PackageMetadata
 from workers.convert.specs import SPECS, ComponentSpec, spec_for
 from workers.errors import OptionsError
 from workers.memory import release_memory
-from workers.names import Attention, package_file_name, packages_dir, repo_names, size_name, variant_name
+from workers.names import (Attention, mixed_repo_name, package_file_name, packages_dir, repo_names, size_name,
+                           variant_name)
 from workers.options import ConvertOptions
 from workers.progress import Counter, Steps, model_class, observe_tqdm
 from workers.source.source import Source
@@ -67,6 +68,9 @@ class Run:
         self.size: tuple[int, int] | None = None  # an extra image size's run (:meth:`at_size`); None: the native
         self.on_event = on_event or (lambda event: None)
         self.fp16_repo, self.palettized_repo = repo_names(source.name)
+        if options.mixed is not None:  # a mixed-bit target's palettized packages make the -mixed-bit repo
+            self.palettized_repo = mixed_repo_name(source.name)
+        self.recipes: dict = {}  # component -> its mixed-bit recipe (workers.compress.mixed), shared by every size
         self.converter = converter_id()
         self.report = Report(
             source=source.provenance(), options=options.record(xl=geometry.xl),
@@ -89,6 +93,8 @@ class Run:
         total = 0
         names = select_components(self.source, self.options)
         sized = [name for name in names if name not in SIZE_INDEPENDENT] * len(self.sizes)
+        if self.options.mixed is not None:  # a mixed-bit recipe's analysis, once per component (native size)
+            total += sum(1 for name in names if spec_for(name, self.geometry).palettize)
         for name in names + sized:
             spec = spec_for(name, self.geometry)
             layouts = len(self.options.attentions) if spec.depends_on_attention else 1

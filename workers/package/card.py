@@ -17,6 +17,7 @@ from datetime import date
 import yaml
 
 from workers.package.card_controlnet import controlled_unet_section, controlnet_sections, residual_rows
+from workers.package.card_mixed import mixed_section, mixed_what
 from workers.source.provenance import recorded_loras
 from workers.package.sanitize import sanitize_markdown
 from workers.names import COMPILED_NAMES, compiled_file_name, package_file_name, variant_layout, variant_size
@@ -112,6 +113,8 @@ def render_card(report: Report, *, kind: str, repo_id: str, sibling_id: str | No
         lines += controlnet_sections(report, tags if isinstance(tags, list) else None)
     else:
         lines += controlled_unet_section(report)
+    if kind == "palettized":
+        lines += mixed_section(report)
     lines += _provenance(report, kind, packages, label, today)
     lines += _validation(packages)
     if controlnet:
@@ -135,13 +138,16 @@ def _heading(report: Report, kind: str, packages: list[PackageResult], label: st
     controlnet = report.pipeline == "controlnet"
     meta["tags"] = TAGS + (["stable-diffusion-diffusers"] if geometry["context_dim"] == 768 else []) \
         + (["stable-diffusion-xl"] if xl else []) + (["controlnet"] if controlnet else []) \
-        + (["palettized"] if kind == "palettized" else [])
+        + (["palettized"] if kind == "palettized" else []) \
+        + (["mixed-bit"] if kind == "palettized" and report.recipes else [])
     group = options.get("group_size") or 0
     palette = f", one palette per {group} output channels" if group else ""
-    what = (f"{options.get('bits')}-bit palettized weights{palette}{_kept(packages)}" if kind == "palettized"
-            else f"float16 weights{_kept(packages, only='float32')}")
+    mixed = mixed_what(report) if kind == "palettized" else None
+    what = (f"{mixed or str(options.get('bits')) + '-bit palettized weights'}{palette}{_kept(packages)}"
+            if kind == "palettized" else f"float16 weights{_kept(packages, only='float32')}")
+    title = "float16" if kind == "float16" else "mixed-bit" if mixed else "palettized"
     lines = ["---", yaml.safe_dump(meta, sort_keys=False).strip(), "---", "",
-             f"# Core ML {source['id'].split('/')[-1]} ({'palettized' if kind == 'palettized' else 'float16'})", "",
+             f"# Core ML {source['id'].split('/')[-1]} ({title})", "",
              f"{label}" + (" (a ControlNet)" if controlnet else "") + f" converted to Core ML with {what}, for "
              "Apple's Swift [`StableDiffusion`](https://github.com/apple/ml-stable-diffusion) package"
              + (" (`StableDiffusionXLPipeline`)" if xl else "") + " and the apps built on it"

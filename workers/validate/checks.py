@@ -66,8 +66,9 @@ def psnr_check(name: str, where: str, reference: dict[str, np.ndarray], candidat
 # --- reading a saved package -------------------------------------------------------------------------
 
 def structure_check(contents: PackageContents, inputs: list[TensorSpec], outputs: list[TensorSpec],
-                    bits: int | None) -> Check:
-    """Feature names, shapes and dtypes as specified; palettized packages fully palettized."""
+                    bits: int | float | None) -> Check:
+    """Feature names, shapes and dtypes as specified; palettized packages fully palettized (a mixed-bit one,
+    ``bits`` its average, with palettes of the widths a recipe takes: which layer has which is :func:`recipe_check`'s)."""
     problems = []
     want_in = [(t.name, tuple(t.shape), t.dtype) for t in inputs]
     want_out = [(t.name, tuple(t.shape), t.dtype) for t in outputs]
@@ -76,7 +77,16 @@ def structure_check(contents: PackageContents, inputs: list[TensorSpec], outputs
     if contents.outputs != want_out:
         problems.append(f"outputs {contents.outputs} != {want_out}")
     detail = f"{len(want_in)} inputs, {len(want_out)} outputs as specified"
-    if bits is not None:
+    if isinstance(bits, float):
+        from workers.compress.sensitivity import NBITS
+
+        if contents.lut_ops == 0:
+            problems.append("no palettized weights")
+        if contents.lut_sizes - {2 ** b for b in NBITS}:
+            problems.append(f"lookup tables of sizes {sorted(contents.lut_sizes)}, expected powers of two of "
+                            f"{', '.join(map(str, NBITS))} bits")
+        detail += f"; {contents.lut_ops} palettized weights (mixed, {bits:.2f} bits on average)"
+    elif bits is not None:
         if contents.lut_ops == 0:
             problems.append("no palettized weights")
         if contents.unpalettized_large:
@@ -88,6 +98,21 @@ def structure_check(contents: PackageContents, inputs: list[TensorSpec], outputs
     if problems:
         return Check("structure", "failed", "package", detail="; ".join(problems))
     return Check("structure", "passed", "package", detail=detail)
+
+
+def recipe_check(contents: PackageContents, widths: dict[str, int]) -> Check:
+    """Every layer of a mixed-bit recipe palettized to the width it names (16: left float16), by constant."""
+    wrong = []
+    for name, bits in sorted(widths.items()):
+        size = contents.palettes.get(name)
+        found = 16 if size is None else int(size).bit_length() - 1
+        if found != bits:
+            wrong.append(f"{name} {found} bits, recipe {bits}")
+    detail = f"{len(widths)} layers as the recipe says"
+    if wrong:
+        return Check("recipe", "failed", "package", detail=f"{len(wrong)} of {len(widths)} layers differ from "
+                     f"the recipe: {'; '.join(wrong[:3])}{' …' if len(wrong) > 3 else ''}")
+    return Check("recipe", "passed", "package", detail=detail)
 
 
 def program_check(contents: PackageContents, inputs: dict[str, torch.Tensor], reference: dict[str, np.ndarray],
@@ -174,7 +199,8 @@ def coreml_check(package: Path, inputs: dict[str, torch.Tensor], input_specs: li
 
 
 def validate_package(spec: ComponentSpec, geometry: Geometry, bars: ValidationBars, path: Path, export,
-                     io: Any, *, bits: int | None, float16: Accounting | None,
+                     io: Any, *, bits: int | float | None, float16: Accounting | None,
+                     widths: dict[str, int] | None = None,
                      stage: Callable[[str], Any] | None = None) -> tuple[list[Check], Accounting]:
     """Structure, weights, the executed program, the torch read-back and Core ML for one saved package.
 
@@ -190,6 +216,8 @@ def validate_package(spec: ComponentSpec, geometry: Geometry, bars: ValidationBa
         return [Check("structure", "failed", "package",
                       detail=f"the package cannot be read ({e.__class__.__name__}: {e})".splitlines()[0])], Accounting()
     checks = [structure_check(contents, io.inputs, io.outputs, bits)]
+    if widths is not None:
+        checks.append(recipe_check(contents, widths))
     accounting, weights_check = account_parameters(export, contents.weights, float16, palettized=bits is not None)
     checks.append(weights_check)
     with (stage or (lambda name: nullcontext()))("execute"):

@@ -30,6 +30,7 @@ class PackageContents:
     weights: dict[str, np.ndarray] = field(repr=False)  # const name (suffixes stripped) -> dense value
     lut_ops: int = 0
     lut_sizes: set[int] = field(default_factory=set)
+    palettes: dict[str, int] = field(default_factory=dict)  # palettized constant (suffixes stripped) -> palette size
     unpalettized_large: list[str] = field(default_factory=list)  # float consts (rank > 1) > threshold, not LUT
     program: object = field(default=None, repr=False)
     expanded: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # constexpr output -> dense
@@ -147,7 +148,7 @@ def read_package(path: Path, *, threshold: int = 2048) -> PackageContents:
     program = load_program(model)
     weights: dict[str, np.ndarray] = {}
     expanded: dict[str, np.ndarray] = {}
-    lut_ops, lut_sizes = 0, set()
+    lut_ops, lut_sizes, palettes = 0, set(), {}
     for op in program.functions["main"].operations:
         if op.op_type == "const":
             value = op.outputs[0].val
@@ -157,10 +158,18 @@ def read_package(path: Path, *, threshold: int = 2048) -> PackageContents:
             lut_ops += 1
             lut = op.inputs["lut"].val  # iOS 16: (palette,); iOS 18: (groups…, palette, vector size)
             lut_sizes.add(int(lut.size if lut.ndim == 1 else lut.shape[-2]))
+            palettes[_strip(op.name)] = int(lut.size if lut.ndim == 1 else lut.shape[-2])
             expanded[op.outputs[0].name] = weights[_strip(op.name)] = op.materialized_val_inference()
     return PackageContents(feature_list(spec.description.input), feature_list(spec.description.output),
-                           dict(spec.description.metadata.userDefined), weights, lut_ops, lut_sizes,
+                           dict(spec.description.metadata.userDefined), weights, lut_ops, lut_sizes, palettes,
                            unpalettized_weights(program, threshold), program, expanded)
+
+
+def constant_names(program) -> list[tuple[str, str]]:
+    """Every float constant's name as reports and recipes use it (suffixes stripped) and as coremltools has it."""
+    return [(_strip(op.name), op.name) for op in program.functions["main"].operations
+            if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray)
+            and op.outputs[0].val.dtype in _FLOAT]
 
 
 def unpalettized_weights(program, threshold: int = 2048) -> list[str]:

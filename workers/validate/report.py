@@ -97,6 +97,8 @@ class Report:
     packages: list[PackageResult] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    # component -> its mixed-bit recipe in brief (workers.compress.mixed.MixedRecipe.summary)
+    recipes: dict[str, dict] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -111,7 +113,7 @@ class Report:
             "toolchain": self.toolchain, "repos": self.repos, "started_at": self.started_at,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
             "passed": self.passed, "packages": [p.to_dict() for p in self.packages],
-        }
+        } | ({"recipes": self.recipes} if self.recipes else {})
 
     def save(self, out: Path) -> Path:
         """Write the report as ``out/report.json`` (readers see the old file or the new one, never half)."""
@@ -173,7 +175,7 @@ class Report:
             packages.append(PackageResult(**{k: v for k, v in p.items() if k not in ("checks", "status")},
                                           checks=checks))
         return cls(data["source"], data["options"], data["geometry"], data["toolchain"], data["repos"], packages,
-                   dict(data.get("timings", {})), data.get("started_at", ""))
+                   dict(data.get("timings", {})), data.get("started_at", ""), dict(data.get("recipes", {})))
 
 
 def write_json(path: Path, data: dict) -> Path:
@@ -191,7 +193,9 @@ def precision_label(bits: int | None, group_size: int = 0) -> str:
     return f"palettized-{bits}bit" + (f"-group{group_size}" if group_size else "")
 
 
-def precision_bits(precision: str) -> int | None:
-    """The bit width a package's precision label names (``palettized-6bit-group16`` → 6); None for float16
-    and float32 (an SDXL VAE)."""
+def precision_bits(precision: str) -> int | float | None:
+    """The bit width a package's precision label names (``palettized-6bit-group16`` → 6; a mixed-bit
+    ``mixed-4.50bit`` → its average, 4.5); None for float16 and float32 (an SDXL VAE)."""
+    if precision.startswith("mixed-"):
+        return float(precision.split("-")[1].removesuffix("bit"))
     return int(precision.split("-")[1].removesuffix("bit")) if precision.startswith("palettized") else None

@@ -97,14 +97,16 @@ class ComponentChecks:
         """The layout check of ``variant`` (a package's first check), if its layout was checked."""
         return [self.layout_checks[variant]] if variant in self.layout_checks else []
 
-    def check_package(self, path: Path, export: nn.Module, variant: str, *, bits: int | None,
+    def check_package(self, path: Path, export: nn.Module, variant: str, *, bits: int | float | None,
+                      widths: dict[str, int] | None = None,
                       stage: Callable[[str], Any] | None = None) -> list[Check]:
         """Steps 3 and 4: every check of one saved package (after its layout's check).  A float16 package's
         parameters are kept for ``variant``'s palettized one, which is held to them (one without a float16
-        package checked before it, as in a downloaded palettized repo, is held to its own constants)."""
+        package checked before it, as in a downloaded palettized repo, is held to its own constants).  A
+        mixed-bit package (``bits`` its average width) is also held to its recipe's ``widths`` per constant."""
         checks, accounting = validate_package(self.spec, self.geometry, self.bars, path, export, self.io, bits=bits,
                                               float16=None if bits is None else self.accountings.get(variant),
-                                              stage=stage)
+                                              widths=widths, stage=stage)
         if bits is None and not any(c.name == "weights" and c.failed for c in checks):
             self.accountings[variant] = accounting  # an edited float16 package says nothing of its copies
         return self.layout_check(variant) + checks

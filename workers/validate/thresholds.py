@@ -21,17 +21,21 @@ class ValidationBars:
     palettized: tuple[tuple[int, float], ...] = PALETTIZED_BARS
     coreml_float16: float = 35.0  # Apple's bar for float16 Core ML predictions and the executed program
 
-    def for_bits(self, bits: int | None) -> float:
-        """The torch-side bar for float16 (``bits=None``) or an n-bit palettized package."""
+    def for_bits(self, bits: int | float | None) -> float:
+        """The torch-side bar for float16 (``bits=None``) or an n-bit palettized package; a mixed-bit one
+        (``bits`` its average width) is held to the bar of the widest uniform width it reaches on average."""
         if bits is None:
             return self.float16
-        return dict(self.palettized)[bits]
+        bars = dict(self.palettized)
+        if isinstance(bits, float):
+            return bars[max((b for b in bars if b <= bits), default=min(bars))]
+        return bars[bits]
 
     @classmethod
     def from_dict(cls, data: dict) -> "ValidationBars":
         """The bars as a report records them (``asdict``; JSON turns the palettized pairs into lists)."""
         return cls(**{k: tuple(tuple(x) for x in v) if k == "palettized" else v for k, v in data.items()})
 
-    def shipped(self, bits: int | None) -> float:
+    def shipped(self, bits: int | float | None) -> float:
         """The bar of what ships (the executed program, Core ML's prediction): float16 or n-bit."""
-        return self.coreml_float16 if bits is None else dict(self.palettized)[bits]
+        return self.coreml_float16 if bits is None else self.for_bits(bits)

@@ -48,7 +48,6 @@ def one_line(result: subprocess.CompletedProcess, code: int, *fragments: str) ->
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["convert", "x", "-o", "out", "--bits", "six"], "Invalid value for '--bits'"),
     (["convert", "x"], "Missing option '--out'"),
     (["convert", "x", "-o", "out", "--nope"], "No such option: --nope"),
     (["nosuch"], "No such command 'nosuch'"),
@@ -67,6 +66,15 @@ def test_usage_errors_show_usage_and_exit_2(tmp_path: Path, database: Path, args
     assert lines[0].startswith("Usage: coreml-publish"), result.stderr
     assert [line for line in lines if line.startswith("Error:")] == [lines[-1]] and fragment in lines[-1]
     assert not (tmp_path / "out").exists() and _job_rows(database) == 0
+
+
+@pytest.mark.parametrize("bits, fragment", [("six", "neither a palettization width nor a mixed-bit target"),
+                                            ("3", "--bits 3 is not supported"),
+                                            ("mixed:9", "between 2 and 8 bits")])
+def test_bad_bits_are_one_line_before_any_work(tmp_path: Path, bits: str, fragment: str) -> None:
+    result = run("convert", "x", "-o", "out", "--bits", bits, cwd=tmp_path)
+    one_line(result, 2, fragment)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("args", [
