@@ -109,13 +109,12 @@ def analyse_component(component: str, reference: nn.Module, run: Callable[[], to
     """The sensitivity of ``reference``'s network when ``run()`` gives its first output, and the recipe meeting
     ``target``; None when no layer is large enough to palettize (the component then ships float16)."""
     network, prefix = _network(reference)
-    if not candidates(network, min_weights)[0]:
+    layers, _ = candidates(network, min_weights)
+    if not layers:
         return None
     sensitivity = analyse(network, run, min_weights=min_weights, seed=seed)
     widths = choose(sensitivity, target)
-    layers, _ = candidates(network, min_weights)
-    with torch.no_grad():
-        mse = measure_mse(layers, run, run(), widths)
+    mse = measure_mse(layers, run, sensitivity.reference, widths)  # the chosen recipe's own pass
     return MixedRecipe(component, target, sensitivity, widths, prefix, round(psnr_of(sensitivity.peak, mse), 2))
 
 

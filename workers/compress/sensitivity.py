@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import math
 import random
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-NBITS = (1, 2, 4, 6, 8)  # the widths the Neural Engine runs (Apple's NBITS); 16: the layer stays float16
+from workers.compress.palettize import SUPPORTED_BITS as NBITS  # the widths the Neural Engine runs (Apple's NBITS)
+
 MIN_WEIGHTS = 100_000  # layers with at most this many weights stay float16 (Apple's PALETTIZE_MIN_SIZE)
 CALIBRATION_WIDTHS = (2, 4, 6, 8)  # what the calibration passes draw from (1 bit is kept out: too far off)
 
@@ -57,6 +58,8 @@ class Sensitivity:
     gains: dict[str, float] = field(default_factory=dict)
     passes: list[dict] = field(default_factory=list)  # {"recipe": name, "bits", "measured", "predicted", "fitted"}
     seconds: float = 0.0
+    # the float32 output the passes were measured against (kept for more measurements; not written out)
+    reference: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def total_weights(self) -> int:
@@ -150,34 +153,18 @@ def palettized(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.from_numpy(lut[indices.reshape(-1)].reshape(values.shape).astype(np.float32))
 
 
-@contextmanager
 def palettized_layers(layers: dict[str, nn.Module], widths: dict[str, int],
-                      palettes: Palettes | None = None) -> Iterator[None]:
+                      palettes: Palettes | None = None) -> AbstractContextManager[None]:
     """While inside, each layer given a width below 16 computes with its weight palettized to it (made when the
     layer runs, dropped after: no copy of the network's large weights is held)."""
+    from workers.validate.checks import substituted_parameters
+
     palettes = palettes or Palettes()
-    pristine: dict[int, nn.Parameter] = {}  # kept outside the layers: a Parameter attribute would register
-
-    def swap(layer: nn.Module, args: object) -> None:
-        pristine[id(layer)] = layer._parameters["weight"]
-        layer._parameters["weight"] = nn.Parameter(palettes(pristine[id(layer)], bits[id(layer)]),
-                                                   requires_grad=False)
-
-    def restore(layer: nn.Module, args: object, output: object) -> None:
-        layer._parameters["weight"] = pristine.pop(id(layer))
-
-    handles, bits, by_id = [], {}, {}
-    for name, layer in layers.items():
-        if widths.get(name, 16) < 16:
-            bits[id(layer)], by_id[id(layer)] = widths[name], layer
-            handles += [layer.register_forward_pre_hook(swap), layer.register_forward_hook(restore)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        for key, weight in pristine.items():  # a layer that raised gets its weight back
-            by_id[key]._parameters["weight"] = weight
+    bits = {id(layer): widths[name] for name, layer in layers.items() if widths.get(name, 16) < 16}
+    return substituted_parameters(
+        [layer for layer in layers.values() if id(layer) in bits],
+        lambda layer: {"weight": nn.Parameter(palettes(layer._parameters["weight"], bits[id(layer)]),
+                                              requires_grad=False)})
 
 
 def _record(layers: dict[str, nn.Module], run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -230,7 +217,7 @@ def analyse(root: nn.Module, run: Callable[[], torch.Tensor], *, min_weights: in
     reference, stats = _record(layers, run)
     palettes = Palettes()
     result = Sensitivity([Layer(name, layer.weight.numel(), part_of(name)) for name, layer in layers.items()],
-                         other, float(reference.detach().abs().max()))
+                         other, float(reference.detach().abs().max()), reference=reference.detach())
     for entry in result.layers:
         entry.noise = {bits: _own_error(layers[entry.name], stats[entry.name], bits, palettes) for bits in NBITS}
     rng = random.Random(seed)

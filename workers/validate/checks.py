@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import platform
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from workers.validate.thresholds import ValidationBars
-from workers.compress.palettize import WEIGHT_THRESHOLD
+from workers.compress.palettize import SUPPORTED_BITS, WEIGHT_THRESHOLD
 from workers.validate.readback import Accounting, PackageContents, account_parameters, load_read_back, read_package
 from workers.validate.report import Check
 from workers.convert.features import TensorSpec
@@ -77,18 +77,14 @@ def structure_check(contents: PackageContents, inputs: list[TensorSpec], outputs
     if contents.outputs != want_out:
         problems.append(f"outputs {contents.outputs} != {want_out}")
     detail = f"{len(want_in)} inputs, {len(want_out)} outputs as specified"
+    if bits is not None and contents.lut_ops == 0:
+        problems.append("no palettized weights")
     if isinstance(bits, float):
-        from workers.compress.sensitivity import NBITS
-
-        if contents.lut_ops == 0:
-            problems.append("no palettized weights")
-        if contents.lut_sizes - {2 ** b for b in NBITS}:
+        if contents.lut_sizes - {2 ** b for b in SUPPORTED_BITS}:
             problems.append(f"lookup tables of sizes {sorted(contents.lut_sizes)}, expected powers of two of "
-                            f"{', '.join(map(str, NBITS))} bits")
+                            f"{', '.join(map(str, SUPPORTED_BITS))} bits")
         detail += f"; {contents.lut_ops} palettized weights (mixed, {bits:.2f} bits on average)"
     elif bits is not None:
-        if contents.lut_ops == 0:
-            problems.append("no palettized weights")
         if contents.unpalettized_large:
             problems.append(f"{len(contents.unpalettized_large)} large weights not palettized "
                             f"(e.g. {contents.unpalettized_large[0]})")
@@ -146,33 +142,43 @@ def run_module(module: nn.Module, inputs: dict[str, torch.Tensor], names: list[s
 
 
 @contextmanager
-def float32_layers(module: nn.Module) -> Iterator[None]:
-    """While inside, each layer of ``module`` holding float16 parameters computes with them widened to float32,
-    only while that layer runs (exactly: widening is lossless).  A memory-lean conversion's torch module keeps
-    its weights float16: widened as a whole, a full-size SDXL UNet would hold 10 GB of float32 copies beside
-    the float16 ones its views share.  A module reading another layer's weights fails loudly (float16 beside
-    float32), never silently."""
-    def widen(layer: nn.Module, args: Any) -> None:
-        layer._float16_parameters = dict(layer._parameters)
-        for name, p in layer._float16_parameters.items():
-            if p is not None and p.dtype == torch.float16:
-                layer._parameters[name] = p.float()
+def substituted_parameters(layers: Iterable[nn.Module],
+                           replacement: Callable[[nn.Module], dict[str, torch.Tensor]]) -> Iterator[None]:
+    """While inside, each of ``layers`` computes with ``replacement(layer)``'s tensors in place of those of its
+    parameters they name: made when the layer runs and dropped after it, so no second copy of a network's
+    weights is held at once.  Every layer has its own parameters back on exit, also one that raised."""
+    kept: dict[int, tuple[nn.Module, dict]] = {}  # outside the layers: a Parameter attribute would register
 
-    def narrow(layer: nn.Module, args: Any, output: Any) -> None:
-        layer._parameters.update(layer.__dict__.pop("_float16_parameters"))
+    def swap(layer: nn.Module, args: Any) -> None:
+        kept[id(layer)] = (layer, dict(layer._parameters))
+        layer._parameters.update(replacement(layer))
+
+    def restore(layer: nn.Module, args: Any, output: Any) -> None:
+        layer._parameters.update(kept.pop(id(layer))[1])
 
     handles = []
-    for layer in module.modules():
-        if any(p is not None and p.dtype == torch.float16 for p in layer._parameters.values()):
-            handles += [layer.register_forward_pre_hook(widen), layer.register_forward_hook(narrow)]
+    for layer in layers:
+        handles += [layer.register_forward_pre_hook(swap), layer.register_forward_hook(restore)]
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
-        for layer in module.modules():  # a layer that raised keeps its float16 parameters
-            if "_float16_parameters" in layer.__dict__:
-                layer._parameters.update(layer.__dict__.pop("_float16_parameters"))
+        for layer, parameters in kept.values():
+            layer._parameters.update(parameters)
+
+
+def float32_layers(module: nn.Module) -> AbstractContextManager[None]:
+    """While inside, each layer of ``module`` holding float16 parameters computes with them widened to float32,
+    only while that layer runs (exactly: widening is lossless).  A memory-lean conversion's torch module keeps
+    its weights float16: widened as a whole, a full-size SDXL UNet would hold 10 GB of float32 copies beside
+    the float16 ones its views share.  A module reading another layer's weights fails loudly (float16 beside
+    float32), never silently."""
+    def float16(layer: nn.Module) -> dict[str, torch.Tensor]:
+        return {name: p for name, p in layer._parameters.items() if p is not None and p.dtype == torch.float16}
+
+    return substituted_parameters([layer for layer in module.modules() if float16(layer)],
+                                  lambda layer: {name: p.float() for name, p in float16(layer).items()})
 
 
 def coreml_available() -> bool:

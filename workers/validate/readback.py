@@ -157,8 +157,8 @@ def read_package(path: Path, *, threshold: int = 2048) -> PackageContents:
         elif op.op_type.startswith("constexpr_lut_to_dense"):
             lut_ops += 1
             lut = op.inputs["lut"].val  # iOS 16: (palette,); iOS 18: (groups…, palette, vector size)
-            lut_sizes.add(int(lut.size if lut.ndim == 1 else lut.shape[-2]))
-            palettes[_strip(op.name)] = int(lut.size if lut.ndim == 1 else lut.shape[-2])
+            palettes[_strip(op.name)] = size = int(lut.size if lut.ndim == 1 else lut.shape[-2])
+            lut_sizes.add(size)
             expanded[op.outputs[0].name] = weights[_strip(op.name)] = op.materialized_val_inference()
     return PackageContents(feature_list(spec.description.input), feature_list(spec.description.output),
                            dict(spec.description.metadata.userDefined), weights, lut_ops, lut_sizes, palettes,

@@ -27,5 +27,4 @@ def unet_analysis(sd1_pipeline: Path):
 
     sensitivity = analyse(modules["unet"], run, min_weights=2048)
     layers, _ = candidates(modules["unet"], 2048)
-    with torch.no_grad():
-        return sensitivity, layers, run, run()
+    return sensitivity, layers, run, sensitivity.reference
