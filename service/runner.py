@@ -306,7 +306,7 @@ def _report_figures(report) -> dict:
 
 
 def _merge(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | None]:
-    from service.merge import merge_outputs
+    from workers.convert.merge import merge_outputs
     from workers.package.repos import source_tokenizer
     from workers.source.fetch import checkpoint_tokenizers, fetch_files
 

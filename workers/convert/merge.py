@@ -1,5 +1,6 @@
-"""The merge stage's fan-in: a job's conversion parts (shared components, one UNet per layout), converted by
-different workers, combined into the one output tree the packaging and publishing steps read."""
+"""Conversion parts combined into one output tree: a job's merge stage (shared components, one UNet per layout,
+converted by different workers) and a local conversion run in parallel processes
+(:mod:`workers.convert.parts`), so the packaging and publishing steps read one tree either way."""
 
 from __future__ import annotations
 
@@ -30,38 +31,51 @@ def _merge_recipe(merged: Report, component: str, recipe: dict, part: Path, out:
     shutil.copy2(part / recipe["file"], out / recipe["file"])
 
 
-def merge_outputs(parts: list[Path], out: Path) -> Report:
+def merge_outputs(parts: list[Path], out: Path, *, base: Report | None = None) -> Report:
     """Fan-in: combine conversion outputs of disjoint component groups into one output folder.
 
     Each part is a folder written by :func:`workers.convert.engine.convert_pipeline` (with its report.json); packages are
     hard-linked into ``out`` at the same relative paths and the reports merged into one.
-    Raises OutputError when a part has no report, the parts are not of the same source and geometry, or one
-    did not pass.
+
+    Without ``base`` (a job's parts): a part that did not pass is refused, timings are kept per part
+    (``<part>/<stage>``) and the options say which layouts and flags the parts made.  With ``base`` (one
+    conversion run in parts): the packages are added to that run's report, a failed one recorded as it is (as a
+    conversion in one process records it), and a stage two parts both ran (an attention-split UNet's load and
+    reference) counts the time of both.
+    Raises OutputError when a part has no report, the parts are not of the same source and geometry, or (without
+    ``base``) one did not pass.
     """
     reports = [Report.load(part, hint="Convert that part first.") for part in parts]
-    first = reports[0]
+    first = base or reports[0]
+    expected = json.loads(json.dumps([first.source["id"], first.source["sha"], first.geometry]))  # as read back
     for report, part in zip(reports, parts):
-        if (report.source["id"], report.source["sha"], report.geometry) != \
-                (first.source["id"], first.source["sha"], first.geometry):
+        if [report.source["id"], report.source["sha"], report.geometry] != expected:
             raise OutputError(f"{part} was converted from another source or geometry", hint="Convert it again.")
-        if not report.passed:
+        if base is None and not report.passed:
             raise OutputError(f"{part} did not pass validation", hint="See its report.json.")
     out.mkdir(parents=True, exist_ok=True)
-    merged = Report(first.source, dict(first.options), first.geometry, first.toolchain, first.repos,
-                    started_at=first.started_at)
+    merged = base or Report(first.source, dict(first.options), first.geometry, first.toolchain, first.repos,
+                            started_at=first.started_at)
     attentions: list[str] = []
     for report, part in zip(reports, parts):
         for package in report.packages:
-            link_package(part / package.path, out / package.path)
+            if (part / package.path).exists():  # a failed package was deleted; its record stays
+                link_package(part / package.path, out / package.path)
             merged.packages.append(package)
         for data in sorted((part / CHECK_DATA_DIR).glob("*.npz")):
             (out / CHECK_DATA_DIR).mkdir(exist_ok=True)
             shutil.copy2(data, out / CHECK_DATA_DIR / data.name)
-        merged.timings.update({f"{part.name}/{k}": v for k, v in report.timings.items()})
+        for key, seconds in report.timings.items():
+            if base is None:
+                merged.timings[f"{part.name}/{key}"] = seconds
+            elif key != "total":
+                merged.timings[key] = merged.timings.get(key, 0.0) + seconds
         for component, recipe in report.recipes.items():
             _merge_recipe(merged, component, recipe, part, out)
         attentions += [a for a in report.attentions if a not in attentions]
-    merged.options.update(attentions=list(sort_attentions(attentions)), components=None,
-                          **{flag: any(r.options.get(flag) for r in reports) for flag in ("chunk_unet", "chunks_only", "controlled_unet")})
+    if base is None:
+        merged.options.update(attentions=list(sort_attentions(attentions)), components=None,
+                              **{flag: any(r.options.get(flag) for r in reports)
+                                 for flag in ("chunk_unet", "chunks_only", "controlled_unet")})
     merged.save(out)
     return merged

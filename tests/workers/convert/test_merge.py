@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.merge import merge_outputs
+from workers.convert.merge import merge_outputs
 from workers.errors import OutputError
 from workers.validate.report import Report
 
