@@ -286,7 +286,8 @@ def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
         chunk = options.chunk_unet and any(c in CHUNKED for c in components)
         report = convert_pipeline(source, out, options.conversion(
             attentions=attentions, components=components, bars=settings.validation_bars(), chunk_unet=chunk,
-            chunks_only=chunk and options.chunks_only), on_event=_events(spec, settings, stage="convert", part=part))
+            chunks_only=chunk and options.chunks_only), on_event=_events(spec, settings, stage="convert", part=part),
+            processes=settings.convert_processes)
     return _report_figures(report), store.push(spec.id, "parts", part)
 
 

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     max_source_gb: float = Field(30.0, description="Largest source (weights to convert, GB) a job accepts")
     stage_time_limit: int = Field(6 * 3600, description="Hard time limit of one stage, seconds")
     worker_concurrency: int = Field(1, description="Tasks one worker runs at once")
+    convert_processes: int | None = Field(None, ge=1, description="Processes one conversion may run at once (its "
+                                                                  "components side by side, as memory allows); unset: "
+                                                                  "one per core for sources of 1 GB and more")
     heartbeat_interval: float = Field(30.0, gt=0, description="Seconds between a running stage's heartbeats")
     heartbeat_timeout: float = Field(180.0, gt=0, description="A running stage silent this long (seconds) belongs "
                                                               "to a dead worker, and a job not sent to the queue "

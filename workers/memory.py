@@ -1,11 +1,18 @@
 """Memory handed back between stages: a conversion's temporaries (coremltools programs, read-back weights) are
-collected and their pages returned to the system, so the next stage starts low."""
+collected and their pages returned to the system, so the next stage starts low; and the host's memory shared
+among conversion processes (:class:`HostLedger`)."""
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import gc
+import json
 import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 RELEASE_ABOVE_BYTES = 2 << 30  # a process holding less has little to hand back (small models, tests)
 
@@ -32,3 +39,92 @@ def resident_bytes() -> int | None:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
+
+
+def peak_bytes() -> int | None:
+    """The most this process has held resident (Linux's VmHWM), or None where /proc does not say."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+class HostLedger:
+    """What the conversion processes on this host have claimed of its memory: every part's estimated peak, by
+    the process converting it, in one small JSON file under a lock, so parts of different conversions (a worker's
+    concurrent tasks, a ``convert`` beside them) start only while the claims' remaining growth fits in what the
+    kernel has free.  A claim whose process has ended no longer counts (a killed converter leaves nothing held).
+
+    Hand-written: the claims are of one host's memory by processes that share no parent, which no scheduling
+    library keeps.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or Path(tempfile.gettempdir()) / "coreml-publisher-memory.json"
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, dict]]:
+        with open(self.path.with_suffix(".lock"), "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                claims = json.loads(self.path.read_text()) if self.path.is_file() else {}
+            except ValueError:
+                claims = {}  # a torn file from a crash: the claims' processes are checked anew below
+            claims = {key: c for key, c in claims.items() if _alive(c.get("pid") or c["owner"])}
+            yield claims
+            tmp = self.path.with_suffix(".json.partial")
+            tmp.write_text(json.dumps(claims))
+            tmp.replace(self.path)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def headroom(self, claims: dict[str, dict], available: int) -> int:
+        """What is free for a new claim: ``available`` (the kernel's free memory now) less what the processes
+        with claims may still grow by (each claim's estimate less what its process already holds)."""
+        growth = sum(max(0, c["bytes"] - (_resident(c["pid"]) if c.get("pid") else 0)) for c in claims.values())
+        return available - growth
+
+    def claim(self, key: str, estimate: int, available: int, *, share: float = 1.0, alone: bool = False) -> bool:
+        """Claim ``estimate`` bytes for ``key`` (this process owns it until :meth:`assign`) if it fits in ``share``
+        of the headroom, or, with ``alone``, whatever it is when no other claim is live; False: wait."""
+        with self._locked() as claims:
+            fits = estimate <= share * self.headroom(claims, available) or (alone and not claims)
+            if fits:
+                claims[key] = {"bytes": int(estimate), "owner": os.getpid(), "pid": None}
+            return fits
+
+    def assign(self, key: str, pid: int) -> None:
+        """The process that converts under a claim: its growth counts from now, and its end releases the claim."""
+        with self._locked() as claims:
+            if key in claims:
+                claims[key]["pid"] = pid
+
+    def release(self, key: str) -> None:
+        with self._locked() as claims:
+            claims.pop(key, None)
+
+    def claims(self) -> dict[str, dict]:
+        """The live claims, by key."""
+        with self._locked() as claims:
+            return dict(claims)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: alive
+    return True
+
+
+def _resident(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -20,6 +20,9 @@ def convert(
     *,
     source_id: str = typer.Option(None, help="For a local folder: the Hub id it holds (used in file names)."),
     allow_pickle: bool = typer.Option(False, help="Load .bin/.ckpt weights (runs code from the file: trusted sources only)."),
+    processes: int = typer.Option(None, min=1, help="Processes converting at once, each component in its own, side "
+                                                    "by side as memory allows (default: one per core for sources of "
+                                                    "1 GB and more; 1: all in this process)."),
     options: dict,
 ) -> None:
     """Convert a Stable Diffusion 1.x/2.x or SDXL pipeline (or a ControlNet, with --base) into float16 and
@@ -53,7 +56,8 @@ def convert(
                                   config=extras.config, loras=extras.loras)
         printer.status.update(f"fetching {resolved.id}…")
         with fetched(resolved) as fetched_source:
-            report = convert_pipeline(fetched_source, out, conversion, on_event=printer)
+            report = convert_pipeline(fetched_source, out, conversion, on_event=printer,
+                                      processes=processes or settings.convert_processes)
     except ValidationError as e:
         printer.close()
         if e.report is not None:

@@ -3,13 +3,14 @@
 ``convert_pipeline`` runs load → convert (per attention layout) → validate → palettize → validate for
 every component, at the native image size and then at each ``--resolution`` (``<layout>/<W>x<H>`` variants whose
 weight files are hard links to the native ones'; the text encoders are placed there, not converted again) (:mod:`workers.convert.component`, one :class:`workers.convert.run.Run` for all), writes ``OUT/coreml-<name>/<variant>/packages/*.mlpackage``, the same under
-``OUT/coreml-<name>-palettized/``, and ``OUT/report.json``.  It is a plain library function: the CLI,
-Celery tasks, benchmarks and tests all call it.
+``OUT/coreml-<name>-palettized/``, and ``OUT/report.json``.  With ``processes`` above one, each component (a
+UNet split by layout where memory allows) is converted in a process of its own, side by side as memory allows
+(:mod:`workers.convert.parts`), into the same tree.  It is a plain library function: the CLI, Celery tasks,
+benchmarks and tests all call it.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,23 +19,25 @@ from workers.components import SIZE_INDEPENDENT
 from workers.convert.component import convert_component, share_component, share_size_weights
 from workers.convert.geometry import check_resolutions, read_geometry, size_geometry
 from workers.convert.outdir import check_output_dir
+from workers.convert.parts import choose_processes, clear_output, convert_parts
 from workers.convert.run import Run, select_components
 from workers.convert.specs import spec_for
 from workers.errors import OptionsError, ValidationError
 from workers.memory import release_memory
-from workers.names import CHECK_DATA_DIR
 from workers.options import ConvertOptions
 from workers.source.source import Source
 from workers.validate.report import Event, Report
 
 
 def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None = None,
-                     on_event: Callable[[Event], None] | None = None) -> Report:
+                     on_event: Callable[[Event], None] | None = None, *, processes: int | None = 1) -> Report:
     """Convert a fetched source into validated float16 and palettized package trees under ``out``.
 
     The two repo folders under ``out`` are replaced, not merged with an earlier run's.  Every package is
     validated; one that fails is deleted and the run goes on with the others, then raises
-    ValidationError naming each failure (the report is written either way).
+    ValidationError naming each failure (the report is written either way).  ``processes``: how many processes
+    may convert at once (1: this one, as a library call does by default; None: as many as the machine has cores,
+    for a source of 1 GB of weights and more, :func:`workers.convert.parts.choose_processes`).
     Raises OptionsError, SourceError, UnsupportedModelError, ConversionError, ValidationError.
     """
     options = options or ConvertOptions()
@@ -54,22 +57,15 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
              for size in check_resolutions(options.resolutions, native=geometry.image_size, step=geometry.size_step)]
     out.mkdir(parents=True, exist_ok=True)
     run = Run(source, out, options, geometry, on_event, sizes=sizes)
-    # the two repo trees are this run's output: nothing from an earlier run may be published with them
-    for folder in (run.fp16_repo, run.palettized_repo, CHECK_DATA_DIR):
-        shutil.rmtree(out / folder, ignore_errors=True)
+    clear_output(out, run)  # the repo trees are this run's output: nothing from an earlier run goes with them
+    processes = choose_processes(processes, source)
     started = time.perf_counter()
     try:
-        for name in components:
-            convert_component(run, spec_for(name, geometry))
-            release_memory()
-            for size, sized_geometry in sizes:  # the same weights at each extra size, each program its own
-                sized = run.at_size(size, sized_geometry)
-                if name in SIZE_INDEPENDENT:
-                    share_component(sized, name)
-                    continue
-                convert_component(sized, spec_for(name, sized_geometry))
-                share_size_weights(sized)
-                release_memory()
+        if processes > 1:
+            convert_parts(run, components, processes)
+        else:
+            for name in components:
+                convert_sizes(run, name)
     finally:
         run.report.timings["total"] = time.perf_counter() - started
         run.report.save(out)
@@ -77,3 +73,18 @@ def convert_pipeline(source: Source, out: Path, options: ConvertOptions | None =
     if failures:
         raise ValidationError(failures, report=run.report)
     return run.report
+
+
+def convert_sizes(run: Run, name: str) -> None:
+    """One component of ``run`` at the native image size, then at each extra size: the same weights, each program
+    its own (a size-independent component's packages placed in every size's variants instead)."""
+    convert_component(run, spec_for(name, run.geometry))
+    release_memory()
+    for size, sized_geometry in run.sizes:
+        sized = run.at_size(size, sized_geometry)
+        if name in SIZE_INDEPENDENT:
+            share_component(sized, name)
+            continue
+        convert_component(sized, spec_for(name, sized_geometry))
+        share_size_weights(sized)
+        release_memory()

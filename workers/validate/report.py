@@ -99,6 +99,8 @@ class Report:
     started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     # component -> its mixed-bit recipe in brief (workers.compress.mixed.MixedRecipe.summary)
     recipes: dict[str, dict] = field(default_factory=dict)
+    # a conversion run in processes (workers.convert.parts): part -> the most its process held resident, bytes
+    peaks: dict[str, int] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -113,7 +115,7 @@ class Report:
             "toolchain": self.toolchain, "repos": self.repos, "started_at": self.started_at,
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
             "passed": self.passed, "packages": [p.to_dict() for p in self.packages],
-        } | ({"recipes": self.recipes} if self.recipes else {})
+        } | ({"recipes": self.recipes} if self.recipes else {}) | ({"peaks": self.peaks} if self.peaks else {})
 
     def save(self, out: Path) -> Path:
         """Write the report as ``out/report.json`` (readers see the old file or the new one, never half)."""
@@ -175,7 +177,8 @@ class Report:
             packages.append(PackageResult(**{k: v for k, v in p.items() if k not in ("checks", "status")},
                                           checks=checks))
         return cls(data["source"], data["options"], data["geometry"], data["toolchain"], data["repos"], packages,
-                   dict(data.get("timings", {})), data.get("started_at", ""), dict(data.get("recipes", {})))
+                   dict(data.get("timings", {})), data.get("started_at", ""), dict(data.get("recipes", {})),
+                   dict(data.get("peaks", {})))
 
 
 def write_json(path: Path, data: dict) -> Path:
