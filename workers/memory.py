@@ -57,7 +57,9 @@ class HostLedger:
     """What the conversion processes on this host have claimed of its memory: every part's estimated peak, by
     the process converting it, in one small JSON file under a lock, so parts of different conversions (a worker's
     concurrent tasks, a ``convert`` beside them) start only while the claims' remaining growth fits in what the
-    kernel has free.  A claim whose process has ended no longer counts (a killed converter leaves nothing held).
+    kernel has free.  A claim counts while the process that made it and the one converting under it live (each
+    known by its pid and start time, so a reused pid is not taken for it): a killed converter leaves nothing held.
+    Where the file cannot be shared (another user's), claims are judged against the free memory alone.
 
     Hand-written: the claims are of one host's memory by processes that share no parent, which no scheduling
     library keeps.
@@ -68,23 +70,31 @@ class HostLedger:
 
     @contextmanager
     def _locked(self) -> Iterator[dict[str, dict]]:
-        with open(self.path.with_suffix(".lock"), "a+") as lock:
+        try:
+            lock = open(self.path.with_suffix(".lock"), "a+")
+        except OSError:  # not ours to share: this process's claims alone
+            yield {}
+            return
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 claims = json.loads(self.path.read_text()) if self.path.is_file() else {}
-            except ValueError:
+            except (OSError, ValueError):
                 claims = {}  # a torn file from a crash: the claims' processes are checked anew below
-            claims = {key: c for key, c in claims.items() if _alive(c.get("pid") or c["owner"])}
+            claims = {key: c for key, c in claims.items() if isinstance(c, dict) and _lives(c.get("owner"))
+                      and (c.get("pid") is None or _lives(c["pid"]))}
             yield claims
-            tmp = self.path.with_suffix(".json.partial")
-            tmp.write_text(json.dumps(claims))
-            tmp.replace(self.path)
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            try:
+                tmp = self.path.with_suffix(f".{os.getpid()}.partial")
+                tmp.write_text(json.dumps(claims))
+                tmp.replace(self.path)
+            except OSError:
+                pass  # another user's file: the claims stay this call's
 
     def headroom(self, claims: dict[str, dict], available: int) -> int:
         """What is free for a new claim: ``available`` (the kernel's free memory now) less what the processes
         with claims may still grow by (each claim's estimate less what its process already holds)."""
-        growth = sum(max(0, c["bytes"] - (_resident(c["pid"]) if c.get("pid") else 0)) for c in claims.values())
+        growth = sum(max(0, c["bytes"] - (_resident(c["pid"][0]) if c.get("pid") else 0)) for c in claims.values())
         return available - growth
 
     def claim(self, key: str, estimate: int, available: int, *, share: float = 1.0, alone: bool = False) -> bool:
@@ -93,14 +103,14 @@ class HostLedger:
         with self._locked() as claims:
             fits = estimate <= share * self.headroom(claims, available) or (alone and not claims)
             if fits:
-                claims[key] = {"bytes": int(estimate), "owner": os.getpid(), "pid": None}
+                claims[key] = {"bytes": int(estimate), "owner": _identity(os.getpid()), "pid": None}
             return fits
 
     def assign(self, key: str, pid: int) -> None:
         """The process that converts under a claim: its growth counts from now, and its end releases the claim."""
         with self._locked() as claims:
             if key in claims:
-                claims[key]["pid"] = pid
+                claims[key]["pid"] = _identity(pid)
 
     def release(self, key: str) -> None:
         with self._locked() as claims:
@@ -112,14 +122,32 @@ class HostLedger:
             return dict(claims)
 
 
-def _alive(pid: int) -> bool:
+def _identity(pid: int) -> list:
+    """A process as a claim names it: its pid and its start time (clock ticks after boot; None where /proc does
+    not say), so a later process given the same pid is not taken for it."""
+    return [pid, _started(pid)]
+
+
+def _started(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _lives(identity: object) -> bool:
+    """Whether the process a claim names still runs (the same process, not one given its pid since)."""
+    if not isinstance(identity, list) or len(identity) != 2 or not isinstance(identity[0], int):
+        return False
+    pid, started = identity
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # another user's process: alive
-    return True
+        pass  # another user's process: alive
+    return started is None or _started(pid) in (None, started)
 
 
 def _resident(pid: int) -> int:

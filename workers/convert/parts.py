@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -45,6 +46,7 @@ from workers.source.weights import read_header
 from workers.validate.report import Event, Report
 
 PARTS_DIR = ".parts"  # inside the output folder while the parts run; removed once they are merged
+ORPHANED = 129  # how a part's process exits when the process that started it is gone (as on a hang-up)
 # below this many bytes of weights a source converts in one process: starting a process (about 5 s of imports)
 # costs more than running side by side saves on a model whose components take seconds
 PARALLEL_ABOVE_BYTES = 1 << 30
@@ -145,7 +147,9 @@ def plan_parts(run: Run, components: list[str], processes: int, budget: int) -> 
         cost = (float32_weight_bytes(source, spec_for(name, geometry).needs[0]) + 1e6) * \
             sum(g.latent_height * g.latent_width for g in at)
         layouts = options.attentions if depends_on_attention(name) else options.attentions[:1]
-        if depends_on_attention(name) and len(layouts) > 1 and processes > 1 and 2 * memory <= budget:
+        # a mixed-bit recipe is analysed once per component, so its layouts stay together
+        if depends_on_attention(name) and len(layouts) > 1 and processes > 1 and 2 * memory <= budget and \
+                options.mixed is None:
             parts += [Part(f"{name}-{a.value}", (name,), (a,), memory, cost) for a in layouts]
         else:
             parts.append(Part(name, (name,), options.attentions, memory, cost * len(layouts)))
@@ -221,7 +225,9 @@ def convert_parts(run: Run, components: list[str], processes: int, *, ledger: Ho
                 if name not in finished:
                     raise _died(part, payload)
                 run.report.timings[f"part/{name}"] = time.perf_counter() - started[name]
-        merge_outputs([root / p.name for p in parts], run.out, base=run.report)
+        order = {name: i for i, name in enumerate(components)}  # the report in a single run's order
+        merged = sorted(parts, key=lambda p: (order[p.components[0]], run.options.attentions.index(p.attentions[0])))
+        merge_outputs([root / p.name for p in merged], run.out, base=run.report)
     finally:
         for name, (_, process) in running.items():  # an error stops the others: their work would be thrown away
             process.kill()
@@ -235,25 +241,32 @@ def convert_parts(run: Run, components: list[str], processes: int, *, ledger: Ho
 def _start(source: Source, out: Path, options: ConvertOptions, name: str, threads: int,
            messages: queue.Queue) -> subprocess.Popen:
     """A part's process: a fresh interpreter running this module, its work on standard input, its messages on a
-    pipe of their own (its standard output and error are this process's, for the toolchain's own logs)."""
+    pipe of their own (its standard output and error are this process's, for the toolchain's own logs).  However
+    it ends, an ``exit`` message with its exit code follows its last message."""
+    work = pickle.dumps((source, out, options, name, threads))
     read, write = os.pipe()
-    process = subprocess.Popen([sys.executable, "-m", __name__, str(write)], stdin=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", __name__, str(write), str(os.getpid())], stdin=subprocess.PIPE,
                                pass_fds=(write,), env=os.environ | {name: str(threads) for name in THREAD_SETTINGS})
     os.close(write)
-    process.stdin.write(pickle.dumps((source, out, options, name, threads)))
-    process.stdin.close()
 
     def listen() -> None:
-        with os.fdopen(read, "rb") as pipe:
-            while True:
-                try:
-                    kind, payload = pickle.load(pipe)
-                except (EOFError, pickle.UnpicklingError):
-                    break
-                messages.put((kind, name, payload))
-        messages.put(("exit", name, process.wait()))
+        try:
+            with os.fdopen(read, "rb") as pipe:
+                while True:
+                    try:
+                        kind, payload = pickle.load(pipe)
+                    except (EOFError, pickle.UnpicklingError):
+                        break
+                    messages.put((kind, name, payload))
+        finally:  # whatever stopped the reading, the loop hears how the process ended
+            messages.put(("exit", name, process.wait()))
 
     threading.Thread(target=listen, name=f"part {name}", daemon=True).start()
+    try:
+        process.stdin.write(work)
+        process.stdin.close()
+    except BrokenPipeError:
+        pass  # it died before reading its work: its exit code says how
     return process
 
 
@@ -302,20 +315,21 @@ def _convert_part(source: Source, out: Path, options: ConvertOptions, name: str,
     except ValidationError:
         pass  # recorded in its report: merged with the others, the whole run raises it
     except BaseException as e:  # noqa: BLE001 - told to the parent, which raises it
-        tell("error", _portable(e, name))
+        traceback.print_exc()  # where it happened, in the log; the parent raises the error itself
+        tell("error", _portable(e, options.components[0] if options.components else name))
         return
     tell("done", peak_bytes())
 
 
-def _child_main(fd: int) -> None:
-    """A part's process: its work from standard input, its messages to pipe ``fd``; it ends when the process that
-    started it has (a worker killed at its time limit, or cancelled), instead of converting on for nobody."""
-    parent = os.getppid()
+def _child_main(fd: int, parent: int) -> None:
+    """A part's process: its work from standard input, its messages to pipe ``fd``; it ends when ``parent``, the
+    process that started it, has (a worker killed at its time limit, or cancelled), instead of converting on for
+    nobody; ``parent`` is given, not read, since the parent may die while this module's imports run."""
 
     def orphaned() -> None:
         while os.getppid() == parent:
             time.sleep(1.0)
-        os._exit(1)
+        os._exit(ORPHANED)
 
     threading.Thread(target=orphaned, name="parent watch", daemon=True).start()
     source, out, options, name, threads = pickle.loads(sys.stdin.buffer.read())
@@ -351,4 +365,4 @@ def clear_output(out: Path, run: Run) -> None:
 
 
 if __name__ == "__main__":
-    _child_main(int(sys.argv[1]))
+    _child_main(int(sys.argv[1]), int(sys.argv[2]))

@@ -28,6 +28,12 @@ from workers.source.resolve import resolve_source
 GiB = 1 << 30
 
 
+@pytest.fixture(autouse=True)
+def own_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Conversions in this process claim memory in a ledger of their own, not the host's."""
+    monkeypatch.setattr(parts, "HostLedger", lambda: HostLedger(tmp_path / "ledger.json"))
+
+
 def _digests(out: Path, components: tuple[str, ...]) -> dict[str, str]:
     """The program (its specification, map entries in key order: protobuf writes maps in no fixed order) and the
     weight file of the packages of ``components`` (the UNet's: not the ControlledUnet's), by path."""
@@ -81,6 +87,9 @@ def test_layouts_are_split_only_when_two_fit_in_memory(sd1_pipeline: Path, tmp_p
         whole = parts.plan_parts(run, components, processes=2, budget=tight)
         assert [p.attentions for p in whole if p.name == "unet"] == [(Attention.ORIGINAL, Attention.SPLIT_EINSUM_V2)]
     assert {p.name for p in parts.plan_parts(run, components, processes=1, budget=100 * GiB)} == set(components)
+    mixed = Run(source, tmp_path, ConvertOptions(controlled_unet=True, bits="mixed:4.5"), run.geometry, None)
+    # a mixed-bit recipe is analysed once per component: its layouts stay in one part
+    assert {p.name for p in parts.plan_parts(mixed, components, processes=2, budget=100 * GiB)} == set(components)
 
 
 def test_parts_start_only_while_their_estimates_fit(tmp_path: Path) -> None:
@@ -137,10 +146,15 @@ def test_an_error_in_a_part_is_raised_as_the_part_raised_it(sd1_pipeline: Path, 
     assert not (out / parts.PARTS_DIR).exists()  # the other part stopped, nothing of either left behind
 
 
-def _children() -> list[int]:
+def _parts_running(pid: int) -> list[int]:
+    """The part processes under ``pid`` that run this project's part module (past their fork)."""
     found = []
-    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        found += [int(pid) for pid in (task / "children").read_text().split()]
+    for child in _descendants(pid):
+        try:
+            if b"workers.convert.parts" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:
+            continue  # ended meanwhile
     return found
 
 
@@ -158,9 +172,9 @@ def test_a_part_whose_process_dies_is_named(sd1_pipeline: Path, tmp_path: Path) 
     thread = threading.Thread(target=convert)
     thread.start()
     deadline = time.monotonic() + 60
-    while not _children() and time.monotonic() < deadline:
+    while not _parts_running(os.getpid()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.kill(_children()[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    os.kill(_parts_running(os.getpid())[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
     thread.join(120)
     assert len(outcome) == 1 and isinstance(outcome[0], ConversionError)
     assert "the process converting vae_decoder was killed by signal 9" in str(outcome[0])
@@ -181,6 +195,22 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def test_a_part_ends_when_the_process_that_started_it_is_gone(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a parent that died while the part was still starting (its pid is given, not read)
+    read, write = os.pipe()
+    part = subprocess.Popen([sys.executable, "-m", "workers.convert.parts", str(write), str(gone.pid)],
+                            stdin=subprocess.PIPE, pass_fds=(write,))
+    os.close(write)
+    try:
+        # its work never came (its standard input stays open): the watch on its parent ended it
+        assert part.wait(timeout=60) == parts.ORPHANED
+    finally:
+        part.kill()
+        part.stdin.close()
+        os.close(read)
+
+
 def test_parts_end_when_the_conversion_that_started_them_is_killed(sd1_pipeline: Path, tmp_path: Path) -> None:
     script = ("import sys; from pathlib import Path; from workers.convert.engine import convert_pipeline; "
               "from workers.options import ConvertOptions; from workers.source.resolve import resolve_source; "
@@ -188,16 +218,23 @@ def test_parts_end_when_the_conversion_that_started_them_is_killed(sd1_pipeline:
               "ConvertOptions(components=('vae_decoder', 'vae_encoder'), bits=None), processes=2)")
     parent = subprocess.Popen([sys.executable, "-c", script, str(sd1_pipeline), str(tmp_path / "out")])
     deadline = time.monotonic() + 60
-    while len(_descendants(parent.pid)) < 2 and time.monotonic() < deadline:
+    while len(_parts_running(parent.pid)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    parts_started = _descendants(parent.pid)
-    assert len(parts_started) == 2
+    started = _parts_running(parent.pid)
+    assert len(started) == 2
+    time.sleep(1.0)
     parent.kill()  # a worker killed at its time limit: nothing of it runs its clean-up
     parent.wait()
-    deadline = time.monotonic() + 15
-    while any(Path(f"/proc/{pid}").exists() for pid in parts_started) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 30
+    while any(_running(pid) for pid in started) and time.monotonic() < deadline:
         time.sleep(0.1)
-    alive = [pid for pid in parts_started if Path(f"/proc/{pid}/status").exists()
-             and "Z" not in next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                                 if line.startswith("State:"))]
-    assert alive == []  # each part saw its parent go and ended, instead of converting on for nobody
+    assert not any(_running(pid) for pid in started)  # each saw its parent go and ended
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                     if line.startswith("State:"))
+    except (OSError, StopIteration):
+        return False
+    return "Z" not in state  # a zombie has ended
