@@ -26,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -36,8 +35,8 @@ from workers.convert.geometry import Geometry
 from workers.convert.merge import merge_outputs
 from workers.convert.run import Run
 from workers.convert.specs import spec_for
-from workers.errors import ConversionError, CoreMLPublishError, ValidationError
-from workers.memory import HostLedger, peak_bytes
+from workers.errors import ConversionError
+from workers.memory import HostLedger
 from workers.names import CHECK_DATA_DIR, Attention
 from workers.options import ConvertOptions
 from workers.progress import Progress
@@ -46,7 +45,8 @@ from workers.source.weights import read_header
 from workers.validate.report import Event, Report
 
 PARTS_DIR = ".parts"  # inside the output folder while the parts run; removed once they are merged
-ORPHANED = 129  # how a part's process exits when the process that started it is gone (as on a hang-up)
+PART_PROCESS = "workers.convert.part_process"  # the module a part's process runs (named, not imported: it imports
+# the engine, which imports this module)
 # below this many bytes of weights a source converts in one process: starting a process (about 5 s of imports)
 # costs more than running side by side saves on a model whose components take seconds
 PARALLEL_ABOVE_BYTES = 1 << 30
@@ -214,7 +214,7 @@ def convert_parts(run: Run, components: list[str], processes: int, *, ledger: Ho
             if kind == "event":
                 _forward(run, payload, name, progress)
             elif kind == "error":
-                raise _rebuilt(payload)
+                raise rebuilt(payload)
             elif kind == "done":
                 finished.add(name)
                 if payload is not None:
@@ -240,12 +240,12 @@ def convert_parts(run: Run, components: list[str], processes: int, *, ledger: Ho
 
 def _start(source: Source, out: Path, options: ConvertOptions, name: str, threads: int,
            messages: queue.Queue) -> subprocess.Popen:
-    """A part's process: a fresh interpreter running this module, its work on standard input, its messages on a
+    """A part's process: a fresh interpreter running :mod:`workers.convert.part_process`, its work on standard input, its messages on a
     pipe of their own (its standard output and error are this process's, for the toolchain's own logs).  However
     it ends, an ``exit`` message with its exit code follows its last message."""
     work = pickle.dumps((source, out, options, name, threads))
     read, write = os.pipe()
-    process = subprocess.Popen([sys.executable, "-m", __name__, str(write), str(os.getpid())], stdin=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", PART_PROCESS, str(write), str(os.getpid())], stdin=subprocess.PIPE,
                                pass_fds=(write,), env=os.environ | {name: str(threads) for name in THREAD_SETTINGS})
     os.close(write)
 
@@ -302,55 +302,8 @@ def _forward(run: Run, event: Event, part: str, progress: dict[str, Progress]) -
     run.on_event(event)
 
 
-def _convert_part(source: Source, out: Path, options: ConvertOptions, name: str, threads: int,
-                  tell: Callable[[str, object], None]) -> None:
-    """What a part's process does: convert into ``out``, telling every event and how it ended."""
-    import torch
-
-    from workers.convert.engine import convert_pipeline
-
-    torch.set_num_threads(threads)
-    try:
-        convert_pipeline(source, out, options, on_event=lambda event: tell("event", event))
-    except ValidationError:
-        pass  # recorded in its report: merged with the others, the whole run raises it
-    except BaseException as e:  # noqa: BLE001 - told to the parent, which raises it
-        traceback.print_exc()  # where it happened, in the log; the parent raises the error itself
-        tell("error", _portable(e, options.components[0] if options.components else name))
-        return
-    tell("done", peak_bytes())
-
-
-def _child_main(fd: int, parent: int) -> None:
-    """A part's process: its work from standard input, its messages to pipe ``fd``; it ends when ``parent``, the
-    process that started it, has (a worker killed at its time limit, or cancelled), instead of converting on for
-    nobody; ``parent`` is given, not read, since the parent may die while this module's imports run."""
-
-    def orphaned() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(ORPHANED)
-
-    threading.Thread(target=orphaned, name="parent watch", daemon=True).start()
-    source, out, options, name, threads = pickle.loads(sys.stdin.buffer.read())
-    with os.fdopen(fd, "wb") as pipe:
-        def tell(kind: str, payload: object) -> None:
-            pickle.dump((kind, payload), pipe)
-            pipe.flush()
-
-        _convert_part(source, out, options, name, threads, tell)
-
-
-def _portable(error: BaseException, part: str) -> tuple:
-    """An exception as plain parts the parent rebuilds it from (the library's errors take keyword-only
-    arguments, which pickling an exception does not keep); any other error becomes a ConversionError naming it."""
-    if not isinstance(error, CoreMLPublishError):
-        error = ConversionError(f"converting {part} failed: {type(error).__name__}: {error}"[:500], component=part)
-    state = {k: v for k, v in error.__dict__.items() if k != "report"}  # a report is the parent's to write
-    return type(error), error.args, state
-
-
-def _rebuilt(parts: tuple) -> BaseException:
+def rebuilt(parts: tuple) -> BaseException:
+    """An exception from a part's process (:func:`workers.convert.part_process.portable`), as it was raised there."""
     kind, args, state = parts
     error = kind.__new__(kind)
     Exception.__init__(error, *args)
@@ -363,6 +316,3 @@ def clear_output(out: Path, run: Run) -> None:
     for folder in (run.fp16_repo, run.palettized_repo, CHECK_DATA_DIR, PARTS_DIR):
         shutil.rmtree(out / folder, ignore_errors=True)
 
-
-if __name__ == "__main__":
-    _child_main(int(sys.argv[1]), int(sys.argv[2]))
