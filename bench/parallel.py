@@ -19,7 +19,6 @@ resident memory of this process and its children, sampled every 0.1 s (and each 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -89,21 +88,6 @@ def reset_peak() -> None:
         f.write("5")
 
 
-def digests(out: Path) -> dict[str, str]:
-    """Every package's program (its specification, map entries in key order: protobuf writes maps in no fixed
-    order) and weight file, by path."""
-    import coremltools as ct
-
-    found = {}
-    for p in sorted(out.rglob("*")):
-        if p.name == "weight.bin":
-            found[p.relative_to(out).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
-        elif p.suffix == ".mlpackage":
-            spec = ct.utils.load_spec(str(p)).SerializeToString(deterministic=True)
-            found[p.relative_to(out).as_posix()] = hashlib.sha256(spec).hexdigest()
-    return found
-
-
 def figures(report) -> dict[str, float]:
     return {f"{p.path} {c.name}": c.value for p in report.packages for c in p.checks if c.value is not None}
 
@@ -138,6 +122,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from workers.options import ConvertOptions
+    from workers.package.files import fingerprints
     from workers.source.resolve import resolve_local
 
     work = args.work or Path(tempfile.mkdtemp(prefix="parallel-"))
@@ -153,7 +138,7 @@ def main() -> None:
     for processes in ([] if args.skip_serial else [1]) + [args.processes]:
         out = work / f"out-{processes}"
         seconds, peak, report, passed = convert(source, out, options, processes)
-        results[processes] = dict(seconds=seconds, peak=peak, passed=passed, digests=digests(out),
+        results[processes] = dict(seconds=seconds, peak=peak, passed=passed, digests=fingerprints(out),
                                   figures=figures(report), peaks=dict(report.peaks), timings=dict(report.timings))
         print(f"processes={processes}: {'passed' if passed else 'FAILED'} in {seconds:.1f} s, peak "
               f"{peak / 2**30:.2f} GiB", flush=True)

@@ -1,6 +1,6 @@
-"""Package folders on disk: how large one is, and a copy of one that shares its files (hard links) where the
-filesystem allows: a layout-independent component placed in every layout's folder, a part merged into a job's
-output, a float16 copy in a palettized repo."""
+"""Package folders on disk: how large one is, a copy of one that shares its files (hard links) where the
+filesystem allows (a layout-independent component placed in every layout's folder, a part merged into a job's
+output, a float16 copy in a palettized repo), and what tells packages apart by content."""
 
 from __future__ import annotations
 
@@ -63,3 +63,22 @@ def _same_bytes(a: Path, b: Path, chunk: int = 1 << 22) -> bool:
                 return False
             if not left:
                 return True
+
+
+def fingerprints(root: Path) -> dict[str, str]:
+    """Every package under ``root`` told apart by content: each program's specification (its map entries in key
+    order: protobuf writes maps in no fixed order, so two processes write the same specification in different
+    bytes) and each weight file, as SHA-256 by path relative to ``root``.  Two conversions that made the same
+    packages give the same fingerprints."""
+    import hashlib
+
+    import coremltools as ct
+
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if path.name == "weight.bin":
+            found[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+        elif path.suffix == ".mlpackage":
+            spec = ct.utils.load_spec(str(path)).SerializeToString(deterministic=True)
+            found[path.relative_to(root).as_posix()] = hashlib.sha256(spec).hexdigest()
+    return found

@@ -3,7 +3,6 @@ scheduled within the memory, and a part that fails or dies named."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ from workers.errors import ConversionError, SourceError
 from workers.memory import HostLedger
 from workers.names import Attention
 from workers.options import ConvertOptions
+from workers.package.files import fingerprints
 from workers.source.resolve import resolve_source
 
 GiB = 1 << 30
@@ -35,21 +35,9 @@ def own_ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _digests(out: Path, components: tuple[str, ...]) -> dict[str, str]:
-    """The program (its specification, map entries in key order: protobuf writes maps in no fixed order) and the
-    weight file of the packages of ``components`` (the UNet's: not the ControlledUnet's), by path."""
-    import coremltools as ct
-
+    """The programs and weight files of the packages of ``components`` (the UNet's: not the ControlledUnet's)."""
     names = tuple(f"_{c}.mlpackage" for c in components)
-    found = {}
-    for p in sorted(out.rglob("*")):
-        if not any(part.endswith(names) for part in p.parts):
-            continue
-        if p.name == "weight.bin":
-            found[p.relative_to(out).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
-        elif p.suffix == ".mlpackage":
-            spec = ct.utils.load_spec(str(p)).SerializeToString(deterministic=True)
-            found[p.relative_to(out).as_posix()] = hashlib.sha256(spec).hexdigest()
-    return found
+    return {path: found for path, found in fingerprints(out).items() if any(p.endswith(names) for p in path.split("/"))}
 
 
 def test_parts_in_processes_make_the_packages_one_process_makes(sd1_pipeline: Path, sd1_conversion,
