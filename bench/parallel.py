@@ -31,7 +31,9 @@ from pathlib import Path
 os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from full_size import build  # noqa: E402  (the random pipeline builder, shared with the full-size benchmark)
+from full_size import Memory, build  # noqa: E402  (shared with the full-size benchmark)
+
+from workers.memory import resident_bytes  # noqa: E402
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
@@ -51,11 +53,7 @@ def tree_resident(pid: int) -> int:
     total, todo = 0, [pid]
     while todo:
         current = todo.pop()
-        try:
-            with open(f"/proc/{current}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            pass
+        total += resident_bytes(current) or 0  # 0: it ended meanwhile
         todo += children.get(current, [])
     return total
 
@@ -78,16 +76,6 @@ class TreePeak:
         self._thread.join()
 
 
-def own_peak() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
 def figures(report) -> dict[str, float]:
     return {f"{p.path} {c.name}": c.value for p in report.packages for c in p.checks if c.value is not None}
 
@@ -99,7 +87,8 @@ def convert(source, out: Path, options, processes: int):
 
     import gc
     gc.collect()
-    reset_peak()
+    memory = Memory()
+    memory.reset()
     started = time.perf_counter()
     with TreePeak() as tree:
         try:
@@ -107,7 +96,7 @@ def convert(source, out: Path, options, processes: int):
         except ValidationError as e:
             report, passed = e.report, False
     seconds = time.perf_counter() - started
-    peak = own_peak() if processes == 1 else max(tree.peak, own_peak())
+    peak = memory.peak() if processes == 1 else max(tree.peak, memory.peak())
     return seconds, peak, report, passed
 
 

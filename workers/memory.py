@@ -32,10 +32,10 @@ def release_memory(*, above: int = RELEASE_ABOVE_BYTES) -> None:
         pass  # not glibc (macOS): nothing to trim
 
 
-def resident_bytes() -> int | None:
-    """This process's resident memory (Linux), or None where /proc does not say."""
+def resident_bytes(pid: int | str = "self") -> int | None:
+    """A process's resident memory (this one's by default; Linux), or None where /proc does not say."""
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
@@ -43,10 +43,28 @@ def resident_bytes() -> int | None:
 
 def peak_bytes() -> int | None:
     """The most this process has held resident (Linux's VmHWM), or None where /proc does not say."""
+    return _kib_field("/proc/self/status", "VmHWM")
+
+
+def available_memory() -> int:
+    """The memory a new process may still take: the kernel's MemAvailable, or less under a cgroup limit."""
+    found = _kib_field("/proc/meminfo", "MemAvailable") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     try:
-        with open("/proc/self/status") as f:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            found = min(found, int(limit) - used)
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit: the machine's memory
+    return max(found, 0)
+
+
+def _kib_field(path: str, key: str) -> int | None:
+    """A ``Key:   N kB`` line of a /proc file, in bytes; None where it is not there."""
+    try:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         return None
@@ -94,7 +112,8 @@ class HostLedger:
     def headroom(self, claims: dict[str, dict], available: int) -> int:
         """What is free for a new claim: ``available`` (the kernel's free memory now) less what the processes
         with claims may still grow by (each claim's estimate less what its process already holds)."""
-        growth = sum(max(0, c["bytes"] - (_resident(c["pid"][0]) if c.get("pid") else 0)) for c in claims.values())
+        growth = sum(max(0, c["bytes"] - ((resident_bytes(c["pid"][0]) or 0) if c.get("pid") else 0))
+                     for c in claims.values())
         return available - growth
 
     def claim(self, key: str, estimate: int, available: int, *, share: float = 1.0, alone: bool = False) -> bool:
@@ -148,11 +167,3 @@ def _lives(identity: object) -> bool:
     except PermissionError:
         pass  # another user's process: alive
     return started is None or _started(pid) in (None, started)
-
-
-def _resident(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0

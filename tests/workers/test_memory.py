@@ -19,7 +19,7 @@ GiB = 1 << 30
 
 def test_claims_fit_in_what_is_free_less_what_claimed_processes_may_still_grow_by(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "_resident", lambda pid: 2 * GiB)  # what a claim's process holds now
+    monkeypatch.setattr(memory, "resident_bytes", lambda pid="self": 2 * GiB)  # what a claim's process holds now
     ledger = HostLedger(tmp_path / "claims.json")
     assert ledger.claim("a", 6 * GiB, 10 * GiB)
     assert not ledger.claim("b", 6 * GiB, 10 * GiB)  # a may still grow by 6 of the 10 free

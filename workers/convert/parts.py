@@ -36,7 +36,7 @@ from workers.convert.merge import merge_outputs
 from workers.convert.run import Run
 from workers.convert.specs import spec_for
 from workers.errors import ConversionError
-from workers.memory import HostLedger
+from workers.memory import HostLedger, available_memory
 from workers.names import CHECK_DATA_DIR, Attention
 from workers.options import ConvertOptions
 from workers.progress import Progress
@@ -75,30 +75,6 @@ class Part:
     cost: float  # its relative run time (the order parts start in: costliest first)
 
 
-def available_memory() -> int:
-    """The memory this process may still take: the kernel's MemAvailable, or less under a cgroup limit."""
-    found = _meminfo("MemAvailable") or (os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-        if limit != "max":
-            found = min(found, int(limit) - used)
-    except (OSError, ValueError):
-        pass  # no cgroup v2 limit: the machine's memory
-    return max(found, 0)
-
-
-def _meminfo(key: str) -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def float32_weight_bytes(source: Source, component: str) -> int:
     """The bytes of a source component's weights in float32, from the safetensors headers (a pickled file: its
     size, as if float32)."""
@@ -115,11 +91,10 @@ def float32_weight_bytes(source: Source, component: str) -> int:
     return total
 
 
-def part_memory(source: Source, component: str, geometry: Geometry) -> int:
+def part_memory(component: str, geometry: Geometry, weights: int) -> int:
     """The estimated peak resident memory of converting and validating one component (at ``geometry``'s size),
-    from its weights' headers and its largest activations: what the scheduler keeps within the free memory."""
-    spec = spec_for(component, geometry)
-    weights = float32_weight_bytes(source, spec.needs[0])
+    from its float32 weights' bytes (:func:`float32_weight_bytes`) and its largest activations: what the
+    scheduler keeps within the free memory."""
     latent = geometry.latent_height * geometry.latent_width
     if component.startswith("vae"):
         channels = 128  # the widest full-resolution feature map of every Stable Diffusion VAE
@@ -141,11 +116,11 @@ def plan_parts(run: Run, components: list[str], processes: int, budget: int) -> 
     sizes = [geometry] + [g for _, g in run.sizes]
     parts = []
     for name in components:
-        at = [g for g in sizes] if name not in SIZE_INDEPENDENT else [geometry]
-        memory = max(part_memory(source, name, g) for g in at)
+        at = sizes if name not in SIZE_INDEPENDENT else [geometry]
+        weights = float32_weight_bytes(source, spec_for(name, geometry).needs[0])  # its headers, read once
+        memory = max(part_memory(name, g, weights) for g in at)
         # the float32 weights and every image size's pixels, converted once per layout when it depends on one
-        cost = (float32_weight_bytes(source, spec_for(name, geometry).needs[0]) + 1e6) * \
-            sum(g.latent_height * g.latent_width for g in at)
+        cost = (weights + 1e6) * sum(g.latent_height * g.latent_width for g in at)
         layouts = options.attentions if depends_on_attention(name) else options.attentions[:1]
         # a mixed-bit recipe is analysed once per component, so its layouts stay together
         if depends_on_attention(name) and len(layouts) > 1 and processes > 1 and 2 * memory <= budget and \

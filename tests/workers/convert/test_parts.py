@@ -104,12 +104,14 @@ def test_parts_start_only_while_their_estimates_fit(tmp_path: Path) -> None:
 def test_estimates_grow_with_the_weights_and_the_image(sd1_pipeline: Path) -> None:
     source = resolve_source(str(sd1_pipeline))
     g = read_geometry(sd1_pipeline)
-    unet, text = parts.part_memory(source, "unet", g), parts.part_memory(source, "text_encoder", g)
+    weights = {c: parts.float32_weight_bytes(source, c) for c in ("unet", "text_encoder", "vae")}
+    unet = parts.part_memory("unet", g, weights["unet"])
+    text = parts.part_memory("text_encoder", g, weights["text_encoder"])
     assert text >= parts.BASE_BYTES and unet > text
-    assert parts.float32_weight_bytes(source, "unet") > parts.float32_weight_bytes(source, "text_encoder") > 0
+    assert weights["unet"] > weights["text_encoder"] > 0
     larger = g.at_size((g.image_width * 2, g.image_height * 2))
-    assert parts.part_memory(source, "vae_decoder", larger) > parts.part_memory(source, "vae_decoder", g)
-    assert parts.part_memory(source, "unet", larger) > unet
+    assert parts.part_memory("vae_decoder", larger, weights["vae"]) > parts.part_memory("vae_decoder", g, weights["vae"])
+    assert parts.part_memory("unet", larger, weights["unet"]) > unet
 
 
 def test_small_sources_convert_in_this_process_unless_told(sd1_pipeline: Path) -> None:
