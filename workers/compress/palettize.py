@@ -100,8 +100,9 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
     import coremltools as ct
     from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
 
-    from workers.validate.readback import file_blobs, load_program, nonfinite_constants, unpalettized_weights
+    from workers.convert.passes import validated_once
     from workers.convert.targets import retarget
+    from workers.validate.readback import file_blobs, load_program, nonfinite_constants, unpalettized_weights
 
     def palettizer(granularity: str, nbits: int = bits) -> OpPalettizerConfig:
         return OpPalettizerConfig(mode="custom", lut_function=partial(histogram_kmeans, nbits=nbits),
@@ -127,16 +128,17 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
             op_type_configs={"gather": None},  # embedding tables stay float16, as Apple's are
             op_name_configs={name: None for name in scan(model, nonfinite_constants)},
         )
-    try:
-        with file_blobs():  # coremltools reloads the program here: its weights read without mapping the file
-            model = palettize_weights(model, config)
-        if group_size:  # weights whose channel count the group size does not divide: one palette each
-            rest = scan(model, lambda program: unpalettized_weights(program, threshold))
-            if rest:
-                with file_blobs():
-                    model = palettize_weights(model, OptimizationConfig(
-                        op_name_configs={name: palettizer("per_tensor") for name in rest}))
-    except Exception as e:  # coremltools raises many types; name the component and chain the cause
-        raise ConversionError(f"palettizing {component} to {bits} bits failed: {e}",
-                              component=component) from e
-    return retarget(model, target, component=component) if target else model
+    with validated_once():
+        try:
+            with file_blobs():  # coremltools reloads the program here: its weights read without mapping the file
+                model = palettize_weights(model, config)
+            if group_size:  # weights whose channel count the group size does not divide: one palette each
+                rest = scan(model, lambda program: unpalettized_weights(program, threshold))
+                if rest:
+                    with file_blobs():
+                        model = palettize_weights(model, OptimizationConfig(
+                            op_name_configs={name: palettizer("per_tensor") for name in rest}))
+        except Exception as e:  # coremltools raises many types; name the component and chain the cause
+            raise ConversionError(f"palettizing {component} to {bits} bits failed: {e}",
+                                  component=component) from e
+        return retarget(model, target, component=component) if target else model

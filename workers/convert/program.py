@@ -121,16 +121,19 @@ def convert_traced(traced: torch.jit.ScriptModule, inputs: list[TensorSpec], out
     """coremltools' conversion of a traced module to an ML program (unsaved).  Raises ConversionError."""
     import coremltools as ct
 
+    from workers.convert.passes import validated_once
+
     try:
-        return ct.convert(
-            traced,
-            convert_to="mlprogram",
-            minimum_deployment_target=deployment_target(target),
-            inputs=[ct.TensorType(name=t.name, shape=t.shape, dtype=_DTYPES[t.dtype]) for t in inputs],
-            outputs=[ct.TensorType(name=t.name, dtype=_DTYPES[t.dtype]) for t in outputs],
-            compute_precision=ct.precision.FLOAT16 if precision == "float16" else ct.precision.FLOAT32,
-            skip_model_load=True,
-        )
+        with validated_once():
+            return ct.convert(
+                traced,
+                convert_to="mlprogram",
+                minimum_deployment_target=deployment_target(target),
+                inputs=[ct.TensorType(name=t.name, shape=t.shape, dtype=_DTYPES[t.dtype]) for t in inputs],
+                outputs=[ct.TensorType(name=t.name, dtype=_DTYPES[t.dtype]) for t in outputs],
+                compute_precision=ct.precision.FLOAT16 if precision == "float16" else ct.precision.FLOAT32,
+                skip_model_load=True,
+            )
     except Exception as e:  # coremltools raises many types; name the component and chain the cause
         raise ConversionError(f"coremltools could not convert {component}: {e.__class__.__name__}: {e}",
                               component=component, variant=variant) from e

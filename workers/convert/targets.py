@@ -74,6 +74,7 @@ def retarget(model, target: str, *, component: str = ""):
     from coremltools.converters.mil.mil import Builder as mb
     from coremltools.converters.mil.mil.ops.helper import _get_version_of_op
 
+    from workers.convert.passes import validated_once
     from workers.validate.readback import load_program
 
     wanted = SPEC_VERSIONS[check_target(target)]
@@ -95,10 +96,11 @@ def retarget(model, target: str, *, component: str = ""):
                     for old, new in zip(op.outputs, rebuilt if isinstance(rebuilt, (list, tuple)) else [rebuilt]):
                         op.enclosing_block.replace_uses_of_var_after_op(anchor_op=op, old_var=old, new_var=new)
                     op.enclosing_block.remove_ops([op])
-        moved = ct.convert(program, convert_to="mlprogram", minimum_deployment_target=opset,
-                           pass_pipeline=ct.PassPipeline(pass_names=list(_RETARGET_PASSES)),
-                           compute_precision=ct.precision.FLOAT32,  # the program is float16 already
-                           skip_model_load=True)
+        with validated_once():
+            moved = ct.convert(program, convert_to="mlprogram", minimum_deployment_target=opset,
+                               pass_pipeline=ct.PassPipeline(pass_names=list(_RETARGET_PASSES)),
+                               compute_precision=ct.precision.FLOAT32,  # the program is float16 already
+                               skip_model_load=True)
     except Exception as e:  # coremltools raises many types; name the component and chain the cause
         raise ConversionError(f"moving {component or 'the package'} to {target} failed: "
                               f"{e.__class__.__name__}: {e}", component=component or "package") from e
