@@ -285,7 +285,8 @@ def _convert(spec: JobSpec, part: str, settings: Settings) -> tuple[dict, str | 
         shutil.rmtree(out, ignore_errors=True)
         chunk = options.chunk_unet and any(c in CHUNKED for c in components)
         report = convert_pipeline(source, out, options.conversion(
-            attentions=attentions, components=components, bars=settings.validation_bars(), chunk_unet=chunk,
+            attentions=attentions, components=components, bars=settings.validation_bars(),
+            analyses=str(settings.analyses_path()), mixed_min_weights=settings.mixed_min_weights, chunk_unet=chunk,
             chunks_only=chunk and options.chunks_only), on_event=_events(spec, settings, stage="convert", part=part),
             processes=settings.convert_processes)
     return _report_figures(report), store.push(spec.id, "parts", part)
@@ -303,6 +304,10 @@ def _report_figures(report) -> dict:
             figure[name] = check.value if check else None
             figure[f"{name}_threshold"] = check.threshold if check else None
         figures[f"{p.component}/{p.variant}/{p.precision}"] = figure
+    if report.recipes:  # what the status page plots of each mixed-bit analysis
+        figures["recipes"] = {component: {key: recipe.get(key) for key in
+                                          ("target", "bits", "measured_psnr", "predicted_psnr", "weights", "passes")}
+                              for component, recipe in report.recipes.items()}
     return figures
 
 

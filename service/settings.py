@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     convert_processes: int | None = Field(None, ge=1, description="Processes one conversion may run at once (its "
                                                                   "components side by side, as memory allows); unset: "
                                                                   "one per core for sources of 1 GB and more")
+    mixed_min_weights: int = Field(100_000, ge=1, description="Mixed-bit recipes: layers of at most this many "
+                                                              "weights stay float16 (Apple's threshold; smaller for "
+                                                              "test models)")
     heartbeat_interval: float = Field(30.0, gt=0, description="Seconds between a running stage's heartbeats")
     heartbeat_timeout: float = Field(180.0, gt=0, description="A running stage silent this long (seconds) belongs "
                                                               "to a dead worker, and a job not sent to the queue "
@@ -106,6 +109,18 @@ class Settings(BaseSettings):
     def scratch_path(self) -> Path:
         """Where workers keep pulled artifacts."""
         return Path(self.scratch) if self.scratch else Path.home() / ".cache" / "coreml-publisher"
+
+    def hub_link(self) -> str:
+        """The Hub the service publishes to, for links: the endpoint setting, else huggingface_hub's."""
+        if self.hub_endpoint:
+            return self.hub_endpoint.rstrip("/")
+        from huggingface_hub import constants
+
+        return constants.ENDPOINT.rstrip("/")
+
+    def analyses_path(self) -> Path:
+        """Where conversions keep mixed-bit analyses by the weights' commits, for re-conversions to read back."""
+        return self.scratch_path() / "analyses"
 
 
 @lru_cache(maxsize=1)

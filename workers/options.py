@@ -163,6 +163,8 @@ class ConvertOptions(Options):
     # Apple's PALETTIZE_MIN_SIZE (workers.compress.sensitivity.MIN_WEIGHTS); tiny test models set it lower
     mixed_min_weights: int = internal(100_000, help="Layers of at most this many weights stay float16 in a "
                                                     "mixed-bit recipe")
+    # where mixed-bit analyses are kept by the weights' commits and read back (workers.compress.mixed); None: none
+    analyses: str | None = internal(None, help="Folder of stored mixed-bit analyses (the service's scratch folder)")
     lean: bool | None = internal(None, help="Memory-lean UNet conversion (workers.convert.lean); None: when its "
                                             "weights are safetensors; False: the float32 path")
 
@@ -185,9 +187,6 @@ class ConvertOptions(Options):
             from workers.compress.recipe import parse_target
 
             object.__setattr__(self, "bits", parse_target(self.bits).label)  # one spelling per target
-            if self.group_size:
-                raise OptionsError("--group-size is not supported with a mixed-bit --bits",
-                                   hint="Drop --group-size: mixed-bit recipes use one palette per tensor.")
         if self.bits is not None:
             from workers.compress.palettize import check_bits  # numpy: loaded only when options are made
 

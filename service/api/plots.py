@@ -172,3 +172,23 @@ def figures(packages: list[dict]) -> Markup:
     body.append(f'<line x1="{LABEL + 580}" y1="{legend - 10}" x2="{LABEL + 580}" y2="{legend + 2}" class="threshold"/>')
     body.append(_text(LABEL + 586, legend, "bar (red: below it)", cls="note"))
     return _svg(height, body, "validation figures against their bars")
+
+
+def mixed_plots(stages: list[StageResult]) -> list[Markup]:
+    """The size-against-PSNR plot of every mixed-bit recipe a job's convert stages analysed, one per component
+    (:func:`workers.package.plot_mixed.size_psnr_svg`, the card's plot); a record it cannot read is not drawn."""
+    from workers.package.plot_mixed import size_psnr_svg
+
+    found: dict[str, dict] = {}
+    for result in stages:
+        if result.stage == "convert" and isinstance(result.figures, dict) and \
+                isinstance(result.figures.get("recipes"), dict):
+            for component, recipe in result.figures["recipes"].items():
+                found.setdefault(str(component), recipe)
+    drawn = []
+    for component, recipe in sorted(found.items()):
+        try:
+            drawn.append(Markup(size_psnr_svg(component, recipe)))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return drawn

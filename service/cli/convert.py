@@ -43,7 +43,9 @@ def convert(
     from workers.source.resolve import resolve_source
 
     settings = get_settings()
-    conversion = ConvertOptions.from_user(**ConvertOptions.pick(options), bars=settings.validation_bars())
+    conversion = ConvertOptions.from_user(**ConvertOptions.pick(options), bars=settings.validation_bars(),
+                                          analyses=str(settings.analyses_path()),
+                                          mixed_min_weights=settings.mixed_min_weights)
     extras = SourceOptions.from_user(**SourceOptions.pick(options))
     printer = EventPrinter()
     try:

@@ -52,6 +52,33 @@ def test_local_mode_runs_every_stage_without_a_broker(hub_with_source: str, tmp_
     assert unets == [f"Stable_Diffusion_version_studio_tiny-sd_unet_chunk{i}.mlpackage" for i in (1, 2)]
 
 
+def test_a_mixed_bit_job_publishes_its_recipe_and_plot_and_keeps_its_analysis(hub_with_source: str,
+                                                                                 tmp_path: Path) -> None:
+    from service.db import upgrade
+
+    database_url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    upgrade(database_url)
+    env = {"HF_ENDPOINT": hub_with_source, "HF_HUB_DISABLE_XET": "1", "HF_TOKEN": "alice-token",
+           "COREML_PUBLISH_DATABASE_URL": database_url, "COREML_PUBLISH_BROKER_URL": "redis://127.0.0.1:1/0",
+           "COREML_PUBLISH_ARTIFACT_STORE": str(tmp_path / "artifacts"), "COREML_PUBLISH_SCRATCH": str(tmp_path),
+           "COREML_PUBLISH_MIXED_MIN_WEIGHTS": "2048"}  # the tiny UNet's layers are far below Apple's 100,000
+    result = run("submit", "studio/tiny-sd", "--local", "--packages-only", "--namespace", "studio",
+                 "--bits", "mixed:4", "--attention", "original", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with session_scope(database_url) as session:
+        job = list_jobs(session)[0]
+        assert job.state == "succeeded"
+        assert [p.repo_id for p in job.published] == ["studio/coreml-tiny-sd", "studio/coreml-tiny-sd-mixed-bit"]
+        recorded = {c: r for s in job.stages if s.stage == "convert" for c, r in s.figures.get("recipes", {}).items()}
+    assert abs(recorded["unet"]["bits"] - 4) <= 0.05 and recorded["unet"]["passes"]  # what the status page plots
+    files = HfApi(endpoint=hub_with_source).list_repo_files("studio/coreml-tiny-sd-mixed-bit")
+    assert {"recipes/studio-tiny-sd_palettization_recipe.json", "recipes/studio-tiny-sd_size_psnr.svg"} <= set(files)
+    card = Path(hf_hub_download("studio/coreml-tiny-sd-mixed-bit", "README.md", endpoint=hub_with_source,
+                                cache_dir=tmp_path / "hf")).read_text()
+    assert "## Mixed-bit palettization" in card and "(recipes/studio-tiny-sd_size_psnr.svg)" in card
+    assert len(list((tmp_path / "analyses").glob("*.json"))) >= 1  # kept for a re-conversion of this commit
+
+
 def test_http_api(hub_with_source: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[tuple] = []
     monkeypatch.setattr("service.submit.enqueue", lambda job_id, parts, **_: sent.append((job_id, parts)) or "task")

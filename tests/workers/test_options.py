@@ -94,5 +94,7 @@ def test_bits_take_a_width_or_a_mixed_bit_target_spelled_one_way() -> None:
     for bad, message in (("mixed:12", "between 2 and 8"), ("six", "neither a palettization width nor a mixed-bit")):
         with pytest.raises(OptionsError, match=message):
             ConvertOptions.from_user(bits=bad)
-    with pytest.raises(OptionsError, match="--group-size is not supported with a mixed-bit"):
-        ConvertOptions(bits="mixed:4.5", group_size=32, deployment_target="iOS18")
+    # a recipe's widths in one palette per group of channels: iOS 18, as uniform grouped palettes
+    assert ConvertOptions(bits="mixed:4.5", group_size=32).target(palettized=True) == "iOS18"
+    with pytest.raises(OptionsError, match="one palette per channel group needs iOS18"):
+        ConvertOptions(bits="mixed:4.5", group_size=32, deployment_target="iOS17")

@@ -6,13 +6,25 @@ A recipe names torch modules (Apple's keys: ``down_blocks.0.attentions.0.proj_in
 The two meet through where validation found each parameter in the float16 package
 (:class:`workers.validate.readback.Accounting`), so a layout that renames or reshapes a layer (a linear layer
 as a 1×1 convolution, a query projection with the softmax scale folded in) still gets its layer's width.
+
+The analysis is the costly part (minutes at full size; the recipe for a target is chosen from it in
+milliseconds), so it is kept in a folder of analyses (:func:`analysis_key`, :func:`stored_analysis`) by what
+determines it: the weights (the source's commit and every other source it takes weights from), the component, the
+inputs (seed and geometry) and the analysis's own version.  A re-conversion of the same weights (a retried job,
+another target, the other layout's part of the same job) reads it instead of analysing again; a source without
+a commit (a local folder) is always analysed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -23,6 +35,7 @@ from workers.errors import ConversionError
 from workers.validate.readback import Accounting
 
 RECIPES_DIR = "recipes"  # in the mixed-bit repo, beside the variants
+ANALYSIS_VERSION = 1  # raised whenever the analysis would measure differently: older stored analyses are not read
 
 
 @dataclass
@@ -35,6 +48,7 @@ class MixedRecipe:
     widths: dict[str, int]  # torch module name (the component's own, without the wrapper's prefix) -> bits
     prefix: str  # the export module's name for the component's network ("unet.")
     measured_psnr: float = 0.0  # the recipe palettized in torch, against the float32 output (one more pass)
+    reused: bool = False  # the analysis was read from an earlier conversion of the same weights
 
     @property
     def average(self) -> float:
@@ -58,7 +72,8 @@ class MixedRecipe:
         return {"target": self.target.label, "bits": round(self.average, 3), "layers": len(self.widths),
                 "widths": counts, "predicted_psnr": round(self.predicted_psnr, 2),
                 "measured_psnr": self.measured_psnr, "passes": self.sensitivity.passes, "file": file,
-                "seconds": round(self.sensitivity.seconds, 1)}
+                "seconds": round(self.sensitivity.seconds, 1), "reused": self.reused,
+                "weights": self.sensitivity.total_weights}
 
     def constant_widths(self, accounting: Accounting, reference: nn.Module, export: nn.Module) -> dict[str, int]:
         """Each candidate layer's width by the name of its weight's constant in a package: the layer found in
@@ -105,17 +120,59 @@ def _network(reference: nn.Module) -> tuple[nn.Module, str]:
 
 
 def analyse_component(component: str, reference: nn.Module, run: Callable[[], torch.Tensor], target: Target, *,
-                      min_weights: int = MIN_WEIGHTS, seed: int = 0) -> MixedRecipe | None:
-    """The sensitivity of ``reference``'s network when ``run()`` gives its first output, and the recipe meeting
-    ``target``; None when no layer is large enough to palettize (the component then ships float16)."""
+                      min_weights: int = MIN_WEIGHTS, seed: int = 0,
+                      analysed: Sensitivity | None = None) -> MixedRecipe | None:
+    """The sensitivity of ``reference``'s network when ``run()`` gives its first output (or ``analysed``, the
+    same analysis read back), and the recipe meeting ``target``; None when no layer is large enough to palettize
+    (the component then ships float16)."""
     network, prefix = _network(reference)
     layers, _ = candidates(network, min_weights)
     if not layers:
         return None
-    sensitivity = analyse(network, run, min_weights=min_weights, seed=seed)
+    if analysed is not None and {x.name for x in analysed.layers} != set(layers):
+        raise ConversionError(f"the stored analysis of {component} names other layers than its network has",
+                              component=component)
+    sensitivity = analysed or analyse(network, run, min_weights=min_weights, seed=seed)
+    if sensitivity.reference is None:  # read back: the float32 output is not stored
+        with torch.no_grad():
+            sensitivity.reference = run().detach()
     widths = choose(sensitivity, target)
     mse = measure_mse(layers, run, sensitivity.reference, widths)  # the chosen recipe's own pass
-    return MixedRecipe(component, target, sensitivity, widths, prefix, round(psnr_of(sensitivity.peak, mse), 2))
+    return MixedRecipe(component, target, sensitivity, widths, prefix, round(psnr_of(sensitivity.peak, mse), 2),
+                       reused=analysed is not None)
+
+
+def analysis_key(identity: dict) -> str:
+    """The name an analysis is stored under: a digest of what determines it (``identity``: the weights' commits,
+    the component, the inputs) and of :data:`ANALYSIS_VERSION`."""
+    text = json.dumps({"version": ANALYSIS_VERSION, **identity}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def stored_analysis(folder: Path, key: str) -> Iterator[tuple[Sensitivity | None, Callable[[Sensitivity], None]]]:
+    """The analysis stored under ``key`` in ``folder`` (None if there is none, or it cannot be read) and a function
+    that stores one.  The key is held locked while inside, so a second conversion of the same weights on this
+    host waits for the first one's analysis and reads it instead of making its own."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{key}.json"
+    with open(folder / f"{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            found = None
+            try:
+                found = Sensitivity.from_dict(json.loads(path.read_text()))
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # none yet, or damaged: analysed again and stored over it
+
+            def store(sensitivity: Sensitivity) -> None:
+                partial = path.with_name(f".{path.name}.{os.getpid()}")
+                partial.write_text(json.dumps(sensitivity.to_dict()))
+                os.replace(partial, path)  # readers see the whole file or none
+
+            yield found, store
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def save_recipe(folder: Path, model: str, recipe: MixedRecipe, source_sha: str | None) -> Path:

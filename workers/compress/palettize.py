@@ -88,7 +88,8 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
     """Palettize every weight of a saved float16 package to ``bits`` bits (optimal 1-D k-means).
 
     With ``widths`` (a mixed-bit recipe: constant name, suffixes stripped, to its width; 16 or absent: it stays
-    float16) each named weight gets its own width instead, through the same palettizer, and ``bits`` is unused.
+    float16) each named weight gets its own width instead, through the same palettizer (per group of channels
+    too), and ``bits`` is unused.
 
     One palette per tensor (Apple's format), or with ``group_size`` one per that many output channels
     (iOS 18 / macOS 15; a tensor whose channel count it does not divide keeps one palette per tensor).
@@ -116,15 +117,17 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
     model = ct.models.MLModel(str(package), skip_model_load=True)
     if target and group_size:
         model = retarget(model, target, component=component)
+    granularity = "per_grouped_channel" if group_size else "per_tensor"
+    wanted: dict[str, int] | None = None  # a mixed-bit recipe's constants (their op names) and widths
     if widths is not None:
         from workers.validate.readback import constant_names
 
-        config = OptimizationConfig(op_name_configs={
-            name: palettizer("per_tensor", widths[key])
-            for key, name in scan(model, constant_names) if widths.get(key, 16) < 16})
+        wanted = {name: widths[key] for key, name in scan(model, constant_names) if widths.get(key, 16) < 16}
+        config = OptimizationConfig(op_name_configs={name: palettizer(granularity, nbits)
+                                                     for name, nbits in wanted.items()})
     else:
         config = OptimizationConfig(
-            global_config=palettizer("per_grouped_channel" if group_size else "per_tensor"),
+            global_config=palettizer(granularity),
             op_type_configs={"gather": None},  # embedding tables stay float16, as Apple's are
             op_name_configs={name: None for name in scan(model, nonfinite_constants)},
         )
@@ -134,10 +137,12 @@ def palettize_package(package: Path, *, bits: int = DEFAULT_BITS, component: str
                 model = palettize_weights(model, config)
             if group_size:  # weights whose channel count the group size does not divide: one palette each
                 rest = scan(model, lambda program: unpalettized_weights(program, threshold))
+                if wanted is not None:  # a recipe's float16 layers stay float16
+                    rest = [name for name in rest if name in wanted]
                 if rest:
                     with file_blobs():
-                        model = palettize_weights(model, OptimizationConfig(
-                            op_name_configs={name: palettizer("per_tensor") for name in rest}))
+                        model = palettize_weights(model, OptimizationConfig(op_name_configs={
+                            name: palettizer("per_tensor", wanted[name] if wanted else bits) for name in rest}))
         except Exception as e:  # coremltools raises many types; name the component and chain the cause
             raise ConversionError(f"palettizing {component} to {bits} bits failed: {e}",
                                   component=component) from e

@@ -8,9 +8,11 @@ deleted and recorded as failed; a layout-independent component's packages are pl
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -73,6 +75,7 @@ def _analysed(run: Run, spec: ComponentSpec, checks: ComponentChecks, modules: d
     """The mixed-bit recipe of one component (:mod:`workers.compress.mixed`), analysed on its float32 module and
     written to the mixed-bit repo's ``recipes/``; every size and layout uses it."""
     from workers.compress.mixed import analyse_component, save_recipe
+    from workers.package.plot_mixed import plot_file_name, size_psnr_svg
 
     names = [t.name for t in checks.io.outputs]
     # two timesteps: the first sample of the check inputs and of the trace inputs, as one batch
@@ -84,13 +87,38 @@ def _analysed(run: Run, spec: ComponentSpec, checks: ComponentChecks, modules: d
         outputs = run_module(reference, inputs, names, per_sample=run.geometry.xl)
         return torch.cat([torch.from_numpy(outputs[name]).reshape(-1) for name in names])
 
-    with run.stage("analyse", spec.name, run.size_label):
+    with run.stage("analyse", spec.name, run.size_label), _stored_analysis(run, spec.name) as (analysed, store):
         recipe = analyse_component(spec.name, reference, forward, run.options.mixed, seed=run.options.seed,
-                                   min_weights=run.options.mixed_min_weights)
+                                   min_weights=run.options.mixed_min_weights, analysed=analysed)
+        if recipe is not None and not recipe.reused:
+            store(recipe.sensitivity)
         if recipe is not None:
             file = save_recipe(run.out / run.palettized_repo, run.source.id, recipe, run.source.sha)
-            run.report.recipes[spec.name] = recipe.summary(run.rel(file))
+            summary = recipe.summary(run.rel(file))
+            plot = file.with_name(plot_file_name(file.name))  # beside it: the card shows it
+            plot.write_text(size_psnr_svg(spec.name, summary))
+            run.report.recipes[spec.name] = {**summary, "plot": run.rel(plot)}
     run.recipes[spec.name] = recipe  # None: no layer large enough, the component ships float16
+
+
+@contextlib.contextmanager
+def _stored_analysis(run: Run, component: str) -> Iterator[tuple[Any, Callable[[Any], None]]]:
+    """The component's analysis stored by an earlier conversion of the same weights (in ``--analyses``, the
+    options' ``analyses`` folder; :func:`workers.compress.mixed.stored_analysis`), or None and a function storing
+    this one.  Nothing is read or kept without a folder, or for a source without a commit (a local folder)."""
+    from workers.compress.mixed import analysis_key, stored_analysis
+
+    source, g = run.source, run.geometry
+    commits = [source.sha] + [extra.sha for _, extra in source.extras]
+    if run.options.analyses is None or any(sha is None for sha in commits):
+        yield None, lambda sensitivity: None
+        return
+    identity = {"source": source.id, "sha": source.sha, "checkpoint": source.checkpoint_sha256,
+                "lora_scale": source.lora_scale, "extras": [[role, extra.id, extra.sha] for role, extra in source.extras],
+                "component": component, "seed": run.options.seed, "min_weights": run.options.mixed_min_weights,
+                "latent": [g.latent_height, g.latent_width], "batch": g.batch_size}
+    with stored_analysis(Path(run.options.analyses), analysis_key(identity)) as found:
+        yield found
 
 
 def _converted(run: Run, spec: ComponentSpec, checks: ComponentChecks, attention: Attention, export,
@@ -182,7 +210,9 @@ def _palettized(run: Run, spec: ComponentSpec, checks: ComponentChecks, attentio
     recipe = run.recipes.get(spec.name) if mixed else None
     widths = None if recipe is None else recipe.constant_widths(checks.accountings[float16.variant],
                                                                            spec.reference(modules), export)
-    precision = recipe.precision if recipe else precision_label(run.options.bits, run.options.group_size)
+    group = run.options.group_size
+    precision = recipe.precision + (f"-group{group}" if group else "") if recipe else \
+        precision_label(run.options.bits, group)
     result = PackageResult(run.palettized_repo, run.variant(attention), spec.name, precision, run.rel(path),
                            target=run.target(palettized=True))
     started = time.perf_counter()

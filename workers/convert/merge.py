@@ -27,8 +27,10 @@ def _merge_recipe(merged: Report, component: str, recipe: dict, part: Path, out:
                               hint="Convert the job again (its parts on one host analyse alike).")
         return
     merged.recipes[component] = recipe
-    (out / recipe["file"]).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(part / recipe["file"], out / recipe["file"])
+    for key in ("file", "plot"):  # the recipe file and its size-against-PSNR plot
+        if recipe.get(key):
+            (out / recipe[key]).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(part / recipe[key], out / recipe[key])
 
 
 def merge_outputs(parts: list[Path], out: Path, *, base: Report | None = None) -> Report:

@@ -44,4 +44,7 @@ def mixed_section(report: Report) -> list[str]:
                   for p in uniform]
         lines += [f"| **this recipe** | **{recipe['bits']:.2f}** | **{recipe['measured_psnr']:.1f} dB** "
                   f"(predicted {recipe['predicted_psnr']:.1f}) |", ""]
+        if recipe.get("plot"):  # every recipe the analysis measured, by size
+            plot = recipe["plot"].split("/", 1)[-1]
+            lines += [f"![{component}: weight size against PSNR for every recipe the analysis measured]({plot})", ""]
     return lines
