@@ -163,7 +163,7 @@ def _variants_section(source_id: str, packages: list[PackageResult], repo_id: st
                       compiled: bool, *, controlnet: bool = False) -> list[str]:
     """The repo's tree, what each variant is for, and how to download one."""
     repo_name = repo_id.split("/")[-1]
-    lines = ["## Variants", "", "```", "README.md"]
+    lines = ["## Variants", "", "```", "README.md", "coreml-publisher.json"]
     if compiled:
         lines += [zip_name(repo_name, v) for v in variants]
     components = sorted({p.component for p in packages}, key=list(COMPILED_NAMES).index)
@@ -175,6 +175,9 @@ def _variants_section(source_id: str, packages: list[PackageResult], repo_id: st
         lines.append("  packages/   " + "  ".join(package_file_name(source_id, c) for c in components))
     lines += ["```", ""]
     lines += [f"- `{v}`: {_variant_use(v)}." for v in variants]
+    lines.append("- `coreml-publisher.json` says all of this machine-readably: every variant and file, input and "
+                 "output shapes, OS versions, validation figures, source and toolchain (`coreml-publish download` "
+                 "reads it).")
     lines += [("- `compiled/` holds the compiled ControlNet, to go beside a base model's resources; " if controlnet
                else "- `compiled/` holds `.mlmodelc` resources and the tokenizer, ready for the Swift pipeline; ")
               + "`packages/` holds `.mlpackage` files for Xcode and coremltools." if compiled else

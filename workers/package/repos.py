@@ -4,6 +4,7 @@ For each of the two repos (float16, palettized) and each variant: compiled resou
 step, macOS) next to the packages, one deterministic zip per variant, and the model card::
 
     OUT/<repo-name>/README.md
+    OUT/<repo-name>/coreml-publisher.json      (the manifest: workers.package.manifest)
     OUT/<repo-name>/<repo-name>_<variant>_compiled.zip
     OUT/<repo-name>/<variant>/{compiled,packages}/...
 
@@ -23,6 +24,7 @@ from typing import Callable
 from workers.errors import SourceError
 from workers.package.card import render_card, zip_name
 from workers.package.compile import bundle_variant
+from workers.package.manifest import build_manifest, write_manifest
 from workers.source.unpack import recorded_tokenizers
 from workers.package.complete import check_complete, check_output, check_tree, repo_variants
 from workers.validate.compiled import check_compiled
@@ -122,6 +124,9 @@ def package_output(out: Path, *, namespace: str, compiled: bool, compiler: tuple
             check_complete(report, name, variant, out=out, compiled_dir=compiled_dir, namespace=namespace)
             step(f"zipping {archive.name}")
             write_zip(compiled_dir, archive, None if controlnet else archive.stem)
+        write_manifest(folder, build_manifest(report, out, kind=kind, name=name, repo_id=f"{namespace}/{name}",
+                                              variants=list(variants), compiled=compiled,
+                                              zips={v: zip_name(name, v) for v in variants}))
         sibling = present.get("palettized" if kind == "float16" else "float16")
         upstream = source_dir / "README.md"
         card = render_card(report, kind=kind, repo_id=f"{namespace}/{name}",

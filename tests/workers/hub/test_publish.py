@@ -382,5 +382,8 @@ def test_sizes_publish_as_variants_of_their_own_sharing_the_native_weights(sd1_s
     assert "| 32×48 | `split_einsum_v2/32x48` | `coreml-tiny-sd1_split_einsum_v2_32x48_compiled.zip` |" in card.text
     with pytest.raises(OptionsError, match="not an image size"):
         download_variant(repo, tmp_path / "bad", resolution="tall", endpoint=url)
-    with pytest.raises(SourceNotFoundError):
+    # the repo's manifest says what it holds, before any file is fetched
+    with pytest.raises(SourceNotFoundError, match="has no split_einsum_v2/64x64 variant; it holds split_einsum_v2, "
+                                                  "split_einsum_v2/32x48, split_einsum_v2/48x32"):
         download_variant(repo, tmp_path / "missing", variant="split_einsum_v2", resolution="64x64", endpoint=url)
+    assert not (tmp_path / "missing").exists()
