@@ -41,6 +41,7 @@ class Submitted:
     job: Job
     created: bool  # False: an identical job already existed and is returned instead
     notes: list[str] = field(default_factory=list)
+    publications: list["Publication"] = field(default_factory=list)  # earlier ones of the source, these options
 
 
 def submit_job(session: Session, *, source_repo: str, source_sha: str, options: JobOptions,
@@ -72,6 +73,39 @@ def submit_job(session: Session, *, source_repo: str, source_sha: str, options: 
     return Submitted(job, True)
 
 
+@dataclass(frozen=True)
+class Publication:
+    """A finished job that published a source with the same options: the repos it made, and from which commit."""
+
+    job_id: int
+    source_sha: str
+    repos: tuple[str, ...]
+    finished_at: datetime | None
+    same_commit: bool  # False: an older (or other) commit of the source
+
+
+def earlier_publications(session: Session, *, source_repo: str, source_sha: str, options: JobOptions,
+                         exclude: int | None = None, limit: int = 200) -> list[Publication]:
+    """The succeeded jobs that published ``source_repo`` with the same options (as a dedupe key tells them apart;
+    any toolchain), newest first: those of ``source_sha`` marked ``same_commit``, the others older commits a new
+    job would re-convert.  ``exclude``: a job not to list (the one just submitted)."""
+    key = options.key()
+    found = []
+    query = select(Job).where(Job.source_repo == source_repo, Job.state == JobState.SUCCEEDED.value) \
+        .order_by(Job.id.desc()).limit(limit)
+    for job in session.scalars(query):
+        if job.id == exclude or not job.published:
+            continue
+        try:
+            same_options = JobOptions.from_dict(job.options).key() == key
+        except Exception:  # options stored by an older version that no longer load: not comparable
+            continue
+        if same_options:
+            found.append(Publication(job.id, job.source_sha or "", tuple(p.repo_id for p in job.published),
+                                     job.finished_at, job.source_sha == source_sha))
+    return found
+
+
 def get_job(session: Session, job_id: int) -> Job:
     job = session.get(Job, job_id)
     if job is None:
@@ -79,12 +113,22 @@ def get_job(session: Session, job_id: int) -> Job:
     return job
 
 
-def list_jobs(session: Session, *, state: str | None = None, limit: int = 50) -> list[Job]:
-    query = select(Job).order_by(Job.id.desc()).limit(limit)
+def list_jobs(session: Session, *, state: str | None = None, limit: int = 50, search: str | None = None,
+              trigger: str | None = None, offset: int = 0) -> list[Job]:
+    """Jobs newest first: of one ``state``, one ``trigger``, whose source repo id holds ``search`` (any case),
+    ``limit`` of them after the first ``offset``."""
+    query = select(Job).order_by(Job.id.desc()).limit(limit).offset(offset)
     if state:
         if state not in {s.value for s in JobState}:
             raise OptionsError(f"unknown state {state!r}", hint=f"Use one of {', '.join(s.value for s in JobState)}.")
         query = query.where(Job.state == state)
+    if trigger:
+        if trigger not in {t.value for t in Trigger}:
+            raise OptionsError(f"unknown trigger {trigger!r}", hint=f"Use one of {', '.join(t.value for t in Trigger)}.")
+        query = query.where(Job.trigger == trigger)
+    if search:
+        escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = query.where(Job.source_repo.ilike(f"%{escaped}%", escape="\\"))
     return list(session.scalars(query))
 
 
@@ -307,3 +351,26 @@ def job_summary(job: Job) -> dict:
         "published": [{"repo_id": p.repo_id, "commit": p.commit, "changed": p.changed, "tag": p.tag}
                       for p in job.published],
     }
+
+
+def publication_notes(publications: list[Publication], *, hub: str, source_sha: str) -> list[str]:
+    """What a user submitting is told of earlier publications: those of this commit, else the newest older one."""
+    same = [p for p in publications if p.same_commit]
+    if same:
+        p = same[0]
+        return [f"already published from commit {p.source_sha[:10]} with these options by job {p.job_id}: "
+                + ", ".join(f"{hub}/{repo}" for repo in p.repos)]
+    if publications:
+        p = publications[0]
+        when = f" on {p.finished_at:%Y-%m-%d}" if p.finished_at else ""
+        return [f"an older commit {p.source_sha[:10]} was published with these options by job {p.job_id}{when}: "
+                + ", ".join(f"{hub}/{repo}" for repo in p.repos) + f"; this job converts {source_sha[:10]}"]
+    return []
+
+
+def publication_summary(publication: Publication, hub: str) -> dict:
+    """A publication as the API returns it."""
+    return {"job_id": publication.job_id, "source_sha": publication.source_sha,
+            "same_commit": publication.same_commit,
+            "finished_at": publication.finished_at.isoformat() if publication.finished_at else None,
+            "repos": list(publication.repos), "urls": [f"{hub}/{repo}" for repo in publication.repos]}

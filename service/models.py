@@ -35,6 +35,7 @@ class Trigger(str, enum.Enum):
     API = "api"
     WEBHOOK = "webhook"
     NIGHTLY = "nightly"
+    PAGE = "page"  # the status page's submit form
 
 
 class Job(Base):

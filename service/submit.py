@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import select
+
 from service.broker import waiting_jobs
 from service.db import session_scope
 from service.errors import OptionsError, ServiceUnavailableError
 from service.jobs import (
     Submitted,
+    dedupe_key,
+    toolchain_fingerprint,
+    earlier_publications,
     get_job,
     record_sent,
     record_unsent,
@@ -22,7 +27,7 @@ from service.jobs import (
     stuck_reason,
     submit_job,
 )
-from service.models import Trigger, utcnow
+from service.models import Job, Trigger, utcnow
 from service.settings import Settings, get_settings
 from workers.options import JobOptions
 
@@ -47,10 +52,34 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
     With ``local`` nothing is enqueued: the caller runs the stages in-process.  Raises SourceError (and
     subclasses) for sources that cannot be converted, before any job is recorded.
     """
+    settings = settings or get_settings()
+    source, options = _resolved(source_repo, options, revision, settings)
+    with session_scope(settings.database_url) as session:
+        submitted = submit_job(session, source_repo=source_repo, source_sha=source.sha, options=options,
+                               revision=revision, trigger=trigger, source=source.to_dict())
+        job_id = submitted.job.id
+        submitted.publications = earlier_publications(session, source_repo=source_repo, source_sha=source.sha,
+                                                      options=options,
+                                                      exclude=job_id if submitted.created else None)
+        revived = None
+        if not submitted.created and not local:  # the same job again: if it is stuck, this revives it
+            revived = stuck_reason(submitted.job, now=utcnow(), timeout=settings.heartbeat_timeout)
+            if revived:
+                revive_job(session, submitted.job, f"submitted again after {revived}", timeout=settings.heartbeat_timeout)
+                submitted.notes.append(f"it was stuck ({revived}) and is sent again")
+        if local and submitted.created:
+            record_sent(session, job_id, LOCAL)
+    if (submitted.created or revived) and not local:
+        send(job_id, options, settings=settings)
+    return submitted
+
+
+def _resolved(source_repo: str, options: JobOptions, revision: str | None, settings: Settings):
+    """The source a job of ``source_repo`` would convert (resolved at its commits, checked) and the options pinned
+    to the commits of the other sources it takes weights from.  Raises OptionsError and SourceError."""
     from workers.names import looks_like_repo_id
     from workers.source.resolve import resolve_source
 
-    settings = settings or get_settings()
     if not looks_like_repo_id(source_repo) or "/" not in source_repo:
         raise OptionsError(f"{source_repo!r} is not a Hub repo id",
                            hint="Jobs take org/name; convert a local folder with `coreml-publish convert`.")
@@ -64,21 +93,20 @@ def create_job(*, source_repo: str, options: JobOptions, revision: str | None = 
                             lora_revisions=options.lora_shas)
     check_request(source, options, settings=settings)
     options = options.pinned({kind: extra.sha for kind, extra in source.extras})
-    with session_scope(settings.database_url) as session:
-        submitted = submit_job(session, source_repo=source_repo, source_sha=source.sha, options=options,
-                               revision=revision, trigger=trigger, source=source.to_dict())
-        job_id = submitted.job.id
-        revived = None
-        if not submitted.created and not local:  # the same job again: if it is stuck, this revives it
-            revived = stuck_reason(submitted.job, now=utcnow(), timeout=settings.heartbeat_timeout)
-            if revived:
-                revive_job(session, submitted.job, f"submitted again after {revived}", timeout=settings.heartbeat_timeout)
-                submitted.notes.append(f"it was stuck ({revived}) and is sent again")
-        if local and submitted.created:
-            record_sent(session, job_id, LOCAL)
-    if (submitted.created or revived) and not local:
-        send(job_id, options, settings=settings)
-    return submitted
+    return source, options
+
+
+def check_job(session, *, source_repo: str, options: JobOptions, revision: str | None = None,
+              settings: Settings | None = None) -> tuple[str, int | None, list]:
+    """What submitting would do, recording nothing: the commit a job would convert, the id of the job that
+    already exists for it with these options (None: a new one would be made), and the earlier publications of
+    the source with these options (:func:`service.jobs.earlier_publications`)."""
+    settings = settings or get_settings()
+    source, options = _resolved(source_repo, options, revision, settings)
+    key = dedupe_key(source_repo, source.sha, options, toolchain_fingerprint())
+    existing = session.scalar(select(Job.id).where(Job.dedupe_key == key))
+    return source.sha, existing, earlier_publications(session, source_repo=source_repo, source_sha=source.sha,
+                                                      options=options)
 
 
 def check_request(source, options: JobOptions, *, settings: Settings) -> None:

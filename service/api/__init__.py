@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, TimeoutError as PoolTimeoutError
 
-from service.api import docs, health, jobs, metrics, status, watches, webhooks
+from service.api import docs, front, health, jobs, metrics, status, watches, webhooks
 from service.api.shedding import LoadShedder
 from service.errors import (
     CoreMLPublishError,
@@ -215,7 +215,7 @@ def create_api(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimit)
     app.add_middleware(LoadShedder, limit=app.state.settings.api_concurrency, wait=app.state.settings.api_queue_wait)
-    for module in (jobs, watches, webhooks, health, metrics, docs, status):
+    for module in (jobs, watches, webhooks, health, metrics, docs, status, front):
         app.include_router(module.router)
     docs.mount_assets(app)
     status.mount(app)

@@ -9,10 +9,10 @@ from sqlalchemy.orm import Session
 
 from service.api import schemas
 from service.api.deps import require_reader, require_token, session, settings
-from service.jobs import cancel_job, get_job, job_summary, list_jobs
+from service.jobs import cancel_job, get_job, job_summary, list_jobs, publication_summary
 from service.models import Trigger
 from service.settings import Settings
-from service.submit import create_job, requested_options, retry
+from service.submit import check_job, create_job, requested_options, retry
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 MAX_ID = 2**31 - 1  # the database's integer range
@@ -28,15 +28,32 @@ def submit(body: schemas.JobRequest, response: Response, config: Settings = Depe
     submitted = create_job(source_repo=body.repo, options=options, revision=body.revision, trigger=Trigger.API,
                            settings=config)
     response.status_code = 201 if submitted.created else 200
-    return job_summary(get_job(db, submitted.job.id)) | {"created": submitted.created}
+    return job_summary(get_job(db, submitted.job.id)) | {
+        "created": submitted.created,
+        "already_published": [publication_summary(p, config.hub_link()) for p in submitted.publications]}
+
+
+@router.post("/check", response_model=schemas.Check, dependencies=[Depends(require_token)])
+def check(body: schemas.JobRequest, config: Settings = Depends(settings), db: Session = Depends(session)) -> dict:
+    """What submitting this would do, without recording anything: the commit it would convert, the job that
+    already exists for it, and the earlier publications of the source with the same options."""
+    options = requested_options(body.option_values(), settings=config)
+    sha, existing, publications = check_job(db, source_repo=body.repo, options=options, revision=body.revision,
+                                            settings=config)
+    return {"repo": body.repo, "source_sha": sha, "existing_job": existing,
+            "already_published": [publication_summary(p, config.hub_link()) for p in publications]}
 
 
 @router.get("", response_model=list[schemas.Job], dependencies=[Depends(require_reader)])
 def listing(state: str | None = Query(None, max_length=20, description="Only jobs in this state"),
+            q: str | None = Query(None, max_length=200, description="Only jobs whose repo id holds this (any case)"),
+            trigger: str | None = Query(None, max_length=20, description="Only jobs of this trigger (cli, api, page, "
+                                                                         "webhook, nightly)"),
             limit: int = Query(50, ge=1, le=500, description="How many, newest first"),
+            offset: int = Query(0, ge=0, le=10_000_000, description="Skip this many first"),
             db: Session = Depends(session)) -> list[dict]:
-    """The newest jobs first, optionally only those in one state."""
-    return [job_summary(j) for j in list_jobs(db, state=state, limit=limit)]
+    """The newest jobs first, optionally only those in one state, of one trigger, or of matching repos."""
+    return [job_summary(j) for j in list_jobs(db, state=state, limit=limit, search=q, trigger=trigger, offset=offset)]
 
 
 @router.get("/{job_id}", response_model=schemas.Job, dependencies=[Depends(require_reader)])

@@ -156,8 +156,27 @@ class Job(BaseModel):
     published: list[Published]
 
 
+class Publication(BaseModel):
+    job_id: int = Field(..., description="The job that published them")
+    source_sha: str = Field(..., description="The source commit it converted")
+    same_commit: bool = Field(..., description="True: the commit asked for; False: an older one")
+    finished_at: str | None
+    repos: list[str] = Field(..., description="The repo ids it published")
+    urls: list[str] = Field(..., description="Their pages on the Hub")
+
+
 class Submitted(Job):
     created: bool = Field(..., description="False: an identical job already existed and is returned")
+    already_published: list[Publication] = Field(
+        default_factory=list, description="Succeeded jobs that published this source with the same options, newest "
+                                          "first: of this commit (same_commit), or of older ones")
+
+
+class Check(BaseModel):
+    repo: str
+    source_sha: str = Field(..., description="The commit a job would convert now")
+    existing_job: int | None = Field(..., description="The job that already exists for it with these options")
+    already_published: list[Publication]
 
 
 class Watch(BaseModel):

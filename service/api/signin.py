@@ -107,19 +107,35 @@ def same_origin(request: Request) -> bool:
     return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
-async def form_fields(request: Request) -> dict[str, str]:
-    """The urlencoded body of a form POST (the API caps bodies at 64 KiB before this reads them)."""
+async def form_values(request: Request) -> dict[str, list[str]]:
+    """Every value of each field of a form POST's urlencoded body (a field of checkboxes sends several; the API
+    caps bodies at 64 KiB before this reads them)."""
     body = (await request.body()).decode("utf-8", errors="replace")
-    return {name: values[0] for name, values in parse_qs(body, max_num_fields=20).items()}
+    try:
+        return parse_qs(body, max_num_fields=64)
+    except ValueError:  # more fields than any of the page's forms has
+        return {}
+
+
+async def form_fields(request: Request) -> dict[str, str]:
+    """The first value of each field of a form POST."""
+    return {name: values[0] for name, values in (await form_values(request)).items()}
+
+
+async def checked_form_values(request: Request) -> dict[str, list[str]] | None:
+    """Every value of the form's fields when it comes from our page (same origin and the right form token), else
+    None."""
+    values = await form_values(request)
+    if not same_origin(request) or not hmac.compare_digest((values.get(FORM_FIELD) or [""])[0].encode(),
+                                                           form_token(request).encode()):
+        return None
+    return values
 
 
 async def checked_form(request: Request) -> dict[str, str] | None:
-    """The form's fields when it comes from our page (same origin and the right form token), else None."""
-    fields = await form_fields(request)
-    if not same_origin(request) or not hmac.compare_digest(fields.get(FORM_FIELD, "").encode(),
-                                                           form_token(request).encode()):
-        return None
-    return fields
+    """The form's fields (first values) when it comes from our page, else None."""
+    values = await checked_form_values(request)
+    return None if values is None else {name: found[0] for name, found in values.items()}
 
 
 def safe_next(target: str | None) -> str:

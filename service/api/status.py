@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hmac
 import importlib.resources
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -26,7 +28,7 @@ from service.api.deps import session
 from service.db import session_scope
 from service.errors import CoreMLPublishError, JobNotFoundError
 from service.jobs import aware, cancel_job, get_job, list_jobs
-from service.models import Job, JobState, utcnow
+from service.models import Job, JobState, Trigger, utcnow
 from service.settings import Settings
 from service.metrics import queue_depths
 from service.status import celery_workers, hosts_seen, stage_progress, watch_list
@@ -86,17 +88,15 @@ def _options(options: dict | None) -> str:
     return " · ".join(w for w in words if w)
 
 
+def _os(target: str | None) -> str:
+    """``macOS 14 / iOS 17`` for a deployment target; ``–`` for none or one this version does not know."""
+    from workers.convert.targets import SPEC_VERSIONS, os_name
+
+    return os_name(target) if target in SPEC_VERSIONS else "–"
+
+
 templates.env.filters.update(when=_when, size=_size, duration=plots.duration_text, options=_options,
-                             short=lambda sha: (sha or "")[:10] or "–")
-
-
-def hub_url(config: Settings) -> str:
-    """The Hub the service publishes to, for links: the settings' endpoint, else huggingface_hub's."""
-    if config.hub_endpoint:
-        return config.hub_endpoint.rstrip("/")
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT.rstrip("/")
+                             short=lambda sha: (sha or "")[:10] or "–", os=_os)
 
 
 def render(request: Request, name: str, context: dict, *, status_code: int = 200) -> HTMLResponse:
@@ -119,40 +119,65 @@ def _refused_json() -> JSONResponse:
 
 # --- jobs --------------------------------------------------------------------------------------------------
 
-def _jobs_view(request: Request, db: Session, state: str | None) -> dict:
+PAGE_SIZE = 50  # jobs per page of the jobs list
+
+
+@dataclass(frozen=True)
+class JobsQuery:
+    """The jobs list's filters and page, from its query string (kept in its links and its live URL)."""
+
+    state: str | None = None
+    q: str | None = None
+    trigger: str | None = None
+    page: int = 1
+
+    def link(self, **changes) -> str:
+        values = {"state": self.state, "q": self.q, "trigger": self.trigger, "page": self.page} | changes
+        wanted = {k: v for k, v in values.items() if v and not (k == "page" and v == 1)}
+        return "?" + urlencode(wanted) if wanted else ""
+
+
+def _jobs_view(request: Request, db: Session, query: JobsQuery) -> dict:
     config: Settings = request.app.state.settings
     counts = dict(db.execute(select(Job.state, func.count()).group_by(Job.state)).all())
-    jobs = list_jobs(db, state=state, limit=200)
-    return {"jobs": jobs, "state": state, "states": [s.value for s in JobState], "counts": counts,
-            "total": sum(counts.values()), "hub": hub_url(config),
-            "live": any(not JobState(j.state).finished for j in jobs)}
+    found = list_jobs(db, state=query.state, search=query.q, trigger=query.trigger, limit=PAGE_SIZE + 1,
+                      offset=(query.page - 1) * PAGE_SIZE)
+    jobs = found[:PAGE_SIZE]
+    return {"jobs": jobs, "state": query.state, "states": [s.value for s in JobState], "counts": counts,
+            "total": sum(counts.values()), "hub": config.hub_link(), "query": query,
+            "triggers": [t.value for t in Trigger], "more": len(found) > PAGE_SIZE,
+            "live": query.page == 1 and any(not JobState(j.state).finished for j in jobs)}
 
 
-def _state_or_none(state: str | None) -> tuple[str | None, str | None]:
-    """The state filter, or (None, a message) when it names no state."""
+def _jobs_query(state: str | None, q: str | None, trigger: str | None, page: int) -> tuple[JobsQuery, str | None]:
+    """The filters asked for, or (every job, a message) when one names nothing there is."""
     if state and state not in {s.value for s in JobState}:
-        return None, f"there is no job state {state[:20]!r}; showing every job"
-    return state or None, None
+        return JobsQuery(), f"there is no job state {state[:20]!r}; showing every job"
+    if trigger and trigger not in {t.value for t in Trigger}:
+        return JobsQuery(), f"there is no job trigger {trigger[:20]!r}; showing every job"
+    return JobsQuery(state or None, (q or "").strip() or None, trigger or None, page), None
 
 
 @router.get("/", response_class=HTMLResponse)
 def jobs_page(request: Request, state: str | None = Query(None, max_length=20),
-              db: Session = Depends(session)) -> Response:
-    """Every job, newest first, optionally of one state."""
+              q: str | None = Query(None, max_length=200), trigger: str | None = Query(None, max_length=20),
+              page: int = Query(1, ge=1, le=100_000), db: Session = Depends(session)) -> Response:
+    """Every job, newest first: of one state or trigger, whose repo id holds ``q``; a page at a time."""
     if not signin.may_read(request):
         return signin.login_redirect(request)
-    state, notice = _state_or_none(state)
-    return render(request, "jobs.html", {"v": _jobs_view(request, db, state), "notice": notice, "nav": "jobs"},
+    query, notice = _jobs_query(state, q, trigger, page)
+    return render(request, "jobs.html", {"v": _jobs_view(request, db, query), "notice": notice, "nav": "jobs"},
                   status_code=422 if notice else 200)
 
 
 @router.get("/ui/live/jobs")
 def jobs_live(request: Request, state: str | None = Query(None, max_length=20),
-              db: Session = Depends(session)) -> JSONResponse:
+              q: str | None = Query(None, max_length=200), trigger: str | None = Query(None, max_length=20),
+              page: int = Query(1, ge=1, le=100_000), db: Session = Depends(session)) -> JSONResponse:
     """The jobs table's parts, for the page's script."""
     if not signin.may_read(request):
         return _refused_json()
-    view = _jobs_view(request, db, _state_or_none(state)[0])
+    view = _jobs_view(request, db, _jobs_query(state, q, trigger, page)[0])
     parts = templates.get_template("_jobs.html").module
     return _live({"live": view["live"], "parts": {"jobs-rows": str(parts.rows(view)),
                                                  "state-filter": str(parts.filter(view))}})
@@ -165,19 +190,34 @@ def _job_view(request: Request, job: Job) -> dict:
     now = utcnow()
     packages = plots.package_rows(job.stages)
     events = job.events[-MAX_EVENTS:]
-    return {"job": job, "hub": hub_url(config), "finished": JobState(job.state).finished,
+    return {"job": job, "hub": config.hub_link(), "finished": JobState(job.state).finished,
             "stages": [{"result": s, "progress": stage_progress(s)} for s in job.stages],
             "timeline": plots.timeline(job.stages, start=job.created_at, now=now),
-            "packages": packages, "figures": plots.figures(packages),
+            "packages": packages, "figures": plots.figures(packages), "mixed_plots": plots.mixed_plots(job.stages),
             "events": events, "events_hidden": len(job.events) - len(events),
             "may_act": signin.may_act(request), "csrf": signin.form_token(request),
             "retryable": job.state in (JobState.FAILED.value, JobState.CANCELLED.value)}
 
 
-def _job_page(request: Request, job: Job, *, message: str | None = None, status_code: int = 200) -> HTMLResponse:
+def _job_page(request: Request, job: Job, *, message: str | None = None, status_code: int = 200,
+              publications: list | None = None) -> HTMLResponse:
     view = _job_view(request, job)
     return render(request, "job.html", {"v": view, "job": job, "message": message, "nav": "jobs",
-                                        "done": request.query_params.get("done")}, status_code=status_code)
+                                        "done": request.query_params.get("done"),
+                                        "publications": publications or []}, status_code=status_code)
+
+
+def _publications(db: Session, job: Job) -> list:
+    """Where this job's source was published with its options before (told after a submission from the page)."""
+    from service.jobs import earlier_publications
+    from workers.options import JobOptions
+
+    try:
+        options = JobOptions.from_dict(job.options)
+    except Exception:  # options of an older version: nothing to compare them with
+        return []
+    return [p for p in earlier_publications(db, source_repo=job.source_repo, source_sha=job.source_sha or "",
+                                            options=options) if p.job_id != job.id]
 
 
 def _not_found(request: Request, error: CoreMLPublishError) -> HTMLResponse:
@@ -194,7 +234,8 @@ def job_page(request: Request, job_id: JobId, db: Session = Depends(session)) ->
         job = get_job(db, job_id)
     except JobNotFoundError as e:
         return _not_found(request, e)
-    return _job_page(request, job)
+    submitted = request.query_params.get("done") in ("submitted", "exists")
+    return _job_page(request, job, publications=_publications(db, job) if submitted else None)
 
 
 @router.get("/ui/jobs/{job_id}/live")
@@ -268,7 +309,7 @@ def watches_page(request: Request, db: Session = Depends(session)) -> Response:
     if not signin.may_read(request):
         return signin.login_redirect(request)
     config: Settings = request.app.state.settings
-    return render(request, "watches.html", {"watches": watch_list(db), "hub": hub_url(config),
+    return render(request, "watches.html", {"watches": watch_list(db), "hub": config.hub_link(),
                                             "nav": "watches"})
 
 

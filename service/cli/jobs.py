@@ -32,7 +32,7 @@ def submit_command(options_type: type[JobOptions] = JobOptions):
     ) -> None:
         """Submit a conversion job and return at once (or follow it with --wait; or run it here with --local)."""
         from service.db import session_scope
-        from service.jobs import get_job
+        from service.jobs import get_job, publication_notes
         from service.runner import run_local
         from service.settings import get_settings
         from service.submit import create_job, requested_options
@@ -48,6 +48,8 @@ def submit_command(options_type: type[JobOptions] = JobOptions):
                          f"({job.state}).")
         else:
             stdout.print(f"Job {job.id}: {repo}@{job.source_sha[:10]} {'running here' if local else 'queued'}.")
+        for note in publication_notes(submitted.publications, hub=settings.hub_link(), source_sha=job.source_sha):
+            stdout.print(note[0].upper() + note[1:] + ".", soft_wrap=True, markup=False)
         if local and submitted.created:
             follow_local(job.id, run_local)
         elif wait:

@@ -239,6 +239,113 @@ def test_cancel_works_from_the_page_and_the_page_follows_the_job_live(api: Runni
 HOSTILE = '<script>alert("repo")</script>'
 
 
+@browser_test
+def test_a_user_finds_a_model_is_told_where_it_is_and_follows_its_repo_page(api: RunningAPI, browser,
+                                                                             real_job) -> None:
+    """Search as you type, the already-converted notice with its links, the repo page from the repo's manifest and
+    its copy button; and the refused cases: a bad repo id, options the API refuses, signed out."""
+    from playwright.sync_api import expect
+
+    _, job_id, _ = real_job
+    context = browser.new_context(viewport={"width": 1280, "height": 900},
+                                  permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
+    try:
+        sign_in(page, api, then="/ui/submit")
+        page.locator("#repo").press_sequentially("tiny", delay=60)
+        expect(page.locator("#repo-suggestions option[value='studio/tiny-sd']")).to_have_count(1, timeout=10_000)
+        # the options the real job was made with (split_einsum_v2, 6-bit, packages only, under studio)
+        page.fill("#repo", "studio/tiny-sd")
+        page.check("input[name=attentions][value=split_einsum_v2]")
+        page.check("#packages_only")
+        page.fill("#namespace", "studio")
+        page.click("button[value=check]")
+        notice = page.locator("#check .already")
+        assert f"Already published from this commit with these options by job {job_id}" in notice.inner_text()
+        page.click("#check a.repo >> text=studio/coreml-tiny-sd-palettized")
+        assert page.url == api.url + "/ui/repos/studio/coreml-tiny-sd-palettized"
+        row = page.locator("tr.variant")
+        assert row.count() == 1 and row.get_attribute("data-variant") == "split_einsum_v2"
+        assert "Unet.mlmodelc" in row.inner_text() and "palettized-6bit" in row.inner_text()
+        assert "iOS 17" in page.locator("main").inner_text() and f"job {job_id}" in page.locator("#summary").inner_text()
+        page.locator("button.copy").first.click()
+        expect(page.locator("button.copy").first).to_have_text("Copied")
+        copied = page.evaluate("navigator.clipboard.readText()")
+        assert 'snapshot_download("studio/coreml-tiny-sd-palettized", allow_patterns="split_einsum_v2/packages/*"' \
+            in copied
+        # refused as the API refuses, in one line, with nothing recorded
+        with session_scope(real_job[0]) as session:
+            jobs_before = len(list_jobs(session))
+        for repo, bits, expected in (("not a repo!", "", "is not a Hub repo id"),
+                                     ("studio/tiny-sd", "3", "--bits 3 is not supported")):
+            page.goto(api.url + "/ui/submit")
+            page.fill("#repo", repo)
+            page.fill("#bits", bits)
+            page.fill("#namespace", "studio")
+            page.click("#convert")
+            assert expected in page.locator("#form-error").inner_text()
+        with session_scope(real_job[0]) as session:
+            assert len(list_jobs(session)) == jobs_before
+        context.clear_cookies()  # signed out: no form, no search
+        page.goto(api.url + "/ui/submit")
+        assert "/login" in page.url
+        assert page.request.get(api.url + "/ui/hub-search?q=tiny").status == 401
+    finally:
+        context.close()
+
+
+@browser_test
+def test_from_a_fresh_browser_a_model_is_converted_and_downloaded_by_its_repo_page(
+        real_job, browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The front door end to end: signed in, a dev Hub model submitted from the form (float16 only, the original
+    layout), its stages run (here in this process, as `submit --local` runs them), the job page linking the repo
+    page, and the repo page's download line run as it is copied."""
+    import redis
+    from huggingface_hub import snapshot_download
+
+    from service.runner import run_local
+
+    url, _, hub = real_job
+    monkeypatch.setenv("HF_TOKEN", "alice-token")
+    settings = Settings(database_url=url, api_token=TOKEN, broker_url=BROKER, hub_endpoint=hub,
+                        artifact_store=str(tmp_path / "artifacts"), scratch=str(tmp_path))
+    server = RunningAPI(settings)
+    broker = redis.Redis.from_url(BROKER)
+    waiting = broker.llen("convert")
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        sign_in(page, server, then="/ui/submit")
+        page.fill("#repo", "studio/tiny-sd")
+        page.check("input[name=attentions][value=original]")
+        page.fill("#bits", "0")
+        page.check("#packages_only")
+        page.fill("#namespace", "studio")
+        page.click("#convert")
+        assert re.search(r"/ui/jobs/\d+\?done=submitted$", page.url)
+        job_id = int(page.url.split("/")[-1].split("?")[0])
+        assert f"Submitted: job {job_id}" in page.locator("#submitted").inner_text()
+        while broker.llen("convert") > waiting:  # no worker consumes this broker: run the stages here
+            broker.lpop("convert")
+        run_local(job_id, settings=settings)
+        page.goto(f"{server.url}/ui/jobs/{job_id}")
+        assert page.locator("#summary .badge").inner_text() == "succeeded"
+        page.click("#published a.repo >> text=studio/coreml-tiny-sd")
+        assert page.url == server.url + "/ui/repos/studio/coreml-tiny-sd"
+        line = page.locator(".download pre").first.inner_text()
+        found = re.search(r'snapshot_download\("([^"]+)", allow_patterns="([^"]+)"', line)
+        assert found and found[1] == "studio/coreml-tiny-sd" and found[2] == "original/packages/*"
+        folder = Path(snapshot_download(found[1], allow_patterns=found[2], local_dir=str(tmp_path / "download"),
+                                        endpoint=hub, token="alice-token"))
+        unet = folder / "original" / "packages" / "Stable_Diffusion_version_studio_tiny-sd_unet.mlpackage"
+        assert (unet / "Manifest.json").is_file()
+    finally:
+        while broker.llen("convert") > waiting:
+            broker.lpop("convert")
+        context.close()
+        server.stop()
+
+
 @pytest.fixture
 def database(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
