@@ -1,7 +1,9 @@
-"""Benchmark: the mixed-bit analysis of a full-size SD 1.5-architecture UNet, its cost and how good its recipes are.
+"""Benchmark: the mixed-bit analysis of a full-size SD 1.5- or SDXL-architecture UNet, its cost and how good its recipes
+are.
 
     python bench/mixed_bit.py                 # SD 1.5 UNet, a 4.5-bit recipe
     python bench/mixed_bit.py --bits 4.0,4.5  # several targets
+    python bench/mixed_bit.py --model sdxl    # SDXL base 1.0's UNet (2.6 B parameters), one sample at a time
 
 Builds the SD 1.5 UNet of ``full_size.py`` in memory (random weights, the norms randomised; nothing is
 downloaded) and runs, with wall time and peak resident memory:
@@ -30,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from full_size import Memory, modules  # noqa: E402
+from full_size import Memory, modules, xl_modules  # noqa: E402
 
 
 def _size_only(sensitivity, bits: float) -> dict[str, int]:
@@ -73,21 +75,34 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bits", default="4.5", help="comma-separated average widths to choose recipes for")
+    parser.add_argument("--model", default="sd15", choices=("sd15", "sdxl"), help="whose UNet")
     args = parser.parse_args()
     targets = [float(b) for b in args.bits.split(",") if b.strip()]
 
     memory = Memory()
     torch.manual_seed(0)
-    unet, *_ = modules("sd15")
+    xl = args.model == "sdxl"
+    if xl:
+        unet, *others = xl_modules()
+        del others  # the analysis is the UNet's; the job converts the rest in their own parts
+    else:
+        unet, *_ = modules("sd15")
     randomize_norms(unet)
     unet = unet.float().eval().requires_grad_(False)
     gen = torch.Generator().manual_seed(1)
-    sample = torch.randn(2, 4, 64, 64, generator=gen)
+    side, width = (128, 2048) if xl else (64, 768)
+    sample = torch.randn(2, 4, side, side, generator=gen)
     timestep = torch.tensor([981.0, 261.0])
-    context = torch.randn(2, 77, 768, generator=gen)
+    context = torch.randn(2, 77, width, generator=gen)
+    added = {"text_embeds": torch.randn(2, 1280, generator=gen),
+             "time_ids": torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]] * 2)} if xl else None
 
     def run() -> torch.Tensor:
-        return unet(sample, timestep, context, return_dict=False)[0]
+        if not xl:
+            return unet(sample, timestep, context, return_dict=False)[0]
+        # one sample at a time, as a conversion analyses an SDXL UNet (its attention holds gigabytes per sample)
+        return torch.cat([unet(sample[i:i + 1], timestep[i:i + 1], context[i:i + 1], return_dict=False,
+                               added_cond_kwargs={k: v[i:i + 1] for k, v in added.items()})[0] for i in range(2)])
 
     memory.reset()
     started = time.perf_counter()
@@ -95,7 +110,7 @@ def main() -> None:
     seconds, peak = time.perf_counter() - started, memory.peak()
     print(f"analysis: {len(sensitivity.layers)} layers ({sum(x.weights for x in sensitivity.layers) / 1e6:.1f} M "
           f"weights; {sensitivity.other_weights / 1e6:.2f} M stay float16), {len(sensitivity.passes)} passes, "
-          f"{seconds:.1f} s ({seconds / 60:.2f} min, target <= 10 min), peak {peak / 2**30:.2f} GiB")
+          f"{seconds:.1f} s ({seconds / 60:.2f} min, target <= {45 if xl else 10} min), peak {peak / 2**30:.2f} GiB")
     print("analysis passes (bits per weight, predicted / measured PSNR):")
     for entry in sensitivity.passes:
         print(f"  {entry['recipe']:<10} {entry['bits']:5.2f} bits {entry['predicted']:6.2f} / {entry['measured']:6.2f} dB"

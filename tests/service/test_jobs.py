@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import inspect, select
@@ -12,9 +13,11 @@ from service.db import engine_for, session_scope
 from service.errors import JobError, JobNotFoundError, OptionsError
 from service.jobs import (
     JobOptions,
+    Publication,
     cancel_job,
     get_job,
     list_jobs,
+    publication_notes,
     record_event,
     retry_job,
     set_state,
@@ -134,3 +137,16 @@ def test_states_events_cancel_and_retry(database_url: str) -> None:
             list_jobs(session, state="bogus")
         with pytest.raises(JobNotFoundError, match="no job 999"):
             get_job(session, 999)
+
+
+def test_a_submitter_is_told_the_same_commit_first_else_the_newest_older_one() -> None:
+    when = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    same = Publication(7, "a" * 40, ("org/coreml-m", "org/coreml-m-palettized"), when, True)
+    older = Publication(5, "b" * 40, ("org/coreml-m",), when, False)
+    assert publication_notes([older, same], hub="https://hub", source_sha="a" * 40) == [
+        "already published from commit aaaaaaaaaa with these options by job 7: https://hub/org/coreml-m, "
+        "https://hub/org/coreml-m-palettized"]
+    assert publication_notes([older], hub="https://hub", source_sha="c" * 40) == [
+        "an older commit bbbbbbbbbb was published with these options by job 5 on 2026-12-01: https://hub/org/coreml-m; "
+        "this job converts cccccccccc"]
+    assert publication_notes([], hub="https://hub", source_sha="c" * 40) == []

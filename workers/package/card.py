@@ -18,10 +18,11 @@ import yaml
 
 from workers.package.card_controlnet import controlled_unet_section, controlnet_sections, residual_rows
 from workers.package.card_mixed import mixed_section, mixed_what
+from workers.package.manifest import Component, Figure, Manifest, build_manifest
 from workers.source.provenance import recorded_loras
 from workers.package.sanitize import sanitize_markdown
 from workers.names import COMPILED_NAMES, compiled_file_name, package_file_name, variant_layout, variant_size
-from workers.validate.report import Check, PackageResult, Report, precision_bits
+from workers.validate.report import PackageResult, Report, precision_bits
 from workers.convert.targets import SPEC_VERSIONS, os_name
 
 log = logging.getLogger(__name__)
@@ -95,13 +96,19 @@ def zip_name(repo_name: str, variant: str) -> str:
 
 
 def render_card(report: Report, *, kind: str, repo_id: str, sibling_id: str | None, variants: list[str],
-                compiled: bool, upstream: str | None = None, today: date | None = None) -> str:
+                compiled: bool, upstream: str | None = None, today: date | None = None,
+                manifest: Manifest | None = None) -> str:
     """The README.md of the float16 (``kind="float16"``) or palettized repo described by ``report``.
 
     ``sibling_id`` is the other repo of the pair when it is published in the same run; None (no palettized
-    repo with ``--bits 0``, or its tree absent) and the card does not mention it.
+    repo with ``--bits 0``, or its tree absent) and the card does not mention it.  The validation table is
+    rendered from the repo's ``manifest`` (:mod:`workers.package.manifest`; made from the report when not given),
+    so the card and ``coreml-publisher.json`` say the same.
     """
     packages = report.packages_of(report.repos[kind])
+    manifest = manifest or build_manifest(report, None, kind=kind, name=report.repos[kind], repo_id=repo_id,
+                                          variants=variants, compiled=compiled,
+                                          zips={v: zip_name(repo_id.split("/")[-1], v) for v in variants})
     base = report.source.get("repo_id")
     label = f"[{base}](/{base})" if base else f"`{report.source['id']}`"  # Hub-relative links work on any Hub
     controlnet = report.pipeline == "controlnet"
@@ -116,7 +123,7 @@ def render_card(report: Report, *, kind: str, repo_id: str, sibling_id: str | No
     if kind == "palettized":
         lines += mixed_section(report)
     lines += _provenance(report, kind, packages, label, today)
-    lines += _validation(packages)
+    lines += _validation(manifest)
     if controlnet:
         lines += residual_rows(packages)
     if upstream:
@@ -252,22 +259,25 @@ def _provenance(report: Report, kind: str, packages: list[PackageResult], label:
             ""]
 
 
-def _validation(packages: list[PackageResult]) -> list[str]:
-    """Every package's figures against its bars, and where they were measured."""
+def _validation(manifest: Manifest) -> list[str]:
+    """Every package's figures against its bars, and where they were measured (from the repo's manifest)."""
+    rows = sorted(((v.name, c) for v in manifest.variants for c in v.components),
+                  key=lambda row: (row[0], list(COMPILED_NAMES).index(row[1].component)
+                                   if row[1].component in COMPILED_NAMES else len(COMPILED_NAMES)))
     lines = ["## Validation", "",
              "PSNR in dB against the torch float32 original (Apple's definition) on random inputs, with the bar "
              "each had to pass. *program*: the saved ML program itself, every operation executed with float16 "
              "activations by the converter's program executor (any OS); *torch*: the exported model with the "
              "weights read back from the package; *Core ML*: Core ML's own prediction, which only macOS can "
              "make. Every weight of the source was found in the package or shown folded as an identity.", "",
-             _where_measured(packages), "",
+             _where_measured([c for _, c in rows]), "",
              "| variant | component | precision | size | program PSNR | torch PSNR | Core ML PSNR |",
              "|---|---|---|---|---|---|---|"]
-    for p in sorted(packages, key=lambda p: (p.variant, list(COMPILED_NAMES).index(p.component))):
-        checks = {c.name: c for c in p.checks}
-        lines.append(f"| {p.variant} | {p.component} | {p.precision} | {p.size_bytes / 1e6:.1f} MB | "
-                     f"{_figure(checks.get('psnr_program'))} | {_figure(checks.get('psnr_torch'))} | "
-                     f"{_figure(checks.get('psnr_coreml'))} |")
+    for variant, c in rows:
+        figures = {f.check: f for f in c.figures}
+        lines.append(f"| {variant} | {c.component} | {c.precision} | {c.size_bytes / 1e6:.1f} MB | "
+                     f"{_figure(figures.get('psnr_program'))} | {_figure(figures.get('psnr_torch'))} | "
+                     f"{_figure(figures.get('psnr_coreml'))} |")
     return lines + [""]
 
 
@@ -342,10 +352,10 @@ def _older_copies(packages: list[PackageResult], target: str) -> str:
     return f" ({', '.join(names)}: float16 copies written for {os_name(oldest)}, which load there too)"
 
 
-def _where_measured(packages: list[PackageResult]) -> str:
+def _where_measured(components: list[Component]) -> str:
     """One sentence naming where the checks ran, and which did not run."""
-    coreml = [c for p in packages for c in p.checks if c.name == "psnr_coreml"]
-    ran = sum(1 for c in coreml if c.status != "skipped")
+    coreml = [f for c in components for f in c.figures if f.check == "psnr_coreml"]
+    ran = sum(1 for f in coreml if f.status != "skipped")
     if coreml and ran == len(coreml):
         return "Program, torch and Core ML checks ran for every package (Core ML on macOS)."
     if ran:
@@ -355,9 +365,9 @@ def _where_measured(packages: list[PackageResult]) -> str:
             "(they need macOS), so no figure here comes from Core ML itself.")
 
 
-def _figure(check: Check | None) -> str:
-    if not check:
+def _figure(figure: Figure | None) -> str:
+    if not figure:
         return "n/a"
-    if check.value is None:
-        return "not measured (needs macOS)" if check.status == "skipped" else check.status
-    return f"{check.value:.1f} (bar {check.threshold:g})"
+    if figure.value is None:
+        return "not measured (needs macOS)" if figure.status == "skipped" else figure.status
+    return f"{figure.value:.1f} (bar {figure.bar:g})"

@@ -111,27 +111,28 @@ def _features(package: Path) -> tuple[list[Feature], list[Feature]]:
     return [feature(f) for f in description.input], [feature(f) for f in description.output]
 
 
-def build_manifest(report: Report, out: Path, *, kind: str, name: str, repo_id: str, variants: list[str],
+def build_manifest(report: Report, out: Path | None, *, kind: str, name: str, repo_id: str, variants: list[str],
                    compiled: bool, zips: dict[str, str]) -> Manifest:
     """The manifest of repo ``name`` of the packaged output ``out`` (after its variants are compiled and zipped,
-    when ``compiled``)."""
+    when ``compiled``).  Without ``out``, from the report alone: no features, nothing found compiled (a card
+    rendered without the packages at hand)."""
     geometry = report.geometry
     native = (geometry["latent_width"] * geometry["vae_scale_factor"],
               geometry["latent_height"] * geometry["vae_scale_factor"])
-    folder = out / name
+    folder = out / name if out is not None else None
     built = []
     for variant in variants:
         packages = sorted(report.packages_of(name, variant), key=lambda p: list(COMPILED_NAMES).index(p.component)
                           if p.component in COMPILED_NAMES else len(COMPILED_NAMES))
         components = []
         for p in packages:
-            package = Path(p.path).relative_to(name).as_posix()
+            package = p.path.removeprefix(f"{name}/")
             resource = compiled_file_name(p.component, report.source.get("id"))
-            compiled_path = folder / variant / "compiled" / resource
-            inputs, outputs = _features(out / p.path)
+            found = folder is not None and compiled and (folder / variant / "compiled" / resource).exists()
+            inputs, outputs = _features(out / p.path) if out is not None else ([], [])
             components.append(Component(
                 component=p.component, resource=resource, package=package,
-                compiled=compiled_path.relative_to(folder).as_posix() if compiled and compiled_path.exists() else None,
+                compiled=f"{variant}/compiled/{resource}" if found else None,
                 precision=p.precision, size_bytes=p.size_bytes, deployment_target=p.target,
                 shared_from=p.shared_from, inputs=inputs, outputs=outputs,
                 figures=[Figure(check=c.name, status=c.status, value=c.value, bar=c.threshold) for c in p.checks]))
@@ -147,7 +148,8 @@ def build_manifest(report: Report, out: Path, *, kind: str, name: str, repo_id: 
     return Manifest(repo_id=repo_id, kind=kind, pipeline=pipeline, native_image_size=native,
                     batch_size=geometry.get("batch_size", 2),
                     source=Source(id=source["id"], repo_id=source.get("repo_id"), sha=source.get("sha"),
-                                  license=source.get("license")),
+                                  # as the source's card declares it, when that is a name (a card may hold anything)
+                                  license=source["license"] if isinstance(source.get("license"), str) else None),
                     toolchain={k: str(v) for k, v in report.toolchain.items()}, variants=built,
                     recipes=report.recipes if kind == "palettized" else {})
 

@@ -124,15 +124,16 @@ def package_output(out: Path, *, namespace: str, compiled: bool, compiler: tuple
             check_complete(report, name, variant, out=out, compiled_dir=compiled_dir, namespace=namespace)
             step(f"zipping {archive.name}")
             write_zip(compiled_dir, archive, None if controlnet else archive.stem)
-        write_manifest(folder, build_manifest(report, out, kind=kind, name=name, repo_id=f"{namespace}/{name}",
-                                              variants=list(variants), compiled=compiled,
-                                              zips={v: zip_name(name, v) for v in variants}))
+        manifest = build_manifest(report, out, kind=kind, name=name, repo_id=f"{namespace}/{name}",
+                                  variants=list(variants), compiled=compiled, zips={v: zip_name(name, v) for v in variants})
+        write_manifest(folder, manifest)
         sibling = present.get("palettized" if kind == "float16" else "float16")
         upstream = source_dir / "README.md"
         card = render_card(report, kind=kind, repo_id=f"{namespace}/{name}",
                            sibling_id=f"{namespace}/{sibling[0]}" if sibling else None,
                            variants=list(variants), compiled=compiled,
-                           upstream=upstream.read_text(errors="replace") if upstream.is_file() else None)
+                           upstream=upstream.read_text(errors="replace") if upstream.is_file() else None,
+                           manifest=manifest)
         (folder / "README.md").write_text(card)
         trees.append(RepoTree(kind, name, folder, variants, compiled))
     return trees

@@ -22,7 +22,7 @@ from workers.declare import JOB
 from workers.options import JobOptions
 
 TOKEN = "front-door-token-0123456789"
-BROKER = "redis://127.0.0.1:6379/13"  # its own db; only this test's messages are removed
+BROKER = "redis://127.0.0.1:6379/15"  # its own db (13 is flushed by test_database_restart); only this test's messages are removed
 ORIGIN = {"Origin": "http://127.0.0.1:8000"}
 
 

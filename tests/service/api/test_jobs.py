@@ -1,9 +1,7 @@
-"""Already converted? Before and when a job is made, the submitter is told where the same source commit with the
-same options was published, or that an older commit was."""
+"""``/jobs``: already converted? Before (``POST /jobs/check``) and when a job is made (``POST /jobs``), the submitter
+is told where the same source commit with the same options was published, or that an older commit was."""
 
 from __future__ import annotations
-
-from datetime import datetime, timezone
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,7 +9,7 @@ from huggingface_hub import HfApi
 
 from service.api import create_api
 from service.db import session_scope
-from service.jobs import Publication, get_job, publication_notes, record_published, set_state
+from service.jobs import get_job, record_published, set_state
 from service.models import JobState
 from service.settings import Settings
 from tests.service.test_local_and_api import hub_with_source  # noqa: F401 - a fixture
@@ -55,16 +53,3 @@ def test_a_second_submit_is_told_where_the_model_is_and_a_new_commit_of_the_olde
     assert older["same_commit"] is False and older["source_sha"] == job["source_sha"]
     made = client.post("/jobs", json=body, headers=auth).json()
     assert made["created"] is True and made["already_published"][0]["job_id"] == job["id"]
-
-
-def test_the_submitter_is_told_the_same_commit_first_else_the_newest_older_one() -> None:
-    when = datetime(2026, 12, 1, tzinfo=timezone.utc)
-    same = Publication(7, "a" * 40, ("org/coreml-m", "org/coreml-m-palettized"), when, True)
-    older = Publication(5, "b" * 40, ("org/coreml-m",), when, False)
-    assert publication_notes([older, same], hub="https://hub", source_sha="a" * 40) == [
-        "already published from commit aaaaaaaaaa with these options by job 7: https://hub/org/coreml-m, "
-        "https://hub/org/coreml-m-palettized"]
-    assert publication_notes([older], hub="https://hub", source_sha="c" * 40) == [
-        "an older commit bbbbbbbbbb was published with these options by job 5 on 2026-12-01: https://hub/org/coreml-m; "
-        "this job converts cccccccccc"]
-    assert publication_notes([], hub="https://hub", source_sha="c" * 40) == []
