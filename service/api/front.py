@@ -11,7 +11,6 @@ same origin, and at most ``SUBMITS_PER_WINDOW`` submissions per address per ``SU
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -96,30 +95,6 @@ def request_values(values: dict[str, list[str]]) -> dict:
     return body
 
 
-def _one_line(error: ValidationError) -> str:
-    """A request model's errors as one line, as the API words them."""
-    parts = []
-    for problem in error.errors()[:5]:
-        where = ".".join(str(p) for p in problem.get("loc", ()))
-        message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "invalid request: " + "; ".join(parts)
-
-
-def _submit_wait(request: Request, now: float) -> int:
-    """Seconds this address must wait before its next submission (0: now), and its submission noted if 0."""
-    log: dict[str, list[float]] = getattr(request.app.state, "page_submissions", None) or {}
-    request.app.state.page_submissions = log
-    address = request.client.host if request.client else "?"
-    recent = [t for t in log.get(address, ()) if t > now - SUBMIT_WINDOW]
-    if len(recent) >= SUBMITS_PER_WINDOW:
-        return int(recent[-SUBMITS_PER_WINDOW] + SUBMIT_WINDOW - now) + 1
-    log[address] = recent + [now]
-    while len(log) > _TRACKED:
-        del log[next(iter(log))]
-    return 0
-
-
 def _form_page(request: Request, *, values: dict, message: str | None = None, check: dict | None = None,
                status_code: int = 200) -> HTMLResponse:
     return render(request, "submit.html", {"fields": form_fields(), "values": values, "message": message,
@@ -152,16 +127,23 @@ async def submit_from_page(request: Request) -> Response:
     checking = (values.get("action") or ["submit"])[0] == "check"
     try:
         job_request = JobRequest(**body)
-    except ValidationError as e:
-        return _form_page(request, values=shown, message=_one_line(e), status_code=422)
+    except ValidationError as e:  # worded as the API words a request it refuses
+        from fastapi.exceptions import RequestValidationError
+
+        from service.api import validation_message
+
+        return _form_page(request, values=shown, message=validation_message(RequestValidationError(e.errors())),
+                          status_code=422)
     config: Settings = request.app.state.settings
     if not checking:
-        wait = _submit_wait(request, time.time())
+        submissions = signin.AddressLimit("page_submissions", SUBMITS_PER_WINDOW, SUBMIT_WINDOW, _TRACKED)
+        wait = submissions.wait(request)
         if wait:
             answer = _form_page(request, values=shown, message=f"too many submissions from this address; try again "
                                                                f"in {wait} s", status_code=429)
             answer.headers["Retry-After"] = str(wait)
             return answer
+        submissions.note(request)
 
     def work():
         from service.db import session_scope
@@ -226,15 +208,10 @@ async def repo_page(request: Request, namespace: str, name: str, db: Session = D
                                               "hint": None}, status_code=404)
     config: Settings = request.app.state.settings
 
-    def read():
-        from workers.hub.client import hub_errors
-        from workers.hub.download import published_manifest
-
-        with hub_errors(repo_id):
-            return published_manifest(repo_id, endpoint=config.hub_endpoint)
+    from workers.hub.download import published_manifest
 
     try:
-        manifest = await run_in_threadpool(read)
+        manifest = await run_in_threadpool(published_manifest, repo_id, endpoint=config.hub_endpoint)
     except CoreMLPublishError as e:
         from service.api import error_status
 
@@ -242,10 +219,5 @@ async def repo_page(request: Request, namespace: str, name: str, db: Session = D
                       status_code=error_status(e))
     jobs = list(db.scalars(select(PublishedRepo).where(PublishedRepo.repo_id == repo_id)
                            .order_by(PublishedRepo.id.desc()).limit(20)))
-    from workers.convert.targets import SPEC_VERSIONS
-
-    targets = [v.deployment_target for v in manifest.variants if v.deployment_target in SPEC_VERSIONS] \
-        if manifest else []
     return render(request, "repo.html", {"repo_id": repo_id, "manifest": manifest, "published": jobs,
-                                         "hub": config.hub_link(), "nav": "jobs",
-                                         "needs": max(targets, key=SPEC_VERSIONS.__getitem__) if targets else None})
+                                         "hub": config.hub_link(), "nav": "jobs"})

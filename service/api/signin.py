@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from fastapi import FastAPI, Request
@@ -153,29 +154,52 @@ def login_redirect(request: Request) -> RedirectResponse:
     return RedirectResponse("/login?" + urlencode({"next": here}), status_code=303)
 
 
-def _failures(request: Request, now: float) -> tuple[dict[str, list[float]], str]:
-    """The failure log (address → times of wrong tokens within the window), pruned, and this client's address."""
-    log: dict[str, list[float]] | None = getattr(request.app.state, "sign_in_failures", None)
-    if log is None:
-        log = request.app.state.sign_in_failures = {}
-    for address in [a for a, times in log.items() if times[-1] <= now - FAILURE_WINDOW]:
-        del log[address]
-    return log, request.client.host if request.client else "?"
+@dataclass(frozen=True)
+class AddressLimit:
+    """At most ``count`` events per client address within ``window`` seconds: a log of their times kept in
+    ``app.state.<name>`` (in memory, per API process, at most ``tracked`` addresses, the oldest forgotten first)."""
+
+    name: str
+    count: int
+    window: float
+    tracked: int = _TRACKED_ADDRESSES
+
+    def _log(self, request: Request, now: float) -> tuple[dict[str, list[float]], str]:
+        """The log (address → times within the window), pruned, and this client's address."""
+        log: dict[str, list[float]] | None = getattr(request.app.state, self.name, None)
+        if log is None:
+            log = {}
+            setattr(request.app.state, self.name, log)
+        for address in [a for a, times in log.items() if times[-1] <= now - self.window]:
+            del log[address]
+        return log, request.client.host if request.client else "?"
+
+    def wait(self, request: Request, *, now: float | None = None) -> int:
+        """Seconds this client must wait (0: not at all): after ``count`` events within the window, until the
+        oldest of them leaves it."""
+        now = time.time() if now is None else now
+        log, address = self._log(request, now)
+        recent = [t for t in log.get(address, ()) if t > now - self.window]
+        return int(recent[-self.count] + self.window - now) + 1 if len(recent) >= self.count else 0
+
+    def note(self, request: Request, *, now: float | None = None) -> None:
+        """Note an event of this client."""
+        now = time.time() if now is None else now
+        log, address = self._log(request, now)
+        log[address] = [t for t in log.get(address, ()) if t > now - self.window][-self.count:] + [now]
+        while len(log) > self.tracked:
+            del log[next(iter(log))]
+
+
+_SIGN_INS = AddressLimit("sign_in_failures", FAILED_SIGN_INS, FAILURE_WINDOW)
 
 
 def sign_in_wait(request: Request, *, now: float | None = None) -> int:
     """Seconds this client must wait before trying a token again (0: it may try now): after FAILED_SIGN_INS
     wrong tokens within FAILURE_WINDOW, until the oldest of them leaves the window."""
-    now = time.time() if now is None else now
-    log, address = _failures(request, now)
-    recent = [t for t in log.get(address, ()) if t > now - FAILURE_WINDOW]
-    return int(recent[-FAILED_SIGN_INS] + FAILURE_WINDOW - now) + 1 if len(recent) >= FAILED_SIGN_INS else 0
+    return _SIGN_INS.wait(request, now=now)
 
 
 def record_failed_sign_in(request: Request, *, now: float | None = None) -> None:
     """Note a wrong token from this client (in memory, per API process, bounded)."""
-    now = time.time() if now is None else now
-    log, address = _failures(request, now)
-    log[address] = [t for t in log.get(address, ()) if t > now - FAILURE_WINDOW][-FAILED_SIGN_INS:] + [now]
-    while len(log) > _TRACKED_ADDRESSES:
-        del log[next(iter(log))]
+    _SIGN_INS.note(request, now=now)

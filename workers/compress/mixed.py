@@ -55,11 +55,6 @@ class MixedRecipe:
         return self.sensitivity.average_bits(self.widths)
 
     @property
-    def precision(self) -> str:
-        """The packages' precision label: ``mixed-4.50bit``."""
-        return mixed_label(self.average)
-
-    @property
     def predicted_psnr(self) -> float:
         return self.sensitivity.predicted_psnr(self.widths)
 
@@ -104,10 +99,6 @@ class MixedRecipe:
 def _storage(p: torch.Tensor) -> tuple[int, int, int]:
     """Where a tensor's values are: a view (a linear layer's weight as a 1×1 convolution's) is found by it."""
     return p.untyped_storage().data_ptr(), p.storage_offset(), p.numel()
-
-
-def mixed_label(average: float) -> str:
-    return f"mixed-{average:.2f}bit"
 
 
 def _network(reference: nn.Module) -> tuple[nn.Module, str]:

@@ -103,9 +103,9 @@ def _analysed(run: Run, spec: ComponentSpec, checks: ComponentChecks, modules: d
 
 @contextlib.contextmanager
 def _stored_analysis(run: Run, component: str) -> Iterator[tuple[Any, Callable[[Any], None]]]:
-    """The component's analysis stored by an earlier conversion of the same weights (in ``--analyses``, the
-    options' ``analyses`` folder; :func:`workers.compress.mixed.stored_analysis`), or None and a function storing
-    this one.  Nothing is read or kept without a folder, or for a source without a commit (a local folder)."""
+    """The component's analysis stored by an earlier conversion of the same weights (in the options' ``analyses``
+    folder, the service's scratch folder; :func:`workers.compress.mixed.stored_analysis`), or None and a function
+    storing this one.  Nothing is read or kept without a folder, or for a source without a commit (a local folder)."""
     from workers.compress.mixed import analysis_key, stored_analysis
 
     source, g = run.source, run.geometry
@@ -210,9 +210,7 @@ def _palettized(run: Run, spec: ComponentSpec, checks: ComponentChecks, attentio
     recipe = run.recipes.get(spec.name) if mixed else None
     widths = None if recipe is None else recipe.constant_widths(checks.accountings[float16.variant],
                                                                            spec.reference(modules), export)
-    group = run.options.group_size
-    precision = recipe.precision + (f"-group{group}" if group else "") if recipe else \
-        precision_label(run.options.bits, group)
+    precision = precision_label(float(recipe.average) if recipe else run.options.bits, run.options.group_size)
     result = PackageResult(run.palettized_repo, run.variant(attention), spec.name, precision, run.rel(path),
                            target=run.target(palettized=True))
     started = time.perf_counter()

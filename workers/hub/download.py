@@ -39,7 +39,7 @@ def download_variant(repo_id: str, out: Path, *, variant: str = Attention.SPLIT_
     with hub_errors(repo_id, revision, missing_file=f"{repo_id} has no {kind} zip for {variant}"):
         # ask first: snapshot_download falls back to local files when the Hub says no
         sha = HfApi(endpoint=endpoint, token=token).model_info(repo_id, revision=revision).sha
-        manifest = published_manifest(repo_id, sha, endpoint=endpoint, token=token)
+    manifest = published_manifest(repo_id, sha, endpoint=endpoint, token=token)
     if manifest is not None:
         _check_holds(manifest, variant, kind)
     with hub_errors(repo_id, revision, missing_file=f"{repo_id} has no {kind} zip for {variant}"):
@@ -60,14 +60,16 @@ def download_variant(repo_id: str, out: Path, *, variant: str = Attention.SPLIT_
 def published_manifest(repo_id: str, revision: str | None = None, *, endpoint: str | None = None,
                        token: str | None = None) -> Manifest | None:
     """The manifest (``coreml-publisher.json``) of a published repo; None for a repo without one (published before
-    manifests, or by another tool).  Raises OutputError for one this version cannot read."""
+    manifests, or by another tool).  Raises OutputError for one this version cannot read, and what the Hub
+    answered as :func:`workers.hub.client.read_error` says (a missing repo: SourceNotFoundError)."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
-    try:
-        path = hf_hub_download(repo_id, MANIFEST_FILE, revision=revision, endpoint=endpoint, token=token)
-    except EntryNotFoundError:
-        return None
+    with hub_errors(repo_id, revision):
+        try:
+            path = hf_hub_download(repo_id, MANIFEST_FILE, revision=revision, endpoint=endpoint, token=token)
+        except EntryNotFoundError:
+            return None
     return read_manifest(Path(path).read_text(), where=f"{repo_id}'s {MANIFEST_FILE}")
 
 

@@ -96,19 +96,26 @@ class Manifest(_Model):
     variants: list[Variant]
     recipes: dict[str, dict] = Field(default_factory=dict, description="mixed-bit: each component's recipe in brief")
 
+    @property
+    def deployment_target(self) -> str | None:
+        """The newest of its variants' deployment targets that this version knows (what the repo needs)."""
+        return _newest(v.deployment_target for v in self.variants)
+
+
+def _newest(targets) -> str | None:
+    known = [t for t in targets if t in SPEC_VERSIONS]
+    return max(known, key=SPEC_VERSIONS.__getitem__) if known else None
+
 
 def _features(package: Path) -> tuple[list[Feature], list[Feature]]:
     """The declared inputs and outputs of a saved package (its specification only; the weights are not read)."""
     import coremltools as ct
 
-    names = {1: "float64", 65568: "float32", 65552: "float16", 131104: "int32"}
+    from workers.validate.readback import feature_list
+
     description = ct.utils.load_spec(str(package)).description
-
-    def feature(f) -> Feature:
-        array = f.type.multiArrayType
-        return Feature(name=f.name, shape=[int(d) for d in array.shape], dtype=names.get(array.dataType, "unknown"))
-
-    return [feature(f) for f in description.input], [feature(f) for f in description.output]
+    return tuple([Feature(name=name, shape=list(shape), dtype=dtype) for name, shape, dtype in feature_list(found)]
+                 for found in (description.input, description.output))
 
 
 def build_manifest(report: Report, out: Path | None, *, kind: str, name: str, repo_id: str, variants: list[str],
@@ -136,10 +143,9 @@ def build_manifest(report: Report, out: Path | None, *, kind: str, name: str, re
                 precision=p.precision, size_bytes=p.size_bytes, deployment_target=p.target,
                 shared_from=p.shared_from, inputs=inputs, outputs=outputs,
                 figures=[Figure(check=c.name, status=c.status, value=c.value, bar=c.threshold) for c in p.checks]))
-        targets = [c.deployment_target for c in components if c.deployment_target]
         built.append(Variant(name=variant, attention=variant_layout(variant).value,
                              image_size=variant_size(variant) or native,
-                             deployment_target=max(targets, key=SPEC_VERSIONS.__getitem__) if targets else "iOS16",
+                             deployment_target=_newest(c.deployment_target for c in components) or "iOS16",
                              zip=zips.get(variant) if compiled else None, components=components))
     xl = (geometry.get("time_ids") or 0) > 0
     pipeline = "controlnet" if report.pipeline == "controlnet" else \

@@ -189,11 +189,13 @@ def write_json(path: Path, data: dict) -> Path:
     return path
 
 
-def precision_label(bits: int | None, group_size: int = 0) -> str:
-    """``float16``, ``palettized-6bit`` or ``palettized-6bit-group16``."""
+def precision_label(bits: int | float | None, group_size: int = 0) -> str:
+    """``float16``, ``palettized-6bit`` or ``palettized-6bit-group16``; for a mixed-bit recipe (``bits`` its average
+    width, a float) ``mixed-4.50bit`` or ``mixed-4.50bit-group16``."""
     if bits is None:
         return "float16"
-    return f"palettized-{bits}bit" + (f"-group{group_size}" if group_size else "")
+    width = f"mixed-{bits:.2f}bit" if isinstance(bits, float) else f"palettized-{bits}bit"
+    return width + (f"-group{group_size}" if group_size else "")
 
 
 def precision_bits(precision: str) -> int | float | None:
